@@ -1,0 +1,183 @@
+//! The one place that opens a SQLite file with Sovereign's settings.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// How to open a database file.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Create the file (and missing parent directories) if it does not exist.
+    pub create: bool,
+    /// Unix permission bits for a newly created file (and so for its `-wal`/`-shm`,
+    /// which SQLite creates with the main file's mode).
+    pub file_mode: u32,
+    /// Open read-only (no WAL switch, no writes).
+    pub read_only: bool,
+    /// How long a statement waits for another connection's lock before `SQLITE_BUSY`.
+    pub busy_timeout: Duration,
+}
+
+impl OpenOptions {
+    /// Options for the kernel's `core.db`: created owner-only (0600).
+    pub fn core() -> Self {
+        Self {
+            create: true,
+            file_mode: 0o600,
+            read_only: false,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Options for the plugin store: created 0600 as well; nobody but the platform's
+    /// user has business reading plugin data either.
+    pub fn plugins() -> Self {
+        Self::core()
+    }
+
+    /// Opens an existing file only, never creating it.
+    pub fn existing(mut self) -> Self {
+        self.create = false;
+        self
+    }
+
+    /// Opens read-only (implies not creating).
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self.create = false;
+        self
+    }
+
+    /// Sets the busy timeout.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+}
+
+/// Why a database file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file does not exist and creation was not requested.
+    #[error("database file {0} does not exist (run `sv dev` or `sv migrate:deploy` to create it)")]
+    Missing(PathBuf),
+    /// A directory or the file itself could not be created.
+    #[error("cannot create {path}: {source}")]
+    Create {
+        /// The path that could not be created.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// SQLite refused to open the file or to apply a setting.
+    #[error("cannot open SQLite database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+}
+
+/// Opens `path` with WAL journaling, `synchronous=NORMAL`, foreign keys on and a busy
+/// timeout.
+///
+/// `synchronous=NORMAL` is deliberate: in WAL mode it never corrupts the database and
+/// keeps every committed transaction across an application crash; only a power loss or
+/// OS crash may roll back the last transactions before the next checkpoint. That is the
+/// usual trade for a server on SQLite and keeps commits off `fsync`.
+pub fn open_database(path: &Path, options: &OpenOptions) -> Result<Connection, OpenError> {
+    let sqlite_err = |source| OpenError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    if !path.exists() {
+        if !options.create {
+            return Err(OpenError::Missing(path.to_owned()));
+        }
+        create_private_file(path, options.file_mode)?;
+    }
+    let flags = if options.read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(sqlite_err)?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(sqlite_err)?;
+    if !options.read_only {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(sqlite_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "could not switch to WAL journaling");
+        }
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+        .map_err(sqlite_err)?;
+    Ok(conn)
+}
+
+/// Creates an empty file with `mode` (and its parent directories), so that SQLite never
+/// creates it with the process umask.
+fn create_private_file(path: &Path, mode: u32) -> Result<(), OpenError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let create_err = |source| OpenError::Create {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| OpenError::Create {
+            path: parent.to_owned(),
+            source,
+        })?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        // Somebody else created it between our check and now: fine, open theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(create_err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn creates_missing_directories_and_an_owner_only_file_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/deeper/core.db");
+        let conn = open_database(&path, &OpenOptions::core()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let journal: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        let fk: i64 = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 1, "NORMAL");
+    }
+
+    #[test]
+    fn refuses_to_create_when_asked_for_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.db");
+        let err = open_database(&path, &OpenOptions::core().existing()).unwrap_err();
+        assert!(matches!(err, OpenError::Missing(_)), "{err}");
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,152 @@
+//! Parsing of SQLite `file:` URLs as used by `DATABASE_URL` and `PLUGIN_DATABASE_URL`.
+
+use std::path::{Path, PathBuf};
+
+/// A parsed `file:` URL naming a SQLite database file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    path: PathBuf,
+}
+
+/// A URL that is not of the form `file:PATH`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{variable} is not a valid SQLite URL ({value:?}): {reason}; \
+     expected `file:PATH`, for example `file:data/core.db` or `file:/var/lib/sovereign/core.db`"
+)]
+pub struct UrlError {
+    /// The configuration variable the value came from, e.g. `DATABASE_URL`.
+    pub variable: String,
+    /// The offending value.
+    pub value: String,
+    /// What exactly is wrong with it.
+    pub reason: String,
+}
+
+impl DatabaseUrl {
+    /// Parses `value`, naming `variable` in the error if it is malformed.
+    ///
+    /// Accepted forms: `file:relative/path.db`, `file:./x.db`, `file:/abs/x.db`,
+    /// `file:///abs/x.db`. Query strings, fragments, `:memory:` and other schemes are refused.
+    pub fn parse(variable: &str, value: &str) -> Result<Self, UrlError> {
+        let fail = |reason: &str| UrlError {
+            variable: variable.to_owned(),
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let trimmed = value.trim();
+        let Some(rest) = trimmed.strip_prefix("file:") else {
+            return Err(if trimmed.contains("://") {
+                fail("only the `file:` scheme is supported for SQLite")
+            } else {
+                fail("it does not start with `file:`")
+            });
+        };
+        let path = match rest.strip_prefix("//") {
+            // `file:///abs` -> `/abs`; `file://host/x` names a host, which SQLite cannot use.
+            Some(after) if after.starts_with('/') => after,
+            Some(_) => {
+                return Err(fail(
+                    "`file://` must be followed by an absolute path (`file:///...`)",
+                ));
+            }
+            None => rest,
+        };
+        if path.is_empty() {
+            return Err(fail("the path is empty"));
+        }
+        if path.contains('?') || path.contains('#') {
+            return Err(fail(
+                "query parameters and fragments are not supported; pragmas are set by Sovereign",
+            ));
+        }
+        if path == ":memory:" || path.starts_with(":memory:") {
+            return Err(fail("an in-memory database would lose all data on exit"));
+        }
+        if path.ends_with('/') {
+            return Err(fail("the path names a directory, not a file"));
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+        })
+    }
+
+    /// Builds a URL from a file path.
+    pub fn from_path(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The path as written in the URL (may be relative).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The absolute path, resolving a relative one against `base`.
+    pub fn resolve(&self, base: &Path) -> PathBuf {
+        if self.path.is_absolute() {
+            normalize(&self.path)
+        } else {
+            normalize(&base.join(&self.path))
+        }
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "file:{}", self.path.display())
+    }
+}
+
+/// Removes `.` and resolves `..` lexically, so that two spellings of a path compare equal.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_forms() {
+        let base = Path::new("/srv/app");
+        for (input, expected) in [
+            ("file:data/core.db", "/srv/app/data/core.db"),
+            ("file:./data/../data/core.db", "/srv/app/data/core.db"),
+            ("file:/var/lib/sv/core.db", "/var/lib/sv/core.db"),
+            ("file:///var/lib/sv/core.db", "/var/lib/sv/core.db"),
+        ] {
+            let url = DatabaseUrl::parse("DATABASE_URL", input).unwrap();
+            assert_eq!(url.resolve(base), PathBuf::from(expected), "{input}");
+        }
+    }
+
+    #[test]
+    fn refuses_malformed_urls_naming_the_variable() {
+        for (input, reason) in [
+            ("data/core.db", "does not start with `file:`"),
+            ("postgres://localhost/x", "only the `file:` scheme"),
+            ("file:", "empty"),
+            ("file:x.db?mode=ro", "query parameters"),
+            ("file::memory:", "in-memory"),
+            ("file://host/x.db", "absolute path"),
+            ("file:data/", "directory"),
+        ] {
+            let err = DatabaseUrl::parse("PLUGIN_DATABASE_URL", input).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("PLUGIN_DATABASE_URL"), "{text}");
+            assert!(text.contains(reason), "{input}: {text}");
+            assert!(text.contains("expected `file:PATH`"), "{text}");
+        }
+    }
+}
