@@ -1,0 +1,89 @@
+//! The kernel's core store (`core.db`): schema, migrations and typed access.
+//!
+//! This crate is on the trusted side of the boundary: the extension host and the plugin
+//! SDK must never depend on it (a test in `sv` checks `cargo metadata`).
+
+pub mod audit;
+pub mod password;
+pub mod plugins;
+pub mod sessions;
+pub mod settings;
+pub mod users;
+
+use std::path::Path;
+
+use sovereign_db::rusqlite::Connection;
+use sovereign_db::{MigrationError, MigrationSet, OpenError, OpenOptions, StoreError, StoreKind};
+
+/// The scope name of core migrations in `_sv_migrations`.
+pub const SCOPE: &str = "core";
+
+/// Core migrations, compiled into the binary.
+const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_init.sql", include_str!("../migrations/0001_init.sql"))];
+
+/// The core migration set.
+pub fn migrations() -> MigrationSet {
+    MigrationSet::embedded(SCOPE, MIGRATIONS).expect("embedded core migrations are well-formed")
+}
+
+/// Errors of the core store.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// Opening the file failed.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The file is not the core store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A migration problem.
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
+    /// A query failed.
+    #[error("core store: {0}")]
+    Sqlite(#[from] sovereign_db::rusqlite::Error),
+    /// Another user already has this e-mail address.
+    #[error("a user with e-mail {0} already exists")]
+    EmailTaken(String),
+    /// The change would leave the platform without an active administrator.
+    #[error("this would leave no active administrator; promote another user to admin first")]
+    LastAdmin,
+    /// Password hashing failed.
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+/// Opens (creating if needed, mode 0600) the core store and checks that it is one.
+pub fn open(path: &Path) -> Result<Connection, CoreError> {
+    let conn = sovereign_db::open_database(path, &OpenOptions::core())?;
+    sovereign_db::store::claim(&conn, &StoreKind::Core)?;
+    Ok(conn)
+}
+
+/// Opens an existing core store without creating anything.
+pub fn open_existing(path: &Path) -> Result<Connection, CoreError> {
+    let conn = sovereign_db::open_database(path, &OpenOptions::core().existing())?;
+    sovereign_db::store::expect(&conn, &StoreKind::Core)?;
+    Ok(conn)
+}
+
+/// Current time in unix seconds.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A migrated core store in a temporary directory.
+    pub fn core_db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("core.db")).unwrap();
+        migrations().deploy(&conn).unwrap();
+        (dir, conn)
+    }
+}

@@ -1,0 +1,115 @@
+//! The plugin registry: which plugins are installed, their database mode, whether they
+//! are enabled, and which mirror columns an operator granted them.
+
+use serde::Serialize;
+use sovereign_db::rusqlite::{self, Connection, OptionalExtension, params};
+
+use crate::CoreError;
+
+/// A registered plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginRecord {
+    /// Plugin id.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Installed version.
+    pub version: String,
+    /// `shared` or `isolated`.
+    pub database_mode: String,
+    /// Whether its routes are served.
+    pub enabled: bool,
+    /// The manifest as installed (JSON text).
+    pub manifest: String,
+    /// Granted mirror columns as `(slice, column)`.
+    pub grants: Vec<(String, String)>,
+}
+
+/// Registers or updates a plugin and replaces its grants, in one transaction.
+pub fn register(conn: &Connection, record: &PluginRecord) -> Result<(), CoreError> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute(
+        "INSERT INTO plugins (id, name, version, database_mode, enabled, manifest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, version = excluded.version,
+             database_mode = excluded.database_mode, manifest = excluded.manifest,
+             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        params![
+            record.id,
+            record.name,
+            record.version,
+            record.database_mode,
+            record.enabled,
+            record.manifest
+        ],
+    )?;
+    tx.execute(
+        "DELETE FROM plugin_grants WHERE plugin_id = ?1",
+        [&record.id],
+    )?;
+    for (slice, column) in &record.grants {
+        tx.execute(
+            "INSERT INTO plugin_grants (plugin_id, slice, column_name) VALUES (?1, ?2, ?3)",
+            params![record.id, slice, column],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Every registered plugin, by id.
+pub fn list(conn: &Connection) -> Result<Vec<PluginRecord>, CoreError> {
+    let ids: Vec<String> = conn
+        .prepare("SELECT id FROM plugins ORDER BY id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.extend(get(conn, &id)?);
+    }
+    Ok(out)
+}
+
+/// One plugin.
+pub fn get(conn: &Connection, id: &str) -> Result<Option<PluginRecord>, CoreError> {
+    let Some(mut record) = conn
+        .query_row(
+            "SELECT id, name, version, database_mode, enabled, manifest FROM plugins WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(PluginRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    version: r.get(2)?,
+                    database_mode: r.get(3)?,
+                    enabled: r.get(4)?,
+                    manifest: r.get(5)?,
+                    grants: vec![],
+                })
+            },
+        )
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    record.grants = conn
+        .prepare(
+            "SELECT slice, column_name FROM plugin_grants WHERE plugin_id = ?1 ORDER BY slice, column_name",
+        )?
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(record))
+}
+
+/// Enables or disables a plugin; `false` if it is not registered.
+pub fn set_enabled(conn: &Connection, id: &str, enabled: bool) -> Result<bool, CoreError> {
+    Ok(conn.execute(
+        "UPDATE plugins SET enabled = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+        params![id, enabled],
+    )? > 0)
+}
+
+/// Removes a plugin from the registry (its grants go with it); `false` if absent.
+pub fn unregister(conn: &Connection, id: &str) -> Result<bool, CoreError> {
+    Ok(conn.execute("DELETE FROM plugins WHERE id = ?1", [id])? > 0)
+}

@@ -1,0 +1,332 @@
+//! Users and their credentials.
+
+use serde::Serialize;
+use sovereign_db::rusqlite::{self, Connection, OptionalExtension, Row, params};
+
+use crate::{CoreError, password};
+
+/// A user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May manage users, settings and plugins.
+    Admin,
+    /// An ordinary user.
+    Member,
+}
+
+impl Role {
+    /// The value stored in `users.role`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    fn from_db(text: &str) -> Role {
+        if text == "admin" {
+            Role::Admin
+        } else {
+            Role::Member
+        }
+    }
+}
+
+/// A user as the API shows it (never with secrets other than the e-mail address).
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    /// Primary key.
+    pub id: i64,
+    /// Tenant.
+    pub tenant_id: i64,
+    /// Login e-mail address.
+    pub email: String,
+    /// Name shown to others.
+    pub display_name: String,
+    /// Optional avatar image URL.
+    pub avatar_url: Option<String>,
+    /// Role.
+    pub role: Role,
+    /// Whether the user may log in.
+    pub active: bool,
+    /// Creation time (UTC).
+    pub created_at: String,
+    /// Last change (UTC).
+    pub updated_at: String,
+}
+
+const USER_COLUMNS: &str =
+    "id, tenant_id, email, display_name, avatar_url, role, active, created_at, updated_at";
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        email: row.get(2)?,
+        display_name: row.get(3)?,
+        avatar_url: row.get(4)?,
+        role: Role::from_db(&row.get::<_, String>(5)?),
+        active: row.get(6)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+    })
+}
+
+/// What it takes to create a user.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Login e-mail address (unique, case-insensitive).
+    pub email: String,
+    /// Plain-text password; only its argon2id hash is stored.
+    pub password: String,
+    /// Name shown to others.
+    pub display_name: String,
+    /// Optional avatar URL.
+    pub avatar_url: Option<String>,
+    /// Role.
+    pub role: Role,
+    /// Tenant (the default tenant is 1).
+    pub tenant_id: i64,
+}
+
+/// A partial update; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    /// New e-mail address.
+    pub email: Option<String>,
+    /// New display name.
+    pub display_name: Option<String>,
+    /// New avatar URL; `Some(None)` clears it.
+    pub avatar_url: Option<Option<String>>,
+    /// New role.
+    pub role: Option<Role>,
+    /// Activate or deactivate.
+    pub active: Option<bool>,
+    /// New password (hashed before storing).
+    pub password: Option<String>,
+}
+
+fn map_unique_email(email: &str) -> impl FnOnce(rusqlite::Error) -> CoreError + '_ {
+    move |e| match &e {
+        rusqlite::Error::SqliteFailure(f, Some(msg))
+            if f.code == rusqlite::ErrorCode::ConstraintViolation
+                && msg.contains("users.email") =>
+        {
+            CoreError::EmailTaken(email.to_owned())
+        }
+        _ => CoreError::Sqlite(e),
+    }
+}
+
+/// Creates a user with a hashed password, in one transaction.
+pub fn create(conn: &Connection, new: &NewUser) -> Result<User, CoreError> {
+    let hash = password::hash(&new.password)?;
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute(
+        "INSERT INTO users (tenant_id, email, display_name, avatar_url, role)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            new.tenant_id,
+            new.email,
+            new.display_name,
+            new.avatar_url,
+            new.role.as_str()
+        ],
+    )
+    .map_err(map_unique_email(&new.email))?;
+    let id = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO credentials (user_id, password_hash) VALUES (?1, ?2)",
+        params![id, hash],
+    )?;
+    let user = get(&tx, id)?.expect("row inserted in this transaction");
+    tx.commit()?;
+    Ok(user)
+}
+
+/// A user by id.
+pub fn get(conn: &Connection, id: i64) -> Result<Option<User>, CoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+            [id],
+            user_from_row,
+        )
+        .optional()?)
+}
+
+/// All users, by id.
+pub fn list(conn: &Connection) -> Result<Vec<User>, CoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))?;
+    let rows = stmt.query_map([], user_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// How many users exist.
+pub fn count(conn: &Connection) -> Result<i64, CoreError> {
+    Ok(conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
+}
+
+/// Checks an e-mail/password pair. Returns the user only if it exists, is active and the
+/// password matches; spends the same hashing work when the account does not exist.
+pub fn authenticate(
+    conn: &Connection,
+    email: &str,
+    password: &str,
+) -> Result<Option<User>, CoreError> {
+    let found: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT u.id, c.password_hash FROM users u JOIN credentials c ON c.user_id = u.id
+             WHERE u.email = ?1",
+            [email],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((id, phc)) = found else {
+        password::verify_dummy(password);
+        return Ok(None);
+    };
+    if !password::verify(password, &phc) {
+        return Ok(None);
+    }
+    Ok(get(conn, id)?.filter(|u| u.active))
+}
+
+/// Applies `patch`; `Ok(None)` if there is no such user. Refuses to demote or deactivate
+/// the last active admin.
+pub fn update(conn: &Connection, id: i64, patch: &UserPatch) -> Result<Option<User>, CoreError> {
+    let hash = patch.password.as_deref().map(password::hash).transpose()?;
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let Some(before) = get(&tx, id)? else {
+        return Ok(None);
+    };
+    let email = patch.email.clone().unwrap_or(before.email.clone());
+    tx.execute(
+        "UPDATE users SET email = ?2, display_name = ?3, avatar_url = ?4, role = ?5, active = ?6,
+                updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+         WHERE id = ?1",
+        params![
+            id,
+            email,
+            patch.display_name.as_ref().unwrap_or(&before.display_name),
+            patch
+                .avatar_url
+                .clone()
+                .unwrap_or(before.avatar_url.clone()),
+            patch.role.unwrap_or(before.role).as_str(),
+            patch.active.unwrap_or(before.active),
+        ],
+    )
+    .map_err(map_unique_email(&email))?;
+    if let Some(hash) = hash {
+        tx.execute(
+            "UPDATE credentials SET password_hash = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE user_id = ?1",
+            params![id, hash],
+        )?;
+        // A new password ends every existing session of that user.
+        tx.execute("DELETE FROM sessions WHERE user_id = ?1", [id])?;
+    }
+    if active_admins(&tx)? == 0 {
+        return Err(CoreError::LastAdmin);
+    }
+    let after = get(&tx, id)?;
+    tx.commit()?;
+    Ok(after)
+}
+
+/// Deletes a user (their sessions and credentials go with them). Refuses to delete the
+/// last active admin. `Ok(false)` if there was no such user.
+pub fn delete(conn: &Connection, id: i64) -> Result<bool, CoreError> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let deleted = tx.execute("DELETE FROM users WHERE id = ?1", [id])? > 0;
+    if deleted && active_admins(&tx)? == 0 {
+        return Err(CoreError::LastAdmin);
+    }
+    tx.commit()?;
+    Ok(deleted)
+}
+
+fn active_admins(conn: &Connection) -> Result<i64, CoreError> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM users WHERE role = 'admin' AND active = 1",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::core_db;
+
+    fn new_user(email: &str, role: Role) -> NewUser {
+        NewUser {
+            email: email.into(),
+            password: "a long password".into(),
+            display_name: "Ada".into(),
+            avatar_url: None,
+            role,
+            tenant_id: 1,
+        }
+    }
+
+    #[test]
+    fn create_authenticate_and_keep_the_hash_out_of_users() {
+        let (_dir, conn) = core_db();
+        let user = create(&conn, &new_user("ada@example.com", Role::Admin)).unwrap();
+        assert!(
+            authenticate(&conn, "ADA@example.com", "a long password")
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            authenticate(&conn, "ada@example.com", "wrong")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            authenticate(&conn, "nobody@example.com", "x")
+                .unwrap()
+                .is_none()
+        );
+        let err = create(&conn, &new_user("Ada@Example.com", Role::Member)).unwrap_err();
+        assert!(matches!(err, CoreError::EmailTaken(_)), "{err}");
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('users')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !columns.iter().any(|c| c.contains("password")),
+            "{columns:?}"
+        );
+        let stored: String = conn
+            .query_row(
+                "SELECT password_hash FROM credentials WHERE user_id = ?1",
+                [user.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(stored.starts_with("$argon2id$"));
+    }
+
+    #[test]
+    fn the_last_admin_cannot_be_removed_or_demoted() {
+        let (_dir, conn) = core_db();
+        let admin = create(&conn, &new_user("root@example.com", Role::Admin)).unwrap();
+        let demote = UserPatch {
+            role: Some(Role::Member),
+            ..Default::default()
+        };
+        assert!(matches!(
+            update(&conn, admin.id, &demote),
+            Err(CoreError::LastAdmin)
+        ));
+        assert!(matches!(delete(&conn, admin.id), Err(CoreError::LastAdmin)));
+        assert_eq!(get(&conn, admin.id).unwrap().unwrap().role, Role::Admin);
+    }
+}
