@@ -107,6 +107,78 @@ pub struct UserPatch {
     pub password: Option<String>,
 }
 
+/// A field of a user that does not have an acceptable value.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidField {
+    /// The field name as the API spells it.
+    pub field: &'static str,
+    /// What is expected.
+    pub message: &'static str,
+}
+
+/// Checks an e-mail address for the shape `local@domain.tld`, returning it trimmed.
+pub fn validate_email(email: &str) -> Result<String, InvalidField> {
+    let email = email.trim();
+    let valid = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && matches!(email.split_once('@'), Some((local, domain))
+            if !local.is_empty() && !domain.contains('@') && domain.contains('.')
+                && !domain.starts_with('.') && !domain.ends_with('.'));
+    if valid {
+        Ok(email.to_owned())
+    } else {
+        Err(InvalidField {
+            field: "email",
+            message: "expected an e-mail address such as ada@example.com",
+        })
+    }
+}
+
+/// Passwords are 10 to 1024 characters long.
+pub fn validate_password(password: &str) -> Result<(), InvalidField> {
+    match password.chars().count() {
+        10..=1024 => Ok(()),
+        _ => Err(InvalidField {
+            field: "password",
+            message: "the password must be 10 to 1024 characters long",
+        }),
+    }
+}
+
+/// Display names are 1 to 100 characters without control characters; returns it trimmed.
+pub fn validate_display_name(name: &str) -> Result<String, InvalidField> {
+    let name = name.trim();
+    if (1..=100).contains(&name.chars().count()) && !name.chars().any(char::is_control) {
+        Ok(name.to_owned())
+    } else {
+        Err(InvalidField {
+            field: "display_name",
+            message: "the display name must be 1 to 100 characters, without control characters",
+        })
+    }
+}
+
+/// Avatar URLs are http(s) URLs of at most 2048 characters; returns it trimmed.
+pub fn validate_avatar_url(url: &str) -> Result<String, InvalidField> {
+    let url = url.trim();
+    let scheme_len = if url.starts_with("https://") {
+        8
+    } else if url.starts_with("http://") {
+        7
+    } else {
+        0
+    };
+    if scheme_len > 0 && url.len() > scheme_len && url.len() <= 2048 {
+        Ok(url.to_owned())
+    } else {
+        Err(InvalidField {
+            field: "avatar_url",
+            message: "expected an http(s) URL of at most 2048 characters",
+        })
+    }
+}
+
 fn map_unique_email(email: &str) -> impl FnOnce(rusqlite::Error) -> CoreError + '_ {
     move |e| match &e {
         rusqlite::Error::SqliteFailure(f, Some(msg))
@@ -312,6 +384,18 @@ mod tests {
             )
             .unwrap();
         assert!(stored.starts_with("$argon2id$"));
+    }
+
+    #[test]
+    fn email_validation() {
+        for ok in ["a@b.co", " ada@example.com ", "x.y+z@sub.example.org"] {
+            assert!(validate_email(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "a", "a@b", "@b.co", "a@.co", "a@b.", "a b@c.de", "a@b@c.de",
+        ] {
+            assert!(validate_email(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

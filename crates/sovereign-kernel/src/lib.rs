@@ -1,0 +1,124 @@
+//! The kernel: core services and the HTTP API, on the trusted side of the boundary.
+//!
+//! It owns `core.db` (through a small connection pool) and only ever *looks* at the
+//! plugin store, read-only and under a deadline, for `/health`.
+
+mod api;
+mod error;
+mod health;
+mod metrics;
+mod pool;
+mod runtime_lock;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use pool::CorePool;
+pub use runtime_lock::{RuntimeLock, RuntimeLockError};
+
+/// What the kernel needs to run.
+#[derive(Debug, Clone)]
+pub struct KernelOptions {
+    /// `core.db`.
+    pub core_db: PathBuf,
+    /// The shared plugin store (only inspected for health).
+    pub plugins_db: PathBuf,
+    /// The address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// How long a login session lasts.
+    pub session_ttl_seconds: i64,
+}
+
+/// Shared state of every request handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) core: CorePool,
+    pub(crate) plugins_db: PathBuf,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) session_ttl_seconds: i64,
+}
+
+/// The HTTP router with every route and middleware.
+pub fn router(state: AppState) -> axum::Router {
+    api::router(state)
+}
+
+/// A bound, not yet serving kernel.
+pub struct Kernel {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+}
+
+impl Kernel {
+    /// Opens the core pool and binds the listener.
+    pub async fn bind(options: &KernelOptions) -> Result<Kernel, StartError> {
+        let core = CorePool::open(&options.core_db)?;
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|e| StartError::Bind(options.listen, e))?;
+        Ok(Kernel {
+            listener,
+            state: AppState {
+                core,
+                plugins_db: options.plugins_db.clone(),
+                metrics: Arc::new(Metrics::new()),
+                session_ttl_seconds: options.session_ttl_seconds,
+            },
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = router(self.state);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+/// Why the kernel could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The core store could not be opened.
+    #[error(transparent)]
+    Core(#[from] sovereign_db_core::CoreError),
+    /// The pool could not be built.
+    #[error("cannot open a connection pool on core.db: {0}")]
+    Pool(#[from] r2d2::Error),
+    /// The listen address is taken or not allowed.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}

@@ -1,0 +1,131 @@
+//! `sv`, Sovereign's command-line tool. Thin: parsing and printing here, the work in the
+//! crates it calls.
+
+mod config_cmd;
+mod migrate;
+mod run;
+mod users_cmd;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use sovereign_config::{Config, Overrides};
+
+/// Sovereign: a platform kernel whose plugins cannot reach core data.
+#[derive(Parser)]
+#[command(name = "sv", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Configuration flags shared by every command (they win over the environment, `.env`
+/// and `sovereign.toml`).
+#[derive(Args, Clone)]
+struct GlobalArgs {
+    /// Core store URL (`DATABASE_URL`), e.g. `file:data/core.db`.
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    /// Plugin store URL (`PLUGIN_DATABASE_URL`), e.g. `file:data/plugins.db`.
+    #[arg(long, global = true, value_name = "URL")]
+    plugin_database_url: Option<String>,
+    /// Directory of the default database files and runtime files (`SV_DATA_DIR`).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Directory of plugin packages (`SV_PLUGINS_DIR`).
+    #[arg(long, global = true, value_name = "DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// A TOML configuration file instead of `./sovereign.toml` (`SV_CONFIG`).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the effective configuration and where each value came from.
+    Config(config_cmd::ConfigArgs),
+    /// Development start: create missing files, apply migrations, serve on 127.0.0.1.
+    Dev(run::ServerArgs),
+    /// Production start: refuses to run with pending migrations.
+    Serve(run::ServeArgs),
+    /// Apply pending migrations.
+    #[command(name = "migrate:deploy")]
+    MigrateDeploy(migrate::DeployArgs),
+    /// Show applied, pending and changed migrations.
+    #[command(name = "migrate:status")]
+    MigrateStatus(migrate::StatusArgs),
+    /// Migrations, as plain subcommands (`sv migrate deploy --scope core`).
+    Migrate {
+        #[command(subcommand)]
+        command: migrate::MigrateCommand,
+    },
+    /// Manage users.
+    Users {
+        #[command(subcommand)]
+        command: users_cmd::UsersCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SV_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let bind = match &cli.command {
+        Command::Serve(args) => args.bind,
+        _ => None,
+    };
+    let port = match &cli.command {
+        Command::Dev(args) => args.port,
+        Command::Serve(args) => args.server.port,
+        _ => None,
+    };
+    let config = load_config(&cli.global, port, bind)?;
+    match cli.command {
+        Command::Config(args) => config_cmd::run(&config, &args),
+        Command::Dev(_) => run::dev(&config),
+        Command::Serve(_) => run::serve(&config),
+        Command::MigrateDeploy(args) => migrate::deploy(&config, &args),
+        Command::MigrateStatus(args) => migrate::status(&config, &args),
+        Command::Migrate { command } => match command {
+            migrate::MigrateCommand::Deploy(args) => migrate::deploy(&config, &args),
+            migrate::MigrateCommand::Status(args) => migrate::status(&config, &args),
+        },
+        Command::Users { command } => users_cmd::run(&config, command),
+    }
+}
+
+fn load_config(
+    global: &GlobalArgs,
+    port: Option<u16>,
+    bind: Option<IpAddr>,
+) -> anyhow::Result<Config> {
+    let overrides = Overrides {
+        database_url: global.database_url.clone(),
+        plugin_database_url: global.plugin_database_url.clone(),
+        data_dir: global.data_dir.clone(),
+        plugins_dir: global.plugins_dir.clone(),
+        port,
+        bind,
+        config_file: global.config.clone(),
+    };
+    Ok(Config::from_process(&overrides)?)
+}

@@ -1,0 +1,236 @@
+//! `sv migrate:deploy` and `sv migrate:status`, for the core scope and the plugin scopes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use sovereign_config::Config;
+use sovereign_db::rusqlite::Connection;
+use sovereign_db::{MigrationSet, MigrationState, OpenOptions};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scope {
+    /// `core.db`, with the migrations built into `sv`.
+    Core,
+    /// The plugin store, with each plugin's `migrations/` directory.
+    Plugins,
+    /// Both.
+    All,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// Which store to migrate.
+    #[arg(long, value_enum, default_value = "all")]
+    scope: Scope,
+    /// Limit the plugin scope to one plugin.
+    #[arg(long, value_name = "ID")]
+    plugin: Option<String>,
+    /// Print what would run, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Which store to report on.
+    #[arg(long, value_enum, default_value = "all")]
+    scope: Scope,
+    /// Limit the plugin scope to one plugin.
+    #[arg(long, value_name = "ID")]
+    plugin: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum MigrateCommand {
+    /// Apply pending migrations.
+    Deploy(DeployArgs),
+    /// Show applied, pending and changed migrations.
+    Status(StatusArgs),
+}
+
+/// Which store a migration set belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Core,
+    SharedPlugins,
+}
+
+/// One migration set and the file it applies to.
+struct Target {
+    set: MigrationSet,
+    store: Store,
+    path: PathBuf,
+}
+
+impl Target {
+    /// Opens the target's file for writing, creating it (and claiming it as the right
+    /// store) if needed. A plugin set is never opened on a file marked as core.
+    fn open_for_write(&self) -> anyhow::Result<Connection> {
+        Ok(match self.store {
+            Store::Core => sovereign_db_core::open(&self.path)?,
+            Store::SharedPlugins => sovereign_db_plugins::open_shared_store(&self.path)?,
+        })
+    }
+
+    /// Opens the file read-only, or an empty in-memory database if it does not exist
+    /// (everything is then pending).
+    fn open_for_read(&self) -> anyhow::Result<Connection> {
+        if !self.path.exists() {
+            return Ok(Connection::open_in_memory()?);
+        }
+        Ok(sovereign_db::open_database(
+            &self.path,
+            &OpenOptions::core().read_only(),
+        )?)
+    }
+}
+
+fn targets(config: &Config, scope: Scope, plugin: Option<&str>) -> anyhow::Result<Vec<Target>> {
+    if plugin.is_some() && scope == Scope::Core {
+        bail!("--plugin limits the plugin scope; use it with --scope=plugins or --scope=all");
+    }
+    let mut out = Vec::new();
+    if matches!(scope, Scope::Core | Scope::All) && plugin.is_none() {
+        out.push(Target {
+            set: sovereign_db_core::migrations(),
+            store: Store::Core,
+            path: config.core_db_path(),
+        });
+    }
+    if matches!(scope, Scope::Plugins | Scope::All) {
+        let plugins_dir = config.plugins_dir_path();
+        let ids = match plugin {
+            Some(id) => {
+                if !sovereign_db_plugins::discover_plugins(&plugins_dir)?
+                    .iter()
+                    .any(|p| p == id)
+                {
+                    bail!(
+                        "no plugin {id:?} in {} (expected {}/{id}/migrations/)",
+                        plugins_dir.display(),
+                        plugins_dir.display()
+                    );
+                }
+                vec![id.to_owned()]
+            }
+            None => sovereign_db_plugins::discover_plugins(&plugins_dir)?,
+        };
+        for id in ids {
+            out.push(Target {
+                set: sovereign_db_plugins::plugin_migrations(&plugins_dir, &id)?,
+                store: Store::SharedPlugins,
+                path: config.plugins_db_path(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Applies every pending migration of every scope; used by `sv dev`. Also makes sure both
+/// store files exist, even with no plugin migrations.
+pub fn deploy_all(config: &Config) -> anyhow::Result<Vec<String>> {
+    let mut applied = Vec::new();
+    for target in targets(config, Scope::All, None)? {
+        let conn = target.open_for_write()?;
+        for file in target.set.deploy(&conn)? {
+            applied.push(format!("{}: {file}", target.set.scope()));
+        }
+    }
+    sovereign_db_plugins::open_shared_store(&config.plugins_db_path())?;
+    Ok(applied)
+}
+
+/// Every migration that is not cleanly applied, as `scope: file (state)`; used by
+/// `sv serve` to refuse to start.
+pub fn not_applied(config: &Config) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for target in targets(config, Scope::All, None)? {
+        let conn = target.open_for_read()?;
+        for status in target.set.status(&conn)? {
+            let state = match status.state {
+                MigrationState::Applied { .. } => continue,
+                MigrationState::Pending => "pending",
+                MigrationState::Changed { .. } => "changed after it was applied",
+                MigrationState::Unknown { .. } => "applied but unknown to this build",
+            };
+            out.push(format!("{}: {} ({state})", status.scope, status.file_name));
+        }
+    }
+    Ok(out)
+}
+
+pub fn deploy(config: &Config, args: &DeployArgs) -> anyhow::Result<ExitCode> {
+    let targets = targets(config, args.scope, args.plugin.as_deref())?;
+    if targets.is_empty() {
+        println!(
+            "nothing to migrate: no plugins in {}",
+            config.plugins_dir_path().display()
+        );
+    }
+    for target in &targets {
+        let scope = target.set.scope();
+        let path = target.path.display();
+        if args.dry_run {
+            let conn = target.open_for_read()?;
+            let plan = target.set.plan(&conn)?;
+            if plan.is_empty() {
+                println!("{scope}: up to date ({path})");
+            }
+            for migration in plan {
+                println!("{scope}: would apply {} to {path}", migration.file_name());
+            }
+            continue;
+        }
+        let conn = target.open_for_write()?;
+        let applied = target
+            .set
+            .deploy(&conn)
+            .with_context(|| format!("migrating {path}"))?;
+        if applied.is_empty() {
+            println!("{scope}: up to date ({path})");
+        }
+        for file in applied {
+            println!("{scope}: applied {file} to {path}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let targets = targets(config, args.scope, args.plugin.as_deref())?;
+    let mut needs_action = 0;
+    for target in &targets {
+        let conn = target.open_for_read()?;
+        let statuses = target.set.status(&conn)?;
+        println!("{} ({})", target.set.scope(), target.path.display());
+        if statuses.is_empty() {
+            println!("  (no migrations)");
+        }
+        for s in statuses {
+            let state = match &s.state {
+                MigrationState::Applied { applied_at } => format!("applied  {applied_at}"),
+                MigrationState::Pending => {
+                    needs_action += 1;
+                    "pending".to_owned()
+                }
+                MigrationState::Changed { recorded, current } => {
+                    needs_action += 1;
+                    format!("CHANGED after apply (applied {recorded}, file now {current})")
+                }
+                MigrationState::Unknown { .. } => {
+                    needs_action += 1;
+                    "UNKNOWN: applied, but no such file here".to_owned()
+                }
+            };
+            println!("  {:<40} {state}", s.file_name);
+        }
+    }
+    if needs_action > 0 {
+        println!(
+            "{needs_action} migration(s) need attention; `sv migrate:deploy` applies pending ones"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
