@@ -39,6 +39,16 @@ pub fn verify_dummy(password: &str) {
     let _ = verify(password, phc);
 }
 
+/// A random password of 20 characters from an unambiguous alphabet (about 114 bits).
+pub fn generate() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..20)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -51,14 +61,4 @@ mod tests {
         assert!(!super::verify("wrong", &a));
         assert!(!super::verify("x", "not a hash"));
     }
-}
-
-/// A random password of 20 characters from an unambiguous alphabet (about 114 bits).
-pub fn generate() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let mut rng = rand::rng();
-    (0..20)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }

@@ -195,6 +195,10 @@ pub fn deploy(config: &Config, args: &DeployArgs) -> anyhow::Result<ExitCode> {
             println!("{scope}: applied {file} to {path}");
         }
     }
+    if !args.dry_run && args.scope != Scope::Core {
+        // The plugin store exists once its scope is deployed, even with no plugins yet.
+        sovereign_db_plugins::open_shared_store(&config.plugins_db_path())?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -108,21 +108,14 @@ fn start(config: &Config, listen: SocketAddr, lock: RuntimeLock) -> anyhow::Resu
             session_ttl_seconds: SESSION_TTL_SECONDS,
         })
         .await?;
+        let shutdown = sovereign_kernel::shutdown_signal()?;
         let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "Sovereign is running at http://{}",
-            kernel.local_addr()
-        )?;
-        writeln!(out, "  core store:   {}", config.core_db_path().display())?;
-        writeln!(
-            out,
-            "  plugin store: {}",
-            config.plugins_db_path().display()
-        )?;
+        writeln!(out, "core store:   {}", config.core_db_path().display())?;
+        writeln!(out, "plugin store: {}", config.plugins_db_path().display())?;
+        writeln!(out, "Sovereign is running at http://{}", kernel.local_addr())?;
         out.flush()?;
         drop(out);
-        kernel.serve(sovereign_kernel::shutdown_signal()).await?;
+        kernel.serve(shutdown).await?;
         tracing::info!("stopped");
         anyhow::Ok(())
     })?;

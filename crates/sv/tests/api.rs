@@ -1,0 +1,213 @@
+//! The kernel's HTTP API, over real HTTP against `sv dev` / `sv serve`.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use common::Workdir;
+use serde_json::json;
+
+const ADMIN: &str = "admin@sovereign.local";
+
+#[test]
+fn login_logout_and_admin_only_endpoints() {
+    let w = Workdir::new();
+    let server = w.start(&["dev"]);
+    let admin = server.login(ADMIN, &server.printed_password());
+
+    let me = server.get("/api/auth/me", Some(&admin));
+    assert_eq!(me.status, 200);
+    assert_eq!(me.body["email"], ADMIN);
+    assert_eq!(me.body["role"], "admin");
+
+    let created = server.send(
+        "POST",
+        "/api/users",
+        Some(&admin),
+        Some(json!({ "email": "bob@example.com", "password": "bob's long password", "display_name": "Bob" })),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.body["role"], "member");
+    assert!(created.body.get("password").is_none() && !created.text.contains("argon2"));
+    let bob_id = created.body["id"].as_i64().unwrap();
+
+    let bob = server.login("bob@example.com", "bob's long password");
+    for (method, path) in [
+        ("GET", "/api/users".to_owned()),
+        ("GET", format!("/api/users/{bob_id}")),
+        ("DELETE", format!("/api/users/{bob_id}")),
+        ("GET", "/api/settings".to_owned()),
+    ] {
+        let r = server.send(method, &path, Some(&bob), None);
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.text);
+        assert_eq!(r.body["error"]["code"], "forbidden");
+    }
+    let r = server.send("PUT", "/api/settings/site.name", Some(&bob), Some(json!({ "value": "x" })));
+    assert_eq!(r.status, 403);
+    assert_eq!(server.get("/api/users", None).status, 401);
+    assert_eq!(server.get("/api/users", Some("svs_not_a_token")).status, 401);
+
+    let wrong = server.send(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(json!({ "email": "bob@example.com", "password": "wrong password" })),
+    );
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.body["error"]["code"], "unauthorized");
+
+    assert_eq!(server.send("POST", "/api/auth/logout", Some(&bob), None).status, 204);
+    assert_eq!(server.get("/api/auth/me", Some(&bob)).status, 401);
+    assert_eq!(server.get("/api/auth/me", Some(&admin)).status, 200);
+}
+
+#[test]
+fn users_crud_and_settings_for_admins() {
+    let w = Workdir::new();
+    let server = w.start(&["dev"]);
+    let admin = server.login(ADMIN, &server.printed_password());
+    let created = server.send(
+        "POST",
+        "/api/users",
+        Some(&admin),
+        Some(json!({ "email": "carol@example.com", "password": "carol's password", "display_name": "Carol",
+                     "avatar_url": "https://example.com/c.png" })),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["id"].as_i64().unwrap();
+    let dup = server.send(
+        "POST",
+        "/api/users",
+        Some(&admin),
+        Some(json!({ "email": "CAROL@example.com", "password": "another password", "display_name": "C2" })),
+    );
+    assert_eq!(dup.status, 409);
+    assert_eq!(dup.body["error"]["field"], "email");
+
+    let patched = server.send(
+        "PATCH",
+        &format!("/api/users/{id}"),
+        Some(&admin),
+        Some(json!({ "display_name": "Carol D.", "avatar_url": null, "role": "admin" })),
+    );
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    assert_eq!(patched.body["display_name"], "Carol D.");
+    assert!(patched.body["avatar_url"].is_null());
+    assert_eq!(patched.body["role"], "admin");
+    let list = server.get("/api/users", Some(&admin));
+    assert_eq!(list.body.as_array().unwrap().len(), 2);
+    assert_eq!(server.send("DELETE", &format!("/api/users/{id}"), Some(&admin), None).status, 204);
+    assert_eq!(server.get(&format!("/api/users/{id}"), Some(&admin)).status, 404);
+
+    // The last admin cannot lock everybody out.
+    let me = server.get("/api/auth/me", Some(&admin)).body["id"].as_i64().unwrap();
+    let r = server.send("PATCH", &format!("/api/users/{me}"), Some(&admin), Some(json!({ "active": false })));
+    assert_eq!(r.status, 409);
+    assert_eq!(r.body["error"]["code"], "last_admin");
+
+    let put = server.send("PUT", "/api/settings/site.name", Some(&admin), Some(json!({ "value": { "en": "Acme" } })));
+    assert_eq!(put.status, 200, "{}", put.text);
+    let got = server.get("/api/settings/site.name", Some(&admin));
+    assert_eq!(got.body["value"]["en"], "Acme");
+    assert_eq!(server.get("/api/settings", Some(&admin)).body.as_array().unwrap().len(), 1);
+    assert_eq!(server.send("DELETE", "/api/settings/site.name", Some(&admin), None).status, 204);
+    assert_eq!(server.get("/api/settings/site.name", Some(&admin)).status, 404);
+    let bad_key = server.send("PUT", "/api/settings/Bad%20Key", Some(&admin), Some(json!({ "value": 1 })));
+    assert_eq!(bad_key.status, 422);
+    assert_eq!(bad_key.body["error"]["field"], "key");
+}
+
+#[test]
+fn bad_bodies_get_one_json_error_shape() {
+    let w = Workdir::new();
+    let server = w.start(&["dev"]);
+    let admin = server.login(ADMIN, &server.printed_password());
+    let cases = [
+        (json!({ "email": "not-an-email", "password": "long enough pw", "display_name": "X" }), 422, Some("email")),
+        (json!({ "email": "x@example.com", "password": "short", "display_name": "X" }), 422, Some("password")),
+        (json!({ "email": "x@example.com", "password": "long enough pw", "display_name": "" }), 422, Some("display_name")),
+        (json!({ "email": "x@example.com", "password": "long enough pw", "display_name": "X", "avatar_url": "ftp://x" }), 422, Some("avatar_url")),
+        (json!({ "email": "x@example.com", "password": "long enough pw", "display_name": "X", "is_admin": true }), 422, None),
+        (json!({ "email": "x@example.com" }), 422, None),
+        (json!({ "email": "x@example.com", "password": "long enough pw", "display_name": "X", "role": "root" }), 422, None),
+    ];
+    for (body, status, field) in cases {
+        let r = server.send("POST", "/api/users", Some(&admin), Some(body.clone()));
+        assert_eq!(r.status, status, "{body}: {}", r.text);
+        assert!(r.body["error"]["code"].is_string(), "{}", r.text);
+        assert!(r.body["error"]["message"].is_string(), "{}", r.text);
+        if let Some(field) = field {
+            assert_eq!(r.body["error"]["field"], field, "{}", r.text);
+        }
+    }
+    // Malformed JSON and a missing content type.
+    let r = server.send_raw("POST", "/api/auth/login", Some("application/json"), "{nope");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["code"], "malformed_json");
+    let r = server.send_raw("POST", "/api/auth/login", None, "{}");
+    assert_eq!(r.status, 415);
+    assert_eq!(r.body["error"]["code"], "unsupported_media_type");
+    let r = server.get("/api/nowhere", None);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body["error"]["code"], "not_found");
+}
+
+#[test]
+fn health_reports_the_core_ok_when_the_plugin_store_is_missing_or_broken() {
+    let w = Workdir::new();
+    w.sv_ok(&["migrate:deploy", "--scope=core"]);
+    let server = w.start(&["serve"]);
+    let h = server.get("/health", None);
+    assert_eq!(h.status, 200, "{}", h.text);
+    assert_eq!(h.body["core"]["status"], "ok");
+    assert_eq!(h.body["plugins"]["status"], "unavailable");
+    assert_eq!(h.body["status"], "degraded");
+    assert!(!w.plugins_db().exists(), "the kernel never creates the plugin store");
+
+    std::fs::write(w.plugins_db(), b"this is not a SQLite database, it is garbage ".repeat(200)).unwrap();
+    let h = server.get("/health", None);
+    assert_eq!(h.status, 200, "{}", h.text);
+    assert_eq!(h.body["core"]["status"], "ok");
+    assert_eq!(h.body["plugins"]["status"], "unavailable");
+    let metrics = server.get("/metrics", None).text;
+    assert!(metrics.contains("sv_database_errors_total{scope=\"plugins\"}"), "{metrics}");
+    assert!(metrics.contains("sv_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"}"), "{metrics}");
+    assert!(metrics.contains("sv_http_request_duration_seconds_bucket"), "{metrics}");
+}
+
+#[test]
+fn users_create_from_the_command_line() {
+    let w = Workdir::new();
+    let err = w.sv_err(&["users", "create", "--admin", "--email", "ops@example.com"]);
+    assert!(err.contains("sv migrate:deploy"), "{err}");
+    w.sv_ok(&["migrate:deploy"]);
+    let mut child = w
+        .command(&["users", "create", "--admin", "--email", "ops@example.com", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ops password 123\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("created admin ops@example.com"), "{text}");
+    assert!(!text.contains("ops password 123"));
+
+    let generated = w.sv_ok(&["users", "create", "--email", "dev@example.com"]);
+    let password = generated
+        .lines()
+        .find_map(|l| l.strip_prefix("password (shown only once): "))
+        .unwrap()
+        .to_owned();
+
+    let server = w.start(&["serve"]);
+    assert!(server.stdout.iter().all(|l| !l.contains("password")), "serve never creates an admin");
+    let token = server.login("ops@example.com", "ops password 123");
+    assert_eq!(server.get("/api/users", Some(&token)).status, 200);
+    let dev = server.login("dev@example.com", &password);
+    assert_eq!(server.get("/api/users", Some(&dev)).status, 403);
+    let dup = w.sv_err(&["users", "create", "--email", "dev@example.com"]);
+    assert!(dup.contains("already exists"), "{dup}");
+}

@@ -1,0 +1,278 @@
+//! Helpers for tests that run the real `sv` binary against temporary data directories.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Variables that would leak the developer's configuration into a test.
+const CONFIG_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "PLUGIN_DATABASE_URL",
+    "SV_DATA_DIR",
+    "SV_PLUGINS_DIR",
+    "SV_PORT",
+    "SV_BIND",
+    "SV_CONFIG",
+];
+
+/// A temporary working directory for `sv`.
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub fn new() -> Workdir {
+        Workdir {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn core_db(&self) -> PathBuf {
+        self.path().join("data/core.db")
+    }
+
+    pub fn plugins_db(&self) -> PathBuf {
+        self.path().join("data/plugins.db")
+    }
+
+    /// A `sv` command running in this directory with a clean configuration environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sv"));
+        cmd.args(args).current_dir(self.path()).env("SV_LOG", "warn");
+        for var in CONFIG_VARS {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+
+    /// Runs `sv` to completion.
+    pub fn sv(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs `sv` and asserts success, returning stdout.
+    pub fn sv_ok(&self, args: &[&str]) -> String {
+        let out = self.sv(args);
+        assert!(
+            out.status.success(),
+            "sv {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `sv`, asserts failure, returns stderr.
+    pub fn sv_err(&self, args: &[&str]) -> String {
+        let out = self.sv(args);
+        assert!(
+            !out.status.success(),
+            "sv {args:?} should have failed:\nstdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// Writes a plugin migration file.
+    pub fn plugin_migration(&self, plugin: &str, file: &str, sql: &str) -> PathBuf {
+        let dir = self.path().join("plugins").join(plugin).join("migrations");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(file);
+        std::fs::write(&path, sql).unwrap();
+        path
+    }
+
+    /// Starts `sv <args> --port 0` and waits until it serves.
+    pub fn start(&self, args: &[&str]) -> Server {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--port", "0"]);
+        let mut child = self
+            .command(&all)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.push(line.clone());
+                if let Some(addr) = line.strip_prefix("Sovereign is running at ") {
+                    let _ = tx.send(Ok((addr.to_owned(), lines.clone())));
+                }
+            }
+            let _ = tx.send(Err(lines));
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok((base, stdout))) => Server {
+                child,
+                base,
+                stdout,
+                agent: agent(),
+            },
+            other => {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "sv {args:?} did not start: {other:?}\nstderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// A running `sv dev` / `sv serve`.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    /// Standard output up to the "running" line.
+    pub stdout: Vec<String>,
+    agent: ureq::Agent,
+}
+
+/// An HTTP answer: status and JSON body (Null when empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn reply(mut response: ureq::http::Response<ureq::Body>) -> Reply {
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, body, text }
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut req = self.agent.get(self.url(path));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        Self::reply(req.call().unwrap())
+    }
+
+    pub fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let response = match body {
+            Some(b) => self
+                .agent
+                .run(
+                    req.header("content-type", "application/json")
+                        .body(b.to_string())
+                        .unwrap(),
+                )
+                .unwrap(),
+            None => self.agent.run(req.body(()).unwrap()).unwrap(),
+        };
+        Self::reply(response)
+    }
+
+    /// Sends a raw body with an optional content type.
+    pub fn send_raw(&self, method: &str, path: &str, content_type: Option<&str>, body: &str) -> Reply {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        Self::reply(self.agent.run(req.body(body.to_owned()).unwrap()).unwrap())
+    }
+
+    /// Logs in and returns the token.
+    pub fn login(&self, email: &str, password: &str) -> String {
+        let r = self.send(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(serde_json::json!({ "email": email, "password": password })),
+        );
+        assert_eq!(r.status, 200, "login failed: {}", r.text);
+        r.body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// The first admin password printed by `sv dev`.
+    pub fn printed_password(&self) -> String {
+        self.stdout
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("password: "))
+            .expect("sv dev printed a password")
+            .to_owned()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "sv did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens a database file for inspection in a test (not through Sovereign's code).
+pub fn raw(path: &Path) -> rusqlite_for_tests::Connection {
+    rusqlite_for_tests::Connection::open(path).unwrap()
+}
+
+pub use sovereign_db::rusqlite as rusqlite_for_tests;
+
+/// Names of the tables in a database file.
+pub fn tables(path: &Path) -> Vec<String> {
+    let conn = raw(path);
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Writes `input` to a child's stdin.
+pub fn feed(child: &mut Child, input: &str) {
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+}
