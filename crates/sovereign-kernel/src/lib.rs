@@ -92,7 +92,8 @@ impl Kernel {
 /// Installs SIGINT and SIGTERM handlers now and returns a future that resolves when
 /// either arrives. Installing before the server announces itself means a signal sent right
 /// after start-up still shuts down gracefully.
-pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static>
+{
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;

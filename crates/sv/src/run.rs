@@ -112,7 +112,11 @@ fn start(config: &Config, listen: SocketAddr, lock: RuntimeLock) -> anyhow::Resu
         let mut out = std::io::stdout().lock();
         writeln!(out, "core store:   {}", config.core_db_path().display())?;
         writeln!(out, "plugin store: {}", config.plugins_db_path().display())?;
-        writeln!(out, "Sovereign is running at http://{}", kernel.local_addr())?;
+        writeln!(
+            out,
+            "Sovereign is running at http://{}",
+            kernel.local_addr()
+        )?;
         out.flush()?;
         drop(out);
         kernel.serve(shutdown).await?;

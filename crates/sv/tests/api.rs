@@ -43,10 +43,18 @@ fn login_logout_and_admin_only_endpoints() {
         assert_eq!(r.status, 403, "{method} {path}: {}", r.text);
         assert_eq!(r.body["error"]["code"], "forbidden");
     }
-    let r = server.send("PUT", "/api/settings/site.name", Some(&bob), Some(json!({ "value": "x" })));
+    let r = server.send(
+        "PUT",
+        "/api/settings/site.name",
+        Some(&bob),
+        Some(json!({ "value": "x" })),
+    );
     assert_eq!(r.status, 403);
     assert_eq!(server.get("/api/users", None).status, 401);
-    assert_eq!(server.get("/api/users", Some("svs_not_a_token")).status, 401);
+    assert_eq!(
+        server.get("/api/users", Some("svs_not_a_token")).status,
+        401
+    );
 
     let wrong = server.send(
         "POST",
@@ -57,7 +65,12 @@ fn login_logout_and_admin_only_endpoints() {
     assert_eq!(wrong.status, 401);
     assert_eq!(wrong.body["error"]["code"], "unauthorized");
 
-    assert_eq!(server.send("POST", "/api/auth/logout", Some(&bob), None).status, 204);
+    assert_eq!(
+        server
+            .send("POST", "/api/auth/logout", Some(&bob), None)
+            .status,
+        204
+    );
     assert_eq!(server.get("/api/auth/me", Some(&bob)).status, 401);
     assert_eq!(server.get("/api/auth/me", Some(&admin)).status, 200);
 }
@@ -97,23 +110,64 @@ fn users_crud_and_settings_for_admins() {
     assert_eq!(patched.body["role"], "admin");
     let list = server.get("/api/users", Some(&admin));
     assert_eq!(list.body.as_array().unwrap().len(), 2);
-    assert_eq!(server.send("DELETE", &format!("/api/users/{id}"), Some(&admin), None).status, 204);
-    assert_eq!(server.get(&format!("/api/users/{id}"), Some(&admin)).status, 404);
+    assert_eq!(
+        server
+            .send("DELETE", &format!("/api/users/{id}"), Some(&admin), None)
+            .status,
+        204
+    );
+    assert_eq!(
+        server.get(&format!("/api/users/{id}"), Some(&admin)).status,
+        404
+    );
 
     // The last admin cannot lock everybody out.
-    let me = server.get("/api/auth/me", Some(&admin)).body["id"].as_i64().unwrap();
-    let r = server.send("PATCH", &format!("/api/users/{me}"), Some(&admin), Some(json!({ "active": false })));
+    let me = server.get("/api/auth/me", Some(&admin)).body["id"]
+        .as_i64()
+        .unwrap();
+    let r = server.send(
+        "PATCH",
+        &format!("/api/users/{me}"),
+        Some(&admin),
+        Some(json!({ "active": false })),
+    );
     assert_eq!(r.status, 409);
     assert_eq!(r.body["error"]["code"], "last_admin");
 
-    let put = server.send("PUT", "/api/settings/site.name", Some(&admin), Some(json!({ "value": { "en": "Acme" } })));
+    let put = server.send(
+        "PUT",
+        "/api/settings/site.name",
+        Some(&admin),
+        Some(json!({ "value": { "en": "Acme" } })),
+    );
     assert_eq!(put.status, 200, "{}", put.text);
     let got = server.get("/api/settings/site.name", Some(&admin));
     assert_eq!(got.body["value"]["en"], "Acme");
-    assert_eq!(server.get("/api/settings", Some(&admin)).body.as_array().unwrap().len(), 1);
-    assert_eq!(server.send("DELETE", "/api/settings/site.name", Some(&admin), None).status, 204);
-    assert_eq!(server.get("/api/settings/site.name", Some(&admin)).status, 404);
-    let bad_key = server.send("PUT", "/api/settings/Bad%20Key", Some(&admin), Some(json!({ "value": 1 })));
+    assert_eq!(
+        server
+            .get("/api/settings", Some(&admin))
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        server
+            .send("DELETE", "/api/settings/site.name", Some(&admin), None)
+            .status,
+        204
+    );
+    assert_eq!(
+        server.get("/api/settings/site.name", Some(&admin)).status,
+        404
+    );
+    let bad_key = server.send(
+        "PUT",
+        "/api/settings/Bad%20Key",
+        Some(&admin),
+        Some(json!({ "value": 1 })),
+    );
     assert_eq!(bad_key.status, 422);
     assert_eq!(bad_key.body["error"]["field"], "key");
 }
@@ -124,13 +178,37 @@ fn bad_bodies_get_one_json_error_shape() {
     let server = w.start(&["dev"]);
     let admin = server.login(ADMIN, &server.printed_password());
     let cases = [
-        (json!({ "email": "not-an-email", "password": "long enough pw", "display_name": "X" }), 422, Some("email")),
-        (json!({ "email": "x@example.com", "password": "short", "display_name": "X" }), 422, Some("password")),
-        (json!({ "email": "x@example.com", "password": "long enough pw", "display_name": "" }), 422, Some("display_name")),
-        (json!({ "email": "x@example.com", "password": "long enough pw", "display_name": "X", "avatar_url": "ftp://x" }), 422, Some("avatar_url")),
-        (json!({ "email": "x@example.com", "password": "long enough pw", "display_name": "X", "is_admin": true }), 422, None),
+        (
+            json!({ "email": "not-an-email", "password": "long enough pw", "display_name": "X" }),
+            422,
+            Some("email"),
+        ),
+        (
+            json!({ "email": "x@example.com", "password": "short", "display_name": "X" }),
+            422,
+            Some("password"),
+        ),
+        (
+            json!({ "email": "x@example.com", "password": "long enough pw", "display_name": "" }),
+            422,
+            Some("display_name"),
+        ),
+        (
+            json!({ "email": "x@example.com", "password": "long enough pw", "display_name": "X", "avatar_url": "ftp://x" }),
+            422,
+            Some("avatar_url"),
+        ),
+        (
+            json!({ "email": "x@example.com", "password": "long enough pw", "display_name": "X", "is_admin": true }),
+            422,
+            None,
+        ),
         (json!({ "email": "x@example.com" }), 422, None),
-        (json!({ "email": "x@example.com", "password": "long enough pw", "display_name": "X", "role": "root" }), 422, None),
+        (
+            json!({ "email": "x@example.com", "password": "long enough pw", "display_name": "X", "role": "root" }),
+            422,
+            None,
+        ),
     ];
     for (body, status, field) in cases {
         let r = server.send("POST", "/api/users", Some(&admin), Some(body.clone()));
@@ -163,17 +241,33 @@ fn health_reports_the_core_ok_when_the_plugin_store_is_missing_or_broken() {
     assert_eq!(h.body["core"]["status"], "ok");
     assert_eq!(h.body["plugins"]["status"], "unavailable");
     assert_eq!(h.body["status"], "degraded");
-    assert!(!w.plugins_db().exists(), "the kernel never creates the plugin store");
+    assert!(
+        !w.plugins_db().exists(),
+        "the kernel never creates the plugin store"
+    );
 
-    std::fs::write(w.plugins_db(), b"this is not a SQLite database, it is garbage ".repeat(200)).unwrap();
+    std::fs::write(
+        w.plugins_db(),
+        b"this is not a SQLite database, it is garbage ".repeat(200),
+    )
+    .unwrap();
     let h = server.get("/health", None);
     assert_eq!(h.status, 200, "{}", h.text);
     assert_eq!(h.body["core"]["status"], "ok");
     assert_eq!(h.body["plugins"]["status"], "unavailable");
     let metrics = server.get("/metrics", None).text;
-    assert!(metrics.contains("sv_database_errors_total{scope=\"plugins\"}"), "{metrics}");
-    assert!(metrics.contains("sv_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"}"), "{metrics}");
-    assert!(metrics.contains("sv_http_request_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains("sv_database_errors_total{scope=\"plugins\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sv_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sv_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -183,12 +277,24 @@ fn users_create_from_the_command_line() {
     assert!(err.contains("sv migrate:deploy"), "{err}");
     w.sv_ok(&["migrate:deploy"]);
     let mut child = w
-        .command(&["users", "create", "--admin", "--email", "ops@example.com", "--password-stdin"])
+        .command(&[
+            "users",
+            "create",
+            "--admin",
+            "--email",
+            "ops@example.com",
+            "--password-stdin",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"ops password 123\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ops password 123\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -203,7 +309,10 @@ fn users_create_from_the_command_line() {
         .to_owned();
 
     let server = w.start(&["serve"]);
-    assert!(server.stdout.iter().all(|l| !l.contains("password")), "serve never creates an admin");
+    assert!(
+        server.stdout.iter().all(|l| !l.contains("password")),
+        "serve never creates an admin"
+    );
     let token = server.login("ops@example.com", "ops password 123");
     assert_eq!(server.get("/api/users", Some(&token)).status, 200);
     let dev = server.login("dev@example.com", &password);

@@ -7,7 +7,11 @@ use common::Workdir;
 #[test]
 fn config_reports_values_and_their_sources() {
     let w = Workdir::new();
-    std::fs::write(w.path().join(".env"), "PLUGIN_DATABASE_URL=file:store/p.db\n").unwrap();
+    std::fs::write(
+        w.path().join(".env"),
+        "PLUGIN_DATABASE_URL=file:store/p.db\n",
+    )
+    .unwrap();
     std::fs::write(w.path().join("sovereign.toml"), "port = 9100\n").unwrap();
     let out = w
         .command(&["config", "--json"])
@@ -19,28 +23,48 @@ fn config_reports_values_and_their_sources() {
     assert_eq!(v["DATABASE_URL"]["source"], "environment");
     assert_eq!(v["DATABASE_URL"]["resolved"], "/tmp/x/core.db");
     assert_eq!(v["PLUGIN_DATABASE_URL"]["value"], "file:store/p.db");
-    assert!(v["PLUGIN_DATABASE_URL"]["source"].as_str().unwrap().ends_with(".env"));
+    assert!(
+        v["PLUGIN_DATABASE_URL"]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with(".env")
+    );
     assert_eq!(
         v["PLUGIN_DATABASE_URL"]["resolved"],
         w.path().join("store/p.db").display().to_string()
     );
     assert_eq!(v["SV_PORT"]["value"], "9100");
-    assert!(v["SV_PORT"]["source"].as_str().unwrap().ends_with("sovereign.toml"));
+    assert!(
+        v["SV_PORT"]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("sovereign.toml")
+    );
     let out = w.sv_ok(&["config", "--database-url", "file:flag.db"]);
-    assert!(out.contains("file:flag.db") && out.contains("command-line flag"), "{out}");
+    assert!(
+        out.contains("file:flag.db") && out.contains("command-line flag"),
+        "{out}"
+    );
 }
 
 #[test]
 fn malformed_urls_are_refused_naming_the_variable() {
     let w = Workdir::new();
-    let out = w.command(&["config"]).env("DATABASE_URL", "data/core.db").output().unwrap();
+    let out = w
+        .command(&["config"])
+        .env("DATABASE_URL", "data/core.db")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("DATABASE_URL"), "{err}");
     assert!(err.contains("expected `file:PATH`"), "{err}");
     let err = w.sv_err(&["migrate:deploy", "--plugin-database-url", "sqlite://x"]);
     assert!(err.contains("PLUGIN_DATABASE_URL"), "{err}");
-    assert!(!w.core_db().exists(), "nothing is created on a configuration error");
+    assert!(
+        !w.core_db().exists(),
+        "nothing is created on a configuration error"
+    );
 }
 
 #[test]

@@ -4,7 +4,11 @@
 use std::collections::{HashMap, HashSet};
 
 /// Crates on the untrusted side (those that do not exist yet are skipped).
-const PLUGIN_SIDE: &[&str] = &["sovereign-db-plugins", "sovereign-host", "sovereign-plugin-sdk"];
+const PLUGIN_SIDE: &[&str] = &[
+    "sovereign-db-plugins",
+    "sovereign-host",
+    "sovereign-plugin-sdk",
+];
 const CORE_STORE: &str = "sovereign-db-core";
 
 #[test]
@@ -15,7 +19,11 @@ fn plugin_side_crates_never_depend_on_the_core_store() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: HashMap<&str, &str> = meta["packages"]
         .as_array()
@@ -58,5 +66,8 @@ fn plugin_side_crates_never_depend_on_the_core_store() {
             stack.extend(deps.get(next).into_iter().flatten());
         }
     }
-    assert!(checked >= 1, "sovereign-db-plugins must be in the workspace");
+    assert!(
+        checked >= 1,
+        "sovereign-db-plugins must be in the workspace"
+    );
 }

@@ -46,7 +46,9 @@ impl Workdir {
     /// A `sv` command running in this directory with a clean configuration environment.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sv"));
-        cmd.args(args).current_dir(self.path()).env("SV_LOG", "warn");
+        cmd.args(args)
+            .current_dir(self.path())
+            .env("SV_LOG", "warn");
         for var in CONFIG_VARS {
             cmd.env_remove(var);
         }
@@ -177,7 +179,13 @@ impl Server {
         Self::reply(req.call().unwrap())
     }
 
-    pub fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = ureq::http::Request::builder()
             .method(method)
             .uri(self.url(path));
@@ -199,7 +207,13 @@ impl Server {
     }
 
     /// Sends a raw body with an optional content type.
-    pub fn send_raw(&self, method: &str, path: &str, content_type: Option<&str>, body: &str) -> Reply {
+    pub fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &str,
+    ) -> Reply {
         let mut req = ureq::http::Request::builder()
             .method(method)
             .uri(self.url(path));
@@ -274,5 +288,10 @@ pub fn tables(path: &Path) -> Vec<String> {
 
 /// Writes `input` to a child's stdin.
 pub fn feed(child: &mut Child, input: &str) {
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
 }
