@@ -15,7 +15,7 @@ const CORE_STORE: &str = "sovereign-db-core";
 fn plugin_side_crates_never_depend_on_the_core_store() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["metadata", "--format-version", "1"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
