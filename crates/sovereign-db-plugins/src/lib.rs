@@ -3,7 +3,22 @@
 //! This crate never sees `core.db`: it depends on `sovereign-db` only, and a test in `sv`
 //! checks that through `cargo metadata`.
 
+pub mod fence;
+pub mod manifest;
+pub mod mirror;
+mod plugin_db;
+mod trusted;
+pub mod value;
+
 use std::path::{Path, PathBuf};
+
+pub use manifest::{DatabaseMode, Limits, Manifest, ManifestError};
+pub use plugin_db::{
+    FenceError, MAX_RESULT_BYTES, MAX_RESULT_ROWS, Outcome, PluginDb, PluginDbConfig,
+    StoreLocation, denial_counts,
+};
+pub use trusted::TrustedPluginStore;
+pub use value::SqlValue;
 
 use sovereign_db::rusqlite::Connection;
 use sovereign_db::{MigrationError, MigrationSet, OpenError, OpenOptions, StoreError, StoreKind};
@@ -26,6 +41,12 @@ pub enum PluginStoreError {
          underscores, starting with a letter (no `__`, no trailing `_`)"
     )]
     BadId(String),
+    /// A SQLite failure in the store's own (trusted) operations.
+    #[error("plugin store: {0}")]
+    Sqlite(String),
+    /// A manifest problem.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
     /// The plugins directory could not be read.
     #[error("cannot read plugins directory {path}: {source}")]
     ReadDir {

@@ -98,11 +98,13 @@ pub fn open_database(path: &Path, options: &OpenOptions) -> Result<Connection, O
         }
         create_private_file(path, options.file_mode)?;
     }
+    // URI filenames let trusted code ATTACH another file read-only (`file:...?mode=ro`).
     let flags = if options.read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_ONLY
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags).map_err(sqlite_err)?;
     conn.busy_timeout(options.busy_timeout)
         .map_err(sqlite_err)?;

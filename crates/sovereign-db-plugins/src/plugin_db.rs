@@ -1,0 +1,843 @@
+//! [`PluginDb`], the fenced connection: everything a plugin's SQL can reach goes through it.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
+
+use sovereign_db::migrate::split_statements;
+use sovereign_db::rusqlite::config::DbConfig;
+use sovereign_db::rusqlite::hooks::Authorization;
+use sovereign_db::rusqlite::limits::Limit;
+use sovereign_db::rusqlite::{self, Connection, ErrorCode, OptionalExtension, params_from_iter};
+use sovereign_db::{MigrationSet, OpenOptions, StoreKind};
+
+use crate::fence::{Decision, MIRROR_SCHEMA, Policy};
+use crate::manifest::{DatabaseMode, Limits};
+use crate::value::SqlValue;
+use crate::{PluginStoreError, is_valid_plugin_id};
+
+/// Most rows one query may return.
+pub const MAX_RESULT_ROWS: usize = 10_000;
+/// Most bytes (of values) one query may return.
+pub const MAX_RESULT_BYTES: usize = 8 * 1024 * 1024;
+
+/// The `sqlite3_limit`s of every plugin connection: tight, but enough for a real app.
+const SQLITE_LIMITS: &[(Limit, i32)] = &[
+    (Limit::SQLITE_LIMIT_ATTACHED, 0),
+    (Limit::SQLITE_LIMIT_LENGTH, 16 * 1024 * 1024),
+    (Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000),
+    (Limit::SQLITE_LIMIT_COLUMN, 500),
+    (Limit::SQLITE_LIMIT_EXPR_DEPTH, 100),
+    (Limit::SQLITE_LIMIT_COMPOUND_SELECT, 50),
+    (Limit::SQLITE_LIMIT_VDBE_OP, 250_000),
+    (Limit::SQLITE_LIMIT_FUNCTION_ARG, 32),
+    (Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1_000),
+    (Limit::SQLITE_LIMIT_VARIABLE_NUMBER, 999),
+    (Limit::SQLITE_LIMIT_TRIGGER_DEPTH, 16),
+    (Limit::SQLITE_LIMIT_WORKER_THREADS, 0),
+];
+
+/// Where plugin databases live.
+#[derive(Debug, Clone)]
+pub struct StoreLocation {
+    /// The shared `plugins.db`.
+    pub shared_store: PathBuf,
+    /// The directory of isolated files (`data/plugins/`).
+    pub isolated_dir: PathBuf,
+}
+
+impl StoreLocation {
+    /// The file plugin `id` uses in `mode`.
+    pub fn file_for(&self, id: &str, mode: DatabaseMode) -> PathBuf {
+        match mode {
+            DatabaseMode::Shared => self.shared_store.clone(),
+            DatabaseMode::Isolated => self.isolated_dir.join(format!("{id}.db")),
+        }
+    }
+}
+
+/// What the fence needs to know about a plugin.
+#[derive(Debug, Clone)]
+pub struct PluginDbConfig {
+    /// Plugin id.
+    pub plugin_id: String,
+    /// Database mode.
+    pub mode: DatabaseMode,
+    /// Approved mirror grants as `(slice, column)`.
+    pub grants: Vec<(String, String)>,
+    /// Limits from the manifest.
+    pub limits: Limits,
+}
+
+/// Why a plugin statement did not run. Every variant names the plugin; none reveals
+/// anything about data outside the plugin's reach.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// The fence refused the statement.
+    #[error("plugin {plugin} may not {action} {object}")]
+    Denied {
+        /// Plugin id.
+        plugin: String,
+        /// What it tried.
+        action: String,
+        /// What it tried it on.
+        object: String,
+    },
+    /// More than one statement was passed.
+    #[error("plugin {plugin}: pass exactly one SQL statement per call")]
+    MultipleStatements {
+        /// Plugin id.
+        plugin: String,
+    },
+    /// No statement was passed.
+    #[error("plugin {plugin}: the SQL text holds no statement")]
+    EmptyStatement {
+        /// Plugin id.
+        plugin: String,
+    },
+    /// The statement ran past `limits.statement_ms`.
+    #[error("plugin {plugin}: statement stopped after its {limit_ms} ms deadline")]
+    Deadline {
+        /// Plugin id.
+        plugin: String,
+        /// The deadline.
+        limit_ms: u32,
+    },
+    /// The plugin's storage is full.
+    #[error(
+        "plugin {plugin}: storage quota exceeded ({used_bytes} bytes used of {quota_bytes}); delete data or raise limits.storage_mb"
+    )]
+    Quota {
+        /// Plugin id.
+        plugin: String,
+        /// Bytes in use.
+        used_bytes: u64,
+        /// The quota.
+        quota_bytes: u64,
+    },
+    /// The result would exceed the row or byte cap.
+    #[error(
+        "plugin {plugin}: result too large (at most {MAX_RESULT_ROWS} rows and {MAX_RESULT_BYTES} bytes); use LIMIT and paging"
+    )]
+    ResultTooLarge {
+        /// Plugin id.
+        plugin: String,
+    },
+    /// A statement exceeded one of SQLite's limits (string length, expression depth, ...).
+    #[error("plugin {plugin}: {message}")]
+    Limit {
+        /// Plugin id.
+        plugin: String,
+        /// SQLite's message.
+        message: String,
+    },
+    /// An ordinary SQL error in the plugin's own statement (syntax, constraint, ...).
+    #[error("plugin {plugin}: {message}")]
+    Sql {
+        /// Plugin id.
+        plugin: String,
+        /// SQLite's message.
+        message: String,
+    },
+}
+
+/// The outcome of one statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A statement that returns rows (SELECT, or RETURNING).
+    Rows {
+        /// Column names.
+        columns: Vec<String>,
+        /// Rows.
+        rows: Vec<Vec<SqlValue>>,
+    },
+    /// A statement that changes data or schema.
+    Changed {
+        /// Rows inserted, updated or deleted.
+        rows_affected: u64,
+        /// `last_insert_rowid()` after the statement.
+        last_insert_id: i64,
+    },
+}
+
+static DENIALS: LazyLock<Mutex<BTreeMap<String, u64>>> = LazyLock::new(Default::default);
+
+/// Denied statements per plugin since the process started.
+pub fn denial_counts() -> BTreeMap<String, u64> {
+    DENIALS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// State shared between the connection's callbacks and [`PluginDb`].
+struct Guard {
+    /// While set, the connection runs the host's own fixed SQL and the policy is off.
+    internal: AtomicBool,
+    /// Set while a plugin's DDL statement is compiled and run.
+    ddl: AtomicBool,
+    /// The first denial of the statement being prepared.
+    denial: Mutex<Option<(String, String)>>,
+    /// Deadline in ms since `epoch`; 0 means none.
+    deadline_ms: AtomicU64,
+    epoch: Instant,
+    timed_out: AtomicBool,
+}
+
+/// Turns the policy off for the host's own statements and back on when dropped.
+struct Internal<'a>(&'a Guard);
+
+impl<'a> Internal<'a> {
+    fn enter(guard: &'a Guard) -> Internal<'a> {
+        guard.internal.store(true, Ordering::SeqCst);
+        Internal(guard)
+    }
+}
+
+impl Drop for Internal<'_> {
+    fn drop(&mut self) {
+        self.0.internal.store(false, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct QuotaState {
+    measured_bytes: u64,
+    used_pages_at_measure: i64,
+}
+
+/// A plugin's fenced connection. There is no way to get the underlying connection out
+/// of it, and no conversion to or from the trusted handle.
+pub struct PluginDb {
+    conn: Connection,
+    plugin: String,
+    mode: DatabaseMode,
+    limits: Limits,
+    policy: Arc<Policy>,
+    guard: Arc<Guard>,
+    page_size: i64,
+    quota: Cell<Option<QuotaState>>,
+    denied: Cell<u64>,
+}
+
+impl std::fmt::Debug for PluginDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginDb")
+            .field("plugin", &self.plugin)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginDb {
+    /// Opens plugin `config.plugin_id`'s database behind the fence. In isolated mode the
+    /// mirror is attached read-only (by this trusted code, before the fence goes up).
+    pub fn open(
+        location: &StoreLocation,
+        config: PluginDbConfig,
+    ) -> Result<PluginDb, PluginStoreError> {
+        if !is_valid_plugin_id(&config.plugin_id) {
+            return Err(PluginStoreError::BadId(config.plugin_id));
+        }
+        let id = config.plugin_id.clone();
+        let path = location.file_for(&id, config.mode);
+        let conn = sovereign_db::open_database(&path, &OpenOptions::plugins())?;
+        let kind = match config.mode {
+            DatabaseMode::Shared => StoreKind::Plugins,
+            DatabaseMode::Isolated => StoreKind::IsolatedPlugin(id.clone()),
+        };
+        sovereign_db::store::claim(&conn, &kind)?;
+        let sqlite = |e: rusqlite::Error| PluginStoreError::Sqlite(e.to_string());
+        if config.mode == DatabaseMode::Isolated
+            && !config.grants.is_empty()
+            && location.shared_store.exists()
+        {
+            conn.execute(
+                &format!("ATTACH DATABASE ?1 AS {MIRROR_SCHEMA}"),
+                [read_only_uri(&location.shared_store)],
+            )
+            .map_err(sqlite)?;
+        }
+        for (config_flag, on) in [
+            (DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true),
+            (DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false),
+            (DbConfig::SQLITE_DBCONFIG_WRITABLE_SCHEMA, false),
+            (DbConfig::SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER, false),
+            (DbConfig::SQLITE_DBCONFIG_ENABLE_ATTACH_CREATE, false),
+            (DbConfig::SQLITE_DBCONFIG_ENABLE_ATTACH_WRITE, false),
+        ] {
+            conn.set_db_config(config_flag, on).map_err(sqlite)?;
+        }
+        for (limit, value) in SQLITE_LIMITS {
+            conn.set_limit(*limit, *value).map_err(sqlite)?;
+        }
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(sqlite)?;
+        let quota_bytes = u64::from(config.limits.storage_mb) * 1024 * 1024;
+        if config.mode == DatabaseMode::Isolated {
+            conn.query_row(
+                &format!(
+                    "PRAGMA main.max_page_count = {}",
+                    quota_bytes as i64 / page_size
+                ),
+                [],
+                |_| Ok(()),
+            )
+            .map_err(sqlite)?;
+        }
+
+        let policy = Arc::new(Policy::new(
+            &id,
+            &config.grants,
+            config.mode == DatabaseMode::Isolated,
+        ));
+        let guard = Arc::new(Guard {
+            internal: AtomicBool::new(false),
+            ddl: AtomicBool::new(false),
+            denial: Mutex::new(None),
+            deadline_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            timed_out: AtomicBool::new(false),
+        });
+        {
+            let policy = policy.clone();
+            let guard = guard.clone();
+            conn.authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
+                if guard.internal.load(Ordering::SeqCst) {
+                    return Authorization::Allow;
+                }
+                match policy.decide(&ctx, guard.ddl.load(Ordering::SeqCst)) {
+                    Decision::Allow => Authorization::Allow,
+                    Decision::Deny { action, object } => {
+                        let mut first = guard.denial.lock().unwrap_or_else(|e| e.into_inner());
+                        first.get_or_insert((action, object));
+                        Authorization::Deny
+                    }
+                }
+            }))
+            .map_err(sqlite)?;
+        }
+        {
+            let guard = guard.clone();
+            conn.progress_handler(
+                1000,
+                Some(move || {
+                    let deadline = guard.deadline_ms.load(Ordering::Relaxed);
+                    if deadline != 0 && guard.epoch.elapsed().as_millis() as u64 > deadline {
+                        guard.timed_out.store(true, Ordering::Relaxed);
+                        return true;
+                    }
+                    false
+                }),
+            )
+            .map_err(sqlite)?;
+        }
+        let db = PluginDb {
+            conn,
+            plugin: id,
+            mode: config.mode,
+            limits: config.limits,
+            policy,
+            guard,
+            page_size,
+            quota: Cell::new(None),
+            denied: Cell::new(0),
+        };
+        Ok(db)
+    }
+
+    /// The plugin id.
+    pub fn plugin_id(&self) -> &str {
+        &self.plugin
+    }
+
+    /// Statements denied on this connection.
+    pub fn denied_count(&self) -> u64 {
+        self.denied.get()
+    }
+
+    /// Runs exactly one statement as the plugin, behind the fence and its limits.
+    pub fn execute(&self, sql: &str, params: &[SqlValue]) -> Result<Outcome, FenceError> {
+        let statements = split_statements(sql);
+        let text = match statements.as_slice() {
+            [] => {
+                return Err(FenceError::EmptyStatement {
+                    plugin: self.plugin.clone(),
+                });
+            }
+            [(_, one)] => *one,
+            _ => {
+                return Err(FenceError::MultipleStatements {
+                    plugin: self.plugin.clone(),
+                });
+            }
+        };
+        let keyword = first_keyword(text);
+        if let Some((action, object)) = match keyword.as_str() {
+            "VACUUM" => Some(("vacuum", "the database")),
+            "ANALYZE" => Some(("analyze", "the database")),
+            _ => None,
+        } {
+            self.reset_denial();
+            return Err(self.denied(action.into(), object.into()));
+        }
+        if matches!(keyword.as_str(), "CREATE" | "DROP" | "ALTER") {
+            self.execute_ddl(text, params)
+        } else {
+            self.execute_checked(text, params, true)
+        }
+    }
+
+    /// Prepares and runs one statement; `cached` reuses prepared statements (safe: the
+    /// policy of a connection never changes, and SQLite re-authorizes on re-prepare).
+    fn execute_checked(
+        &self,
+        text: &str,
+        params: &[SqlValue],
+        cached: bool,
+    ) -> Result<Outcome, FenceError> {
+        self.reset_denial();
+        if let Some(reference) = self
+            .policy
+            .foreign_reference(text, false, &|name| self.object_exists(name))
+        {
+            return Err(self.denied("read".into(), reference));
+        }
+        let prepared = if cached {
+            self.conn.prepare_cached(text).map(Prepared::Cached)
+        } else {
+            self.conn.prepare(text).map(Prepared::Fresh)
+        };
+        let mut stmt = prepared.map_err(|e| self.map_error(e, text))?;
+        // Deleting and dropping must work over quota: that is how a plugin gets back under.
+        if !stmt.get().readonly() && !matches!(first_keyword(text).as_str(), "DELETE" | "DROP") {
+            self.check_quota()?;
+        }
+        let deadline =
+            self.guard.epoch.elapsed().as_millis() as u64 + u64::from(self.limits.statement_ms);
+        self.guard.timed_out.store(false, Ordering::Relaxed);
+        self.guard
+            .deadline_ms
+            .store(deadline.max(1), Ordering::Relaxed);
+        let result = self.run_prepared(stmt.get_mut(), params);
+        self.guard.deadline_ms.store(0, Ordering::Relaxed);
+        result.map_err(|e| match e {
+            RunError::Sqlite(e) => self.map_error(e, text),
+            RunError::TooLarge => FenceError::ResultTooLarge {
+                plugin: self.plugin.clone(),
+            },
+        })
+    }
+
+    fn run_prepared(
+        &self,
+        stmt: &mut rusqlite::Statement<'_>,
+        params: &[SqlValue],
+    ) -> Result<Outcome, RunError> {
+        let column_count = stmt.column_count();
+        if column_count == 0 {
+            let rows_affected = stmt.execute(params_from_iter(params))? as u64;
+            return Ok(Outcome::Changed {
+                rows_affected,
+                last_insert_id: self.conn.last_insert_rowid(),
+            });
+        }
+        let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        let mut cursor = stmt.query(params_from_iter(params))?;
+        while let Some(row) = cursor.next()? {
+            let mut values = Vec::with_capacity(column_count);
+            for i in 0..column_count {
+                let value = SqlValue::from_ref(row.get_ref(i)?);
+                bytes += value.size();
+                values.push(value);
+            }
+            rows.push(values);
+            if rows.len() > MAX_RESULT_ROWS || bytes > MAX_RESULT_BYTES {
+                return Err(RunError::TooLarge);
+            }
+        }
+        Ok(Outcome::Rows { columns, rows })
+    }
+
+    /// DDL runs in a savepoint; afterwards every new schema object must be in the
+    /// plugin's namespace (this catches `ALTER TABLE ... RENAME TO other__x`, whose new
+    /// name the authorizer never sees) and every new view must be readable under the
+    /// fence. Otherwise the statement is undone and denied.
+    fn execute_ddl(&self, text: &str, params: &[SqlValue]) -> Result<Outcome, FenceError> {
+        let before = self.schema_objects()?;
+        self.internal_batch("SAVEPOINT sv_plugin_ddl")?;
+        self.guard.ddl.store(true, Ordering::SeqCst);
+        let ran = self.execute_checked(text, params, false);
+        self.guard.ddl.store(false, Ordering::SeqCst);
+        let outcome = ran.and_then(|outcome| {
+            let after = self.schema_objects()?;
+            for (kind, name) in after.difference(&before) {
+                let internal = name.starts_with("sqlite_autoindex_") || name == "sqlite_sequence";
+                if !self.policy.in_namespace(name) && !internal {
+                    return Err(
+                        self.denied(format!("create {kind} outside its namespace"), name.clone())
+                    );
+                }
+                if kind == "view" {
+                    self.execute_checked(
+                        &format!("SELECT * FROM \"{}\" LIMIT 0", name.replace('"', "\"\"")),
+                        &[],
+                        false,
+                    )
+                    .map_err(|e| match e {
+                        // Already logged and counted by the probe.
+                        FenceError::Denied {
+                            plugin,
+                            action,
+                            object,
+                        } => FenceError::Denied {
+                            plugin,
+                            action: format!("create view {name} that would {action}"),
+                            object,
+                        },
+                        other => other,
+                    })?;
+                }
+            }
+            Ok(outcome)
+        });
+        match outcome {
+            Ok(outcome) => {
+                self.internal_batch("RELEASE sv_plugin_ddl")?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                self.internal_batch("ROLLBACK TO sv_plugin_ddl; RELEASE sv_plugin_ddl")?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the transaction a plugin request runs in (the host owns transactions).
+    pub fn begin(&self) -> Result<(), FenceError> {
+        self.internal_batch("BEGIN IMMEDIATE")
+    }
+
+    /// Commits the request's transaction.
+    pub fn commit(&self) -> Result<(), FenceError> {
+        self.internal_batch("COMMIT")
+    }
+
+    /// Rolls the request's transaction back (if one is open).
+    pub fn rollback(&self) -> Result<(), FenceError> {
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.internal_batch("ROLLBACK")
+    }
+
+    /// Runs `f` in a transaction: committed if it returns `Ok`, rolled back otherwise.
+    pub fn transaction<T, E: From<FenceError>>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.begin()?;
+        match f(self) {
+            Ok(value) => {
+                self.commit()?;
+                Ok(value)
+            }
+            Err(e) => {
+                self.rollback()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies the plugin's pending migrations, each statement behind the fence, so a
+    /// migration cannot create or touch anything outside the plugin's namespace. The
+    /// tracking rows (scope `plugin:<id>`) are written by this trusted code.
+    pub fn migrate(&self, set: &MigrationSet) -> Result<Vec<String>, PluginStoreError> {
+        let _internal = Internal::enter(&self.guard);
+        let result = set.deploy_with(&self.conn, &mut |_conn, sql| {
+            self.guard.internal.store(false, Ordering::SeqCst);
+            let result = self
+                .execute(sql, &[])
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            self.guard.internal.store(true, Ordering::SeqCst);
+            result
+        });
+        Ok(result?)
+    }
+
+    /// The migration status of `set` in this plugin's database.
+    pub fn migration_status(
+        &self,
+        set: &MigrationSet,
+    ) -> Result<Vec<sovereign_db::MigrationStatus>, PluginStoreError> {
+        let _internal = Internal::enter(&self.guard);
+        Ok(set.status(&self.conn)?)
+    }
+
+    fn internal_batch(&self, sql: &str) -> Result<(), FenceError> {
+        let _internal = Internal::enter(&self.guard);
+        self.conn
+            .execute_batch(sql)
+            .map_err(|e| self.sql_error(e.to_string()))
+    }
+
+    fn schema_objects(&self) -> Result<BTreeSet<(String, String)>, FenceError> {
+        let _internal = Internal::enter(&self.guard);
+        let run = || -> rusqlite::Result<BTreeSet<(String, String)>> {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT type, name FROM main.sqlite_schema")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        };
+        run().map_err(|e| self.sql_error(e.to_string()))
+    }
+
+    /// Storage quota of the shared store: an upper bound of the plugin's bytes is kept
+    /// from the file's used pages (cheap pragmas); only when that bound passes the quota
+    /// are the plugin's own b-trees measured exactly with `dbstat`. Isolated files are
+    /// capped by `max_page_count` instead.
+    fn check_quota(&self) -> Result<(), FenceError> {
+        if self.mode == DatabaseMode::Isolated {
+            return Ok(());
+        }
+        let quota_bytes = u64::from(self.limits.storage_mb) * 1024 * 1024;
+        let used_pages = self.used_pages()?;
+        if let Some(state) = self.quota.get() {
+            let grown = (used_pages - state.used_pages_at_measure).max(0) as u64;
+            if state.measured_bytes + grown * self.page_size as u64 <= quota_bytes {
+                return Ok(());
+            }
+        }
+        let measured = self.measure_bytes()?;
+        self.quota.set(Some(QuotaState {
+            measured_bytes: measured,
+            used_pages_at_measure: used_pages,
+        }));
+        if measured > quota_bytes {
+            return Err(FenceError::Quota {
+                plugin: self.plugin.clone(),
+                used_bytes: measured,
+                quota_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn used_pages(&self) -> Result<i64, FenceError> {
+        let _internal = Internal::enter(&self.guard);
+        let run = || -> rusqlite::Result<i64> {
+            let pages: i64 = self
+                .conn
+                .prepare_cached("PRAGMA main.page_count")?
+                .query_row([], |r| r.get(0))?;
+            let free: i64 = self
+                .conn
+                .prepare_cached("PRAGMA main.freelist_count")?
+                .query_row([], |r| r.get(0))?;
+            Ok(pages - free)
+        };
+        run().map_err(|e| self.sql_error(e.to_string()))
+    }
+
+    /// Bytes on disk of the plugin's tables and indexes, from `dbstat`.
+    pub fn measure_bytes(&self) -> Result<u64, FenceError> {
+        let _internal = Internal::enter(&self.guard);
+        let run = || -> rusqlite::Result<u64> {
+            let names: Vec<String> = self
+                .conn
+                .prepare_cached(
+                    "SELECT name FROM main.sqlite_schema WHERE type IN ('table', 'index')
+                     AND lower(substr(tbl_name, 1, ?2)) = ?1",
+                )?
+                .query_map(
+                    rusqlite::params![format!("{}__", self.plugin), self.plugin.len() as i64 + 2],
+                    |r| r.get(0),
+                )?
+                .collect::<Result<_, _>>()?;
+            let mut total = 0u64;
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT pgsize FROM dbstat('main', 1) WHERE name = ?1")?;
+            for name in names {
+                let size: Option<i64> = stmt.query_row([&name], |r| r.get(0)).optional()?;
+                total += size.unwrap_or(0) as u64;
+            }
+            Ok(total)
+        };
+        run().map_err(|e| self.sql_error(e.to_string()))
+    }
+
+    /// Whether a table or view of that (lower-case) name exists in any attached schema.
+    fn object_exists(&self, lower_name: &str) -> bool {
+        let _internal = Internal::enter(&self.guard);
+        let schemas: &[&str] = if self.mode == DatabaseMode::Isolated && self.has_mirror() {
+            &["main", MIRROR_SCHEMA]
+        } else {
+            &["main"]
+        };
+        schemas.iter().any(|schema| {
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT count(*) > 0 FROM \"{schema}\".sqlite_schema WHERE lower(name) = ?1"
+                ))
+                .and_then(|mut s| s.query_row([lower_name], |r| r.get::<_, bool>(0)))
+                // If we cannot tell, treat it as existing: deny rather than leak.
+                .unwrap_or(true)
+        })
+    }
+
+    fn has_mirror(&self) -> bool {
+        self.conn
+            .prepare_cached("SELECT count(*) > 0 FROM pragma_database_list WHERE name = 'mirror'")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, bool>(0)))
+            .unwrap_or(false)
+    }
+
+    fn reset_denial(&self) {
+        *self.guard.denial.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn denied(&self, action: String, object: String) -> FenceError {
+        tracing::warn!(plugin = %self.plugin, action = %action, object = %object, "plugin SQL denied");
+        self.denied.set(self.denied.get() + 1);
+        *DENIALS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(self.plugin.clone())
+            .or_default() += 1;
+        FenceError::Denied {
+            plugin: self.plugin.clone(),
+            action,
+            object,
+        }
+    }
+
+    fn sql_error(&self, message: String) -> FenceError {
+        FenceError::Sql {
+            plugin: self.plugin.clone(),
+            message,
+        }
+    }
+
+    fn map_error(&self, e: rusqlite::Error, text: &str) -> FenceError {
+        let recorded = self
+            .guard
+            .denial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((action, object)) = recorded {
+            return self.denied(action, object);
+        }
+        let code = e.sqlite_error_code();
+        let message = match &e {
+            rusqlite::Error::SqliteFailure(_, Some(m)) => m.clone(),
+            other => other.to_string(),
+        };
+        match code {
+            Some(ErrorCode::OperationInterrupted)
+                if self.guard.timed_out.load(Ordering::Relaxed) =>
+            {
+                return FenceError::Deadline {
+                    plugin: self.plugin.clone(),
+                    limit_ms: self.limits.statement_ms,
+                };
+            }
+            Some(ErrorCode::DiskFull) => {
+                let quota_bytes = u64::from(self.limits.storage_mb) * 1024 * 1024;
+                return FenceError::Quota {
+                    plugin: self.plugin.clone(),
+                    used_bytes: quota_bytes,
+                    quota_bytes,
+                };
+            }
+            Some(ErrorCode::TooBig) => {
+                return FenceError::Limit {
+                    plugin: self.plugin.clone(),
+                    message,
+                };
+            }
+            _ => {}
+        }
+        if matches!(e, rusqlite::Error::MultipleStatement) {
+            return FenceError::MultipleStatements {
+                plugin: self.plugin.clone(),
+            };
+        }
+        // "no such table: notes__x" must look exactly like a denial, or errors would tell
+        // which of another plugin's tables and columns exist.
+        if (message.starts_with("no such") || message.contains("ambiguous column"))
+            && let Some(reference) = self.policy.foreign_reference(text, true, &|_| true)
+        {
+            return self.denied("read".into(), reference);
+        }
+        if message.contains("too many")
+            || message.contains("too big")
+            || message.contains("too large")
+        {
+            return FenceError::Limit {
+                plugin: self.plugin.clone(),
+                message,
+            };
+        }
+        self.sql_error(message)
+    }
+}
+
+enum RunError {
+    Sqlite(rusqlite::Error),
+    TooLarge,
+}
+
+impl From<rusqlite::Error> for RunError {
+    fn from(e: rusqlite::Error) -> Self {
+        RunError::Sqlite(e)
+    }
+}
+
+enum Prepared<'a> {
+    Cached(rusqlite::CachedStatement<'a>),
+    Fresh(rusqlite::Statement<'a>),
+}
+
+impl<'a> Prepared<'a> {
+    fn get(&self) -> &rusqlite::Statement<'a> {
+        match self {
+            Prepared::Cached(s) => s,
+            Prepared::Fresh(s) => s,
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut rusqlite::Statement<'a> {
+        match self {
+            Prepared::Cached(s) => s,
+            Prepared::Fresh(s) => s,
+        }
+    }
+}
+
+/// The statement's first keyword, upper-cased (comments were stripped by the splitter).
+fn first_keyword(text: &str) -> String {
+    text.chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
+/// `file:<path>?mode=ro`, with the characters URIs reserve escaped.
+fn read_only_uri(path: &Path) -> String {
+    let mut out = String::from("file:");
+    for c in path.display().to_string().chars() {
+        match c {
+            '%' | '?' | '#' | ' ' => out.push_str(&format!("%{:02X}", c as u32)),
+            other => out.push(other),
+        }
+    }
+    out.push_str("?mode=ro");
+    out
+}
