@@ -118,4 +118,109 @@ impl TrustedPluginStore {
         };
         run().map_err(|e| PluginStoreError::Sqlite(e.to_string()))
     }
+
+    /// Copies every object of plugin `id` (tables with their rows, indexes, views,
+    /// triggers, AUTOINCREMENT counters and migration tracking rows) from `source` into
+    /// this store, in one transaction, checking row counts. Refuses if this store already
+    /// holds objects of the plugin. Returns `(table, rows)` per copied table.
+    pub fn copy_plugin_from(
+        &self,
+        source: &TrustedPluginStore,
+        id: &str,
+    ) -> Result<Vec<(String, u64)>, PluginStoreError> {
+        if !self.plugin_objects(id)?.is_empty() {
+            return Err(PluginStoreError::Sqlite(format!(
+                "{} already holds tables of plugin {id}; refusing to overwrite them",
+                self.path.display()
+            )));
+        }
+        let sqlite = |e: rusqlite::Error| PluginStoreError::Sqlite(e.to_string());
+        self.conn
+            .execute(
+                "ATTACH DATABASE ?1 AS sv_move_source",
+                [source.path.display().to_string()],
+            )
+            .map_err(sqlite)?;
+        let result = self.copy_attached(id);
+        let detached = self
+            .conn
+            .execute_batch("DETACH DATABASE sv_move_source")
+            .map_err(sqlite);
+        let copied = result?;
+        detached?;
+        Ok(copied)
+    }
+
+    fn copy_attached(&self, id: &str) -> Result<Vec<(String, u64)>, PluginStoreError> {
+        let prefix = format!("{id}__");
+        let run = || -> rusqlite::Result<Vec<(String, u64)>> {
+            let tx = rusqlite::Transaction::new_unchecked(
+                &self.conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
+            let objects: Vec<(String, String, String)> = tx
+                .prepare(
+                    "SELECT type, name, sql FROM sv_move_source.sqlite_schema
+                     WHERE sql IS NOT NULL AND lower(substr(tbl_name, 1, ?2)) = ?1
+                     ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid",
+                )?
+                .query_map(rusqlite::params![prefix, prefix.len() as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut copied = Vec::new();
+            for (kind, name, sql) in &objects {
+                tx.execute_batch(sql)?;
+                if kind == "table" {
+                    let quoted = name.replace('"', "\"\"");
+                    let rows = tx.execute(
+                        &format!("INSERT INTO main.\"{quoted}\" SELECT * FROM sv_move_source.\"{quoted}\""),
+                        [],
+                    )? as u64;
+                    let expected: i64 = tx.query_row(
+                        &format!("SELECT count(*) FROM sv_move_source.\"{quoted}\""),
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    if expected as u64 != rows {
+                        return Err(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+                            Some(format!(
+                                "copied {rows} rows of {name} but the source has {expected}"
+                            )),
+                        ));
+                    }
+                    copied.push((name.clone(), rows));
+                }
+            }
+            let has = |schema: &str, table: &str| -> rusqlite::Result<bool> {
+                tx.query_row(
+                    &format!("SELECT count(*) > 0 FROM {schema}.sqlite_schema WHERE name = ?1"),
+                    [table],
+                    |r| r.get(0),
+                )
+            };
+            if has("sv_move_source", "sqlite_sequence")? && has("main", "sqlite_sequence")? {
+                tx.execute(
+                    "INSERT INTO main.sqlite_sequence (name, seq) SELECT name, seq FROM sv_move_source.sqlite_sequence
+                     WHERE lower(substr(name, 1, ?2)) = ?1",
+                    rusqlite::params![prefix, prefix.len() as i64],
+                )?;
+            }
+            if has("sv_move_source", "_sv_migrations")? {
+                tx.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS main._sv_migrations (
+                        scope TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,
+                        checksum TEXT NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (scope, version)) STRICT",
+                )?;
+                tx.execute(
+                    "INSERT INTO main._sv_migrations SELECT * FROM sv_move_source._sv_migrations WHERE scope = ?1",
+                    [migration_scope(id)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(copied)
+        };
+        run().map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+    }
 }

@@ -3,6 +3,8 @@
 
 mod config_cmd;
 mod migrate;
+mod plugin_support;
+mod plugins_cmd;
 mod run;
 mod users_cmd;
 
@@ -63,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: migrate::MigrateCommand,
     },
+    /// Install, list, remove plugins; run SQL as a plugin.
+    Plugins {
+        #[command(subcommand)]
+        command: plugins_cmd::PluginsCommand,
+    },
     /// Manage users.
     Users {
         #[command(subcommand)]
@@ -110,6 +117,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             migrate::MigrateCommand::Status(args) => migrate::status(&config, &args),
         },
         Command::Users { command } => users_cmd::run(&config, command),
+        Command::Plugins { command } => plugins_cmd::run(&config, command),
     }
 }
 

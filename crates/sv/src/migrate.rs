@@ -8,6 +8,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use sovereign_config::Config;
 use sovereign_db::rusqlite::Connection;
 use sovereign_db::{MigrationSet, MigrationState, OpenOptions};
+use sovereign_db_plugins::{PluginDb, PluginDbConfig};
+
+use crate::plugin_support;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scope {
@@ -51,10 +54,10 @@ pub enum MigrateCommand {
 }
 
 /// Which store a migration set belongs to.
-#[derive(Clone, Copy, PartialEq, Eq)]
 enum Store {
     Core,
-    SharedPlugins,
+    /// A plugin's database, migrated behind that plugin's fence.
+    Plugin(PluginDbConfig),
 }
 
 /// One migration set and the file it applies to.
@@ -65,12 +68,20 @@ struct Target {
 }
 
 impl Target {
-    /// Opens the target's file for writing, creating it (and claiming it as the right
-    /// store) if needed. A plugin set is never opened on a file marked as core.
-    fn open_for_write(&self) -> anyhow::Result<Connection> {
-        Ok(match self.store {
-            Store::Core => sovereign_db_core::open(&self.path)?,
-            Store::SharedPlugins => sovereign_db_plugins::open_shared_store(&self.path)?,
+    /// Applies pending migrations, creating the file if needed. Plugin migrations run on
+    /// the plugin's fenced connection: they cannot create or touch anything outside the
+    /// plugin's namespace, and never reach a file marked as the core store.
+    fn apply(&self, config: &Config) -> anyhow::Result<Vec<String>> {
+        Ok(match &self.store {
+            Store::Core => {
+                let conn = sovereign_db_core::open(&self.path)?;
+                self.set.deploy(&conn)?
+            }
+            Store::Plugin(plugin) => {
+                plugin_support::ensure_mirrors(config, &plugin.grants)?;
+                let db = PluginDb::open(&plugin_support::store_location(config), plugin.clone())?;
+                db.migrate(&self.set)?
+            }
         })
     }
 
@@ -117,11 +128,16 @@ fn targets(config: &Config, scope: Scope, plugin: Option<&str>) -> anyhow::Resul
             }
             None => sovereign_db_plugins::discover_plugins(&plugins_dir)?,
         };
+        let location = plugin_support::store_location(config);
         for id in ids {
+            let Some(plugin_config) = plugin_support::plugin_db_config(config, &id)? else {
+                tracing::info!(plugin = %id, "skipping a plugin package that is not installed");
+                continue;
+            };
             out.push(Target {
                 set: sovereign_db_plugins::plugin_migrations(&plugins_dir, &id)?,
-                store: Store::SharedPlugins,
-                path: config.plugins_db_path(),
+                path: location.file_for(&id, plugin_config.mode),
+                store: Store::Plugin(plugin_config),
             });
         }
     }
@@ -133,8 +149,7 @@ fn targets(config: &Config, scope: Scope, plugin: Option<&str>) -> anyhow::Resul
 pub fn deploy_all(config: &Config) -> anyhow::Result<Vec<String>> {
     let mut applied = Vec::new();
     for target in targets(config, Scope::All, None)? {
-        let conn = target.open_for_write()?;
-        for file in target.set.deploy(&conn)? {
+        for file in target.apply(config)? {
             applied.push(format!("{}: {file}", target.set.scope()));
         }
     }
@@ -183,10 +198,8 @@ pub fn deploy(config: &Config, args: &DeployArgs) -> anyhow::Result<ExitCode> {
             }
             continue;
         }
-        let conn = target.open_for_write()?;
         let applied = target
-            .set
-            .deploy(&conn)
+            .apply(config)
             .with_context(|| format!("migrating {path}"))?;
         if applied.is_empty() {
             println!("{scope}: up to date ({path})");
