@@ -150,7 +150,7 @@ pub enum Outcome {
     /// A statement that returns rows (SELECT, or RETURNING).
     Rows {
         /// Column names.
-        columns: Vec<String>,
+        columns: Arc<[String]>,
         /// Rows.
         rows: Vec<Vec<SqlValue>>,
     },
@@ -203,7 +203,38 @@ impl Drop for Internal<'_> {
 #[derive(Clone, Copy)]
 struct QuotaState {
     measured_bytes: u64,
-    used_pages_at_measure: i64,
+    /// The file's page count when measured.
+    pages_at_measure: i64,
+    /// Free pages then: the plugin may grow into them without the file growing.
+    free_at_measure: i64,
+}
+
+/// Statement texts that passed the text check and then ran successfully; their check
+/// need not be repeated. Only successful statements are remembered: every name they use
+/// resolved to something the plugin may use, and names outside its namespace can only be
+/// created by other plugins under their own prefixes.
+/// Each remembers its result column names, so they are not rebuilt per call.
+#[derive(Default)]
+struct CheckedTexts(std::cell::RefCell<std::collections::HashMap<String, Arc<[String]>>>);
+
+impl CheckedTexts {
+    const CAPACITY: usize = 512;
+
+    fn get(&self, sql: &str) -> Option<Arc<[String]>> {
+        self.0.borrow().get(sql).cloned()
+    }
+
+    fn insert(&self, sql: &str, columns: Arc<[String]>) {
+        let mut map = self.0.borrow_mut();
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(sql.to_owned(), columns);
+    }
+
+    fn clear(&self) {
+        self.0.borrow_mut().clear();
+    }
 }
 
 /// A plugin's fenced connection. There is no way to get the underlying connection out
@@ -218,6 +249,7 @@ pub struct PluginDb {
     page_size: i64,
     quota: Cell<Option<QuotaState>>,
     denied: Cell<u64>,
+    checked: CheckedTexts,
 }
 
 impl std::fmt::Debug for PluginDb {
@@ -343,6 +375,7 @@ impl PluginDb {
             page_size,
             quota: Cell::new(None),
             denied: Cell::new(0),
+            checked: CheckedTexts::default(),
         };
         Ok(db)
     }
@@ -359,6 +392,9 @@ impl PluginDb {
 
     /// Runs exactly one statement as the plugin, behind the fence and its limits.
     pub fn execute(&self, sql: &str, params: &[SqlValue]) -> Result<Outcome, FenceError> {
+        if let Some(columns) = self.checked.get(sql) {
+            return self.execute_prepared(sql, params, true, Some(columns));
+        }
         let statements = split_statements(sql);
         let text = match statements.as_slice() {
             [] => {
@@ -383,9 +419,19 @@ impl PluginDb {
             return Err(self.denied(action.into(), object.into()));
         }
         if matches!(keyword.as_str(), "CREATE" | "DROP" | "ALTER") {
+            // The schema changes: names remembered as safe may now resolve differently.
+            self.checked.clear();
             self.execute_ddl(text, params)
         } else {
-            self.execute_checked(text, params, true)
+            let outcome = self.execute_checked(text, params, true)?;
+            if text == sql {
+                let columns = match &outcome {
+                    Outcome::Rows { columns, .. } => columns.clone(),
+                    Outcome::Changed { .. } => Arc::from([]),
+                };
+                self.checked.insert(sql, columns);
+            }
+            Ok(outcome)
         }
     }
 
@@ -397,22 +443,40 @@ impl PluginDb {
         params: &[SqlValue],
         cached: bool,
     ) -> Result<Outcome, FenceError> {
-        self.reset_denial();
         if let Some(reference) = self
             .policy
             .foreign_reference(text, false, &|name| self.object_exists(name))
         {
+            self.reset_denial();
             return Err(self.denied("read".into(), reference));
         }
+        self.execute_prepared(text, params, cached, None)
+    }
+
+    /// Prepares (through the authorizer) and runs a statement whose text was checked.
+    fn execute_prepared(
+        &self,
+        text: &str,
+        params: &[SqlValue],
+        cached: bool,
+        columns: Option<Arc<[String]>>,
+    ) -> Result<Outcome, FenceError> {
         let prepared = if cached {
             self.conn.prepare_cached(text).map(Prepared::Cached)
         } else {
             self.conn.prepare(text).map(Prepared::Fresh)
         };
         let mut stmt = prepared.map_err(|e| self.map_error(e, text))?;
-        // Deleting and dropping must work over quota: that is how a plugin gets back under.
-        if !stmt.get().readonly() && !matches!(first_keyword(text).as_str(), "DELETE" | "DROP") {
-            self.check_quota()?;
+        // Writes to the shared store are checked against the quota after they ran, inside
+        // their transaction, so a write that goes over is undone. Deleting and dropping
+        // are never refused: that is how a plugin gets back under its quota.
+        let quota_checked = self.mode == DatabaseMode::Shared
+            && !stmt.get().readonly()
+            && !starts_with_keyword(text, "DELETE")
+            && !starts_with_keyword(text, "DROP");
+        let own_transaction = quota_checked && self.conn.is_autocommit();
+        if own_transaction {
+            self.internal_exec("BEGIN IMMEDIATE")?;
         }
         let deadline =
             self.guard.epoch.elapsed().as_millis() as u64 + u64::from(self.limits.statement_ms);
@@ -420,20 +484,41 @@ impl PluginDb {
         self.guard
             .deadline_ms
             .store(deadline.max(1), Ordering::Relaxed);
-        let result = self.run_prepared(stmt.get_mut(), params);
+        let result = self.run_prepared(stmt.get_mut(), params, columns);
         self.guard.deadline_ms.store(0, Ordering::Relaxed);
-        result.map_err(|e| match e {
-            RunError::Sqlite(e) => self.map_error(e, text),
-            RunError::TooLarge => FenceError::ResultTooLarge {
-                plugin: self.plugin.clone(),
-            },
-        })
+        drop(stmt);
+        let result = result
+            .map_err(|e| match e {
+                RunError::Sqlite(e) => self.map_error(e, text),
+                RunError::TooLarge => FenceError::ResultTooLarge {
+                    plugin: self.plugin.clone(),
+                },
+            })
+            .and_then(|outcome| {
+                if quota_checked {
+                    self.check_quota()?;
+                }
+                Ok(outcome)
+            });
+        if own_transaction {
+            match &result {
+                Ok(_) => {
+                    if let Err(e) = self.internal_exec("COMMIT") {
+                        let _ = self.internal_exec("ROLLBACK");
+                        return Err(e);
+                    }
+                }
+                Err(_) => self.internal_exec("ROLLBACK")?,
+            }
+        }
+        result
     }
 
     fn run_prepared(
         &self,
         stmt: &mut rusqlite::Statement<'_>,
         params: &[SqlValue],
+        columns: Option<Arc<[String]>>,
     ) -> Result<Outcome, RunError> {
         let column_count = stmt.column_count();
         if column_count == 0 {
@@ -443,7 +528,9 @@ impl PluginDb {
                 last_insert_id: self.conn.last_insert_rowid(),
             });
         }
-        let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+        let columns = columns
+            .filter(|c| c.len() == column_count)
+            .unwrap_or_else(|| stmt.column_names().iter().map(|c| c.to_string()).collect());
         let mut rows = Vec::new();
         let mut bytes = 0usize;
         let mut cursor = stmt.query(params_from_iter(params))?;
@@ -518,12 +605,12 @@ impl PluginDb {
 
     /// Starts the transaction a plugin request runs in (the host owns transactions).
     pub fn begin(&self) -> Result<(), FenceError> {
-        self.internal_batch("BEGIN IMMEDIATE")
+        self.internal_exec("BEGIN IMMEDIATE")
     }
 
     /// Commits the request's transaction.
     pub fn commit(&self) -> Result<(), FenceError> {
-        self.internal_batch("COMMIT")
+        self.internal_exec("COMMIT")
     }
 
     /// Rolls the request's transaction back (if one is open).
@@ -531,7 +618,7 @@ impl PluginDb {
         if self.conn.is_autocommit() {
             return Ok(());
         }
-        self.internal_batch("ROLLBACK")
+        self.internal_exec("ROLLBACK")
     }
 
     /// Runs `f` in a transaction: committed if it returns `Ok`, rolled back otherwise.
@@ -578,6 +665,16 @@ impl PluginDb {
         Ok(set.status(&self.conn)?)
     }
 
+    /// Runs one of the host's own fixed statements through the statement cache.
+    fn internal_exec(&self, sql: &str) -> Result<(), FenceError> {
+        let _internal = Internal::enter(&self.guard);
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.raw_execute())
+            .map(|_| ())
+            .map_err(|e| self.sql_error(e.to_string()))
+    }
+
     fn internal_batch(&self, sql: &str) -> Result<(), FenceError> {
         let _internal = Internal::enter(&self.guard);
         self.conn
@@ -597,26 +694,30 @@ impl PluginDb {
         run().map_err(|e| self.sql_error(e.to_string()))
     }
 
-    /// Storage quota of the shared store: an upper bound of the plugin's bytes is kept
-    /// from the file's used pages (cheap pragmas); only when that bound passes the quota
-    /// are the plugin's own b-trees measured exactly with `dbstat`. Isolated files are
-    /// capped by `max_page_count` instead.
+    /// Storage quota of the shared store, checked inside the write's transaction: an
+    /// upper bound of the plugin's bytes is kept from the file's page count (one cheap
+    /// pragma); only when that bound passes the quota are the plugin's own b-trees
+    /// measured exactly with `dbstat`. Isolated files are capped by `max_page_count`.
     fn check_quota(&self) -> Result<(), FenceError> {
         if self.mode == DatabaseMode::Isolated {
             return Ok(());
         }
         let quota_bytes = u64::from(self.limits.storage_mb) * 1024 * 1024;
-        let used_pages = self.used_pages()?;
+        let pages = self.pragma_i64("PRAGMA main.page_count")?;
         if let Some(state) = self.quota.get() {
-            let grown = (used_pages - state.used_pages_at_measure).max(0) as u64;
-            if state.measured_bytes + grown * self.page_size as u64 <= quota_bytes {
+            // Whatever the plugin added since the measurement came from new pages or
+            // from pages that were free then.
+            let bound = (pages - state.pages_at_measure).max(0) + state.free_at_measure;
+            if state.measured_bytes + bound as u64 * self.page_size as u64 <= quota_bytes {
                 return Ok(());
             }
         }
+        let free = self.pragma_i64("PRAGMA main.freelist_count")?;
         let measured = self.measure_bytes()?;
         self.quota.set(Some(QuotaState {
             measured_bytes: measured,
-            used_pages_at_measure: used_pages,
+            pages_at_measure: pages,
+            free_at_measure: free,
         }));
         if measured > quota_bytes {
             return Err(FenceError::Quota {
@@ -628,20 +729,12 @@ impl PluginDb {
         Ok(())
     }
 
-    fn used_pages(&self) -> Result<i64, FenceError> {
+    fn pragma_i64(&self, sql: &str) -> Result<i64, FenceError> {
         let _internal = Internal::enter(&self.guard);
-        let run = || -> rusqlite::Result<i64> {
-            let pages: i64 = self
-                .conn
-                .prepare_cached("PRAGMA main.page_count")?
-                .query_row([], |r| r.get(0))?;
-            let free: i64 = self
-                .conn
-                .prepare_cached("PRAGMA main.freelist_count")?
-                .query_row([], |r| r.get(0))?;
-            Ok(pages - free)
-        };
-        run().map_err(|e| self.sql_error(e.to_string()))
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(|e| self.sql_error(e.to_string()))
     }
 
     /// Bytes on disk of the plugin's tables and indexes, from `dbstat`.
@@ -819,6 +912,16 @@ impl<'a> Prepared<'a> {
             Prepared::Fresh(s) => s,
         }
     }
+}
+
+/// Whether the statement starts with `keyword` (case-insensitive), without allocating.
+fn starts_with_keyword(text: &str, keyword: &str) -> bool {
+    text.len() >= keyword.len()
+        && text.as_bytes()[..keyword.len()].eq_ignore_ascii_case(keyword.as_bytes())
+        && !text
+            .as_bytes()
+            .get(keyword.len())
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
 }
 
 /// The statement's first keyword, upper-cased (comments were stripped by the splitter).
