@@ -554,6 +554,16 @@ impl PluginDb {
     /// name the authorizer never sees) and every new view must be readable under the
     /// fence. Otherwise the statement is undone and denied.
     fn execute_ddl(&self, text: &str, params: &[SqlValue]) -> Result<Outcome, FenceError> {
+        // A view or trigger body runs later, when the objects it names may exist; and a
+        // table read without reading a column (`EXISTS (SELECT 1 FROM t)`) reaches no
+        // authorizer callback. So their text may not name anything outside the plugin's
+        // reach, existing or not.
+        if creates_stored_code(text)
+            && let Some(reference) = self.policy.foreign_reference(text, true, &|_| true)
+        {
+            self.reset_denial();
+            return Err(self.denied("reference".into(), reference));
+        }
         let before = self.schema_objects()?;
         self.internal_batch("SAVEPOINT sv_plugin_ddl")?;
         self.guard.ddl.store(true, Ordering::SeqCst);
@@ -912,6 +922,18 @@ impl<'a> Prepared<'a> {
             Prepared::Fresh(s) => s,
         }
     }
+}
+
+/// Whether a CREATE statement creates a view or a trigger.
+fn creates_stored_code(text: &str) -> bool {
+    let mut words = text
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_ascii_uppercase());
+    words.next().as_deref() == Some("CREATE")
+        && words
+            .find(|w| w != "TEMP" && w != "TEMPORARY")
+            .is_some_and(|w| w == "VIEW" || w == "TRIGGER")
 }
 
 /// Whether the statement starts with `keyword` (case-insensitive), without allocating.
