@@ -84,6 +84,11 @@ pub struct Config {
     pub port: Sourced<u16>,
     /// `SV_BIND`: the address `sv serve` listens on (`sv dev` always uses 127.0.0.1).
     pub bind: Sourced<IpAddr>,
+    /// The configuration file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// Every section of that file, for the parts that read their own (`[mirror.*]`,
+    /// `[sync]`).
+    pub sections: toml::Table,
 }
 
 /// A configuration problem, naming the variable and what is expected.
@@ -190,13 +195,13 @@ impl Config {
             None => cwd.join("sovereign.toml"),
         };
         let explicit_toml = overrides.config_file.is_some() || env("SV_CONFIG").is_some();
-        let toml = read_toml(&toml_path, explicit_toml)?;
+        let (toml, sections) = read_toml(&toml_path, explicit_toml)?;
         let layers = Layers {
             env,
             dotenv,
             dotenv_path,
             toml,
-            toml_path,
+            toml_path: toml_path.clone(),
         };
         let path_of = |s: Sourced<String>| Sourced {
             value: PathBuf::from(s.value),
@@ -309,6 +314,8 @@ impl Config {
             plugins_dir,
             port,
             bind,
+            file: toml_path.exists().then(|| toml_path.clone()),
+            sections,
         };
         config.check_distinct_files()?;
         Ok(config)
@@ -417,11 +424,11 @@ fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     }
 }
 
-fn read_toml(path: &Path, required: bool) -> Result<TomlFile, ConfigError> {
+fn read_toml(path: &Path, required: bool) -> Result<(TomlFile, toml::Table), ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-            return Ok(TomlFile::default());
+            return Ok((TomlFile::default(), toml::Table::new()));
         }
         Err(e) => {
             return Err(ConfigError::File {
@@ -430,10 +437,13 @@ fn read_toml(path: &Path, required: bool) -> Result<TomlFile, ConfigError> {
             });
         }
     };
-    toml::from_str(&text).map_err(|e| ConfigError::File {
+    let file_err = |e: toml::de::Error| ConfigError::File {
         path: path.to_owned(),
         message: e.to_string(),
-    })
+    };
+    let table: toml::Table = toml::from_str(&text).map_err(file_err)?;
+    let known: TomlFile = toml::from_str(&text).map_err(file_err)?;
+    Ok((known, table))
 }
 
 #[cfg(test)]

@@ -19,8 +19,13 @@ use sovereign_db::{MigrationError, MigrationSet, OpenError, OpenOptions, StoreEr
 pub const SCOPE: &str = "core";
 
 /// Core migrations, compiled into the binary.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init.sql", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init.sql", include_str!("../migrations/0001_init.sql")),
+    (
+        "0002_change_capture.sql",
+        include_str!("../migrations/0002_change_capture.sql"),
+    ),
+];
 
 /// The core migration set.
 pub fn migrations() -> MigrationSet {

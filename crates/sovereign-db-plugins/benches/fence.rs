@@ -28,6 +28,7 @@ fn main() {
     let location = StoreLocation {
         shared_store: dir.path().join("plugins.db"),
         isolated_dir: dir.path().join("plugins"),
+        mirror_file: None,
     };
     let fenced = PluginDb::open(
         &location,

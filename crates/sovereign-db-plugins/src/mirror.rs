@@ -18,6 +18,9 @@ pub struct MirrorSlice {
     pub columns: Vec<String>,
     /// Optional SQL row filter on the source table (e.g. `active = 1`).
     pub filter: Option<String>,
+    /// Secret columns an operator explicitly allowed in this slice.
+    #[serde(default)]
+    pub allow_secret: Vec<String>,
 }
 
 impl MirrorSlice {
@@ -71,12 +74,18 @@ impl Default for MirrorCatalog {
                     .map(String::from)
                     .to_vec(),
                 filter: Some("active = 1".into()),
+                allow_secret: vec![],
             }],
         }
     }
 }
 
 impl MirrorCatalog {
+    /// A catalog of exactly these slices.
+    pub fn new(slices: Vec<MirrorSlice>) -> MirrorCatalog {
+        MirrorCatalog { slices }
+    }
+
     /// A slice by name.
     pub fn slice(&self, name: &str) -> Option<&MirrorSlice> {
         self.slices.iter().find(|s| s.name == name)
@@ -92,3 +101,30 @@ impl MirrorCatalog {
         self.slices.iter().map(|s| s.name.as_str()).collect()
     }
 }
+
+/// One change to apply to a mirror table: the row's current projection, or `None` when
+/// the row is gone from the slice (deleted, or no longer matching the filter).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MirrorChange {
+    /// Slice name.
+    pub slice: String,
+    /// Primary key of the row.
+    pub key: i64,
+    /// The projected row in slice column order, or `None` to delete it.
+    pub row: Option<Vec<crate::SqlValue>>,
+}
+
+/// A batch of changes covering the core change outbox up to `upto_seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MirrorBatch {
+    /// The highest outbox sequence number this batch covers.
+    pub upto_seq: i64,
+    /// The changes, at most one per (slice, key).
+    pub changes: Vec<MirrorChange>,
+}
+
+/// Bookkeeping of a mirror store: the watermark (last applied outbox sequence number) and
+/// the projection each mirror table was built with.
+pub const MIRROR_STATE_SQL: &str = "
+    CREATE TABLE IF NOT EXISTS _sv_mirror_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
+    CREATE TABLE IF NOT EXISTS _sv_mirror_slices (slice TEXT PRIMARY KEY, spec TEXT NOT NULL) STRICT;";

@@ -47,6 +47,10 @@ pub struct StoreLocation {
     pub shared_store: PathBuf,
     /// The directory of isolated files (`data/plugins/`).
     pub isolated_dir: PathBuf,
+    /// In the read-only ATTACH layout, the mirror's own file (`data/mirror.db`), which
+    /// every plugin connection attaches read-only; `None` when the mirror lives in the
+    /// shared store.
+    pub mirror_file: Option<PathBuf>,
 }
 
 impl StoreLocation {
@@ -280,13 +284,18 @@ impl PluginDb {
         };
         sovereign_db::store::claim(&conn, &kind)?;
         let sqlite = |e: rusqlite::Error| PluginStoreError::Sqlite(e.to_string());
-        if config.mode == DatabaseMode::Isolated
-            && !config.grants.is_empty()
-            && location.shared_store.exists()
-        {
+        // Where this plugin reads the mirror: attached read-only from the mirror file, or
+        // from the shared store when the plugin has a file of its own.
+        let mirror_source = match (&location.mirror_file, config.mode) {
+            (Some(file), _) => Some(file.clone()),
+            (None, DatabaseMode::Isolated) => Some(location.shared_store.clone()),
+            (None, DatabaseMode::Shared) => None,
+        };
+        let mirror_attached = mirror_source.is_some();
+        if let Some(source) = mirror_source.filter(|s| !config.grants.is_empty() && s.exists()) {
             conn.execute(
                 &format!("ATTACH DATABASE ?1 AS {MIRROR_SCHEMA}"),
-                [read_only_uri(&location.shared_store)],
+                [read_only_uri(&source)],
             )
             .map_err(sqlite)?;
         }
@@ -319,11 +328,7 @@ impl PluginDb {
             .map_err(sqlite)?;
         }
 
-        let policy = Arc::new(Policy::new(
-            &id,
-            &config.grants,
-            config.mode == DatabaseMode::Isolated,
-        ));
+        let policy = Arc::new(Policy::new(&id, &config.grants, mirror_attached));
         let guard = Arc::new(Guard {
             internal: AtomicBool::new(false),
             ddl: AtomicBool::new(false),
@@ -778,7 +783,7 @@ impl PluginDb {
     /// Whether a table or view of that (lower-case) name exists in any attached schema.
     fn object_exists(&self, lower_name: &str) -> bool {
         let _internal = Internal::enter(&self.guard);
-        let schemas: &[&str] = if self.mode == DatabaseMode::Isolated && self.has_mirror() {
+        let schemas: &[&str] = if self.has_mirror() {
             &["main", MIRROR_SCHEMA]
         } else {
             &["main"]

@@ -7,7 +7,9 @@ use sovereign_db::rusqlite::config::DbConfig;
 use sovereign_db::rusqlite::{self, Connection};
 use sovereign_db::{OpenOptions, StoreKind};
 
-use crate::mirror::MirrorSlice;
+use sovereign_db::rusqlite::OptionalExtension;
+
+use crate::mirror::{MIRROR_PREFIX, MirrorBatch, MirrorCatalog, MirrorSlice};
 use crate::{PluginStoreError, is_valid_plugin_id, migration_scope};
 
 /// A trusted connection to a plugin store file. Triggers and views are switched off on
@@ -220,6 +222,182 @@ impl TrustedPluginStore {
             }
             tx.commit()?;
             Ok(copied)
+        };
+        run().map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+    }
+}
+
+/// The mirror side of sync: applied by trusted code only (the kernel today, the host's
+/// sync applier once it runs separately).
+impl TrustedPluginStore {
+    /// Opens (creating if needed) a separate mirror file (`data/mirror.db`), for the
+    /// layout where plugin connections attach the mirror read-only.
+    pub fn open_mirror_file(path: &Path) -> Result<TrustedPluginStore, PluginStoreError> {
+        Self::open(path, &StoreKind::Mirror)
+    }
+
+    fn ensure_mirror_state(&self) -> Result<(), PluginStoreError> {
+        self.conn
+            .execute_batch(crate::mirror::MIRROR_STATE_SQL)
+            .map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+    }
+
+    /// The last outbox sequence number applied to this mirror (0 if none).
+    pub fn mirror_watermark(&self) -> Result<i64, PluginStoreError> {
+        self.ensure_mirror_state()?;
+        self.conn
+            .query_row(
+                "SELECT coalesce((SELECT value FROM _sv_mirror_state WHERE key = 'watermark'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+    }
+
+    /// When the mirror last applied a batch (unix ms, 0 if never).
+    pub fn mirror_applied_at_ms(&self) -> Result<i64, PluginStoreError> {
+        self.ensure_mirror_state()?;
+        self.conn
+            .query_row(
+                "SELECT coalesce((SELECT value FROM _sv_mirror_state WHERE key = 'applied_at_ms'), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+    }
+
+    /// The projection a mirror table was built with (JSON of [`MirrorSlice`]).
+    pub fn mirror_spec(&self, slice: &str) -> Result<Option<MirrorSlice>, PluginStoreError> {
+        self.ensure_mirror_state()?;
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT spec FROM _sv_mirror_slices WHERE slice = ?1",
+                [slice],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| PluginStoreError::Sqlite(e.to_string()))?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Every slice this mirror holds, with its spec.
+    pub fn mirror_specs(&self) -> Result<Vec<MirrorSlice>, PluginStoreError> {
+        self.ensure_mirror_state()?;
+        let run = || -> rusqlite::Result<Vec<String>> {
+            self.conn
+                .prepare("SELECT spec FROM _sv_mirror_slices ORDER BY slice")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        };
+        let texts = run().map_err(|e| PluginStoreError::Sqlite(e.to_string()))?;
+        Ok(texts
+            .iter()
+            .filter_map(|t| serde_json::from_str(t).ok())
+            .collect())
+    }
+
+    /// Applies a batch and advances the watermark in one transaction. A batch at or
+    /// below the watermark changes nothing, so re-applying is harmless. Returns whether it
+    /// was applied.
+    pub fn apply_batch(
+        &self,
+        catalog: &MirrorCatalog,
+        batch: &MirrorBatch,
+        now_ms: i64,
+    ) -> Result<bool, PluginStoreError> {
+        self.ensure_mirror_state()?;
+        let run = || -> rusqlite::Result<bool> {
+            let tx = rusqlite::Transaction::new_unchecked(
+                &self.conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
+            let watermark: i64 = tx.query_row(
+                "SELECT coalesce((SELECT value FROM _sv_mirror_state WHERE key = 'watermark'), 0)",
+                [],
+                |r| r.get(0),
+            )?;
+            if batch.upto_seq <= watermark {
+                return Ok(false);
+            }
+            for change in &batch.changes {
+                let Some(slice) = catalog.slice(&change.slice) else {
+                    continue;
+                };
+                let table = slice.table_name();
+                match &change.row {
+                    Some(row) => {
+                        let placeholders = (1..=row.len())
+                            .map(|i| format!("?{i}"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        tx.prepare_cached(&format!(
+                            "INSERT OR REPLACE INTO \"{table}\" VALUES ({placeholders})"
+                        ))?
+                        .execute(rusqlite::params_from_iter(row.iter()))?;
+                    }
+                    None => {
+                        tx.prepare_cached(&format!(
+                            "DELETE FROM \"{table}\" WHERE \"{}\" = ?1",
+                            slice.key_column()
+                        ))?
+                        .execute([change.key])?;
+                    }
+                }
+            }
+            tx.execute(
+                "INSERT INTO _sv_mirror_state (key, value) VALUES ('watermark', ?1), ('applied_at_ms', ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                rusqlite::params![batch.upto_seq, now_ms],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        };
+        run().map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+    }
+
+    /// In one transaction: reads the watermark the rebuild will stand at (`watermark`,
+    /// called first, so a snapshot of the source taken there is the one `fill` sees),
+    /// drops the mirror tables of `dropped` slices, recreates each of `slices` and has
+    /// `fill` copy its rows, records the specs, and sets the watermark.
+    pub fn rebuild_slices(
+        &self,
+        slices: &[&MirrorSlice],
+        dropped: &[String],
+        now_ms: i64,
+        watermark: &mut dyn FnMut(&Connection) -> rusqlite::Result<i64>,
+        fill: &mut dyn FnMut(&Connection, &MirrorSlice) -> rusqlite::Result<u64>,
+    ) -> Result<(i64, Vec<(String, u64)>), PluginStoreError> {
+        self.ensure_mirror_state()?;
+        let mut run = || -> rusqlite::Result<(i64, Vec<(String, u64)>)> {
+            let tx = rusqlite::Transaction::new_unchecked(
+                &self.conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
+            let watermark = watermark(&tx)?;
+            let mut counts = Vec::new();
+            for name in dropped {
+                tx.execute_batch(&format!("DROP TABLE IF EXISTS \"{MIRROR_PREFIX}{name}\""))?;
+                tx.execute("DELETE FROM _sv_mirror_slices WHERE slice = ?1", [name])?;
+            }
+            for slice in slices {
+                tx.execute_batch(&format!("DROP TABLE IF EXISTS \"{}\"", slice.table_name()))?;
+                tx.execute_batch(&slice.create_table_sql())?;
+                let rows = fill(&tx, slice)?;
+                tx.execute(
+                    "INSERT INTO _sv_mirror_slices (slice, spec) VALUES (?1, ?2)
+                     ON CONFLICT (slice) DO UPDATE SET spec = excluded.spec",
+                    rusqlite::params![slice.name, serde_json::to_string(slice).unwrap_or_default()],
+                )?;
+                counts.push((slice.name.clone(), rows));
+            }
+            tx.execute(
+                "INSERT INTO _sv_mirror_state (key, value) VALUES ('watermark', ?1), ('applied_at_ms', ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                rusqlite::params![watermark, now_ms],
+            )?;
+            tx.commit()?;
+            Ok((watermark, counts))
         };
         run().map_err(|e| PluginStoreError::Sqlite(e.to_string()))
     }

@@ -26,6 +26,7 @@ impl Fixture {
         let location = StoreLocation {
             shared_store: dir.path().join("plugins.db"),
             isolated_dir: dir.path().join("plugins"),
+            mirror_file: None,
         };
         let trusted = TrustedPluginStore::open_shared(&location.shared_store).unwrap();
         let users = MirrorCatalog::default().slice("users").unwrap().clone();

@@ -13,6 +13,8 @@ pub enum StoreKind {
     Plugins,
     /// `plugins/<id>.db`: the isolated file of one plugin.
     IsolatedPlugin(String),
+    /// `mirror.db`: the mirror in a file of its own (the read-only ATTACH layout).
+    Mirror,
 }
 
 impl StoreKind {
@@ -22,6 +24,7 @@ impl StoreKind {
             StoreKind::Core => "core".into(),
             StoreKind::Plugins => "plugins".into(),
             StoreKind::IsolatedPlugin(id) => format!("plugin:{id}"),
+            StoreKind::Mirror => "mirror".into(),
         }
     }
 }

@@ -6,6 +6,7 @@ mod migrate;
 mod plugin_support;
 mod plugins_cmd;
 mod run;
+mod sync_cmd;
 mod users_cmd;
 
 use std::net::IpAddr;
@@ -70,6 +71,23 @@ enum Command {
         #[command(subcommand)]
         command: plugins_cmd::PluginsCommand,
     },
+    /// Catch the mirror up, or rebuild it with --full.
+    #[command(name = "sync:run")]
+    SyncRun(sync_cmd::RunArgs),
+    /// Sync status per slice.
+    #[command(name = "sync:status")]
+    SyncStatus(sync_cmd::StatusArgs),
+    /// Compare core and mirror; --repair fixes what differs.
+    #[command(name = "sync:reconcile")]
+    SyncReconcile(sync_cmd::ReconcileArgs),
+    /// What a full resync would change.
+    #[command(name = "sync:plan")]
+    SyncPlan,
+    /// Sync, as plain subcommands (`sv sync run --full`).
+    Sync {
+        #[command(subcommand)]
+        command: sync_cmd::SyncCommand,
+    },
     /// Manage users.
     Users {
         #[command(subcommand)]
@@ -118,6 +136,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Users { command } => users_cmd::run(&config, command),
         Command::Plugins { command } => plugins_cmd::run(&config, command),
+        Command::SyncRun(args) => sync_cmd::dispatch(&config, sync_cmd::SyncCommand::Run(args)),
+        Command::SyncStatus(args) => {
+            sync_cmd::dispatch(&config, sync_cmd::SyncCommand::Status(args))
+        }
+        Command::SyncReconcile(args) => {
+            sync_cmd::dispatch(&config, sync_cmd::SyncCommand::Reconcile(args))
+        }
+        Command::SyncPlan => sync_cmd::dispatch(&config, sync_cmd::SyncCommand::Plan),
+        Command::Sync { command } => sync_cmd::dispatch(&config, command),
     }
 }
 

@@ -75,11 +75,14 @@ impl Target {
         Ok(match &self.store {
             Store::Core => {
                 let conn = sovereign_db_core::open(&self.path)?;
-                self.set.deploy(&conn)?
+                let applied = self.set.deploy(&conn)?;
+                // Change capture is derived from the configured projections.
+                sovereign_sync::capture::install(&conn, &plugin_support::mirror_catalog(config)?)?;
+                applied
             }
             Store::Plugin(plugin) => {
                 plugin_support::ensure_mirrors(config, &plugin.grants)?;
-                let db = PluginDb::open(&plugin_support::store_location(config), plugin.clone())?;
+                let db = PluginDb::open(&plugin_support::store_location(config)?, plugin.clone())?;
                 db.migrate(&self.set)?
             }
         })
@@ -128,7 +131,7 @@ fn targets(config: &Config, scope: Scope, plugin: Option<&str>) -> anyhow::Resul
             }
             None => sovereign_db_plugins::discover_plugins(&plugins_dir)?,
         };
-        let location = plugin_support::store_location(config);
+        let location = plugin_support::store_location(config)?;
         for id in ids {
             let Some(plugin_config) = plugin_support::plugin_db_config(config, &id)? else {
                 tracing::info!(plugin = %id, "skipping a plugin package that is not installed");

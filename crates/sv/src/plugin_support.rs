@@ -9,21 +9,26 @@ use sovereign_config::Config;
 use sovereign_db::OpenOptions;
 use sovereign_db_core::plugins::PluginRecord;
 use sovereign_db_plugins::mirror::MirrorCatalog;
-use sovereign_db_plugins::{
-    DatabaseMode, Limits, Manifest, PluginDbConfig, StoreLocation, TrustedPluginStore,
-};
+use sovereign_db_plugins::{DatabaseMode, Limits, Manifest, PluginDbConfig, StoreLocation};
+use sovereign_sync::SyncSettings;
 
-/// Where the plugin stores of this configuration live.
-pub fn store_location(config: &Config) -> StoreLocation {
-    StoreLocation {
+/// The sync configuration (`[sync]`, `[mirror.*]`).
+pub fn sync_settings(config: &Config) -> anyhow::Result<SyncSettings> {
+    Ok(SyncSettings::from_config(config)?)
+}
+
+/// Where the plugin stores (and, in the ATTACH layout, the mirror file) live.
+pub fn store_location(config: &Config) -> anyhow::Result<StoreLocation> {
+    Ok(StoreLocation {
         shared_store: config.plugins_db_path(),
         isolated_dir: config.data_dir_path().join("plugins"),
-    }
+        mirror_file: sync_settings(config)?.mirror_file(config),
+    })
 }
 
 /// The mirror slices this installation publishes.
-pub fn mirror_catalog() -> MirrorCatalog {
-    MirrorCatalog::default()
+pub fn mirror_catalog(config: &Config) -> anyhow::Result<MirrorCatalog> {
+    Ok(sync_settings(config)?.catalog)
 }
 
 /// The package directory of plugin `id`.
@@ -94,8 +99,9 @@ pub fn ensure_mirrors(config: &Config, grants: &[(String, String)]) -> anyhow::R
     if grants.is_empty() {
         return Ok(());
     }
-    let catalog = mirror_catalog();
-    let store = TrustedPluginStore::open_shared(&config.plugins_db_path())?;
+    let settings = sync_settings(config)?;
+    let catalog = &settings.catalog;
+    let store = settings.open_mirror(config)?;
     for (slice, _) in grants {
         if let Some(slice) = catalog.slice(slice) {
             store.ensure_mirror(slice)?;

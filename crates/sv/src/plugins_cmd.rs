@@ -139,7 +139,7 @@ fn installed(conn: &sovereign_db::rusqlite::Connection, id: &str) -> anyhow::Res
 }
 
 fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {
-    let manifest = Manifest::load(dir, &plugin_support::mirror_catalog())?;
+    let manifest = Manifest::load(dir, &plugin_support::mirror_catalog(config)?)?;
     let id = manifest.id.clone();
     let core = open_core(config)?;
     if let Some(existing) = registry::get(&core, &id)?
@@ -193,7 +193,7 @@ fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {
             &sovereign_db_plugins::migration_scope(&id),
             &source.join("migrations"),
         )?;
-        let db = PluginDb::open(&store_location(config), db_config)?;
+        let db = PluginDb::open(&store_location(config)?, db_config)?;
         Ok(db.migrate(&set)?)
     })();
     let applied = match result {
@@ -234,7 +234,7 @@ fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {
     for file in &applied {
         println!("plugin:{id}: applied {file}");
     }
-    let file = store_location(config).file_for(&id, manifest.database);
+    let file = store_location(config)?.file_for(&id, manifest.database);
     println!(
         "installed {id} {} ({} mode, data in {})",
         manifest.version,
@@ -351,7 +351,7 @@ fn remove(config: &Config, id: &str, purge: bool) -> anyhow::Result<ExitCode> {
     let core = open_core(config)?;
     let record = installed(&core, id)?;
     if purge {
-        let location = store_location(config);
+        let location = store_location(config)?;
         match DatabaseMode::parse(&record.database_mode).unwrap_or_default() {
             DatabaseMode::Shared => {
                 let store = TrustedPluginStore::open_shared(&location.shared_store)?;
@@ -413,7 +413,7 @@ fn open_fenced(config: &Config, id: &str) -> anyhow::Result<PluginDb> {
             package_dir(config, id).display()
         )
     })?;
-    Ok(PluginDb::open(&store_location(config), db_config)?)
+    Ok(PluginDb::open(&store_location(config)?, db_config)?)
 }
 
 fn run_sql(config: &Config, id: &str, sql: &str, json: bool) -> anyhow::Result<ExitCode> {
@@ -548,7 +548,7 @@ fn shell(config: &Config, id: &str) -> anyhow::Result<ExitCode> {
             match line.trim() {
                 ".quit" | ".exit" => break,
                 ".tables" => {
-                    let path = store_location(config).file_for(id, plugin_mode(config, id)?);
+                    let path = store_location(config)?.file_for(id, plugin_mode(config, id)?);
                     let store = match plugin_mode(config, id)? {
                         DatabaseMode::Shared => TrustedPluginStore::open_shared(&path)?,
                         DatabaseMode::Isolated => TrustedPluginStore::open_isolated(&path, id)?,
@@ -607,7 +607,7 @@ fn move_plugin(config: &Config, id: &str, to: DatabaseMode) -> anyhow::Result<Ex
         println!("{id} is already in {} mode", to.as_str());
         return Ok(ExitCode::SUCCESS);
     }
-    let location = store_location(config);
+    let location = store_location(config)?;
     let open = |mode: DatabaseMode| match mode {
         DatabaseMode::Shared => TrustedPluginStore::open_shared(&location.shared_store),
         DatabaseMode::Isolated => {

@@ -10,7 +10,9 @@ use sovereign_config::Config;
 use sovereign_db_core::users::{self, NewUser, Role};
 use sovereign_kernel::{Kernel, KernelOptions, RuntimeLock};
 
-use crate::migrate;
+use sovereign_sync::worker::{SyncTarget, SyncWorker};
+
+use crate::{migrate, plugin_support};
 
 /// Login sessions last a day.
 const SESSION_TTL_SECONDS: i64 = 24 * 60 * 60;
@@ -95,7 +97,24 @@ fn ensure_first_admin(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs change capture and starts the sync worker (near-real-time or scheduled).
+fn start_sync(config: &Config) -> anyhow::Result<SyncWorker> {
+    let settings = plugin_support::sync_settings(config)?;
+    let core = sovereign_db_core::open_existing(&config.core_db_path())?;
+    sovereign_sync::capture::install(&core, &settings.catalog)?;
+    let mirror_config = config.clone();
+    let mirror_settings = settings.clone();
+    Ok(SyncWorker::spawn(
+        settings,
+        SyncTarget {
+            core_path: config.core_db_path(),
+            open_mirror: Box::new(move || mirror_settings.open_mirror(&mirror_config)),
+        },
+    ))
+}
+
 fn start(config: &Config, listen: SocketAddr, lock: RuntimeLock) -> anyhow::Result<ExitCode> {
+    let sync = start_sync(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -123,6 +142,7 @@ fn start(config: &Config, listen: SocketAddr, lock: RuntimeLock) -> anyhow::Resu
         tracing::info!("stopped");
         anyhow::Ok(())
     })?;
+    sync.stop();
     drop(lock);
     Ok(ExitCode::SUCCESS)
 }

@@ -234,8 +234,26 @@ fn bad_bodies_get_one_json_error_shape() {
 #[test]
 fn health_reports_the_core_ok_when_the_plugin_store_is_missing_or_broken() {
     let w = Workdir::new();
+    // A scheduled sync runs once at start and then not for an hour, so the test alone
+    // decides what happens to the plugin store.
+    std::fs::write(
+        w.path().join("sovereign.toml"),
+        "[sync]\nmode = \"scheduled\"\ninterval_secs = 3600\n",
+    )
+    .unwrap();
     w.sv_ok(&["migrate:deploy", "--scope=core"]);
     let server = w.start(&["serve"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while server.get("/health", None).body["plugins"]["status"] != "ok" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first sync never built the plugin store"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", w.plugins_db().display()));
+    }
     let h = server.get("/health", None);
     assert_eq!(h.status, 200, "{}", h.text);
     assert_eq!(h.body["core"]["status"], "ok");
@@ -243,7 +261,7 @@ fn health_reports_the_core_ok_when_the_plugin_store_is_missing_or_broken() {
     assert_eq!(h.body["status"], "degraded");
     assert!(
         !w.plugins_db().exists(),
-        "the kernel never creates the plugin store"
+        "the health probe never creates the plugin store"
     );
 
     std::fs::write(

@@ -1,0 +1,65 @@
+//! Core -> plugins sync (RFC-0004 §4.3): which core data plugins may see (projections, as
+//! configuration), change capture into an outbox in `core.db`, batches applied to the
+//! mirror with its watermark in one transaction, a full resync, and a reconcile by
+//! checksums over primary-key chunks.
+//!
+//! Trusted side only: this crate reads `core.db`. The mirror is written through
+//! `sovereign_db_plugins::TrustedPluginStore`.
+
+pub mod capture;
+pub mod full;
+pub mod publish;
+pub mod reconcile;
+pub mod settings;
+pub mod status;
+pub mod worker;
+
+pub use settings::{Freshness, MirrorLayout, SyncSettings};
+
+use sovereign_db::rusqlite;
+
+/// What can go wrong in sync.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The projection configuration is not acceptable.
+    #[error("mirror slice {slice}: {message}")]
+    Projection {
+        /// Slice name.
+        slice: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The configuration file's `[sync]` or `[mirror.*]` sections are malformed.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A projection changed since the mirror was built; it needs a rebuild.
+    #[error(
+        "the projection of slice {0} changed since the mirror was built; review `sv sync:plan` and run `sv sync:run --full`"
+    )]
+    ProjectionChanged(String),
+    /// The core store.
+    #[error(transparent)]
+    Core(#[from] sovereign_db_core::CoreError),
+    /// The mirror store.
+    #[error(transparent)]
+    Mirror(#[from] sovereign_db_plugins::PluginStoreError),
+    /// SQLite.
+    #[error("sync: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Reports progress of long runs: `(done, total)` in rows.
+pub type Progress<'a> = &'a dyn Fn(u64, u64);
+
+/// Quotes an SQL identifier.
+pub(crate) fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
