@@ -20,7 +20,10 @@ use sovereign_sync::worker::{SyncTarget, SyncWorker};
 use sovereign_sync::{SyncSettings, capture, full};
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -56,9 +59,14 @@ fn remove_db(path: &Path) {
 
 fn full_build(dir: &Path, core_path: &Path, core: &Connection, rows: u64) {
     let settings = SyncSettings::default();
-    let has_cli = Command::new("sqlite3").arg("-version").output().is_ok_and(|o| o.status.success());
+    let has_cli = Command::new("sqlite3")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !has_cli {
-        println!("full build: sqlite3 is not on PATH; skipping the baseline (apt-get install sqlite3)");
+        println!(
+            "full build: sqlite3 is not on PATH; skipping the baseline (apt-get install sqlite3)"
+        );
     }
     let (mut ours, mut cli) = (vec![], vec![]);
     for round in 0..3 {
@@ -80,14 +88,25 @@ fn full_build(dir: &Path, core_path: &Path, core: &Connection, rows: u64) {
                 core_path.display()
             );
             let start = Instant::now();
-            let out = Command::new("sqlite3").arg(&baseline).arg(&script).output().unwrap();
+            let out = Command::new("sqlite3")
+                .arg(&baseline)
+                .arg(&script)
+                .output()
+                .unwrap();
             cli.push(start.elapsed());
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             remove_db(&baseline);
         }
     }
     let ours = median(ours);
-    print!("full build of {rows} user rows: sovereign {:.2} s", ours.as_secs_f64());
+    print!(
+        "full build of {rows} user rows: sovereign {:.2} s",
+        ours.as_secs_f64()
+    );
     if has_cli {
         let cli = median(cli);
         println!(
@@ -118,8 +137,12 @@ fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
     let core = sovereign_db_core::open_existing(core_path).unwrap();
     let backlog = || -> i64 {
         let wm = watch.mirror_watermark().unwrap();
-        core.query_row("SELECT count(*) FROM _sv_change_outbox WHERE seq > ?1", [wm], |r| r.get(0))
-            .unwrap()
+        core.query_row(
+            "SELECT count(*) FROM _sv_change_outbox WHERE seq > ?1",
+            [wm],
+            |r| r.get(0),
+        )
+        .unwrap()
     };
     while watch.mirror_specs().unwrap().is_empty() || backlog() > 0 {
         std::thread::sleep(Duration::from_millis(50));
@@ -131,12 +154,20 @@ fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
         let stop = stop.clone();
         let path = mirror_path.clone();
         std::thread::spawn(move || {
-            let conn = sovereign_db::open_database(&path, &sovereign_db::OpenOptions::plugins().read_only()).unwrap();
+            let conn = sovereign_db::open_database(
+                &path,
+                &sovereign_db::OpenOptions::plugins().read_only(),
+            )
+            .unwrap();
             let mut seen = Vec::new();
             let mut last = -1;
             while !stop.load(Ordering::SeqCst) {
                 let wm: i64 = conn
-                    .query_row("SELECT value FROM _sv_mirror_state WHERE key = 'watermark'", [], |r| r.get(0))
+                    .query_row(
+                        "SELECT value FROM _sv_mirror_state WHERE key = 'watermark'",
+                        [],
+                        |r| r.get(0),
+                    )
                     .unwrap_or(0);
                 if wm != last {
                     seen.push((wm, Instant::now()));
@@ -161,9 +192,14 @@ fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
         let id = 1 + (i as i64 * 7919) % rows as i64;
         writer_conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         writer_conn
-            .execute("UPDATE users SET display_name = ?2 WHERE id = ?1", sovereign_db::rusqlite::params![id, format!("v{i}")])
+            .execute(
+                "UPDATE users SET display_name = ?2 WHERE id = ?1",
+                sovereign_db::rusqlite::params![id, format!("v{i}")],
+            )
             .unwrap();
-        let seq: i64 = writer_conn.query_row("SELECT max(seq) FROM _sv_change_outbox", [], |r| r.get(0)).unwrap();
+        let seq: i64 = writer_conn
+            .query_row("SELECT max(seq) FROM _sv_change_outbox", [], |r| r.get(0))
+            .unwrap();
         writer_conn.execute_batch("COMMIT").unwrap();
         commits.push((seq, Instant::now()));
     }

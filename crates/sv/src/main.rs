@@ -3,6 +3,7 @@
 
 mod config_cmd;
 mod migrate;
+mod ops_cmd;
 mod plugin_support;
 mod plugins_cmd;
 mod run;
@@ -88,6 +89,18 @@ enum Command {
         #[command(subcommand)]
         command: sync_cmd::SyncCommand,
     },
+    /// Take an online backup of core.db, plugins.db and the isolated plugin files.
+    Backup(ops_cmd::BackupArgs),
+    /// Verify a backup: checksums, integrity, schema versions, manifest.
+    #[command(name = "backup:verify")]
+    BackupVerify(ops_cmd::VerifyArgs),
+    /// Restore a verified backup, moving the current files aside.
+    Restore(ops_cmd::RestoreArgs),
+    /// Split a legacy single-file install into core.db and the plugin store.
+    #[command(name = "migrate:split")]
+    MigrateSplit(ops_cmd::SplitArgs),
+    /// What an operator should know, in one report (exit 1 when something needs action).
+    Doctor,
     /// Manage users.
     Users {
         #[command(subcommand)]
@@ -124,6 +137,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let config = load_config(&cli.global, port, bind)?;
+    // A restore that died half-way is completed before anything touches the data.
+    if sovereign_ops::restore::finish_interrupted(&config.data_dir_path())? {
+        eprintln!("warning: completed a restore that had been interrupted");
+    }
     match cli.command {
         Command::Config(args) => config_cmd::run(&config, &args),
         Command::Dev(_) => run::dev(&config),
@@ -145,6 +162,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SyncPlan => sync_cmd::dispatch(&config, sync_cmd::SyncCommand::Plan),
         Command::Sync { command } => sync_cmd::dispatch(&config, command),
+        Command::Backup(args) => ops_cmd::run_backup(&config, &args),
+        Command::BackupVerify(args) => ops_cmd::run_verify(&args),
+        Command::Restore(args) => ops_cmd::run_restore(&config, &args),
+        Command::MigrateSplit(args) => ops_cmd::run_split(&config, &args),
+        Command::Doctor => ops_cmd::doctor(&config),
     }
 }
 

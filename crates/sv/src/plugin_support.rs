@@ -109,3 +109,15 @@ pub fn ensure_mirrors(config: &Config, grants: &[(String, String)]) -> anyhow::R
     }
     Ok(())
 }
+
+/// The database files of this configuration.
+pub fn layout(config: &Config) -> anyhow::Result<sovereign_ops::Layout> {
+    let location = store_location(config)?;
+    Ok(sovereign_ops::Layout {
+        core: config.core_db_path(),
+        plugins: location.shared_store,
+        isolated_dir: location.isolated_dir,
+        mirror_file: location.mirror_file,
+        data_dir: config.data_dir_path(),
+    })
+}

@@ -83,6 +83,27 @@ pub enum DbCommand {
         /// Plugin id.
         id: String,
     },
+    /// Per plugin: tables, rows, bytes on disk, share of the file; free pages; mirror size.
+    Inspect {
+        /// Only this plugin.
+        id: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop one plugin's data, after writing a backup of it.
+    Purge {
+        /// Plugin id.
+        id: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Do not write a backup first.
+        #[arg(long)]
+        no_backup: bool,
+    },
+    /// Reclaim free pages of the plugin store and isolated files.
+    Vacuum,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -109,9 +130,12 @@ pub fn run(config: &Config, command: PluginsCommand) -> anyhow::Result<ExitCode>
                 ModeArg::Isolated => DatabaseMode::Isolated,
             },
         ),
-        PluginsCommand::Db {
-            command: DbCommand::Shell { id },
-        } => shell(config, &id),
+        PluginsCommand::Db { command } => match command {
+            DbCommand::Shell { id } => shell(config, &id),
+            DbCommand::Inspect { id, json } => inspect(config, id.as_deref(), json),
+            DbCommand::Purge { id, yes, no_backup } => purge(config, &id, yes, no_backup),
+            DbCommand::Vacuum => vacuum(config),
+        },
     }
 }
 
@@ -637,5 +661,113 @@ fn move_plugin(config: &Config, id: &str, to: DatabaseMode) -> anyhow::Result<Ex
         "{id} is now in {} mode; update \"database\" in its plugin.json to match",
         to.as_str()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(config: &Config, only: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let layout = plugin_support::layout(config)?;
+    let report = sovereign_ops::inspect::inspect(
+        &layout.plugins,
+        &layout.isolated_files()?,
+        layout.mirror_file.as_deref(),
+        only,
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &report.files {
+        println!(
+            "{}: {} bytes, {} free pages ({} bytes reclaimable)",
+            f.path.display(),
+            f.bytes,
+            f.free_pages,
+            f.free_pages * f.page_size
+        );
+    }
+    println!("mirror tables: {} bytes", report.mirror_bytes);
+    if report.plugins.is_empty() {
+        println!(
+            "no plugin data{}",
+            only.map(|o| format!(" for {o}")).unwrap_or_default()
+        );
+    }
+    for p in &report.plugins {
+        println!(
+            "plugin {}: {} bytes ({:.1}% of {})",
+            p.id,
+            p.bytes,
+            p.share_of_file * 100.0,
+            p.file.display()
+        );
+        for t in &p.tables {
+            println!("  {:<40} {:>10} rows {:>12} bytes", t.name, t.rows, t.bytes);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn purge(config: &Config, id: &str, yes: bool, no_backup: bool) -> anyhow::Result<ExitCode> {
+    let layout = plugin_support::layout(config)?;
+    let mode = plugin_mode(config, id).unwrap_or_default();
+    let isolated = layout.isolated_dir.join(format!("{id}.db"));
+    let report = sovereign_ops::inspect::inspect(
+        &layout.plugins,
+        &layout.isolated_files()?,
+        None,
+        Some(id),
+    )?;
+    let Some(usage) = report.plugins.iter().find(|p| p.id == id) else {
+        bail!("plugin {id} has no data to purge");
+    };
+    println!(
+        "plugin {id}: {} table(s), {} rows, {} bytes in {}",
+        usage.tables.len(),
+        usage.tables.iter().map(|t| t.rows).sum::<u64>(),
+        usage.bytes,
+        usage.file.display()
+    );
+    if !yes && !confirm(&format!("drop all data of plugin {id}?"))? {
+        bail!("not confirmed; nothing was dropped (pass --yes to purge non-interactively)");
+    }
+    let backups = config.base_dir.join("backups");
+    let result = sovereign_ops::inspect::purge(
+        &layout.plugins,
+        Some(&isolated),
+        id,
+        if usage.file == isolated {
+            DatabaseMode::Isolated
+        } else {
+            mode
+        },
+        (!no_backup).then_some(backups.as_path()),
+    )?;
+    if let Some(backup) = &result.backup {
+        println!("backed up {id}'s data to {}", backup.display());
+    }
+    for d in &result.dropped {
+        println!("dropped {d}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn vacuum(config: &Config) -> anyhow::Result<ExitCode> {
+    let layout = plugin_support::layout(config)?;
+    let mut files = vec![layout.plugins.clone()];
+    files.extend(layout.isolated_files()?.into_iter().map(|(_, p)| p));
+    for file in files.iter().filter(|f| f.exists()) {
+        let (before, after, full) = sovereign_ops::inspect::vacuum(file)?;
+        if full {
+            println!(
+                "warning: {} is not set up for incremental vacuum; a full VACUUM locked it while it ran",
+                file.display()
+            );
+        }
+        println!(
+            "{}: {before} -> {after} bytes ({} reclaimed)",
+            file.display(),
+            before.saturating_sub(after)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

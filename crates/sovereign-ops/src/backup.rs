@@ -1,0 +1,406 @@
+//! Online backups of the dual-file layout, with a manifest, and their verification.
+//!
+//! Each file is copied with SQLite's backup API in a single step, i.e. from one read
+//! transaction: a consistent snapshot of that file while the platform keeps writing.
+//! The plugin stores are copied before `core.db`, so the backup's mirror watermark is
+//! never ahead of its core: after a restore, `sv sync:run` either continues from the
+//! watermark or, when the core already pruned past it, rebuilds the mirror from the core.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sovereign_db::rusqlite::{Connection, OpenFlags, OptionalExtension};
+use sovereign_db::{MigrationSet, StoreKind};
+
+use crate::{Layout, OpsError, file_digest, io, remove_db_files, sqlite};
+
+/// The manifest format this build writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// One file of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupFile {
+    /// Path inside the backup directory.
+    pub name: String,
+    /// `core`, `plugins`, `mirror` or `plugin:<id>`.
+    pub role: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Hex SHA-256.
+    pub sha256: String,
+}
+
+/// `manifest.json` of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest format.
+    pub format: u32,
+    /// The Sovereign version that wrote it.
+    pub project_version: String,
+    /// When it was taken (UTC, RFC 3339).
+    pub created_at: String,
+    /// The files.
+    pub files: Vec<BackupFile>,
+    /// Highest applied migration per scope (`core`, `plugin:<id>`).
+    pub schema_versions: BTreeMap<String, u32>,
+    /// The mirror's watermark in this backup (0 if no plugin data).
+    pub mirror_watermark: i64,
+    /// The outbox sequence number the core had acknowledged.
+    pub core_acked_seq: i64,
+    /// Whether plugin data is included.
+    pub includes_plugin_data: bool,
+    /// Plugins whose data was left out.
+    pub excluded_plugins: Vec<String>,
+    /// What to run after restoring this backup.
+    pub after_restore: String,
+}
+
+/// What to back up and where.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The directory to create (must not exist).
+    pub out: PathBuf,
+    /// Include plugin stores (and the mirror file).
+    pub include_plugin_data: bool,
+    /// Plugins whose data is left out.
+    pub exclude_plugins: Vec<String>,
+}
+
+/// Progress of a backup in bytes: `(done, total)`.
+pub type ByteProgress<'a> = &'a dyn Fn(u64, u64);
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+        + std::fs::metadata(format!("{}-wal", path.display()))
+            .map(|m| m.len())
+            .unwrap_or(0)
+}
+
+/// Copies `src` to `dst` with the backup API in one step (one read transaction), then
+/// switches the copy to rollback journaling so the backup is a single self-contained file.
+pub fn snapshot(src: &Path, dst: &Path) -> Result<(), OpsError> {
+    let source = Connection::open_with_flags(
+        src,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite(format!("opening {}", src.display())))?;
+    source
+        .busy_timeout(Duration::from_secs(30))
+        .map_err(sqlite("setting a busy timeout"))?;
+    let mut dest = Connection::open(dst).map_err(sqlite(format!("creating {}", dst.display())))?;
+    {
+        let backup = sovereign_db::rusqlite::backup::Backup::new(&source, &mut dest)
+            .map_err(sqlite(format!("starting the backup of {}", src.display())))?;
+        backup
+            .step(-1)
+            .map_err(sqlite(format!("copying {}", src.display())))?;
+    }
+    dest.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+        .map_err(sqlite(format!("finishing {}", dst.display())))?;
+    Ok(())
+}
+
+fn now_rfc3339() -> String {
+    let conn = Connection::open_in_memory().expect("in-memory database");
+    conn.query_row("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", [], |r| {
+        r.get(0)
+    })
+    .expect("strftime")
+}
+
+/// The highest applied migration per scope in a database file (read-only).
+pub fn schema_versions(path: &Path) -> Result<BTreeMap<String, u32>, OpsError> {
+    let conn = open_read_only(path)?;
+    let has: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE name = '_sv_migrations'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sqlite(format!("reading {}", path.display())))?;
+    if !has {
+        return Ok(BTreeMap::new());
+    }
+    let mut stmt = conn
+        .prepare("SELECT scope, max(version) FROM _sv_migrations GROUP BY scope")
+        .map_err(sqlite(format!("reading {}", path.display())))?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))
+        .map_err(sqlite(format!("reading {}", path.display())))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(sqlite(format!("reading {}", path.display())))
+}
+
+pub(crate) fn open_read_only(path: &Path) -> Result<Connection, OpsError> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite(format!("opening {}", path.display())))
+}
+
+fn read_i64(path: &Path, sql: &str) -> i64 {
+    open_read_only(path)
+        .ok()
+        .and_then(|c| {
+            c.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+                .optional()
+                .ok()
+                .flatten()
+                .flatten()
+        })
+        .unwrap_or(0)
+}
+
+/// Takes a backup. The output directory is written as `<out>.partial` and renamed when
+/// complete, so a directory named `<out>` is always a whole backup.
+pub fn backup(
+    layout: &Layout,
+    options: &BackupOptions,
+    progress: ByteProgress<'_>,
+) -> Result<Manifest, OpsError> {
+    if options.out.exists() {
+        return Err(OpsError::Refused(format!(
+            "{} already exists; choose another --out",
+            options.out.display()
+        )));
+    }
+    if !layout.core.exists() {
+        return Err(OpsError::Refused(format!(
+            "{} does not exist; nothing to back up",
+            layout.core.display()
+        )));
+    }
+    let partial = PathBuf::from(format!("{}.partial", options.out.display()));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io(format!("clearing {}", partial.display())))?;
+    }
+    std::fs::create_dir_all(partial.join("plugins"))
+        .map_err(io(format!("creating {}", partial.display())))?;
+
+    // Plugin stores first, the core last (see the module documentation).
+    let mut plan: Vec<(String, String, PathBuf)> = Vec::new();
+    if options.include_plugin_data {
+        if layout.plugins.exists() {
+            plan.push((
+                "plugins.db".into(),
+                "plugins".into(),
+                layout.plugins.clone(),
+            ));
+        }
+        if let Some(mirror) = layout.mirror_file.as_ref().filter(|m| m.exists()) {
+            plan.push(("mirror.db".into(), "mirror".into(), mirror.clone()));
+        }
+        for (id, path) in layout.isolated_files()? {
+            if !options.exclude_plugins.contains(&id) {
+                plan.push((format!("plugins/{id}.db"), format!("plugin:{id}"), path));
+            }
+        }
+    }
+    plan.push(("core.db".into(), "core".into(), layout.core.clone()));
+
+    let total: u64 = plan.iter().map(|(_, _, p)| file_size(p)).sum();
+    let mut done = 0u64;
+    progress(0, total);
+    let mut files = Vec::new();
+    let mut schema = BTreeMap::new();
+    for (name, role, src) in &plan {
+        let dst = partial.join(name);
+        snapshot(src, &dst)?;
+        if role == "plugins" && !options.exclude_plugins.is_empty() {
+            let store = sovereign_db_plugins::TrustedPluginStore::open_shared(&dst)?;
+            for id in &options.exclude_plugins {
+                store.drop_plugin_data(id)?;
+            }
+            store
+                .connection()
+                .query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+                .map_err(sqlite("finishing the plugin store copy"))?;
+            drop(store);
+            remove_db_files_but_main(&dst);
+        }
+        done += file_size(src);
+        progress(done.min(total), total);
+        for (scope, version) in schema_versions(&dst)? {
+            schema.insert(scope, version);
+        }
+        let (sha256, size) = file_digest(&dst)?;
+        files.push(BackupFile {
+            name: name.clone(),
+            role: role.clone(),
+            size,
+            sha256,
+        });
+    }
+    let mirror_store = if layout.mirror_file.is_some() {
+        "mirror.db"
+    } else {
+        "plugins.db"
+    };
+    let manifest = Manifest {
+        format: FORMAT,
+        project_version: env!("CARGO_PKG_VERSION").to_owned(),
+        created_at: now_rfc3339(),
+        mirror_watermark: read_i64(
+            &partial.join(mirror_store),
+            "SELECT value FROM _sv_mirror_state WHERE key = 'watermark'",
+        ),
+        core_acked_seq: read_i64(
+            &partial.join("core.db"),
+            "SELECT CAST(value AS INTEGER) FROM _sv_sync_state WHERE key = 'acked_seq'",
+        ),
+        files,
+        schema_versions: schema,
+        includes_plugin_data: options.include_plugin_data,
+        excluded_plugins: options.exclude_plugins.clone(),
+        after_restore:
+            "sv sync:run  (catches the mirror up from the restored core, or rebuilds it)".into(),
+    };
+    let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+    std::fs::write(partial.join("manifest.json"), text).map_err(io("writing manifest.json"))?;
+    std::fs::rename(&partial, &options.out)
+        .map_err(io(format!("completing {}", options.out.display())))?;
+    Ok(manifest)
+}
+
+fn remove_db_files_but_main(path: &Path) {
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+/// The store marker a file of this role must carry.
+fn expected_kind(role: &str) -> Option<StoreKind> {
+    match role {
+        "core" => Some(StoreKind::Core),
+        "plugins" => Some(StoreKind::Plugins),
+        "mirror" => Some(StoreKind::Mirror),
+        other => other
+            .strip_prefix("plugin:")
+            .map(|id| StoreKind::IsolatedPlugin(id.to_owned())),
+    }
+}
+
+/// Verifies a backup: manifest consistency, every file's size and SHA-256,
+/// `PRAGMA integrity_check` on a scratch copy of each file, store markers, and schema
+/// versions this build knows (a backup of a newer schema is refused).
+pub fn verify(dir: &Path) -> Result<Manifest, OpsError> {
+    let mut problems = Vec::new();
+    let manifest_path = dir.join("manifest.json");
+    let manifest: Manifest = match std::fs::read_to_string(&manifest_path) {
+        Ok(text) => match serde_json::from_str(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(OpsError::Invalid {
+                    dir: dir.to_owned(),
+                    problems: vec![format!("manifest.json is not a valid manifest: {e}")],
+                });
+            }
+        },
+        Err(e) => {
+            return Err(OpsError::Invalid {
+                dir: dir.to_owned(),
+                problems: vec![format!("cannot read manifest.json: {e}")],
+            });
+        }
+    };
+    if manifest.format > FORMAT {
+        problems.push(format!(
+            "manifest format {} is newer than this build understands ({FORMAT}); use a newer sv",
+            manifest.format
+        ));
+    }
+    if !manifest.files.iter().any(|f| f.role == "core") {
+        problems.push("the manifest lists no core.db".into());
+    }
+    let known_core = sovereign_db_core::migrations();
+    let latest_core = known_core.migrations().last().map_or(0, |m| m.version);
+    match manifest.schema_versions.get(sovereign_db_core::SCOPE) {
+        Some(v) if *v > latest_core => problems.push(format!(
+            "the core schema is at version {v}, newer than this build knows ({latest_core}); restore it with a newer sv"
+        )),
+        None => problems.push("the manifest records no core schema version".into()),
+        _ => {}
+    }
+    let scratch = scratch_dir()?;
+    for file in &manifest.files {
+        let path = dir.join(&file.name);
+        if file.name.contains("..") || Path::new(&file.name).is_absolute() {
+            problems.push(format!("{}: not a path inside the backup", file.name));
+            continue;
+        }
+        if !path.exists() {
+            problems.push(format!("{} is missing", file.name));
+            continue;
+        }
+        let (sha, size) = file_digest(&path)?;
+        if size != file.size {
+            problems.push(format!(
+                "{}: size {size} bytes, the manifest says {}",
+                file.name, file.size
+            ));
+        }
+        if sha != file.sha256 {
+            problems.push(format!(
+                "{}: checksum {sha} does not match the manifest's {}",
+                file.name, file.sha256
+            ));
+            continue;
+        }
+        let copy = scratch.join(file.name.replace('/', "_"));
+        std::fs::copy(&path, &copy)
+            .map_err(io(format!("copying {} to a scratch file", file.name)))?;
+        match check_copy(&copy, &file.role, &known_core) {
+            Ok(()) => {}
+            Err(problem) => problems.push(format!("{}: {problem}", file.name)),
+        }
+        remove_db_files(&copy);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    if problems.is_empty() {
+        Ok(manifest)
+    } else {
+        Err(OpsError::Invalid {
+            dir: dir.to_owned(),
+            problems,
+        })
+    }
+}
+
+fn check_copy(copy: &Path, role: &str, known_core: &MigrationSet) -> Result<(), String> {
+    let conn = Connection::open(copy).map_err(|e| format!("cannot be opened: {e}"))?;
+    let result: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| format!("integrity check failed: {e}"))?;
+    if result != "ok" {
+        return Err(format!("integrity check failed: {result}"));
+    }
+    if let Some(kind) = expected_kind(role) {
+        sovereign_db::store::expect(&conn, &kind).map_err(|e| e.to_string())?;
+    }
+    if role == "core" {
+        for status in known_core.status(&conn).map_err(|e| e.to_string())? {
+            if let sovereign_db::MigrationState::Changed { .. } = status.state {
+                return Err(format!(
+                    "core migration {} differs from this build's; restore with the sv that wrote it",
+                    status.file_name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A scratch directory for integrity checks (removed afterwards), so that opening a copy
+/// never writes into the backup itself.
+fn scratch_dir() -> Result<PathBuf, OpsError> {
+    let base = std::env::temp_dir().join(format!(
+        "sv-verify-{}-{}",
+        std::process::id(),
+        crate::restore::stamp()
+    ));
+    std::fs::create_dir_all(&base).map_err(io(format!("creating {}", base.display())))?;
+    Ok(base)
+}

@@ -1,0 +1,496 @@
+//! `sv backup`, `sv backup:verify`, `sv restore`, `sv migrate:split`, `sv doctor`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use sovereign_config::Config;
+use sovereign_kernel::RuntimeLock;
+use sovereign_ops::backup::{BackupOptions, backup, verify};
+use sovereign_ops::split::{Destination, Mapping};
+
+use crate::{migrate, plugin_support};
+
+#[derive(Args)]
+pub struct BackupArgs {
+    /// The backup directory to create (default: backups/sv-backup-<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Back up core.db only.
+    #[arg(long)]
+    no_plugins: bool,
+    /// Leave out one plugin's data (repeatable).
+    #[arg(long = "exclude-plugin", value_name = "ID")]
+    exclude_plugins: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The backup directory.
+    path: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The backup directory.
+    path: PathBuf,
+    /// Stop a running platform (SIGTERM to the pid in the lock file) before restoring.
+    #[arg(long)]
+    stop: bool,
+}
+
+#[derive(Args)]
+pub struct SplitArgs {
+    /// The single legacy SQLite file holding core and plugin tables.
+    #[arg(long)]
+    from: PathBuf,
+    /// Print the plan, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Attribute a table: `TABLE=PLUGIN` (into that plugin's namespace) or `TABLE=skip`.
+    #[arg(long = "map", value_name = "TABLE=PLUGIN|skip")]
+    maps: Vec<String>,
+}
+
+fn byte_bar(label: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label);
+    bar
+}
+
+pub fn run_backup(config: &Config, args: &BackupArgs) -> anyhow::Result<ExitCode> {
+    let layout = plugin_support::layout(config)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        config
+            .base_dir
+            .join("backups")
+            .join(format!("sv-backup-{}", sovereign_ops::restore::stamp()))
+    });
+    let bar = byte_bar("backup");
+    let started = Instant::now();
+    let manifest = backup(
+        &layout,
+        &BackupOptions {
+            out: out.clone(),
+            include_plugin_data: !args.no_plugins,
+            exclude_plugins: args.exclude_plugins.clone(),
+        },
+        &|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )?;
+    bar.finish_and_clear();
+    let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
+    println!("backup written to {}", out.display());
+    for f in &manifest.files {
+        println!("  {:<24} {:>12} bytes  sha256 {}", f.name, f.size, f.sha256);
+    }
+    println!(
+        "  {} bytes in {:.2} s; mirror watermark {}, core acknowledged {}",
+        bytes,
+        started.elapsed().as_secs_f64(),
+        manifest.mirror_watermark,
+        manifest.core_acked_seq
+    );
+    println!("check it with `sv backup:verify {}`", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let manifest = verify(&args.path)?;
+    println!(
+        "{} is a valid backup: {} file(s), taken {} by sv {}, schema {:?}",
+        args.path.display(),
+        manifest.files.len(),
+        manifest.created_at,
+        manifest.project_version,
+        manifest.schema_versions
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn wait_for_stop(lock: &Path, pid: &str) -> anyhow::Result<()> {
+    let pid: i32 = pid
+        .parse()
+        .with_context(|| format!("the lock file {} holds no pid ({pid:?})", lock.display()))?;
+    // SAFETY: kill(2) with a pid read from our own lock file and a plain signal number.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        bail!(
+            "cannot signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while RuntimeLock::holder(lock).is_some() {
+        if Instant::now() > deadline {
+            bail!("the platform (pid {pid}) did not stop within 30 s; nothing was restored");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("stopped the running platform (pid {pid})");
+    Ok(())
+}
+
+pub fn run_restore(config: &Config, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let layout = plugin_support::layout(config)?;
+    // Verify before anything else: a bad backup must not even stop the platform.
+    verify(&args.path)?;
+    let lock_path = config.lock_file_path();
+    if let Some(pid) = RuntimeLock::holder(&lock_path) {
+        if !args.stop {
+            bail!(
+                "the platform is running (pid {pid}, lock {}); stop it first or pass --stop; nothing was changed",
+                lock_path.display()
+            );
+        }
+        wait_for_stop(&lock_path, &pid)?;
+    }
+    let _lock = RuntimeLock::acquire(&lock_path)?;
+    let report = sovereign_ops::restore::restore(&args.path, &layout, &mut |_| {
+        if let Ok(point) = std::env::var("SV_TEST_CRASH_BEFORE_SWAP")
+            && point == "1"
+        {
+            std::process::abort();
+        }
+    })?;
+    println!(
+        "restored {} file(s) from {}",
+        report.restored.len(),
+        args.path.display()
+    );
+    for f in &report.restored {
+        println!("  {}", f.display());
+    }
+    println!(
+        "the files they replaced are in {}",
+        report.aside_dir.display()
+    );
+    println!(
+        "next: `sv sync:run` (brings the mirror up to date from the restored core), then `sv serve`"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_split(config: &Config, args: &SplitArgs) -> anyhow::Result<ExitCode> {
+    let mut mappings = BTreeMap::new();
+    for map in &args.maps {
+        let (table, target) = map
+            .split_once('=')
+            .with_context(|| format!("--map {map:?}: expected TABLE=PLUGIN or TABLE=skip"))?;
+        let mapping = if target == "skip" {
+            Mapping::Skip
+        } else if sovereign_db_plugins::is_valid_plugin_id(target) {
+            Mapping::Plugin(target.to_owned())
+        } else {
+            bail!("--map {map:?}: {target:?} is neither `skip` nor a valid plugin id");
+        };
+        mappings.insert(table.to_owned(), mapping);
+    }
+    if !args.from.exists() {
+        bail!("{} does not exist", args.from.display());
+    }
+    let plan = sovereign_ops::split::plan(&args.from, &mappings)?;
+    let layout = plugin_support::layout(config)?;
+    println!(
+        "{:<28} {:<34} {:<28} {:>10}",
+        "source table", "destination", "table", "rows"
+    );
+    for e in &plan.entries {
+        let dest = match &e.destination {
+            Destination::Core => format!("core ({})", layout.core.display()),
+            Destination::Shared(id) => format!("plugin {id} (plugins.db)"),
+            Destination::Isolated(id) => format!("plugin {id} (plugins/{id}.db)"),
+            Destination::Skip => "skipped".to_owned(),
+        };
+        println!(
+            "{:<28} {:<34} {:<28} {:>10}",
+            e.source_table, dest, e.target_table, e.rows
+        );
+    }
+    for t in &plan.unattributed {
+        println!("{t:<28} UNATTRIBUTED: map it with --map {t}=PLUGIN or --map {t}=skip");
+    }
+    for o in &plan.not_copied {
+        println!("{o:<28} not copied (recreate it in a plugin migration)");
+    }
+    if !plan.unattributed.is_empty() {
+        bail!(
+            "{} table(s) cannot be attributed; nothing was split",
+            plan.unattributed.len()
+        );
+    }
+    if args.dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let copied = sovereign_ops::split::split(&args.from, &plan, &layout)?;
+    for c in &copied {
+        println!(
+            "copied {} -> {} {}: {} rows, sha256 {}",
+            c.source_table,
+            c.file.display(),
+            c.target_table,
+            c.rows,
+            c.checksum
+        );
+    }
+    // Build the mirror from the new core.
+    let settings = plugin_support::sync_settings(config)?;
+    let core = sovereign_db_core::open_existing(&config.core_db_path())?;
+    sovereign_sync::capture::install(&core, &settings.catalog)?;
+    let mirror = settings.open_mirror(config)?;
+    let report = sovereign_sync::full::full_resync(
+        &core,
+        &config.core_db_path(),
+        &mirror,
+        &settings.catalog,
+        &|_, _| {},
+    )?;
+    for (slice, rows) in report.rows {
+        println!("built mirror core__{slice}: {rows} rows");
+    }
+    println!(
+        "{} is unchanged; the split install is ready for `sv serve`",
+        args.from.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One doctor finding.
+struct Finding {
+    level: Level,
+    check: &'static str,
+    detail: String,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+pub fn doctor(config: &Config) -> anyhow::Result<ExitCode> {
+    let mut findings = Vec::new();
+    let mut add = |level, check, detail: String| {
+        findings.push(Finding {
+            level,
+            check,
+            detail,
+        })
+    };
+    let layout = plugin_support::layout(config)?;
+
+    let mut files: Vec<(&'static str, PathBuf)> = vec![
+        ("core store", layout.core.clone()),
+        ("plugin store", layout.plugins.clone()),
+    ];
+    if let Some(m) = &layout.mirror_file {
+        files.push(("mirror file", m.clone()));
+    }
+    let isolated = layout.isolated_files()?;
+    for (_, path) in &isolated {
+        files.push(("isolated plugin file", path.clone()));
+    }
+    let mut total_bytes = 0u64;
+    for (what, path) in &files {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let Ok(meta) = std::fs::metadata(path) else {
+            add(
+                Level::Fail,
+                "files",
+                format!("{what} {} is missing", path.display()),
+            );
+            continue;
+        };
+        total_bytes += meta.len()
+            + std::fs::metadata(format!("{}-wal", path.display()))
+                .map(|m| m.len())
+                .unwrap_or(0);
+        let mode = meta.permissions().mode() & 0o777;
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        if mode & 0o077 != 0 {
+            add(
+                Level::Warn,
+                "permissions",
+                format!(
+                    "{} is mode {mode:o}; run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                ),
+            );
+        } else if meta.uid() != uid {
+            add(
+                Level::Warn,
+                "permissions",
+                format!(
+                    "{} is owned by uid {}, not {uid}",
+                    path.display(),
+                    meta.uid()
+                ),
+            );
+        } else {
+            add(
+                Level::Ok,
+                "files",
+                format!("{what} {} ({} bytes, mode 600)", path.display(), meta.len()),
+            );
+        }
+        match sovereign_db::open_database(path, &sovereign_db::OpenOptions::plugins().read_only())
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                c.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(result) if result == "ok" => add(
+                Level::Ok,
+                "integrity",
+                format!("{} passes quick_check", path.display()),
+            ),
+            Ok(result) => add(
+                Level::Fail,
+                "integrity",
+                format!("{}: {result}; restore from a backup", path.display()),
+            ),
+            Err(e) => add(Level::Fail, "integrity", format!("{}: {e}", path.display())),
+        }
+    }
+
+    match migrate::not_applied(config) {
+        Ok(list) if list.is_empty() => add(
+            Level::Ok,
+            "migrations",
+            "every migration of every scope is applied".into(),
+        ),
+        Ok(list) => add(
+            Level::Warn,
+            "migrations",
+            format!("{}; run `sv migrate:deploy`", list.join(", ")),
+        ),
+        Err(e) => add(Level::Fail, "migrations", format!("{e:#}")),
+    }
+
+    let sync = (|| -> anyhow::Result<sovereign_sync::status::SyncStatus> {
+        let settings = plugin_support::sync_settings(config)?;
+        let core = sovereign_db_core::open_existing(&config.core_db_path())?;
+        let mirror = settings.open_mirror(config)?;
+        Ok(sovereign_sync::status::status(
+            &core,
+            &mirror,
+            &settings.catalog,
+        )?)
+    })();
+    match sync {
+        Ok(status) => {
+            for s in &status.slices {
+                let detail = format!(
+                    "slice {}: backlog {} rows, lag {} ms, watermark {}",
+                    s.slice, s.backlog_rows, s.lag_ms, s.watermark
+                );
+                if !s.built {
+                    add(
+                        Level::Warn,
+                        "sync",
+                        format!("{detail}; the mirror is not built: run `sv sync:run`"),
+                    );
+                } else if s.lag_ms > 60_000 {
+                    add(
+                        Level::Warn,
+                        "sync",
+                        format!("{detail}; is the platform running? `sv sync:run` catches up"),
+                    );
+                } else {
+                    add(Level::Ok, "sync", detail);
+                }
+            }
+            if let Some((error, at)) = status.last_error {
+                add(
+                    Level::Warn,
+                    "sync",
+                    format!("last sync error at {at}: {error}"),
+                );
+            }
+        }
+        Err(e) => add(Level::Fail, "sync", format!("{e:#}")),
+    }
+
+    let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    if lsm.split(',').any(|m| m.trim() == "landlock") {
+        add(
+            Level::Ok,
+            "sandbox",
+            "the kernel offers Landlock for sandboxing the extension host".into(),
+        );
+    } else if lsm.is_empty() {
+        add(Level::Warn, "sandbox", "cannot tell whether the kernel offers Landlock (/sys/kernel/security/lsm is not readable)".into());
+    } else {
+        add(
+            Level::Warn,
+            "sandbox",
+            format!(
+                "the kernel does not offer Landlock (LSMs: {}); the extension host cannot be sandboxed",
+                lsm.trim()
+            ),
+        );
+    }
+
+    match free_bytes(&config.data_dir_path()) {
+        Some(free) if free < total_bytes => add(
+            Level::Fail,
+            "disk",
+            format!(
+                "{free} bytes free, a backup needs about {total_bytes}; free space or back up elsewhere"
+            ),
+        ),
+        Some(free) => add(
+            Level::Ok,
+            "disk",
+            format!("{free} bytes free; a backup needs about {total_bytes}"),
+        ),
+        None => add(
+            Level::Warn,
+            "disk",
+            "cannot read free space of the data directory".into(),
+        ),
+    }
+    match RuntimeLock::holder(&config.lock_file_path()) {
+        Some(pid) => add(Level::Ok, "platform", format!("running (pid {pid})")),
+        None => add(Level::Ok, "platform", "not running".into()),
+    }
+
+    let worst = findings.iter().map(|f| f.level).max().unwrap_or(Level::Ok);
+    for f in &findings {
+        let tag = match f.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        println!("{tag} {:<12} {}", f.check, f.detail);
+    }
+    Ok(if worst == Level::Ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` is a valid, writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
