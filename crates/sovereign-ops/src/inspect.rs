@@ -137,7 +137,7 @@ pub fn inspect(
         plugins: vec![],
         mirror_bytes: 0,
     };
-    let mut add_file = |path: &Path,
+    let add_file = |path: &Path,
                         forced_id: Option<&str>,
                         report: &mut InspectReport|
      -> Result<(), OpsError> {

@@ -255,3 +255,57 @@ pub fn restore(
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_swap_is_completed_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let write = |name: &str, text: &str| std::fs::write(data.join(name), text).unwrap();
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+        write("core.db", "old core");
+        write("core.db-wal", "old wal");
+        write("plugins.db", "old plugins");
+        write(".staged-core", "new core");
+        write(".staged-plugins", "new plugins");
+        let aside = data.join("pre-restore-x");
+        let journal = Journal {
+            aside_dir: aside.clone(),
+            moves: vec![
+                Move {
+                    target: data.join("core.db"),
+                    staged: Some(data.join(".staged-core")),
+                    aside: aside.join("core.db"),
+                },
+                Move {
+                    target: data.join("plugins.db"),
+                    staged: Some(data.join(".staged-plugins")),
+                    aside: aside.join("plugins.db"),
+                },
+            ],
+        };
+        std::fs::write(data.join(JOURNAL), serde_json::to_vec(&journal).unwrap()).unwrap();
+        // The process died after moving the core's WAL aside and nothing else.
+        std::fs::create_dir_all(&aside).unwrap();
+        std::fs::rename(data.join("core.db-wal"), aside.join("core.db-wal")).unwrap();
+
+        assert!(finish_interrupted(data).unwrap());
+        assert_eq!(read(&data.join("core.db")), "new core");
+        assert_eq!(read(&data.join("plugins.db")), "new plugins");
+        assert!(
+            !data.join("core.db-wal").exists(),
+            "no stale WAL next to the new file"
+        );
+        assert_eq!(read(&aside.join("core.db")), "old core");
+        assert_eq!(read(&aside.join("core.db-wal")), "old wal");
+        assert_eq!(read(&aside.join("plugins.db")), "old plugins");
+        assert!(!data.join(JOURNAL).exists());
+        assert!(
+            !finish_interrupted(data).unwrap(),
+            "running it again does nothing"
+        );
+    }
+}
