@@ -78,8 +78,8 @@ fn file_size(path: &Path) -> u64 {
             .unwrap_or(0)
 }
 
-/// Copies `src` to `dst` with the backup API in one step (one read transaction), then
-/// switches the copy to rollback journaling so the backup is a single self-contained file.
+/// Copies `src` to `dst` with the backup API in one step (one read transaction). The
+/// copy is a single self-contained file: the pages go into the main file, no WAL is left.
 pub fn snapshot(src: &Path, dst: &Path) -> Result<(), OpsError> {
     let source = Connection::open_with_flags(
         src,
@@ -97,8 +97,8 @@ pub fn snapshot(src: &Path, dst: &Path) -> Result<(), OpsError> {
             .step(-1)
             .map_err(sqlite(format!("copying {}", src.display())))?;
     }
-    dest.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
-        .map_err(sqlite(format!("finishing {}", dst.display())))?;
+    drop(dest);
+    remove_db_files_but_main(dst);
     Ok(())
 }
 
@@ -204,35 +204,49 @@ pub fn backup(
     let total: u64 = plan.iter().map(|(_, _, p)| file_size(p)).sum();
     let mut done = 0u64;
     progress(0, total);
+    // Each finished copy is checksummed on another thread while the next one is taken.
+    type Checked = Result<(BackupFile, BTreeMap<String, u32>), OpsError>;
+    let checked: Vec<Checked> = std::thread::scope(|scope| -> Result<Vec<Checked>, OpsError> {
+        let mut pending = Vec::new();
+        for (name, role, src) in &plan {
+            let dst = partial.join(name);
+            snapshot(src, &dst)?;
+            if role == "plugins" && !options.exclude_plugins.is_empty() {
+                let store = sovereign_db_plugins::TrustedPluginStore::open_shared(&dst)?;
+                for id in &options.exclude_plugins {
+                    store.drop_plugin_data(id)?;
+                }
+                store
+                    .connection()
+                    .query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+                    .map_err(sqlite("finishing the plugin store copy"))?;
+                drop(store);
+                remove_db_files_but_main(&dst);
+            }
+            done += file_size(src);
+            progress(done.min(total), total);
+            pending.push(scope.spawn(move || -> Checked {
+                let versions = schema_versions(&dst)?;
+                let (sha256, size) = file_digest(&dst)?;
+                Ok((
+                    BackupFile {
+                        name: name.clone(),
+                        role: role.clone(),
+                        size,
+                        sha256,
+                    },
+                    versions,
+                ))
+            }));
+        }
+        Ok(pending.into_iter().map(|h| h.join().expect("checksum thread")).collect())
+    })?;
     let mut files = Vec::new();
     let mut schema = BTreeMap::new();
-    for (name, role, src) in &plan {
-        let dst = partial.join(name);
-        snapshot(src, &dst)?;
-        if role == "plugins" && !options.exclude_plugins.is_empty() {
-            let store = sovereign_db_plugins::TrustedPluginStore::open_shared(&dst)?;
-            for id in &options.exclude_plugins {
-                store.drop_plugin_data(id)?;
-            }
-            store
-                .connection()
-                .query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
-                .map_err(sqlite("finishing the plugin store copy"))?;
-            drop(store);
-            remove_db_files_but_main(&dst);
-        }
-        done += file_size(src);
-        progress(done.min(total), total);
-        for (scope, version) in schema_versions(&dst)? {
-            schema.insert(scope, version);
-        }
-        let (sha256, size) = file_digest(&dst)?;
-        files.push(BackupFile {
-            name: name.clone(),
-            role: role.clone(),
-            size,
-            sha256,
-        });
+    for result in checked {
+        let (file, versions) = result?;
+        schema.extend(versions);
+        files.push(file);
     }
     let mirror_store = if layout.mirror_file.is_some() {
         "mirror.db"
