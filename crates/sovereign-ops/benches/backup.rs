@@ -23,9 +23,18 @@ fn size(path: &Path) -> u64 {
 }
 
 fn main() {
-    let total_mb: u64 = std::env::var("SV_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
-    if !Command::new("sqlite3").arg("-version").output().is_ok_and(|o| o.status.success()) {
-        println!("backup bench: sqlite3 is not on PATH (apt-get install sqlite3); nothing measured");
+    let total_mb: u64 = std::env::var("SV_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    if !Command::new("sqlite3")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!(
+            "backup bench: sqlite3 is not on PATH (apt-get install sqlite3); nothing measured"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -46,17 +55,25 @@ fn main() {
             .prepare("INSERT INTO audit_log (actor_user_id, action, target, detail) VALUES (?1, 'bench', ?2, json_object('pad', hex(randomblob(240))))")
             .unwrap();
         for i in 0..(half / 600) as i64 {
-            stmt.execute(params![i % 1000, format!("target:{i}")]).unwrap();
+            stmt.execute(params![i % 1000, format!("target:{i}")])
+                .unwrap();
         }
     }
-    core.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    core.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
     let plugins = sovereign_db_plugins::TrustedPluginStore::open_shared(&layout.plugins).unwrap();
     let p = plugins.connection();
-    p.execute_batch("CREATE TABLE files__blobs (id INTEGER PRIMARY KEY, data BLOB); BEGIN").unwrap();
+    p.execute_batch("CREATE TABLE files__blobs (id INTEGER PRIMARY KEY, data BLOB); BEGIN")
+        .unwrap();
     for _ in 0..(half / (256 * 1024)) {
-        p.execute("INSERT INTO files__blobs (data) VALUES (randomblob(262144))", []).unwrap();
+        p.execute(
+            "INSERT INTO files__blobs (data) VALUES (randomblob(262144))",
+            [],
+        )
+        .unwrap();
     }
-    p.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    p.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
     drop(plugins);
     let bytes = size(&layout.core) + size(&layout.plugins);
 

@@ -78,8 +78,10 @@ fn file_size(path: &Path) -> u64 {
             .unwrap_or(0)
 }
 
-/// Copies `src` to `dst` with the backup API in one step (one read transaction). The
-/// copy is a single self-contained file: the pages go into the main file, no WAL is left.
+/// Copies `src` to `dst` with the backup API in one step (one read transaction), then
+/// switches the copy to rollback journaling: a single self-contained file that no later
+/// reader will grow `-wal`/`-shm` files next to. The copy is readable by its owner only:
+/// it holds password hashes and sessions.
 pub fn snapshot(src: &Path, dst: &Path) -> Result<(), OpsError> {
     let source = Connection::open_with_flags(
         src,
@@ -97,8 +99,15 @@ pub fn snapshot(src: &Path, dst: &Path) -> Result<(), OpsError> {
             .step(-1)
             .map_err(sqlite(format!("copying {}", src.display())))?;
     }
+    dest.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+        .map_err(sqlite(format!("finishing {}", dst.display())))?;
     drop(dest);
     remove_db_files_but_main(dst);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o600))
+            .map_err(io(format!("restricting {}", dst.display())))?;
+    }
     Ok(())
 }
 
@@ -179,6 +188,13 @@ pub fn backup(
     }
     std::fs::create_dir_all(partial.join("plugins"))
         .map_err(io(format!("creating {}", partial.display())))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [partial.clone(), partial.join("plugins")] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(format!("restricting {}", dir.display())))?;
+        }
+    }
 
     // Plugin stores first, the core last (see the module documentation).
     let mut plan: Vec<(String, String, PathBuf)> = Vec::new();
@@ -239,7 +255,10 @@ pub fn backup(
                 ))
             }));
         }
-        Ok(pending.into_iter().map(|h| h.join().expect("checksum thread")).collect())
+        Ok(pending
+            .into_iter()
+            .map(|h| h.join().expect("checksum thread"))
+            .collect())
     })?;
     let mut files = Vec::new();
     let mut schema = BTreeMap::new();

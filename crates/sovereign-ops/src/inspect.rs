@@ -138,8 +138,8 @@ pub fn inspect(
         mirror_bytes: 0,
     };
     let add_file = |path: &Path,
-                        forced_id: Option<&str>,
-                        report: &mut InspectReport|
+                    forced_id: Option<&str>,
+                    report: &mut InspectReport|
      -> Result<(), OpsError> {
         let conn = crate::backup::open_read_only(path)?;
         let usage = file_usage(&conn, path)?;

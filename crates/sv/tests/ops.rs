@@ -113,6 +113,31 @@ fn backup_under_concurrent_writes_restores_everything_committed_before_it() {
     assert_eq!(manifest["schema_versions"]["core"], 2);
     assert_eq!(manifest["schema_versions"]["plugin:tasks"], 1);
     assert!(manifest["files"][0]["sha256"].as_str().unwrap().len() == 64);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut entries: Vec<String> = std::fs::read_dir(w.path().join("backups/b1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        entries.sort();
+        assert_eq!(
+            entries,
+            ["core.db", "manifest.json", "plugins", "plugins.db"],
+            "no -wal/-shm side files"
+        );
+        let mode = std::fs::metadata(w.path().join("backups/b1/core.db"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "backups hold password hashes");
+        let mode = std::fs::metadata(w.path().join("backups/b1"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+    }
     let verify = w.sv_ok(&["backup:verify", "backups/b1"]);
     assert!(verify.contains("is a valid backup"), "{verify}");
 
