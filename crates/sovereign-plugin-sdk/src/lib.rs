@@ -1,0 +1,472 @@
+//! The Sovereign plugin SDK: write a plugin as a small router of handlers.
+//!
+//! ```ignore
+//! use sovereign_plugin_sdk::{Request, Response, Router, Error, db, export_plugin};
+//!
+//! fn router() -> Router {
+//!     Router::new().get("/hello/{name}", |req| Response::json(200, &req.param("name")))
+//! }
+//! export_plugin!(router);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` is the
+//! component that goes into the package as `plugin.wasm`. The plugin only reaches what
+//! the WIT contract (`wit/plugin.wit`) gives it: no files, no network, no environment.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Bindings generated from `wit/plugin.wit` (`sovereign:plugin@0.1.0`).
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_world",
+        default_bindings_module: "sovereign_plugin_sdk::bindings",
+    });
+}
+
+use bindings::sovereign::plugin::{context, database, events as wit_events, log as wit_log, types};
+
+pub use types::SqlValue as Value;
+
+/// An incoming request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// Path below `/api/plugins/<id>`, starting with `/`.
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// Headers the kernel passed on.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    params: HashMap<String, String>,
+}
+
+impl Request {
+    /// A path parameter captured by `{name}` in the route pattern.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// A path parameter parsed as `T`, or a 400 error naming it.
+    pub fn param_as<T: std::str::FromStr>(&self, name: &str) -> Result<T, Error> {
+        self.param(name)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::BadRequest(format!("path parameter {name} is missing or malformed")))
+    }
+
+    /// A query-string parameter (not percent-decoded beyond `+` for space).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| v.replace('+', " "))
+        })
+    }
+
+    /// A header value (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON, or a 400 error saying what is wrong.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// A response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Result<Response, Error> {
+        let body = serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(Response {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+        })
+    }
+
+    /// A plain-text response.
+    pub fn text(status: u16, text: impl Into<String>) -> Response {
+        Response {
+            status,
+            headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+            body: text.into().into_bytes(),
+        }
+    }
+
+    /// An empty response (e.g. 204).
+    pub fn empty(status: u16) -> Response {
+        Response {
+            status,
+            headers: vec![],
+            body: vec![],
+        }
+    }
+}
+
+/// Errors a handler returns; each becomes a JSON error response with a fitting status.
+#[derive(Debug, Clone)]
+pub enum Error {
+    /// 400.
+    BadRequest(String),
+    /// 403.
+    Forbidden(String),
+    /// 404.
+    NotFound(String),
+    /// 409.
+    Conflict(String),
+    /// A database error: 403 when the fence denied it, 409 for constraint violations,
+    /// 507 when the storage quota is full, 500 otherwise.
+    Db(DbError),
+    /// 500.
+    Internal(String),
+}
+
+/// A database error as the host reports it.
+#[derive(Debug, Clone)]
+pub enum DbError {
+    /// The fence refused the statement.
+    Denied(String),
+    /// An SQL error in the plugin's own statement.
+    Sql(String),
+    /// A limit (deadline, quota, result size).
+    Limit(String),
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbError::Denied(m) | DbError::Sql(m) | DbError::Limit(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<types::DbError> for Error {
+    fn from(e: types::DbError) -> Self {
+        Error::Db(match e {
+            types::DbError::Denied(m) => DbError::Denied(m),
+            types::DbError::Sql(m) => DbError::Sql(m),
+            types::DbError::Limit(m) => DbError::Limit(m),
+        })
+    }
+}
+
+impl Error {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            Error::BadRequest(m) => (400, "bad_request", m),
+            Error::Forbidden(m) => (403, "forbidden", m),
+            Error::NotFound(m) => (404, "not_found", m),
+            Error::Conflict(m) => (409, "conflict", m),
+            Error::Db(DbError::Denied(m)) => (403, "denied", m),
+            Error::Db(DbError::Sql(m)) if m.contains("constraint failed") => (409, "conflict", m),
+            Error::Db(DbError::Sql(m)) => (500, "database", m),
+            Error::Db(DbError::Limit(m)) if m.contains("quota") => (507, "quota", m),
+            Error::Db(DbError::Limit(m)) => (500, "limit", m),
+            Error::Internal(m) => (500, "internal", m),
+        };
+        let body = serde_json::json!({ "error": { "code": code, "message": message } });
+        Response {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+}
+
+/// A handler.
+pub type Handler = fn(&Request) -> Result<Response, Error>;
+
+/// Routes by method and path pattern (`/tasks/{id}/complete`).
+#[derive(Default)]
+pub struct Router {
+    routes: Vec<(String, Vec<String>, Handler)>,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// Adds a route for `method`.
+    pub fn route(mut self, method: &str, pattern: &str, handler: Handler) -> Router {
+        let segments = pattern.trim_matches('/').split('/').filter(|s| !s.is_empty()).map(String::from).collect();
+        self.routes.push((method.to_ascii_uppercase(), segments, handler));
+        self
+    }
+
+    /// `GET pattern`.
+    pub fn get(self, pattern: &str, handler: Handler) -> Router {
+        self.route("GET", pattern, handler)
+    }
+
+    /// `POST pattern`.
+    pub fn post(self, pattern: &str, handler: Handler) -> Router {
+        self.route("POST", pattern, handler)
+    }
+
+    /// `PUT pattern`.
+    pub fn put(self, pattern: &str, handler: Handler) -> Router {
+        self.route("PUT", pattern, handler)
+    }
+
+    /// `PATCH pattern`.
+    pub fn patch(self, pattern: &str, handler: Handler) -> Router {
+        self.route("PATCH", pattern, handler)
+    }
+
+    /// `DELETE pattern`.
+    pub fn delete(self, pattern: &str, handler: Handler) -> Router {
+        self.route("DELETE", pattern, handler)
+    }
+
+    fn dispatch(&self, mut req: Request) -> Response {
+        let parts: Vec<&str> = req.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+        let mut path_matched = false;
+        for (method, segments, handler) in &self.routes {
+            if segments.len() != parts.len() {
+                continue;
+            }
+            let mut params = HashMap::new();
+            let matched = segments.iter().zip(&parts).all(|(seg, part)| {
+                match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) => {
+                        params.insert(name.to_owned(), (*part).to_owned());
+                        true
+                    }
+                    None => seg == part,
+                }
+            });
+            if !matched {
+                continue;
+            }
+            path_matched = true;
+            if *method != req.method {
+                continue;
+            }
+            req.params = params;
+            return handler(&req).unwrap_or_else(Error::into_response);
+        }
+        if path_matched {
+            Error::BadRequest(format!("method {} is not allowed here", req.method)).into_response_with(405)
+        } else {
+            Error::NotFound(format!("no route for {} {}", req.method, req.path)).into_response()
+        }
+    }
+}
+
+impl Error {
+    fn into_response_with(self, status: u16) -> Response {
+        let mut r = self.into_response();
+        r.status = status;
+        r
+    }
+}
+
+/// Runs the router built by `build` on a request from the host. Used by [`export_plugin!`].
+#[doc(hidden)]
+pub fn dispatch(build: fn() -> Router, req: types::Request) -> types::Response {
+    let request = Request {
+        method: req.method.to_ascii_uppercase(),
+        path: req.path,
+        query: req.query,
+        headers: req.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        body: req.body,
+        params: HashMap::new(),
+    };
+    let response = build().dispatch(request);
+    types::Response {
+        status: response.status,
+        headers: response
+            .headers
+            .into_iter()
+            .map(|(name, value)| types::Header { name, value })
+            .collect(),
+        body: response.body,
+    }
+}
+
+/// Exports a plugin whose routes `build` returns.
+#[macro_export]
+macro_rules! export_plugin {
+    ($build:path) => {
+        struct __SovereignPlugin;
+        impl $crate::bindings::exports::sovereign::plugin::handler::Guest for __SovereignPlugin {
+            fn handle(
+                req: $crate::bindings::sovereign::plugin::types::Request,
+            ) -> $crate::bindings::sovereign::plugin::types::Response {
+                $crate::dispatch($build, req)
+            }
+        }
+        $crate::bindings::export_world!(__SovereignPlugin with_types_in $crate::bindings);
+    };
+}
+
+/// The plugin's database.
+pub mod db {
+    use super::*;
+
+    /// The outcome of a change.
+    pub use types::ExecResult;
+    /// Raw rows.
+    pub use types::Rows;
+
+    /// Runs one statement that changes data or schema.
+    pub fn execute(sql: &str, params: &[Value]) -> Result<ExecResult, Error> {
+        Ok(database::execute(sql, params)?)
+    }
+
+    /// Runs one query.
+    pub fn query(sql: &str, params: &[Value]) -> Result<Rows, Error> {
+        Ok(database::query(sql, params)?)
+    }
+
+    /// Runs a query and deserializes each row (columns by name) into `T`.
+    pub fn query_as<T: DeserializeOwned>(sql: &str, params: &[Value]) -> Result<Vec<T>, Error> {
+        let rows = query(sql, params)?;
+        rows.rows
+            .into_iter()
+            .map(|row| {
+                let object: serde_json::Map<String, serde_json::Value> = rows
+                    .columns
+                    .iter()
+                    .cloned()
+                    .zip(row.into_iter().map(to_json))
+                    .collect();
+                serde_json::from_value(serde_json::Value::Object(object))
+                    .map_err(|e| Error::Internal(format!("a row does not fit the type: {e}")))
+            })
+            .collect()
+    }
+
+    /// The first row as `T`, if any.
+    pub fn query_one<T: DeserializeOwned>(sql: &str, params: &[Value]) -> Result<Option<T>, Error> {
+        Ok(query_as(sql, params)?.into_iter().next())
+    }
+
+    /// Runs several statements; stops at the first error.
+    pub fn batch(statements: &[(&str, Vec<Value>)]) -> Result<Vec<ExecResult>, Error> {
+        let owned: Vec<(String, Vec<Value>)> = statements.iter().map(|(s, p)| (s.to_string(), p.clone())).collect();
+        Ok(database::batch(&owned)?)
+    }
+
+    fn to_json(v: Value) -> serde_json::Value {
+        match v {
+            Value::Null => serde_json::Value::Null,
+            Value::Integer(i) => i.into(),
+            Value::Real(f) => serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Value::Text(t) => t.into(),
+            Value::Blob(b) => b.into(),
+        }
+    }
+}
+
+/// Turns Rust values into SQL values for parameters.
+pub trait IntoValue {
+    /// The SQL value.
+    fn into_value(self) -> Value;
+}
+
+impl IntoValue for i64 {
+    fn into_value(self) -> Value {
+        Value::Integer(self)
+    }
+}
+impl IntoValue for bool {
+    fn into_value(self) -> Value {
+        Value::Integer(self as i64)
+    }
+}
+impl IntoValue for f64 {
+    fn into_value(self) -> Value {
+        Value::Real(self)
+    }
+}
+impl IntoValue for &str {
+    fn into_value(self) -> Value {
+        Value::Text(self.to_owned())
+    }
+}
+impl IntoValue for String {
+    fn into_value(self) -> Value {
+        Value::Text(self)
+    }
+}
+impl<T: IntoValue> IntoValue for Option<T> {
+    fn into_value(self) -> Value {
+        self.map_or(Value::Null, IntoValue::into_value)
+    }
+}
+
+/// Builds a parameter list: `params![title, 3, Some("x")]`.
+#[macro_export]
+macro_rules! params {
+    ($($v:expr),* $(,)?) => { vec![$($crate::IntoValue::into_value($v)),*] };
+}
+
+/// Events for the core.
+pub mod events {
+    use super::*;
+
+    /// Emits an event (its topic must be declared in the manifest's `emits`). It reaches
+    /// the core only if this request commits.
+    pub fn emit<T: Serialize>(topic: &str, payload: &T) -> Result<(), Error> {
+        let json = serde_json::to_string(payload).map_err(|e| Error::Internal(e.to_string()))?;
+        super::wit_events::emit(topic, &json).map_err(Error::Internal)
+    }
+}
+
+/// Logging into the host's log, tagged with the plugin id.
+pub mod log {
+    use super::wit_log::{Level, log};
+
+    /// Info.
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+    /// Warning.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+    /// Error.
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+    /// Debug.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+}
+
+/// The authenticated caller.
+pub fn caller() -> types::Caller {
+    context::current_caller()
+}
+
+/// This plugin's id.
+pub fn plugin_id() -> String {
+    context::plugin_id()
+}
