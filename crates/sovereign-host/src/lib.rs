@@ -1,0 +1,220 @@
+//! The extension host: the untrusted zone. It connects to the kernel's socket, loads the
+//! plugins the kernel names, restricts itself with Landlock to the plugin store files
+//! and packages, and then serves plugin requests. It never receives a path to
+//! `core.db`, and depends on nothing that knows the core schema.
+
+pub mod runtime;
+pub mod sandbox;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sovereign_db_plugins::StoreLocation;
+use sovereign_protocol::{
+    HostToKernel, KernelToHost, PluginLoad, SandboxStatus, VERSION, read_frame,
+};
+
+use crate::runtime::{EPOCH_TICK, Runtime};
+
+/// How the kernel started this host.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// The kernel's socket.
+    pub socket: PathBuf,
+    /// The plugin store files.
+    pub location: StoreLocation,
+    /// The plugin packages directory (read-only).
+    pub packages: PathBuf,
+    /// Exit instead of running unsandboxed.
+    pub require_sandbox: bool,
+    /// Threads serving requests.
+    pub workers: usize,
+}
+
+/// How often undelivered events are offered to the kernel again.
+const RELAY_INTERVAL: Duration = Duration::from_secs(2);
+
+type Writer = Arc<Mutex<UnixStream>>;
+
+fn send(writer: &Writer, message: &HostToKernel) {
+    let frame = match sovereign_protocol::encode(message) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a message for the kernel");
+            return;
+        }
+    };
+    let mut stream = writer.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = stream.write_all(&frame) {
+        tracing::warn!(error = %e, "cannot write to the kernel");
+    }
+}
+
+fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", path.display()))
+}
+
+/// Runs the host until the kernel disconnects or says shut down.
+pub fn run(options: HostOptions) -> anyhow::Result<()> {
+    let stream = UnixStream::connect(&options.socket)
+        .with_context(|| format!("connecting to the kernel at {}", options.socket.display()))?;
+    let mut reader = stream.try_clone()?;
+    let writer: Writer = Arc::new(Mutex::new(stream));
+
+    let Some(KernelToHost::Configure { version, plugins }) = read_frame(&mut reader)? else {
+        bail!("the kernel did not send the configuration first");
+    };
+    if version != VERSION {
+        bail!("protocol version {version} from the kernel, this host speaks {VERSION}");
+    }
+    let runtime = Runtime::load(
+        Runtime::engine()?,
+        &options.location,
+        &options.packages,
+        &plugins,
+    )?;
+
+    // Everything is open and compiled: from here on the host can only touch the plugin
+    // store files and read the packages.
+    let shared = &options.location.shared_store;
+    let mut allowed = sandbox::Allowed {
+        read_write_files: [
+            shared.clone(),
+            with_suffix(shared, "-wal"),
+            with_suffix(shared, "-shm"),
+        ]
+        .to_vec(),
+        read_write_dirs: vec![options.location.isolated_dir.clone()],
+        read_only: vec![options.packages.clone()],
+    };
+    if let Some(mirror) = &options.location.mirror_file {
+        allowed.read_only.push(mirror.clone());
+        allowed.read_only.push(with_suffix(mirror, "-wal"));
+        // Readers of a WAL file write its shared-memory index.
+        allowed.read_write_files.push(with_suffix(mirror, "-shm"));
+    }
+    std::fs::create_dir_all(&options.location.isolated_dir).ok();
+    let sandbox = sandbox::restrict(&allowed);
+    match &sandbox {
+        SandboxStatus::Enforced => tracing::info!("sandboxed with Landlock"),
+        other if options.require_sandbox => {
+            bail!(
+                "--require-sandbox: the host cannot be sandboxed ({other:?}); refusing to run plugins"
+            )
+        }
+        other => tracing::error!(
+            status = ?other,
+            "THE EXTENSION HOST IS NOT SANDBOXED: plugins run without the OS-level wall around the plugin store"
+        ),
+    }
+    let loads = runtime
+        .load_report()
+        .into_iter()
+        .map(|(id, error)| PluginLoad { id, error })
+        .collect();
+    send(
+        &writer,
+        &HostToKernel::Ready {
+            version: VERSION,
+            sandbox,
+            plugins: loads,
+        },
+    );
+
+    let runtime = Arc::new(runtime);
+    {
+        let engine = runtime.engine_handle().clone();
+        std::thread::Builder::new()
+            .name("sv-host-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })?;
+    }
+    {
+        let runtime = runtime.clone();
+        let writer = writer.clone();
+        std::thread::Builder::new()
+            .name("sv-host-relay".into())
+            .spawn(move || {
+                loop {
+                    let events = runtime.pending_events();
+                    if !events.is_empty() {
+                        send(&writer, &HostToKernel::Events { events });
+                    }
+                    std::thread::sleep(RELAY_INTERVAL);
+                }
+            })?;
+    }
+
+    let (jobs, queue) = mpsc::channel::<KernelToHost>();
+    let queue = Arc::new(Mutex::new(queue));
+    for n in 0..options.workers.max(1) {
+        let queue = queue.clone();
+        let runtime = runtime.clone();
+        let writer = writer.clone();
+        std::thread::Builder::new()
+            .name(format!("sv-host-worker-{n}"))
+            .spawn(move || {
+                loop {
+                    let job = match queue.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    };
+                    match job {
+                        KernelToHost::Handle {
+                            id,
+                            plugin,
+                            request,
+                            caller,
+                        } => {
+                            let (result, events) = runtime.handle(&plugin, request, caller);
+                            send(&writer, &HostToKernel::Response { id, result });
+                            if !events.is_empty() {
+                                send(&writer, &HostToKernel::Events { events });
+                            }
+                        }
+                        KernelToHost::EventsStored { event_ids } => {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_millis() as i64)
+                                .unwrap_or(0);
+                            runtime.mark_delivered(&event_ids, now);
+                        }
+                        _ => {}
+                    }
+                }
+            })?;
+    }
+
+    loop {
+        let message: Option<KernelToHost> = read_frame(&mut reader)?;
+        match message {
+            None | Some(KernelToHost::Shutdown) => break,
+            Some(KernelToHost::Heartbeat { id }) => send(&writer, &HostToKernel::Alive { id }),
+            Some(KernelToHost::Probe { id, path }) => {
+                let result = std::fs::File::open(&path)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                send(&writer, &HostToKernel::ProbeResult { id, result });
+            }
+            Some(job @ (KernelToHost::Handle { .. } | KernelToHost::EventsStored { .. })) => {
+                if jobs.send(job).is_err() {
+                    break;
+                }
+            }
+            Some(KernelToHost::Configure { .. }) => {
+                tracing::warn!("ignoring a second configuration")
+            }
+        }
+    }
+    tracing::info!("extension host stopping");
+    Ok(())
+}

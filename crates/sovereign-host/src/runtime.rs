@@ -1,0 +1,485 @@
+//! Running plugin components in wasmtime: one instance per request, a memory cap, an
+//! epoch deadline, no WASI filesystem, network or environment, and the plugin's fenced
+//! database inside one transaction per request.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sovereign_db_plugins::{
+    DatabaseMode, FenceError, Manifest, Outcome, PluginDb, PluginDbConfig, SqlValue, StoreLocation,
+};
+use sovereign_protocol::{Caller, HostError, HttpRequest, HttpResponse, PluginEvent, PluginSpec};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../../wit",
+    });
+}
+
+use bindings::sovereign::plugin::{context, database, events, log, types};
+
+/// How often the epoch advances; deadlines are multiples of it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// What a store holds while one request runs.
+struct RequestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    db: PluginDb,
+    plugin: String,
+    emits: Vec<String>,
+    caller: Caller,
+    emitted: usize,
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn to_sql(v: types::SqlValue) -> SqlValue {
+    match v {
+        types::SqlValue::Null => SqlValue::Null,
+        types::SqlValue::Integer(i) => SqlValue::Integer(i),
+        types::SqlValue::Real(f) => SqlValue::Real(f),
+        types::SqlValue::Text(t) => SqlValue::Text(t),
+        types::SqlValue::Blob(b) => SqlValue::Blob(b),
+    }
+}
+
+fn from_sql(v: SqlValue) -> types::SqlValue {
+    match v {
+        SqlValue::Null => types::SqlValue::Null,
+        SqlValue::Integer(i) => types::SqlValue::Integer(i),
+        SqlValue::Real(f) => types::SqlValue::Real(f),
+        SqlValue::Text(t) => types::SqlValue::Text(t),
+        SqlValue::Blob(b) => types::SqlValue::Blob(b),
+    }
+}
+
+fn db_error(e: FenceError) -> types::DbError {
+    let message = e.to_string();
+    match e {
+        FenceError::Denied { .. } => types::DbError::Denied(message),
+        FenceError::Deadline { .. }
+        | FenceError::Quota { .. }
+        | FenceError::ResultTooLarge { .. }
+        | FenceError::Limit { .. } => types::DbError::Limit(message),
+        FenceError::MultipleStatements { .. }
+        | FenceError::EmptyStatement { .. }
+        | FenceError::Sql { .. } => types::DbError::Sql(message),
+    }
+}
+
+impl types::Host for RequestState {}
+
+impl database::Host for RequestState {
+    fn execute(
+        &mut self,
+        sql: String,
+        params: Vec<types::SqlValue>,
+    ) -> Result<types::ExecResult, types::DbError> {
+        let params: Vec<SqlValue> = params.into_iter().map(to_sql).collect();
+        match self.db.execute(&sql, &params).map_err(db_error)? {
+            Outcome::Changed {
+                rows_affected,
+                last_insert_id,
+            } => Ok(types::ExecResult {
+                rows_affected,
+                last_insert_id,
+            }),
+            Outcome::Rows { .. } => Ok(types::ExecResult {
+                rows_affected: 0,
+                last_insert_id: 0,
+            }),
+        }
+    }
+
+    fn query(
+        &mut self,
+        sql: String,
+        params: Vec<types::SqlValue>,
+    ) -> Result<types::Rows, types::DbError> {
+        let params: Vec<SqlValue> = params.into_iter().map(to_sql).collect();
+        match self.db.execute(&sql, &params).map_err(db_error)? {
+            Outcome::Rows { columns, rows } => Ok(types::Rows {
+                columns: columns.to_vec(),
+                rows: rows
+                    .into_iter()
+                    .map(|r| r.into_iter().map(from_sql).collect())
+                    .collect(),
+            }),
+            Outcome::Changed { .. } => Ok(types::Rows {
+                columns: vec![],
+                rows: vec![],
+            }),
+        }
+    }
+
+    fn batch(
+        &mut self,
+        statements: Vec<(String, Vec<types::SqlValue>)>,
+    ) -> Result<Vec<types::ExecResult>, types::DbError> {
+        statements
+            .into_iter()
+            .map(|(sql, params)| database::Host::execute(self, sql, params))
+            .collect()
+    }
+}
+
+/// Largest event payload.
+const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// Most events one request may emit.
+const MAX_EVENTS_PER_REQUEST: usize = 100;
+
+impl events::Host for RequestState {
+    fn emit(&mut self, topic: String, payload_json: String) -> Result<(), String> {
+        if !self.emits.contains(&topic) {
+            tracing::warn!(plugin = %self.plugin, topic, "event topic not declared in the manifest; rejected");
+            return Err(format!(
+                "topic {topic:?} is not declared in plugin.json \"emits\" (declared: {:?})",
+                self.emits
+            ));
+        }
+        if payload_json.len() > MAX_EVENT_BYTES {
+            return Err(format!(
+                "event payload of {} bytes exceeds {MAX_EVENT_BYTES}",
+                payload_json.len()
+            ));
+        }
+        if serde_json::from_str::<serde_json::Value>(&payload_json).is_err() {
+            return Err("the event payload is not valid JSON".into());
+        }
+        if self.emitted >= MAX_EVENTS_PER_REQUEST {
+            return Err(format!(
+                "at most {MAX_EVENTS_PER_REQUEST} events per request"
+            ));
+        }
+        self.db
+            .emit_event(&topic, &payload_json)
+            .map_err(|e| e.to_string())?;
+        self.emitted += 1;
+        Ok(())
+    }
+}
+
+impl log::Host for RequestState {
+    fn log(&mut self, level: log::Level, message: String) {
+        let message: String = message.chars().take(4096).collect();
+        let plugin = &self.plugin;
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, "{message}"),
+            log::Level::Info => tracing::info!(plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, "{message}"),
+            log::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+impl context::Host for RequestState {
+    fn current_caller(&mut self) -> types::Caller {
+        types::Caller {
+            user_id: self.caller.user_id,
+            tenant_id: self.caller.tenant_id,
+            roles: self.caller.roles.clone(),
+        }
+    }
+
+    fn plugin_id(&mut self) -> String {
+        self.plugin.clone()
+    }
+}
+
+/// A loaded plugin: its compiled component and its fenced connection.
+pub struct LoadedPlugin {
+    id: String,
+    manifest: Manifest,
+    pre: bindings::PluginPre<RequestState>,
+    /// `None` while a request has the connection.
+    db: Mutex<Option<PluginDb>>,
+}
+
+/// The runtime: the engine and every loaded plugin.
+pub struct Runtime {
+    engine: Engine,
+    plugins: HashMap<String, Arc<LoadedPlugin>>,
+    failed: HashMap<String, String>,
+}
+
+impl Runtime {
+    /// A wasmtime engine with epoch interruption (deadlines) and the component model.
+    pub fn engine() -> anyhow::Result<Engine> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        Ok(Engine::new(&config)?)
+    }
+
+    /// Loads every plugin: opens its fenced database and compiles its `plugin.wasm`.
+    /// Failures are recorded per plugin; the others still load.
+    pub fn load(
+        engine: Engine,
+        location: &StoreLocation,
+        packages: &Path,
+        specs: &[PluginSpec],
+    ) -> anyhow::Result<Runtime> {
+        let mut linker: Linker<RequestState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::Plugin::add_to_linker::<RequestState, HasSelf<RequestState>>(&mut linker, |s| s)?;
+        let mut plugins = HashMap::new();
+        let mut failed = HashMap::new();
+        for spec in specs {
+            match Self::load_one(&engine, &linker, location, packages, spec) {
+                Ok(p) => {
+                    plugins.insert(spec.id.clone(), Arc::new(p));
+                }
+                Err(e) => {
+                    tracing::error!(plugin = %spec.id, error = %format!("{e:#}"), "plugin not loaded");
+                    failed.insert(spec.id.clone(), format!("{e:#}"));
+                }
+            }
+        }
+        Ok(Runtime {
+            engine,
+            plugins,
+            failed,
+        })
+    }
+
+    fn load_one(
+        engine: &Engine,
+        linker: &Linker<RequestState>,
+        location: &StoreLocation,
+        packages: &Path,
+        spec: &PluginSpec,
+    ) -> anyhow::Result<LoadedPlugin> {
+        let manifest: Manifest = serde_json::from_str(&spec.manifest_json)?;
+        anyhow::ensure!(
+            manifest.id == spec.id,
+            "the manifest's id {} is not {}",
+            manifest.id,
+            spec.id
+        );
+        let db = PluginDb::open(
+            location,
+            PluginDbConfig {
+                plugin_id: spec.id.clone(),
+                mode: DatabaseMode::parse(&spec.database_mode).unwrap_or_default(),
+                grants: spec.grants.clone(),
+                limits: manifest.limits,
+            },
+        )?;
+        let wasm = packages.join(&spec.id).join("plugin.wasm");
+        let component = Component::from_file(engine, &wasm)
+            .map_err(|e| anyhow::anyhow!("cannot load {}: {e:#}", wasm.display()))?;
+        let pre = bindings::PluginPre::new(linker.instantiate_pre(&component)?)?;
+        Ok(LoadedPlugin {
+            id: spec.id.clone(),
+            manifest,
+            pre,
+            db: Mutex::new(Some(db)),
+        })
+    }
+
+    /// The engine (for the epoch ticker).
+    pub fn engine_handle(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Per plugin: `None` if loaded, else why not.
+    pub fn load_report(&self) -> Vec<(String, Option<String>)> {
+        let mut out: Vec<(String, Option<String>)> =
+            self.plugins.keys().map(|id| (id.clone(), None)).collect();
+        out.extend(
+            self.failed
+                .iter()
+                .map(|(id, e)| (id.clone(), Some(e.clone()))),
+        );
+        out.sort();
+        out
+    }
+
+    /// Handles one request: a fresh instance, the plugin's connection in a transaction,
+    /// commit on a non-5xx response, rollback on a 5xx, an error or a trap. Returns the
+    /// events committed with it.
+    pub fn handle(
+        &self,
+        plugin: &str,
+        request: HttpRequest,
+        caller: Caller,
+    ) -> (Result<HttpResponse, HostError>, Vec<PluginEvent>) {
+        let Some(loaded) = self.plugins.get(plugin) else {
+            let error = match self.failed.get(plugin) {
+                Some(e) => HostError::NotLoaded(e.clone()),
+                None => HostError::UnknownPlugin(plugin.to_owned()),
+            };
+            return (Err(error), vec![]);
+        };
+        let mut slot = loaded.db.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(db) = slot.take() else {
+            return (
+                Err(HostError::Internal(
+                    "the plugin's connection is missing".into(),
+                )),
+                vec![],
+            );
+        };
+        if let Err(e) = db.begin() {
+            *slot = Some(db);
+            return (Err(HostError::Internal(e.to_string())), vec![]);
+        }
+        let limits = loaded.manifest.limits;
+        let state = RequestState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_mb as usize * 1024 * 1024)
+                .instances(16)
+                .trap_on_grow_failure(true)
+                .build(),
+            db,
+            plugin: loaded.id.clone(),
+            emits: loaded.manifest.emits.clone(),
+            caller,
+            emitted: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = (u64::from(limits.request_ms) / EPOCH_TICK.as_millis() as u64).max(1);
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        let wit_request = types::Request {
+            method: request.method,
+            path: request.path,
+            query: request.query,
+            headers: request
+                .headers
+                .into_iter()
+                .map(|(name, value)| types::Header { name, value })
+                .collect(),
+            body: request.body,
+        };
+        let outcome = loaded.pre.instantiate(&mut store).and_then(|instance| {
+            instance
+                .sovereign_plugin_handler()
+                .call_handle(&mut store, &wit_request)
+        });
+        let state = store.into_data();
+        let db = state.db;
+        let result = match outcome {
+            Ok(response) if response.status < 500 => match db.commit() {
+                Ok(()) => Ok(HttpResponse {
+                    status: response.status,
+                    headers: response
+                        .headers
+                        .into_iter()
+                        .map(|h| (h.name, h.value))
+                        .collect(),
+                    body: response.body,
+                }),
+                Err(e) => {
+                    let _ = db.rollback();
+                    Err(HostError::Internal(format!("commit failed: {e}")))
+                }
+            },
+            Ok(response) => {
+                let _ = db.rollback();
+                Ok(HttpResponse {
+                    status: response.status,
+                    headers: response
+                        .headers
+                        .into_iter()
+                        .map(|h| (h.name, h.value))
+                        .collect(),
+                    body: response.body,
+                })
+            }
+            Err(trap) => {
+                let _ = db.rollback();
+                let error = classify(&trap, limits.memory_mb);
+                tracing::warn!(plugin = %loaded.id, error = ?error, "plugin request failed");
+                Err(error)
+            }
+        };
+        let events = if state.emitted > 0 && result.is_ok() {
+            pending(&db, &loaded.id)
+        } else {
+            vec![]
+        };
+        *slot = Some(db);
+        (result, events)
+    }
+
+    /// Every plugin's committed, undelivered events (after a restart, or unacknowledged).
+    pub fn pending_events(&self) -> Vec<PluginEvent> {
+        let mut out = Vec::new();
+        for loaded in self.plugins.values() {
+            let slot = loaded.db.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(db) = slot.as_ref() {
+                out.extend(pending(db, &loaded.id));
+            }
+        }
+        out
+    }
+
+    /// Marks events delivered after the core stored them.
+    pub fn mark_delivered(&self, event_ids: &[String], now_ms: i64) {
+        const RETAIN_MS: i64 = 7 * 24 * 3600 * 1000;
+        for loaded in self.plugins.values() {
+            let slot = loaded.db.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(db) = slot.as_ref()
+                && let Err(e) = db.mark_delivered(event_ids, now_ms, RETAIN_MS)
+            {
+                tracing::warn!(plugin = %loaded.id, error = %e, "cannot mark events delivered");
+            }
+        }
+    }
+}
+
+fn pending(db: &PluginDb, plugin: &str) -> Vec<PluginEvent> {
+    match db.pending_events(500) {
+        Ok(rows) => rows
+            .into_iter()
+            .map(
+                |(event_id, topic, payload_json, created_at_ms)| PluginEvent {
+                    event_id,
+                    plugin: plugin.to_owned(),
+                    topic,
+                    payload_json,
+                    created_at_ms,
+                },
+            )
+            .collect(),
+        Err(e) => {
+            tracing::warn!(plugin, error = %e, "cannot read the event outbox");
+            vec![]
+        }
+    }
+}
+
+fn classify(error: &wasmtime::Error, memory_mb: u32) -> HostError {
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>()
+        && *trap == wasmtime::Trap::Interrupt
+    {
+        return HostError::Deadline;
+    }
+    let text = format!("{error:#}");
+    if text.contains("grow") && text.contains("memory") || text.contains("forcing trap") {
+        return HostError::Trap(format!(
+            "the plugin exceeded its memory cap of {memory_mb} MiB"
+        ));
+    }
+    HostError::Trap(text.lines().next().unwrap_or("trap").to_owned())
+}
