@@ -4,6 +4,7 @@
 //! SDK must never depend on it (a test in `sv` checks `cargo metadata`).
 
 pub mod audit;
+pub mod events;
 pub mod password;
 pub mod plugins;
 pub mod sessions;
@@ -24,6 +25,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_change_capture.sql",
         include_str!("../migrations/0002_change_capture.sql"),
+    ),
+    (
+        "0003_events.sql",
+        include_str!("../migrations/0003_events.sql"),
     ),
 ];
 
@@ -53,6 +58,9 @@ pub enum CoreError {
     /// The change would leave the platform without an active administrator.
     #[error("this would leave no active administrator; promote another user to admin first")]
     LastAdmin,
+    /// No connection to the core store could be had.
+    #[error("core store unavailable: {0}")]
+    Unavailable(String),
     /// Password hashing failed.
     #[error("password hashing failed: {0}")]
     Hash(String),

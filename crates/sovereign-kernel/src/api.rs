@@ -28,12 +28,24 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/users/{id}",
             get(get_user).patch(update_user).delete(delete_user),
         )
+        .route("/api/activity", get(my_activity))
+        .route(
+            "/api/plugins/{id}",
+            axum::routing::any(crate::plugin_routes::handle),
+        )
+        .route(
+            "/api/plugins/{id}/{*rest}",
+            axum::routing::any(crate::plugin_routes::handle),
+        )
         .route("/api/settings", get(list_settings))
         .route(
             "/api/settings/{key}",
             get(get_setting).put(put_setting).delete(delete_setting),
         )
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::plugin_routes::MAX_PLUGIN_BODY,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -47,7 +59,7 @@ pub(crate) fn router(state: AppState) -> Router {
 struct ApiJson<T>(T);
 
 /// The authenticated caller.
-struct CurrentUser(User);
+pub(crate) struct CurrentUser(pub(crate) User);
 
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
@@ -158,6 +170,21 @@ async fn logout(State(state): State<AppState>, parts: Parts) -> Result<StatusCod
 
 async fn me(CurrentUser(user): CurrentUser) -> Json<User> {
     Json(user)
+}
+
+/// The caller's activity feed (what core handlers made of plugin events).
+async fn my_activity(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+) -> Result<Json<Vec<sovereign_db_core::events::Activity>>, ApiError> {
+    state
+        .core
+        .run(&state.metrics, move |conn| {
+            Ok(Json(sovereign_db_core::events::activity(
+                conn, user.id, 100,
+            )?))
+        })
+        .await
 }
 
 // ---------------------------------------------------------------- users

@@ -55,9 +55,13 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<V
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let host = match &state.host {
+        Some(h) => serde_json::to_value(h.state()).unwrap_or_default(),
+        None => json!({ "status": "disabled" }),
+    };
     (
         code,
-        Json(json!({ "status": status, "core": core, "plugins": plugins })),
+        Json(json!({ "status": status, "core": core, "plugins": plugins, "extension_host": host })),
     )
 }
 

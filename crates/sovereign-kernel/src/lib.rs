@@ -6,7 +6,9 @@
 mod api;
 mod error;
 mod health;
+pub mod host;
 mod metrics;
+mod plugin_routes;
 mod pool;
 mod runtime_lock;
 
@@ -30,6 +32,8 @@ pub struct KernelOptions {
     pub listen: SocketAddr,
     /// How long a login session lasts.
     pub session_ttl_seconds: i64,
+    /// How to start the extension host; `None` runs without plugins.
+    pub host: Option<host::HostCommand>,
 }
 
 /// Shared state of every request handler.
@@ -39,6 +43,7 @@ pub struct AppState {
     pub(crate) plugins_db: PathBuf,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) session_ttl_seconds: i64,
+    pub(crate) host: Option<host::HostHandle>,
 }
 
 /// The HTTP router with every route and middleware.
@@ -59,15 +64,34 @@ impl Kernel {
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|e| StartError::Bind(options.listen, e))?;
+        let metrics = Arc::new(Metrics::new());
+        let host = match &options.host {
+            Some(command) => Some(
+                host::HostHandle::start(
+                    command.clone(),
+                    core.clone(),
+                    metrics.clone(),
+                    plugin_routes::event_sink(core.clone()),
+                )
+                .map_err(|e| StartError::Host(command.socket.clone(), e))?,
+            ),
+            None => None,
+        };
         Ok(Kernel {
             listener,
             state: AppState {
                 core,
                 plugins_db: options.plugins_db.clone(),
-                metrics: Arc::new(Metrics::new()),
+                metrics,
                 session_ttl_seconds: options.session_ttl_seconds,
+                host,
             },
         })
+    }
+
+    /// The supervised extension host, if any.
+    pub fn host(&self) -> Option<host::HostHandle> {
+        self.state.host.clone()
     }
 
     /// The address actually bound.
@@ -118,4 +142,7 @@ pub enum StartError {
     /// The listen address is taken or not allowed.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// The host socket could not be created.
+    #[error("cannot create the extension host socket {0}: {1}")]
+    Host(PathBuf, std::io::Error),
 }

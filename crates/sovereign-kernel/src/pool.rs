@@ -54,6 +54,18 @@ impl CorePool {
         Ok(CorePool { pool })
     }
 
+    /// Runs `f` with a core connection on the calling (blocking) thread.
+    pub fn run_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, CoreError>,
+    ) -> Result<T, CoreError> {
+        let conn = self
+            .pool
+            .get()
+            .map_err(|e| CoreError::Unavailable(e.to_string()))?;
+        f(&conn)
+    }
+
     /// Runs `f` with a core connection on the blocking thread pool. Database errors are
     /// counted under the `core` scope.
     pub async fn run<T, F>(&self, metrics: &Metrics, f: F) -> Result<T, ApiError>

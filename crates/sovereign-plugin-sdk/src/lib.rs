@@ -60,7 +60,9 @@ impl Request {
     pub fn param_as<T: std::str::FromStr>(&self, name: &str) -> Result<T, Error> {
         self.param(name)
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::BadRequest(format!("path parameter {name} is missing or malformed")))
+            .ok_or_else(|| {
+                Error::BadRequest(format!("path parameter {name} is missing or malformed"))
+            })
     }
 
     /// A query-string parameter (not percent-decoded beyond `+` for space).
@@ -81,7 +83,8 @@ impl Request {
 
     /// The body as JSON, or a 400 error saying what is wrong.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_slice(&self.body).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
     }
 }
 
@@ -213,8 +216,14 @@ impl Router {
 
     /// Adds a route for `method`.
     pub fn route(mut self, method: &str, pattern: &str, handler: Handler) -> Router {
-        let segments = pattern.trim_matches('/').split('/').filter(|s| !s.is_empty()).map(String::from).collect();
-        self.routes.push((method.to_ascii_uppercase(), segments, handler));
+        let segments = pattern
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        self.routes
+            .push((method.to_ascii_uppercase(), segments, handler));
         self
     }
 
@@ -244,7 +253,12 @@ impl Router {
     }
 
     fn dispatch(&self, mut req: Request) -> Response {
-        let parts: Vec<&str> = req.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+        let parts: Vec<&str> = req
+            .path
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
         let mut path_matched = false;
         for (method, segments, handler) in &self.routes {
             if segments.len() != parts.len() {
@@ -271,7 +285,8 @@ impl Router {
             return handler(&req).unwrap_or_else(Error::into_response);
         }
         if path_matched {
-            Error::BadRequest(format!("method {} is not allowed here", req.method)).into_response_with(405)
+            Error::BadRequest(format!("method {} is not allowed here", req.method))
+                .into_response_with(405)
         } else {
             Error::NotFound(format!("no route for {} {}", req.method, req.path)).into_response()
         }
@@ -369,7 +384,10 @@ pub mod db {
 
     /// Runs several statements; stops at the first error.
     pub fn batch(statements: &[(&str, Vec<Value>)]) -> Result<Vec<ExecResult>, Error> {
-        let owned: Vec<(String, Vec<Value>)> = statements.iter().map(|(s, p)| (s.to_string(), p.clone())).collect();
+        let owned: Vec<(String, Vec<Value>)> = statements
+            .iter()
+            .map(|(s, p)| (s.to_string(), p.clone()))
+            .collect();
         Ok(database::batch(&owned)?)
     }
 
@@ -377,11 +395,28 @@ pub mod db {
         match v {
             Value::Null => serde_json::Value::Null,
             Value::Integer(i) => i.into(),
-            Value::Real(f) => serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Value::Real(f) => serde_json::Number::from_f64(f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
             Value::Text(t) => t.into(),
             Value::Blob(b) => b.into(),
         }
     }
+}
+
+/// SQLite has no boolean type: use `#[serde(deserialize_with = "sovereign_plugin_sdk::int_bool")]`
+/// on a `bool` field read from an integer column.
+pub fn int_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IntOrBool {
+        Int(i64),
+        Bool(bool),
+    }
+    Ok(match IntOrBool::deserialize(d)? {
+        IntOrBool::Int(i) => i != 0,
+        IntOrBool::Bool(b) => b,
+    })
 }
 
 /// Turns Rust values into SQL values for parameters.

@@ -101,6 +101,9 @@ enum Command {
     MigrateSplit(ops_cmd::SplitArgs),
     /// What an operator should know, in one report (exit 1 when something needs action).
     Doctor,
+    /// Run the extension host (started by `sv dev`/`sv serve`, not by hand).
+    #[command(hide = true)]
+    Host(run::HostArgs),
     /// Manage users.
     Users {
         #[command(subcommand)]
@@ -127,6 +130,11 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The extension host gets everything it may know on its command line; it reads no
+    // configuration, environment or `.env` (which could name core.db).
+    if let Command::Host(args) = &cli.command {
+        return run::host(args);
+    }
     let bind = match &cli.command {
         Command::Serve(args) => args.bind,
         _ => None,
@@ -143,8 +151,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Config(args) => config_cmd::run(&config, &args),
-        Command::Dev(_) => run::dev(&config),
-        Command::Serve(_) => run::serve(&config),
+        Command::Dev(args) => run::dev(&config, &args),
+        Command::Serve(args) => run::serve(&config, &args.server),
         Command::MigrateDeploy(args) => migrate::deploy(&config, &args),
         Command::MigrateStatus(args) => migrate::status(&config, &args),
         Command::Migrate { command } => match command {
@@ -167,6 +175,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(args) => ops_cmd::run_restore(&config, &args),
         Command::MigrateSplit(args) => ops_cmd::run_split(&config, &args),
         Command::Doctor => ops_cmd::doctor(&config),
+        Command::Host(_) => unreachable!("handled before the configuration is read"),
     }
 }
 

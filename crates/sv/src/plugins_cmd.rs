@@ -69,6 +69,11 @@ pub enum PluginsCommand {
         #[arg(long, value_enum)]
         to: ModeArg,
     },
+    /// The extension host of the running platform.
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
     /// Plugin databases.
     Db {
         #[command(subcommand)]
@@ -106,6 +111,12 @@ pub enum DbCommand {
     Vacuum,
 }
 
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// Restart the extension host (also after a crash loop).
+    Restart,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ModeArg {
     /// The shared plugins.db.
@@ -130,6 +141,9 @@ pub fn run(config: &Config, command: PluginsCommand) -> anyhow::Result<ExitCode>
                 ModeArg::Isolated => DatabaseMode::Isolated,
             },
         ),
+        PluginsCommand::Host {
+            command: HostCommand::Restart,
+        } => restart_host(config),
         PluginsCommand::Db { command } => match command {
             DbCommand::Shell { id } => shell(config, &id),
             DbCommand::Inspect { id, json } => inspect(config, id.as_deref(), json),
@@ -162,7 +176,7 @@ fn installed(conn: &sovereign_db::rusqlite::Connection, id: &str) -> anyhow::Res
         .with_context(|| format!("plugin {id:?} is not installed (see `sv plugins list`)"))
 }
 
-fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {
+pub fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(dir, &plugin_support::mirror_catalog(config)?)?;
     let id = manifest.id.clone();
     let core = open_core(config)?;
@@ -769,5 +783,27 @@ fn vacuum(config: &Config) -> anyhow::Result<ExitCode> {
             before.saturating_sub(after)
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restart_host(config: &Config) -> anyhow::Result<ExitCode> {
+    let lock = config.lock_file_path();
+    let Some(pid) = sovereign_kernel::RuntimeLock::holder(&lock) else {
+        bail!(
+            "the platform is not running (no process holds {})",
+            lock.display()
+        );
+    };
+    let pid: i32 = pid
+        .parse()
+        .with_context(|| format!("{} holds no pid", lock.display()))?;
+    // SAFETY: kill(2) with the platform's pid from its lock file and a plain signal.
+    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+        bail!(
+            "cannot signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    println!("asked the platform (pid {pid}) to restart its extension host");
     Ok(ExitCode::SUCCESS)
 }

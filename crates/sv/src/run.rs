@@ -2,12 +2,14 @@
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use sovereign_config::Config;
 use sovereign_db_core::users::{self, NewUser, Role};
+use sovereign_kernel::host::HostCommand;
 use sovereign_kernel::{Kernel, KernelOptions, RuntimeLock};
 
 use sovereign_sync::worker::{SyncTarget, SyncWorker};
@@ -25,6 +27,51 @@ pub struct ServerArgs {
     /// HTTP port (`SV_PORT`, default 8080; 0 picks a free one).
     #[arg(long)]
     pub port: Option<u16>,
+    /// Refuse to run plugins if the extension host cannot be sandboxed with Landlock.
+    #[arg(long)]
+    pub require_sandbox: bool,
+}
+
+/// Arguments of the extension host process (given by the kernel, not by hand).
+#[derive(Args)]
+pub struct HostArgs {
+    /// The kernel's socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// The shared plugin store.
+    #[arg(long)]
+    plugins_db: PathBuf,
+    /// The directory of isolated plugin files.
+    #[arg(long)]
+    isolated_dir: PathBuf,
+    /// The plugin packages.
+    #[arg(long)]
+    packages: PathBuf,
+    /// The mirror file (read-only ATTACH layout).
+    #[arg(long)]
+    mirror_file: Option<PathBuf>,
+    /// Exit rather than run unsandboxed.
+    #[arg(long)]
+    require_sandbox: bool,
+    /// Request threads.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+}
+
+/// The extension host process.
+pub fn host(args: &HostArgs) -> anyhow::Result<ExitCode> {
+    sovereign_host::run(sovereign_host::HostOptions {
+        socket: args.socket.clone(),
+        location: sovereign_db_plugins::StoreLocation {
+            shared_store: args.plugins_db.clone(),
+            isolated_dir: args.isolated_dir.clone(),
+            mirror_file: args.mirror_file.clone(),
+        },
+        packages: args.packages.clone(),
+        require_sandbox: args.require_sandbox,
+        workers: args.workers,
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -36,20 +83,38 @@ pub struct ServeArgs {
     pub bind: Option<IpAddr>,
 }
 
-pub fn dev(config: &Config) -> anyhow::Result<ExitCode> {
+pub fn dev(config: &Config, args: &ServerArgs) -> anyhow::Result<ExitCode> {
     let lock = RuntimeLock::acquire(&config.lock_file_path())?;
     for applied in migrate::deploy_all(config)? {
         println!("migrated {applied}");
     }
     ensure_first_admin(config)?;
+    install_packages(config)?;
     start(
         config,
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), config.port.value),
         lock,
+        args.require_sandbox,
     )
 }
 
-pub fn serve(config: &Config) -> anyhow::Result<ExitCode> {
+/// `sv dev` installs the plugin packages of the plugins directory that are not installed
+/// yet (approving the mirror columns they ask for: this is a development start).
+fn install_packages(config: &Config) -> anyhow::Result<()> {
+    let dir = config.plugins_dir_path();
+    for id in sovereign_db_plugins::discover_plugins(&dir)? {
+        let package = dir.join(&id);
+        if package.join("plugin.json").exists()
+            && plugin_support::registered(config, &id)?.is_none()
+        {
+            println!("installing plugin package {}", package.display());
+            crate::plugins_cmd::install(config, &package, true)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn serve(config: &Config, args: &ServerArgs) -> anyhow::Result<ExitCode> {
     let lock = RuntimeLock::acquire(&config.lock_file_path())?;
     let core = config.core_db_path();
     if !core.exists() {
@@ -70,7 +135,42 @@ pub fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         config,
         SocketAddr::new(config.bind.value, config.port.value),
         lock,
+        args.require_sandbox,
     )
+}
+
+/// How the kernel starts the extension host: this executable in host mode, with an
+/// empty environment (but the log filter) and only the plugin store paths.
+fn host_command(config: &Config, require_sandbox: bool) -> anyhow::Result<HostCommand> {
+    let location = plugin_support::store_location(config)?;
+    let socket = config.data_dir_path().join("host.sock");
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "host".into(),
+        "--socket".into(),
+        socket.clone().into(),
+        "--plugins-db".into(),
+        location.shared_store.into(),
+        "--isolated-dir".into(),
+        location.isolated_dir.into(),
+        "--packages".into(),
+        config.plugins_dir_path().into(),
+    ];
+    if let Some(mirror) = location.mirror_file {
+        args.push("--mirror-file".into());
+        args.push(mirror.into());
+    }
+    if require_sandbox {
+        args.push("--require-sandbox".into());
+    }
+    let env = std::env::var("SV_LOG")
+        .map(|v| vec![("SV_LOG".to_owned(), v)])
+        .unwrap_or_default();
+    Ok(HostCommand {
+        program: std::env::current_exe().context("finding the sv executable")?,
+        args,
+        env,
+        socket,
+    })
 }
 
 /// Creates the first administrator of an empty install and prints its password once.
@@ -113,8 +213,14 @@ fn start_sync(config: &Config) -> anyhow::Result<SyncWorker> {
     ))
 }
 
-fn start(config: &Config, listen: SocketAddr, lock: RuntimeLock) -> anyhow::Result<ExitCode> {
+fn start(
+    config: &Config,
+    listen: SocketAddr,
+    lock: RuntimeLock,
+    require_sandbox: bool,
+) -> anyhow::Result<ExitCode> {
     let sync = start_sync(config)?;
+    let host = host_command(config, require_sandbox)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -125,8 +231,19 @@ fn start(config: &Config, listen: SocketAddr, lock: RuntimeLock) -> anyhow::Resu
             plugins_db: config.plugins_db_path(),
             listen,
             session_ttl_seconds: SESSION_TTL_SECONDS,
+            host: Some(host),
         })
         .await?;
+        // `sv plugins host restart` signals SIGUSR1: restart the host, also out of a crash loop.
+        if let Some(host) = kernel.host() {
+            let mut usr1 =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+            tokio::spawn(async move {
+                while usr1.recv().await.is_some() {
+                    host.restart();
+                }
+            });
+        }
         let shutdown = sovereign_kernel::shutdown_signal()?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "core store:   {}", config.core_db_path().display())?;

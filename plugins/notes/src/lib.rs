@@ -67,7 +67,10 @@ fn update(req: &Request) -> Result<Response, Error> {
 
 fn delete(req: &Request) -> Result<Response, Error> {
     let id: i64 = req.param_as("id")?;
-    let r = db::execute("DELETE FROM notes__notes WHERE id = ?1 AND owner = ?2", &params![id, caller().user_id])?;
+    let r = db::execute(
+        "DELETE FROM notes__notes WHERE id = ?1 AND owner = ?2",
+        &params![id, caller().user_id],
+    )?;
     if r.rows_affected == 0 {
         return Err(Error::NotFound(format!("no note {id}")));
     }

@@ -2,7 +2,9 @@
 //! mirrored users table, `task.completed` events for the core.
 
 use serde::{Deserialize, Serialize};
-use sovereign_plugin_sdk::{Error, Request, Response, Router, caller, db, events, export_plugin, params};
+use sovereign_plugin_sdk::{
+    Error, Request, Response, Router, caller, db, events, export_plugin, params,
+};
 
 #[derive(Serialize, Deserialize)]
 struct Task {
@@ -12,11 +14,13 @@ struct Task {
     assignee: Option<i64>,
     assignee_name: Option<String>,
     assignee_avatar: Option<String>,
+    #[serde(deserialize_with = "sovereign_plugin_sdk::int_bool")]
     done: bool,
     created_at: String,
 }
 
-const SELECT_TASKS: &str = "SELECT t.id, t.list_id, t.title, t.assignee, u.display_name AS assignee_name,
+const SELECT_TASKS: &str =
+    "SELECT t.id, t.list_id, t.title, t.assignee, u.display_name AS assignee_name,
             u.avatar_url AS assignee_avatar, t.done, t.created_at
      FROM tasks__tasks t LEFT JOIN core__users u ON u.id = t.assignee";
 
@@ -52,8 +56,13 @@ fn one_task(id: i64) -> Result<Task, Error> {
 fn list_tasks(req: &Request) -> Result<Response, Error> {
     let tasks: Vec<Task> = match req.query_param("assignee") {
         Some(a) => {
-            let a: i64 = a.parse().map_err(|_| Error::BadRequest("assignee must be a user id".into()))?;
-            db::query_as(&format!("{SELECT_TASKS} WHERE t.assignee = ?1 ORDER BY t.id"), &params![a])?
+            let a: i64 = a
+                .parse()
+                .map_err(|_| Error::BadRequest("assignee must be a user id".into()))?;
+            db::query_as(
+                &format!("{SELECT_TASKS} WHERE t.assignee = ?1 ORDER BY t.id"),
+                &params![a],
+            )?
         }
         None => db::query_as(&format!("{SELECT_TASKS} ORDER BY t.id"), &[])?,
     };
@@ -64,10 +73,14 @@ fn create_task(req: &Request) -> Result<Response, Error> {
     let new: NewTask = req.json()?;
     let title = new.title.trim();
     if title.is_empty() || title.chars().count() > 500 {
-        return Err(Error::BadRequest("title must be 1 to 500 characters".into()));
+        return Err(Error::BadRequest(
+            "title must be 1 to 500 characters".into(),
+        ));
     }
     if let Some(list) = new.list_id
-        && db::query("SELECT 1 FROM tasks__lists WHERE id = ?1", &params![list])?.rows.is_empty()
+        && db::query("SELECT 1 FROM tasks__lists WHERE id = ?1", &params![list])?
+            .rows
+            .is_empty()
     {
         return Err(Error::BadRequest(format!("no list {list}")));
     }
@@ -92,7 +105,10 @@ struct Assign {
 fn assign_task(req: &Request) -> Result<Response, Error> {
     let id: i64 = req.param_as("id")?;
     let body: Assign = req.json()?;
-    let changed = db::execute("UPDATE tasks__tasks SET assignee = ?2 WHERE id = ?1", &params![id, body.assignee])?;
+    let changed = db::execute(
+        "UPDATE tasks__tasks SET assignee = ?2 WHERE id = ?1",
+        &params![id, body.assignee],
+    )?;
     if changed.rows_affected == 0 {
         return Err(Error::NotFound(format!("no task {id}")));
     }
@@ -101,7 +117,10 @@ fn assign_task(req: &Request) -> Result<Response, Error> {
 
 fn complete_task(req: &Request) -> Result<Response, Error> {
     let id: i64 = req.param_as("id")?;
-    let changed = db::execute("UPDATE tasks__tasks SET done = 1 WHERE id = ?1 AND done = 0", &params![id])?;
+    let changed = db::execute(
+        "UPDATE tasks__tasks SET done = 1 WHERE id = ?1 AND done = 0",
+        &params![id],
+    )?;
     let task = one_task(id)?;
     if changed.rows_affected == 1 {
         #[derive(Serialize)]
@@ -133,7 +152,10 @@ fn delete_task(req: &Request) -> Result<Response, Error> {
 }
 
 fn list_lists(_req: &Request) -> Result<Response, Error> {
-    let lists: Vec<List> = db::query_as("SELECT id, name, owner, created_at FROM tasks__lists ORDER BY id", &[])?;
+    let lists: Vec<List> = db::query_as(
+        "SELECT id, name, owner, created_at FROM tasks__lists ORDER BY id",
+        &[],
+    )?;
     Response::json(200, &lists)
 }
 

@@ -1,0 +1,225 @@
+//! The core's event inbox: plugin events stored exactly once (keyed by event id) and
+//! dispatched to the core handler of their topic, in one transaction.
+
+use serde::{Deserialize, Serialize};
+use sovereign_db::rusqlite::{self, Connection, params};
+
+use crate::{CoreError, audit};
+
+/// An event as the host relays it.
+#[derive(Debug, Clone)]
+pub struct IncomingEvent {
+    /// Unique id from the plugin's outbox.
+    pub event_id: String,
+    /// The emitting plugin.
+    pub plugin: String,
+    /// Topic.
+    pub topic: String,
+    /// JSON payload.
+    pub payload_json: String,
+    /// When it was emitted (unix ms).
+    pub emitted_at_ms: i64,
+}
+
+/// What happened to one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// Stored and handled now.
+    Stored,
+    /// Already in the inbox: nothing changed.
+    Duplicate,
+    /// Refused (undeclared topic, unknown plugin, bad payload); not stored.
+    Rejected(String),
+}
+
+/// One entry of a user's activity feed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Activity {
+    /// Id.
+    pub id: i64,
+    /// Kind, e.g. `task.completed`.
+    pub kind: String,
+    /// Human summary.
+    pub summary: String,
+    /// The plugin the activity came from.
+    pub source_plugin: Option<String>,
+    /// When.
+    pub created_at: String,
+}
+
+#[derive(Deserialize)]
+struct TaskCompleted {
+    task_id: i64,
+    title: String,
+    completed_by: i64,
+    #[serde(default)]
+    assignee: Option<i64>,
+}
+
+/// Stores an event (once) and runs its handler, all in one transaction. `declared` are
+/// the topics the plugin's manifest declares; others are rejected and logged.
+pub fn ingest(
+    conn: &Connection,
+    event: &IncomingEvent,
+    declared: &[String],
+) -> Result<Ingested, CoreError> {
+    if !declared.contains(&event.topic) {
+        tracing::warn!(plugin = %event.plugin, topic = %event.topic, "event with an undeclared topic rejected");
+        return Ok(Ingested::Rejected(format!(
+            "plugin {} did not declare topic {:?}",
+            event.plugin, event.topic
+        )));
+    }
+    if serde_json::from_str::<serde_json::Value>(&event.payload_json).is_err() {
+        return Ok(Ingested::Rejected("the payload is not JSON".into()));
+    }
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO event_inbox (event_id, plugin, topic, payload, emitted_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![event.event_id, event.plugin, event.topic, event.payload_json, event.emitted_at_ms],
+    )? == 1;
+    if !inserted {
+        return Ok(Ingested::Duplicate);
+    }
+    audit::record(
+        &tx,
+        None,
+        "plugin.event",
+        Some(&format!("plugin:{}", event.plugin)),
+        Some(&serde_json::json!({ "topic": event.topic, "event_id": event.event_id })),
+    )?;
+    let handled = handle(&tx, event);
+    tx.execute(
+        "UPDATE event_inbox SET handled_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), error = ?2 WHERE event_id = ?1",
+        params![event.event_id, handled.err()],
+    )?;
+    tx.commit()?;
+    Ok(Ingested::Stored)
+}
+
+/// The core handlers by topic. A handler's failure is recorded on the inbox row.
+fn handle(tx: &Connection, event: &IncomingEvent) -> Result<(), String> {
+    match event.topic.as_str() {
+        "task.completed" => {
+            let done: TaskCompleted = serde_json::from_str(&event.payload_json)
+                .map_err(|e| format!("task.completed payload: {e}"))?;
+            let who: Option<String> = tx
+                .query_row(
+                    "SELECT display_name FROM users WHERE id = ?1",
+                    [done.completed_by],
+                    |r| r.get(0),
+                )
+                .ok();
+            let summary = format!(
+                "{} completed task #{} \u{201c}{}\u{201d}",
+                who.as_deref().unwrap_or("someone"),
+                done.task_id,
+                done.title
+            );
+            let mut users = vec![done.completed_by];
+            users.extend(done.assignee.filter(|a| *a != done.completed_by));
+            for user in users {
+                tx.execute(
+                    "INSERT INTO activity_feed (user_id, kind, summary, source_plugin, source_event)
+                     SELECT id, ?2, ?3, ?4, ?5 FROM users WHERE id = ?1",
+                    params![user, event.topic, summary, event.plugin, event.event_id],
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        // Other declared topics are stored and audited; no core handler reacts to them.
+        _ => Ok(()),
+    }
+}
+
+/// A user's activity feed, newest first.
+pub fn activity(conn: &Connection, user_id: i64, limit: u32) -> Result<Vec<Activity>, CoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, kind, summary, source_plugin, created_at FROM activity_feed WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![user_id, limit], |r| {
+        Ok(Activity {
+            id: r.get(0)?,
+            kind: r.get(1)?,
+            summary: r.get(2)?,
+            source_plugin: r.get(3)?,
+            created_at: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Deletes handled inbox rows older than `days` (their effects stay).
+pub fn prune(conn: &Connection, days: u32) -> Result<usize, CoreError> {
+    Ok(conn.execute(
+        "DELETE FROM event_inbox WHERE handled_at IS NOT NULL AND received_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)",
+        [format!("-{days} days")],
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::core_db;
+    use crate::users::{NewUser, Role, create};
+
+    #[test]
+    fn an_event_is_ingested_once_and_feeds_the_activity() {
+        let (_dir, conn) = core_db();
+        let user = create(
+            &conn,
+            &NewUser {
+                email: "a@x.io".into(),
+                password: "long password".into(),
+                display_name: "Ada".into(),
+                avatar_url: None,
+                role: Role::Member,
+                tenant_id: 1,
+            },
+        )
+        .unwrap();
+        let event = IncomingEvent {
+            event_id: "e1".into(),
+            plugin: "tasks".into(),
+            topic: "task.completed".into(),
+            payload_json: format!(
+                r#"{{"task_id": 3, "title": "Ship", "completed_by": {}}}"#,
+                user.id
+            ),
+            emitted_at_ms: 1,
+        };
+        let declared = vec!["task.completed".to_owned()];
+        assert_eq!(ingest(&conn, &event, &declared).unwrap(), Ingested::Stored);
+        assert_eq!(
+            ingest(&conn, &event, &declared).unwrap(),
+            Ingested::Duplicate
+        );
+        let feed = activity(&conn, user.id, 10).unwrap();
+        assert_eq!(feed.len(), 1);
+        assert!(
+            feed[0].summary.contains("Ada completed task #3"),
+            "{}",
+            feed[0].summary
+        );
+        let audited: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM audit_log WHERE action = 'plugin.event'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(audited, 1);
+        let rejected = ingest(
+            &conn,
+            &IncomingEvent {
+                event_id: "e2".into(),
+                topic: "users.deleted".into(),
+                ..event
+            },
+            &declared,
+        )
+        .unwrap();
+        assert!(matches!(rejected, Ingested::Rejected(_)));
+    }
+}

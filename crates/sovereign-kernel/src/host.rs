@@ -1,0 +1,504 @@
+//! The watchdog of the extension host: spawns it (as `sv host ...` with a cleared
+//! environment), serves it the plugin configuration over the socket, checks its heartbeat,
+//! restarts it with backoff when it exits or stops answering, and stops restarting after a
+//! crash loop until an operator asks (SIGUSR1, sent by `sv plugins host restart`).
+//!
+//! Core routes never wait on any of this: plugin requests go through [`HostHandle::call`],
+//! which answers "unavailable" at once while the host is down.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sovereign_protocol::{
+    Caller, HostError, HostToKernel, HttpRequest, HttpResponse, KernelToHost, PluginEvent,
+    PluginLoad, PluginSpec, SandboxStatus, VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+
+use crate::CorePool;
+
+/// How often the host is asked whether it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+/// How long an answer may take before the host counts as hung.
+const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(3);
+/// How long the host may take to connect and load its plugins.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+/// Crashes within [`CRASH_WINDOW`] that make a crash loop.
+const CRASH_LIMIT: usize = 3;
+const CRASH_WINDOW: Duration = Duration::from_secs(300);
+/// Plugin requests in flight at once.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// How to start the host.
+#[derive(Debug, Clone)]
+pub struct HostCommand {
+    /// The executable (`sv`).
+    pub program: PathBuf,
+    /// Its arguments (`host --socket ...`).
+    pub args: Vec<OsString>,
+    /// The only environment it gets.
+    pub env: Vec<(String, String)>,
+    /// The socket path the kernel listens on.
+    pub socket: PathBuf,
+}
+
+/// The host's state, as `/health` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum HostState {
+    /// Starting (or restarting) the process.
+    Starting {
+        /// Restarts so far.
+        restarts: u64,
+    },
+    /// Serving.
+    Running {
+        /// The sandbox as the host reported it.
+        sandbox: SandboxStatus,
+        /// Per plugin, loaded or why not.
+        plugins: Vec<PluginLoad>,
+        /// Restarts so far.
+        restarts: u64,
+        /// Process id.
+        pid: u32,
+    },
+    /// Crashed too often; waiting for an operator (`sv plugins host restart`).
+    CrashLoop {
+        /// Crashes in the window.
+        crashes: usize,
+        /// The last reason.
+        last_error: String,
+    },
+}
+
+/// Why a plugin call produced no plugin response.
+#[derive(Debug, Clone)]
+pub enum CallError {
+    /// The host is down or restarting: 503 with `Retry-After`.
+    Unavailable {
+        /// Seconds to suggest in `Retry-After`.
+        retry_after: u64,
+    },
+    /// The request ran out of time: 504.
+    Timeout,
+    /// The host answered with an error.
+    Host(HostError),
+}
+
+struct Connection {
+    tx: mpsc::UnboundedSender<KernelToHost>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<HostToKernel>>>,
+}
+
+/// Hands plugin events to the core (the kernel's inbox); returns the ids stored (new or
+/// already there), which the host then marks delivered.
+pub type EventSink = Arc<dyn Fn(Vec<PluginEvent>) -> Vec<String> + Send + Sync>;
+
+struct Inner {
+    command: HostCommand,
+    core: CorePool,
+    metrics: Arc<crate::Metrics>,
+    state: Mutex<HostState>,
+    connection: Mutex<Option<Arc<Connection>>>,
+    next_id: AtomicU64,
+    in_flight: Semaphore,
+    restart_now: Notify,
+    events: EventSink,
+}
+
+/// A handle on the supervised host.
+#[derive(Clone)]
+pub struct HostHandle {
+    inner: Arc<Inner>,
+}
+
+impl HostHandle {
+    /// Starts supervising: binds the socket (mode 0600) and spawns the watchdog task.
+    pub fn start(
+        command: HostCommand,
+        core: CorePool,
+        metrics: Arc<crate::Metrics>,
+        events: EventSink,
+    ) -> std::io::Result<HostHandle> {
+        let _ = std::fs::remove_file(&command.socket);
+        if let Some(parent) = command.socket.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let listener = UnixListener::bind(&command.socket)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&command.socket, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let inner = Arc::new(Inner {
+            command,
+            core,
+            metrics,
+            state: Mutex::new(HostState::Starting { restarts: 0 }),
+            connection: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            restart_now: Notify::new(),
+            events,
+        });
+        tokio::spawn(supervise(inner.clone(), listener));
+        Ok(HostHandle { inner })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> HostState {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Restarts the host now, also out of a crash loop.
+    pub fn restart(&self) {
+        self.inner.restart_now.notify_one();
+    }
+
+    fn connection(&self) -> Option<Arc<Connection>> {
+        self.inner
+            .connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    async fn request(
+        &self,
+        make: impl FnOnce(u64) -> KernelToHost,
+        timeout: Duration,
+    ) -> Result<HostToKernel, CallError> {
+        let retry_after = match self.state() {
+            HostState::CrashLoop { .. } => 60,
+            _ => 1,
+        };
+        let Some(conn) = self.connection() else {
+            return Err(CallError::Unavailable { retry_after });
+        };
+        let _permit = match tokio::time::timeout(timeout, self.inner.in_flight.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => return Err(CallError::Unavailable { retry_after }),
+        };
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        if conn.tx.send(make(id)).is_err() {
+            conn.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return Err(CallError::Unavailable { retry_after });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            // The host went away with the request: the connection's pending map was dropped.
+            Ok(Err(_)) => Err(CallError::Unavailable { retry_after }),
+            Err(_) => {
+                conn.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                Err(CallError::Timeout)
+            }
+        }
+    }
+
+    /// Sends a plugin request and waits up to `timeout`.
+    pub async fn call(
+        &self,
+        plugin: &str,
+        request: HttpRequest,
+        caller: Caller,
+        timeout: Duration,
+    ) -> Result<HttpResponse, CallError> {
+        let plugin = plugin.to_owned();
+        let answer = self
+            .request(
+                move |id| KernelToHost::Handle {
+                    id,
+                    plugin,
+                    request,
+                    caller,
+                },
+                timeout,
+            )
+            .await?;
+        match answer {
+            HostToKernel::Response { result, .. } => result.map_err(CallError::Host),
+            other => Err(CallError::Host(HostError::Internal(format!(
+                "unexpected answer {other:?}"
+            )))),
+        }
+    }
+
+    /// Asks the host to open `path`; `Ok(())` means it could.
+    pub async fn probe(&self, path: &str) -> Result<Result<(), String>, CallError> {
+        let path = path.to_owned();
+        match self
+            .request(
+                move |id| KernelToHost::Probe { id, path },
+                Duration::from_secs(5),
+            )
+            .await?
+        {
+            HostToKernel::ProbeResult { result, .. } => Ok(result),
+            other => Err(CallError::Host(HostError::Internal(format!(
+                "unexpected answer {other:?}"
+            )))),
+        }
+    }
+}
+
+fn set_state(inner: &Inner, state: HostState) {
+    *inner.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+}
+
+async fn plugin_specs(core: &CorePool, metrics: &crate::Metrics) -> Vec<PluginSpec> {
+    core.run(metrics, |conn| {
+        Ok(sovereign_db_core::plugins::list(conn)?
+            .into_iter()
+            .map(|p| PluginSpec {
+                id: p.id,
+                database_mode: p.database_mode,
+                grants: p.grants,
+                manifest_json: p.manifest,
+            })
+            .collect())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        tracing::error!(error = ?e, "cannot read the plugin registry; starting the host without plugins");
+        vec![]
+    })
+}
+
+async fn read_message(stream: &mut tokio::net::unix::OwnedReadHalf) -> Option<HostToKernel> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.ok()?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > sovereign_protocol::MAX_FRAME {
+        return None;
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.ok()?;
+    sovereign_protocol::decode(&body).ok()
+}
+
+/// The watchdog loop.
+async fn supervise(inner: Arc<Inner>, listener: UnixListener) {
+    let mut crashes: VecDeque<Instant> = VecDeque::new();
+    let mut restarts = 0u64;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        set_state(&inner, HostState::Starting { restarts });
+        let reason = run_once(&inner, &listener, restarts).await;
+        *inner.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let operator_restart = matches!(reason, Ending::Restart);
+        let reason_text = match &reason {
+            Ending::Failed(e) => e.clone(),
+            Ending::Restart => "restart requested".into(),
+        };
+        restarts += 1;
+        if operator_restart {
+            crashes.clear();
+            backoff = Duration::from_millis(20);
+            tracing::info!("restarting the extension host on request");
+            continue;
+        }
+        tracing::error!(reason = %reason_text, "the extension host stopped; restarting");
+        let now = Instant::now();
+        crashes.push_back(now);
+        while crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
+        {
+            crashes.pop_front();
+        }
+        if crashes.len() >= CRASH_LIMIT {
+            tracing::error!(
+                crashes = crashes.len(),
+                "the extension host is in a crash loop; run `sv plugins host restart` after fixing it"
+            );
+            set_state(
+                &inner,
+                HostState::CrashLoop {
+                    crashes: crashes.len(),
+                    last_error: reason_text,
+                },
+            );
+            inner.restart_now.notified().await;
+            crashes.clear();
+            backoff = Duration::from_millis(20);
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {},
+            _ = inner.restart_now.notified() => {},
+        }
+        backoff = (backoff * 4).min(Duration::from_secs(5));
+    }
+}
+
+enum Ending {
+    Failed(String),
+    Restart,
+}
+
+/// Spawns the host, configures it and serves it until it ends.
+async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) -> Ending {
+    let mut command = tokio::process::Command::new(&inner.command.program);
+    command
+        .args(&inner.command.args)
+        .env_clear()
+        .envs(inner.command.env.iter().cloned())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => return Ending::Failed(format!("cannot start the extension host: {e}")),
+    };
+    let pid = child.id().unwrap_or(0);
+    let accepted = tokio::select! {
+        a = tokio::time::timeout(START_DEADLINE, listener.accept()) => a,
+        status = child.wait() => return Ending::Failed(format!("the host exited before connecting: {status:?}")),
+    };
+    let stream = match accepted {
+        Ok(Ok((stream, _))) => stream,
+        Ok(Err(e)) => return Ending::Failed(format!("accepting the host's connection: {e}")),
+        Err(_) => return Ending::Failed("the host did not connect in time".into()),
+    };
+    let (mut reader, mut writer) = stream.into_split();
+    let configure = KernelToHost::Configure {
+        version: VERSION,
+        plugins: plugin_specs(&inner.core, &inner.metrics).await,
+    };
+    match sovereign_protocol::encode(&configure) {
+        Ok(frame) => {
+            if let Err(e) = writer.write_all(&frame).await {
+                return Ending::Failed(format!("configuring the host: {e}"));
+            }
+        }
+        Err(e) => return Ending::Failed(format!("configuring the host: {e}")),
+    }
+    let ready = tokio::select! {
+        r = tokio::time::timeout(START_DEADLINE, read_message(&mut reader)) => r,
+        status = child.wait() => return Ending::Failed(format!("the host exited while loading plugins: {status:?}")),
+    };
+    let (sandbox, plugins) = match ready {
+        Ok(Some(HostToKernel::Ready {
+            version,
+            sandbox,
+            plugins,
+        })) if version == VERSION => (sandbox, plugins),
+        Ok(other) => return Ending::Failed(format!("the host did not report ready: {other:?}")),
+        Err(_) => return Ending::Failed("the host did not get ready in time".into()),
+    };
+    if sandbox != SandboxStatus::Enforced {
+        tracing::error!(?sandbox, "THE EXTENSION HOST RUNS WITHOUT A FULL SANDBOX");
+    }
+    set_state(
+        inner,
+        HostState::Running {
+            sandbox,
+            plugins,
+            restarts,
+            pid,
+        },
+    );
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<KernelToHost>();
+    let connection = Arc::new(Connection {
+        tx: tx.clone(),
+        pending: Mutex::new(HashMap::new()),
+    });
+    *inner.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
+
+    let write_task = tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            let Ok(frame) = sovereign_protocol::encode(&message) else {
+                continue;
+            };
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let read_conn = connection.clone();
+    let sink = inner.events.clone();
+    let ack_tx = tx.clone();
+    let last_alive = Arc::new(Mutex::new(Instant::now()));
+    let alive = last_alive.clone();
+    let mut read_task = tokio::spawn(async move {
+        while let Some(message) = read_message(&mut reader).await {
+            match message {
+                HostToKernel::Events { events } => {
+                    let sink = sink.clone();
+                    let ack = ack_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let stored = sink(events);
+                        if !stored.is_empty() {
+                            let _ = ack.send(KernelToHost::EventsStored { event_ids: stored });
+                        }
+                    });
+                }
+                HostToKernel::Alive { .. } => {
+                    *alive.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now()
+                }
+                HostToKernel::Response { id, .. } | HostToKernel::ProbeResult { id, .. } => {
+                    let waiter = read_conn
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(message);
+                    }
+                }
+                HostToKernel::Ready { .. } => {}
+            }
+        }
+    });
+
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    let ending = loop {
+        tokio::select! {
+            status = child.wait() => break Ending::Failed(format!("the host exited: {status:?}")),
+            _ = &mut read_task => break Ending::Failed("the host closed its connection".into()),
+            _ = inner.restart_now.notified() => break Ending::Restart,
+            _ = heartbeat.tick() => {
+                let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(KernelToHost::Heartbeat { id });
+                let silent = last_alive.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+                if silent > HEARTBEAT_DEADLINE {
+                    break Ending::Failed(format!("the host missed its heartbeat for {silent:?}"));
+                }
+            }
+        }
+    };
+    // Fail every waiting request at once, so callers answer 503 instead of hanging.
+    *inner.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    connection
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    let _ = tx.send(KernelToHost::Shutdown);
+    read_task.abort();
+    write_task.abort();
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    ending
+}

@@ -1,0 +1,178 @@
+//! `/api/plugins/<id>/...`: authenticated, enabled-checked, size-capped requests
+//! forwarded to the extension host; and the sink that stores plugin events in the core.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use sovereign_db_core::events::{IncomingEvent, Ingested};
+use sovereign_db_core::users::Role;
+use sovereign_protocol::{Caller, HostError, HttpRequest, PluginEvent};
+
+use crate::api::CurrentUser;
+use crate::host::{CallError, EventSink};
+use crate::{ApiError, AppState, CorePool};
+
+/// Largest request body forwarded to a plugin.
+pub(crate) const MAX_PLUGIN_BODY: usize = 1024 * 1024;
+
+/// Request headers a plugin may see (never credentials or cookies).
+const FORWARDED_HEADERS: &[&str] = &[
+    "content-type",
+    "accept",
+    "accept-language",
+    "if-none-match",
+    "if-match",
+];
+/// Response headers a plugin may set.
+const RETURNED_HEADERS: &[&str] = &[
+    "content-type",
+    "cache-control",
+    "etag",
+    "location",
+    "content-language",
+];
+
+pub(crate) async fn handle(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(params): Path<HashMap<String, String>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let id = params.get("id").cloned().unwrap_or_default();
+    let rest = params.get("rest").cloned().unwrap_or_default();
+    let lookup = id.clone();
+    let record = state
+        .core
+        .run(&state.metrics, move |conn| {
+            Ok(sovereign_db_core::plugins::get(conn, &lookup)?)
+        })
+        .await;
+    let record = match record {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return ApiError::not_found(format!("no plugin {id:?} is installed")).into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
+    if !record.enabled {
+        return ApiError::not_found(format!("plugin {id} is disabled")).into_response();
+    }
+    let Some(host) = state.host.clone() else {
+        return unavailable(60, "this platform runs without an extension host");
+    };
+    let request_ms = serde_json::from_str::<serde_json::Value>(&record.manifest)
+        .ok()
+        .and_then(|m| m["limits"]["request_ms"].as_u64())
+        .unwrap_or(5000);
+    let request = HttpRequest {
+        method: method.as_str().to_owned(),
+        path: format!("/{rest}"),
+        query: uri.query().unwrap_or_default().to_owned(),
+        headers: headers
+            .iter()
+            .filter(|(name, _)| FORWARDED_HEADERS.contains(&name.as_str()))
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+    let caller = Caller {
+        user_id: user.id,
+        tenant_id: user.tenant_id,
+        roles: vec![
+            match user.role {
+                Role::Admin => "admin",
+                Role::Member => "member",
+            }
+            .to_owned(),
+        ],
+    };
+    // The host enforces request_ms itself; the kernel waits a little longer.
+    match host.call(&id, request, caller, Duration::from_millis(request_ms + 1000)).await {
+        Ok(response) => {
+            let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut out = (status, response.body).into_response();
+            for (name, value) in response.headers {
+                let lower = name.to_ascii_lowercase();
+                if RETURNED_HEADERS.contains(&lower.as_str())
+                    && let (Ok(n), Ok(v)) = (HeaderName::try_from(lower), HeaderValue::try_from(value))
+                {
+                    out.headers_mut().insert(n, v);
+                }
+            }
+            out
+        }
+        Err(CallError::Unavailable { retry_after }) => unavailable(retry_after, "the extension host is restarting; try again shortly"),
+        Err(CallError::Timeout) | Err(CallError::Host(HostError::Deadline)) => {
+            (StatusCode::GATEWAY_TIMEOUT, axum::Json(serde_json::json!({ "error": { "code": "plugin_timeout", "message": format!("plugin {id} did not answer within {request_ms} ms") } }))).into_response()
+        }
+        Err(CallError::Host(HostError::UnknownPlugin(_))) => {
+            ApiError::not_found(format!("plugin {id} is not loaded by the extension host")).into_response()
+        }
+        Err(CallError::Host(HostError::NotLoaded(reason))) => unavailable(60, &format!("plugin {id} could not be loaded: {reason}")),
+        Err(CallError::Host(HostError::Trap(reason))) => ApiError::internal(format!("plugin {id} failed: {reason}")).into_response(),
+        Err(CallError::Host(HostError::Internal(reason))) => ApiError::internal(format!("extension host: {reason}")).into_response(),
+    }
+}
+
+fn unavailable(retry_after: u64, message: &str) -> Response {
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(
+            serde_json::json!({ "error": { "code": "plugins_unavailable", "message": message } }),
+        ),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
+}
+
+/// Stores relayed events in the core inbox (once per event id) and runs their handlers.
+/// Returns the ids the host may mark delivered: stored, duplicates and rejected ones.
+pub(crate) fn event_sink(core: CorePool) -> EventSink {
+    std::sync::Arc::new(move |events: Vec<PluginEvent>| {
+        let mut acknowledged = Vec::new();
+        let result = core.run_blocking(|conn| {
+            let mut declared: HashMap<String, Vec<String>> = HashMap::new();
+            for event in &events {
+                let topics = declared.entry(event.plugin.clone()).or_insert_with(|| {
+                    sovereign_db_core::plugins::get(conn, &event.plugin)
+                        .ok()
+                        .flatten()
+                        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p.manifest).ok())
+                        .and_then(|m| serde_json::from_value::<Vec<String>>(m["emits"].clone()).ok())
+                        .unwrap_or_default()
+                });
+                let incoming = IncomingEvent {
+                    event_id: event.event_id.clone(),
+                    plugin: event.plugin.clone(),
+                    topic: event.topic.clone(),
+                    payload_json: event.payload_json.clone(),
+                    emitted_at_ms: event.created_at_ms,
+                };
+                match sovereign_db_core::events::ingest(conn, &incoming, topics)? {
+                    Ingested::Stored | Ingested::Duplicate => acknowledged.push(event.event_id.clone()),
+                    Ingested::Rejected(reason) => {
+                        tracing::warn!(plugin = %event.plugin, topic = %event.topic, reason, "plugin event rejected");
+                        acknowledged.push(event.event_id.clone());
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "storing plugin events failed; the host will offer them again");
+        }
+        acknowledged
+    })
+}
