@@ -47,6 +47,9 @@ pub struct HostCommand {
     pub env: Vec<(String, String)>,
     /// The socket path the kernel listens on.
     pub socket: PathBuf,
+    /// `core.db`, which the kernel asks a freshly started host to open: the sandbox must
+    /// refuse, and `/health` shows that it did.
+    pub core_db: PathBuf,
 }
 
 /// The host's state, as `/health` shows it.
@@ -68,6 +71,8 @@ pub enum HostState {
         restarts: u64,
         /// Process id.
         pid: u32,
+        /// What happened when the host was asked to open `core.db` (it must be refused).
+        core_db_probe: String,
     },
     /// Crashed too often; waiting for an operator (`sv plugins host restart`).
     CrashLoop {
@@ -409,6 +414,30 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
     if sandbox != SandboxStatus::Enforced {
         tracing::error!(?sandbox, "THE EXTENSION HOST RUNS WITHOUT A FULL SANDBOX");
     }
+    // Prove the wall: the host must not be able to open core.db.
+    let probe = KernelToHost::Probe {
+        id: 0,
+        path: inner.command.core_db.display().to_string(),
+    };
+    let core_db_probe = match sovereign_protocol::encode(&probe) {
+        Ok(frame) if writer.write_all(&frame).await.is_ok() => {
+            match tokio::time::timeout(Duration::from_secs(5), read_message(&mut reader)).await {
+                Ok(Some(HostToKernel::ProbeResult { result: Err(e), .. })) => {
+                    format!("refused: {e}")
+                }
+                Ok(Some(HostToKernel::ProbeResult { result: Ok(()), .. })) => {
+                    tracing::error!("THE EXTENSION HOST CAN OPEN core.db: it is not sandboxed");
+                    "OPENED: the host can read core.db".to_owned()
+                }
+                other => {
+                    return Ending::Failed(format!(
+                        "the host did not answer the sandbox probe: {other:?}"
+                    ));
+                }
+            }
+        }
+        _ => return Ending::Failed("cannot send the sandbox probe".into()),
+    };
     set_state(
         inner,
         HostState::Running {
@@ -416,6 +445,7 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
             plugins,
             restarts,
             pid,
+            core_db_probe,
         },
     );
 

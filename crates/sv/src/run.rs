@@ -170,6 +170,7 @@ fn host_command(config: &Config, require_sandbox: bool) -> anyhow::Result<HostCo
         args,
         env,
         socket,
+        core_db: config.core_db_path(),
     })
 }
 

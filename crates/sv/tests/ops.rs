@@ -224,11 +224,11 @@ fn a_bad_backup_is_refused_and_live_files_stay_byte_for_byte() {
         dir
     };
 
-    // A corrupted file (same size, bytes flipped in the middle): the checksum catches it.
+    // A corrupted file (same size, the b-tree header of page 2 flipped): the checksum
+    // catches it.
     let corrupt = copy("corrupt");
     let mut bytes = std::fs::read(corrupt.join("core.db")).unwrap();
-    let mid = bytes.len() / 2;
-    for b in &mut bytes[mid..mid + 64] {
+    for b in &mut bytes[4096..4096 + 64] {
         *b ^= 0xff;
     }
     std::fs::write(corrupt.join("core.db"), &bytes).unwrap();

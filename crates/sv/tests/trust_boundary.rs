@@ -11,12 +11,13 @@ const PLUGIN_SIDE: &[&str] = &[
 ];
 const CORE_STORE: &str = "sovereign-db-core";
 
-#[test]
-fn plugin_side_crates_never_depend_on_the_core_store() {
+/// Checks one workspace (the main one, and the guest workspace under `plugins/`, which
+/// holds the plugin SDK).
+fn check(manifest: &std::path::Path) -> usize {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(manifest)
         .output()
         .unwrap();
     assert!(
@@ -66,8 +67,20 @@ fn plugin_side_crates_never_depend_on_the_core_store() {
             stack.extend(deps.get(next).into_iter().flatten());
         }
     }
+    checked
+}
+
+#[test]
+fn plugin_side_crates_never_depend_on_the_core_store() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let main = check(&root.join("Cargo.toml"));
     assert!(
-        checked >= 1,
-        "sovereign-db-plugins must be in the workspace"
+        main >= 2,
+        "sovereign-db-plugins and sovereign-host must be in the workspace"
+    );
+    let guests = check(&root.join("plugins/Cargo.toml"));
+    assert!(
+        guests >= 1,
+        "the plugin SDK must be in the guest workspace's graph"
     );
 }

@@ -1,0 +1,373 @@
+//! The extension host end to end: real `sv serve`, the real host process, the example
+//! plugins and a hostile fixture, over HTTP.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Server, Workdir};
+use serde_json::json;
+
+fn repo_plugin(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../plugins")
+        .join(name)
+}
+
+/// A platform with `tasks` and `notes` (and optionally the hostile fixture) installed,
+/// served by `sv serve`; returns it with an admin token.
+fn platform(with_hostile: bool) -> (Workdir, Server, String) {
+    let w = Workdir::new();
+    w.sv_ok(&["migrate:deploy"]);
+    let mut packages = vec![repo_plugin("tasks"), repo_plugin("notes")];
+    if with_hostile {
+        packages.push(repo_plugin("fixtures/hostile"));
+    }
+    for p in packages {
+        w.sv_ok(&["plugins", "install", p.to_str().unwrap(), "--yes"]);
+    }
+    let mut child = w
+        .command(&[
+            "users",
+            "create",
+            "--admin",
+            "--email",
+            "root@example.com",
+            "--password-stdin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::feed(&mut child, "root password 1\n");
+    assert!(child.wait().unwrap().success());
+    let server = w.start(&["serve"]);
+    wait_running(&server);
+    let token = server.login("root@example.com", "root password 1");
+    (w, server, token)
+}
+
+fn host_state(server: &Server) -> serde_json::Value {
+    server.get("/health", None).body["extension_host"].clone()
+}
+
+fn wait_running(server: &Server) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = host_state(server);
+        if state["status"] == "running" {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "the host never ran: {state}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill9(pid: i64) {
+    // SAFETY: kill(2) on the host's pid as reported by /health.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+#[test]
+fn tasks_and_notes_serve_logged_in_users_and_events_reach_the_core_once() {
+    let (w, server, token) = platform(false);
+    let state = host_state(&server);
+    assert_eq!(state["plugins"].as_array().unwrap().len(), 2, "{state}");
+    assert!(
+        state["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["error"].is_null()),
+        "{state}"
+    );
+
+    let me = server.get("/api/auth/me", Some(&token)).body["id"]
+        .as_i64()
+        .unwrap();
+    let created = server.send(
+        "POST",
+        "/api/plugins/tasks/tasks",
+        Some(&token),
+        Some(json!({ "title": "Write the RFC", "assignee": me })),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["id"].as_i64().unwrap();
+    // The mirror may take a moment to publish the new admin.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let listed = server.get("/api/plugins/tasks/tasks", Some(&token));
+        assert_eq!(listed.status, 200, "{}", listed.text);
+        if listed.body[0]["assignee_name"] == "root" || Instant::now() > deadline {
+            break listed;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(listed.body[0]["title"], "Write the RFC");
+    assert_eq!(
+        listed.body[0]["assignee_name"], "root",
+        "the display name comes from the mirrored users"
+    );
+
+    assert_eq!(
+        server.get("/api/plugins/tasks/tasks", None).status,
+        401,
+        "plugin routes need a login"
+    );
+    let bad = server.send(
+        "POST",
+        "/api/plugins/tasks/tasks",
+        Some(&token),
+        Some(json!({ "nope": 1 })),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(
+        server.get("/api/plugins/unknown/x", Some(&token)).status,
+        404
+    );
+
+    let done = server.send(
+        "POST",
+        &format!("/api/plugins/tasks/tasks/{id}/complete"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(done.status, 200, "{}", done.text);
+    // Completing again emits nothing new.
+    server.send(
+        "POST",
+        &format!("/api/plugins/tasks/tasks/{id}/complete"),
+        Some(&token),
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let feed = server.get("/api/activity", Some(&token));
+        if feed.body.as_array().is_some_and(|a| !a.is_empty()) {
+            assert_eq!(feed.body.as_array().unwrap().len(), 1, "{}", feed.text);
+            assert!(
+                feed.body[0]["summary"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Write the RFC")
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task.completed event never reached the core"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let inbox: i64 = common::raw(&w.core_db())
+        .query_row("SELECT count(*) FROM event_inbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(inbox, 1);
+
+    let note = server.send(
+        "POST",
+        "/api/plugins/notes/notes",
+        Some(&token),
+        Some(json!({ "title": "Private", "body": "mine" })),
+    );
+    assert_eq!(note.status, 201, "{}", note.text);
+    assert!(
+        w.path().join("data/plugins/notes.db").exists(),
+        "notes keeps its own file"
+    );
+    assert!(
+        !common::tables(&w.plugins_db())
+            .iter()
+            .any(|t| t.starts_with("notes__"))
+    );
+
+    w.sv_ok(&["plugins", "disable", "tasks"]);
+    assert_eq!(
+        server.get("/api/plugins/tasks/tasks", Some(&token)).status,
+        404
+    );
+    w.sv_ok(&["plugins", "enable", "tasks"]);
+    assert_eq!(
+        server.get("/api/plugins/tasks/tasks", Some(&token)).status,
+        200
+    );
+}
+
+#[test]
+fn the_running_host_is_sandboxed_away_from_core_db() {
+    let (_w, server, _token) = platform(false);
+    let state = host_state(&server);
+    if state["sandbox"] != "Enforced" && std::env::var_os("SV_TEST_ALLOW_NO_LANDLOCK").is_some() {
+        eprintln!("skipping: no Landlock on this kernel ({state})");
+        return;
+    }
+    assert_eq!(state["sandbox"], "Enforced", "{state}");
+    let probe = state["core_db_probe"].as_str().unwrap();
+    assert!(
+        probe.starts_with("refused"),
+        "the host could open core.db: {probe}"
+    );
+}
+
+#[test]
+fn a_hostile_plugin_gets_errors_while_tasks_keeps_answering() {
+    let (_w, server, token) = platform(true);
+    let tasks_ok = || {
+        let r = server.get("/api/plugins/tasks/tasks", Some(&token));
+        assert_eq!(r.status, 200, "tasks stopped answering: {}", r.text);
+    };
+    for (path, statuses) in [
+        ("/api/plugins/hostile/steal/tasks", &[403][..]),
+        ("/api/plugins/hostile/steal/notes", &[403]),
+        ("/api/plugins/hostile/steal/schema", &[403]),
+        ("/api/plugins/hostile/steal/attach", &[403]),
+        ("/api/plugins/hostile/steal/mirror", &[403]),
+        ("/api/plugins/hostile/steal/core", &[500]),
+        ("/api/plugins/hostile/spin", &[504]),
+        ("/api/plugins/hostile/hog", &[500]),
+        ("/api/plugins/hostile/trap", &[500]),
+        ("/api/plugins/hostile/runaway-sql", &[500]),
+    ] {
+        let r = server.get(path, Some(&token));
+        assert!(
+            statuses.contains(&r.status),
+            "{path}: {} {}",
+            r.status,
+            r.text
+        );
+        tasks_ok();
+    }
+    let shout = server.send("POST", "/api/plugins/hostile/shout", Some(&token), None);
+    assert_eq!(shout.status, 500, "{}", shout.text);
+    assert!(shout.text.contains("not declared"), "{}", shout.text);
+    let hog = server.get("/api/plugins/hostile/hog", Some(&token));
+    assert!(hog.text.contains("memory cap of 16 MiB"), "{}", hog.text);
+    assert_eq!(
+        host_state(&server)["restarts"],
+        0,
+        "misbehaving plugins do not bring the host down"
+    );
+    tasks_ok();
+}
+
+#[test]
+fn killing_the_host_fails_no_core_request_and_loses_no_acknowledged_write() {
+    let (_w, server, token) = platform(false);
+    let server = Arc::new(server);
+    let stop = Arc::new(AtomicBool::new(false));
+    let core_failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let plugin_statuses = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for n in 0..2 {
+        let (server, stop, token, failures) = (
+            server.clone(),
+            stop.clone(),
+            token.clone(),
+            core_failures.clone(),
+        );
+        workers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let r = server.get("/api/auth/me", Some(&token));
+                if r.status != 200 {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("core reader {n}: {} {}", r.status, r.text));
+                }
+            }
+        }));
+    }
+    for n in 0..2 {
+        let (server, stop, token) = (server.clone(), stop.clone(), token.clone());
+        let (statuses, acked) = (plugin_statuses.clone(), acknowledged.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let title = format!("w{n}-{i}");
+                let r = server.send(
+                    "POST",
+                    "/api/plugins/tasks/tasks",
+                    Some(&token),
+                    Some(json!({ "title": title })),
+                );
+                statuses.lock().unwrap().push(r.status);
+                if r.status == 201 {
+                    acked.lock().unwrap().push(title);
+                }
+                i += 1;
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..2 {
+        let pid = wait_running(&server)["pid"].as_i64().unwrap();
+        kill9(pid);
+        std::thread::sleep(Duration::from_millis(300));
+        wait_running(&server);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(
+        core_failures.lock().unwrap().is_empty(),
+        "{:?}",
+        core_failures.lock().unwrap()
+    );
+    let statuses = plugin_statuses.lock().unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 503),
+        "plugin statuses other than 201/503: {:?}",
+        statuses
+            .iter()
+            .filter(|s| **s != 201 && **s != 503)
+            .collect::<Vec<_>>()
+    );
+    assert!(statuses.contains(&503), "the kill was not observed");
+    let listed = server.get("/api/plugins/tasks/tasks", Some(&token));
+    let titles: Vec<&str> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["title"].as_str().unwrap())
+        .collect();
+    for title in acknowledged.lock().unwrap().iter() {
+        assert!(
+            titles.contains(&title.as_str()),
+            "acknowledged write {title} is missing"
+        );
+    }
+    assert_eq!(host_state(&server)["restarts"], 2);
+}
+
+#[test]
+fn a_crash_loop_stops_restarts_until_an_operator_restarts_the_host() {
+    let (w, server, token) = platform(false);
+    for _ in 0..3 {
+        let pid = wait_running(&server)["pid"].as_i64().unwrap();
+        kill9(pid);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host_state(&server)["status"] != "crash_loop" {
+        assert!(Instant::now() < deadline, "{}", host_state(&server));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = server.get("/api/plugins/tasks/tasks", Some(&token));
+    assert_eq!(r.status, 503);
+    let h = server.get("/health", None);
+    assert_eq!(h.status, 200, "the core keeps serving");
+    assert_eq!(h.body["core"]["status"], "ok");
+    let out = w.sv_ok(&["plugins", "host", "restart"]);
+    assert!(out.contains("asked the platform"), "{out}");
+    wait_running(&server);
+    assert_eq!(
+        server.get("/api/plugins/tasks/tasks", Some(&token)).status,
+        200
+    );
+}
