@@ -168,6 +168,8 @@ pub(crate) fn event_sink(core: CorePool) -> EventSink {
                     }
                 }
             }
+            // Handled inbox rows are kept for a month; their effects stay.
+            sovereign_db_core::events::prune(conn, 30)?;
             Ok(())
         });
         if let Err(e) = result {

@@ -213,7 +213,7 @@ fn the_running_host_is_sandboxed_away_from_core_db() {
 
 #[test]
 fn a_hostile_plugin_gets_errors_while_tasks_keeps_answering() {
-    let (_w, server, token) = platform(true);
+    let (w, server, token) = platform(true);
     let tasks_ok = || {
         let r = server.get("/api/plugins/tasks/tasks", Some(&token));
         assert_eq!(r.status, 200, "tasks stopped answering: {}", r.text);
@@ -242,6 +242,41 @@ fn a_hostile_plugin_gets_errors_while_tasks_keeps_answering() {
     let shout = server.send("POST", "/api/plugins/hostile/shout", Some(&token), None);
     assert_eq!(shout.status, 500, "{}", shout.text);
     assert!(shout.text.contains("not declared"), "{}", shout.text);
+    // An event emitted in a transaction that rolled back never reaches the core; one
+    // that committed arrives exactly once.
+    let failed = server.send(
+        "POST",
+        "/api/plugins/hostile/emit-then-fail",
+        Some(&token),
+        None,
+    );
+    assert_eq!(failed.status, 500, "{}", failed.text);
+    let ok = server.send("POST", "/api/plugins/hostile/emit-ok", Some(&token), None);
+    assert_eq!(ok.status, 204, "{}", ok.text);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let inbox = |w: &Workdir| -> Vec<String> {
+        common::raw(&w.core_db())
+            .prepare("SELECT payload FROM event_inbox WHERE plugin = 'hostile'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    while inbox(&w).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the committed event never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The relay offers undelivered events again every 2 s; give it a chance to repeat.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(inbox(&w), ["\"committed\""]);
+    let loot: i64 = common::raw(&w.plugins_db())
+        .query_row("SELECT count(*) FROM hostile__loot", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(loot, 0, "the failed request's write was rolled back");
     let hog = server.get("/api/plugins/hostile/hog", Some(&token));
     assert!(hog.text.contains("memory cap of 16 MiB"), "{}", hog.text);
     assert_eq!(
