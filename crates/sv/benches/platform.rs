@@ -1,0 +1,209 @@
+//! Platform figures with real processes (`sv serve` and its extension host) over HTTP:
+//!
+//! 1. Throughput of a plugin route reading one row (`GET /api/plugins/tasks/tasks/{id}`)
+//!    against a core route reading one row (`GET /api/users/{id}`), same clients, same
+//!    run, alternating rounds. Goal: plugin >= 0.5x core.
+//! 2. Time from `kill -9` of the host to the first successful plugin request. Goal < 500 ms.
+//! 3. Resident memory of kernel plus host with both example plugins loaded, idle.
+//!    Goal < 64 MB together.
+//!
+//! Run: `cargo bench -p sv --bench platform`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 4;
+const ROUND: Duration = Duration::from_secs(3);
+const ROUNDS: usize = 3;
+
+fn sv(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sv"));
+    c.current_dir(dir).env("SV_LOG", "warn");
+    for var in ["DATABASE_URL", "PLUGIN_DATABASE_URL", "SV_DATA_DIR", "SV_PLUGINS_DIR", "SV_PORT", "SV_CONFIG"] {
+        c.env_remove(var);
+    }
+    c
+}
+
+fn ok(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+fn get(agent: &ureq::Agent, url: &str, token: &str) -> u16 {
+    match agent.get(url).header("Authorization", format!("Bearer {token}")).call() {
+        Ok(mut r) => {
+            let _ = r.body_mut().read_to_vec();
+            r.status().as_u16()
+        }
+        Err(_) => 0,
+    }
+}
+
+fn health(agent: &ureq::Agent, base: &str) -> serde_json::Value {
+    agent
+        .get(format!("{base}/health"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_json().ok())
+        .unwrap_or_default()
+}
+
+fn wait_running(agent: &ureq::Agent, base: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = health(agent, base);
+        if h["extension_host"]["status"] == "running" {
+            return h["extension_host"].clone();
+        }
+        assert!(Instant::now() < deadline, "the host never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn throughput(base: &str, path: &str, token: &str) -> f64 {
+    let deadline = Instant::now() + ROUND;
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (url, token) = (format!("{base}{path}"), token.to_owned());
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    assert_eq!(get(&agent, &url, &token), 200, "{url}");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    total as f64 / ROUND.as_secs_f64()
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
+    ok({
+        let mut c = sv(dir.path());
+        c.arg("migrate:deploy");
+        c
+    });
+    for p in ["tasks", "notes"] {
+        ok({
+            let mut c = sv(dir.path());
+            c.args(["plugins", "install", root.join(p).to_str().unwrap(), "--yes"]);
+            c
+        });
+    }
+    let mut create = sv(dir.path());
+    create
+        .args(["users", "create", "--admin", "--email", "bench@example.com", "--password-stdin"])
+        .stdin(Stdio::piped());
+    let mut child = create.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"bench password 1\n").unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let mut server: Child = sv(dir.path())
+        .args(["serve", "--port", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = BufReader::new(server.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("Sovereign is running at ").map(String::from))
+        .unwrap();
+    let agent = agent();
+    wait_running(&agent, &base);
+    let token: String = {
+        let mut r = agent
+            .post(format!("{base}/api/auth/login"))
+            .send_json(serde_json::json!({ "email": "bench@example.com", "password": "bench password 1" }))
+            .unwrap();
+        let v: serde_json::Value = r.body_mut().read_json().unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    };
+    let mut r = agent
+        .post(format!("{base}/api/plugins/tasks/tasks"))
+        .header("Authorization", format!("Bearer {token}"))
+        .send_json(serde_json::json!({ "title": "benchmark task" }))
+        .unwrap();
+    let task: serde_json::Value = r.body_mut().read_json().unwrap();
+    let task_path = format!("/api/plugins/tasks/tasks/{}", task["id"]);
+
+    // 3. Idle memory first, before the load grows any caches.
+    std::thread::sleep(Duration::from_secs(1));
+    let host_pid = wait_running(&agent, &base)["pid"].as_u64().unwrap() as u32;
+    let (kernel_kb, host_kb) = (rss_kb(server.id()), rss_kb(host_pid));
+
+    // 1. Throughput, alternating rounds.
+    let (mut core, mut plugin) = (vec![], vec![]);
+    for _ in 0..ROUNDS {
+        core.push(throughput(&base, "/api/users/1", &token));
+        plugin.push(throughput(&base, &task_path, &token));
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (core, plugin) = (med(core), med(plugin));
+
+    // 2. Kill -9 to first success.
+    let mut recoveries = Vec::new();
+    for _ in 0..5 {
+        let pid = wait_running(&agent, &base)["pid"].as_u64().unwrap() as i32;
+        let start = Instant::now();
+        // SAFETY: kill(2) on the host pid reported by /health.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        loop {
+            if get(&agent, &format!("{base}{task_path}"), &token) == 200 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        recoveries.push(start.elapsed());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    recoveries.sort();
+
+    println!("plugin route vs core route, one row each, {CLIENTS} clients, median of {ROUNDS} alternating {ROUND:?} rounds:");
+    println!(
+        "  core {core:.0} req/s, plugin {plugin:.0} req/s, ratio {:.2}x (goal >= 0.5x)",
+        plugin / core
+    );
+    println!(
+        "host kill -9 to first successful plugin request: median {:?}, max {:?} over {} kills (goal < 500 ms)",
+        recoveries[recoveries.len() / 2],
+        recoveries.last().unwrap(),
+        recoveries.len()
+    );
+    println!(
+        "resident memory, idle with tasks and notes loaded: kernel {} KiB + host {} KiB = {:.1} MiB (goal < 64 MB)",
+        kernel_kb,
+        host_kb,
+        (kernel_kb + host_kb) as f64 / 1024.0
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
