@@ -101,6 +101,15 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<PluginRecord>, CoreErro
     Ok(Some(record))
 }
 
+/// Whether a plugin is enabled and its manifest (JSON), in one cheap query, for the
+/// request path; `None` if it is not registered.
+pub fn routing_info(conn: &Connection, id: &str) -> Result<Option<(bool, String)>, CoreError> {
+    Ok(conn
+        .prepare_cached("SELECT enabled, manifest FROM plugins WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
 /// Enables or disables a plugin; `false` if it is not registered.
 pub fn set_enabled(conn: &Connection, id: &str, enabled: bool) -> Result<bool, CoreError> {
     Ok(conn.execute(

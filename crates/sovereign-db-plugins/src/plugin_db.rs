@@ -699,6 +699,12 @@ impl PluginDb {
         self.internal_exec("BEGIN IMMEDIATE")
     }
 
+    /// Starts a deferred transaction, for requests that are expected only to read: it
+    /// takes no write lock unless a statement writes.
+    pub fn begin_deferred(&self) -> Result<(), FenceError> {
+        self.internal_exec("BEGIN")
+    }
+
     /// Commits the request's transaction.
     pub fn commit(&self) -> Result<(), FenceError> {
         self.internal_exec("COMMIT")

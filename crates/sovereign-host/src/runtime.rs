@@ -336,7 +336,14 @@ impl Runtime {
                 vec![],
             );
         };
-        if let Err(e) = db.begin() {
+        // Reads (GET/HEAD) need no write lock up front; everything else takes it at once,
+        // so a request never fails half-way on a lock upgrade.
+        let begun = if matches!(request.method.as_str(), "GET" | "HEAD") {
+            db.begin_deferred()
+        } else {
+            db.begin()
+        };
+        if let Err(e) = begun {
             *slot = Some(db);
             return (Err(HostError::Internal(e.to_string())), vec![]);
         }

@@ -51,23 +51,23 @@ pub(crate) async fn handle(
     let record = state
         .core
         .run(&state.metrics, move |conn| {
-            Ok(sovereign_db_core::plugins::get(conn, &lookup)?)
+            Ok(sovereign_db_core::plugins::routing_info(conn, &lookup)?)
         })
         .await;
-    let record = match record {
+    let (enabled, manifest) = match record {
         Ok(Some(r)) => r,
         Ok(None) => {
             return ApiError::not_found(format!("no plugin {id:?} is installed")).into_response();
         }
         Err(e) => return e.into_response(),
     };
-    if !record.enabled {
+    if !enabled {
         return ApiError::not_found(format!("plugin {id} is disabled")).into_response();
     }
     let Some(host) = state.host.clone() else {
         return unavailable(60, "this platform runs without an extension host");
     };
-    let request_ms = serde_json::from_str::<serde_json::Value>(&record.manifest)
+    let request_ms = serde_json::from_str::<serde_json::Value>(&manifest)
         .ok()
         .and_then(|m| m["limits"]["request_ms"].as_u64())
         .unwrap_or(5000);

@@ -21,7 +21,14 @@ const ROUNDS: usize = 3;
 fn sv(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sv"));
     c.current_dir(dir).env("SV_LOG", "warn");
-    for var in ["DATABASE_URL", "PLUGIN_DATABASE_URL", "SV_DATA_DIR", "SV_PLUGINS_DIR", "SV_PORT", "SV_CONFIG"] {
+    for var in [
+        "DATABASE_URL",
+        "PLUGIN_DATABASE_URL",
+        "SV_DATA_DIR",
+        "SV_PLUGINS_DIR",
+        "SV_PORT",
+        "SV_CONFIG",
+    ] {
         c.env_remove(var);
     }
     c
@@ -29,7 +36,11 @@ fn sv(dir: &Path) -> Command {
 
 fn ok(mut c: Command) -> String {
     let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -42,7 +53,11 @@ fn agent() -> ureq::Agent {
 }
 
 fn get(agent: &ureq::Agent, url: &str, token: &str) -> u16 {
-    match agent.get(url).header("Authorization", format!("Bearer {token}")).call() {
+    match agent
+        .get(url)
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+    {
         Ok(mut r) => {
             let _ = r.body_mut().read_to_vec();
             r.status().as_u16()
@@ -112,13 +127,25 @@ fn main() {
     for p in ["tasks", "notes"] {
         ok({
             let mut c = sv(dir.path());
-            c.args(["plugins", "install", root.join(p).to_str().unwrap(), "--yes"]);
+            c.args([
+                "plugins",
+                "install",
+                root.join(p).to_str().unwrap(),
+                "--yes",
+            ]);
             c
         });
     }
     let mut create = sv(dir.path());
     create
-        .args(["users", "create", "--admin", "--email", "bench@example.com", "--password-stdin"])
+        .args([
+            "users",
+            "create",
+            "--admin",
+            "--email",
+            "bench@example.com",
+            "--password-stdin",
+        ])
         .stdin(Stdio::piped());
     let mut child = create.spawn().unwrap();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"bench password 1\n").unwrap();
@@ -139,7 +166,9 @@ fn main() {
     let token: String = {
         let mut r = agent
             .post(format!("{base}/api/auth/login"))
-            .send_json(serde_json::json!({ "email": "bench@example.com", "password": "bench password 1" }))
+            .send_json(
+                serde_json::json!({ "email": "bench@example.com", "password": "bench password 1" }),
+            )
             .unwrap();
         let v: serde_json::Value = r.body_mut().read_json().unwrap();
         v["token"].as_str().unwrap().to_owned()
@@ -180,14 +209,25 @@ fn main() {
             if get(&agent, &format!("{base}{task_path}"), &token) == 200 {
                 break;
             }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the plugin never answered again"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         recoveries.push(start.elapsed());
+        // Three crashes in five minutes are a crash loop: reset the count as an operator
+        // would (`sv plugins host restart` sends SIGUSR1), and wait for that restart.
+        // SAFETY: kill(2) on our own `sv serve` child.
+        unsafe { libc::kill(server.id() as i32, libc::SIGUSR1) };
         std::thread::sleep(Duration::from_millis(300));
+        wait_running(&agent, &base);
     }
     recoveries.sort();
 
-    println!("plugin route vs core route, one row each, {CLIENTS} clients, median of {ROUNDS} alternating {ROUND:?} rounds:");
+    println!(
+        "plugin route vs core route, one row each, {CLIENTS} clients, median of {ROUNDS} alternating {ROUND:?} rounds:"
+    );
     println!(
         "  core {core:.0} req/s, plugin {plugin:.0} req/s, ratio {:.2}x (goal >= 0.5x)",
         plugin / core
