@@ -123,6 +123,37 @@ pub struct MirrorBatch {
     pub changes: Vec<MirrorChange>,
 }
 
+/// Writes one row of a mirror table in `main`: replaces it with `row`, or deletes the key
+/// when `row` is `None`. Used by batch application and by reconcile's repair.
+pub fn write_mirror_row(
+    conn: &sovereign_db::rusqlite::Connection,
+    slice: &MirrorSlice,
+    key: i64,
+    row: Option<&[crate::SqlValue]>,
+) -> sovereign_db::rusqlite::Result<()> {
+    let table = slice.table_name().replace('"', "\"\"");
+    match row {
+        Some(row) => {
+            let placeholders = (1..=row.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            conn.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO main.\"{table}\" VALUES ({placeholders})"
+            ))?
+            .execute(sovereign_db::rusqlite::params_from_iter(row.iter()))?;
+        }
+        None => {
+            let key_column = slice.key_column().replace('"', "\"\"");
+            conn.prepare_cached(&format!(
+                "DELETE FROM main.\"{table}\" WHERE \"{key_column}\" = ?1"
+            ))?
+            .execute([key])?;
+        }
+    }
+    Ok(())
+}
+
 /// Bookkeeping of a mirror store: the watermark (last applied outbox sequence number) and
 /// the projection each mirror table was built with.
 pub const MIRROR_STATE_SQL: &str = "

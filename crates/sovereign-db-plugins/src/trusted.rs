@@ -324,26 +324,7 @@ impl TrustedPluginStore {
                 let Some(slice) = catalog.slice(&change.slice) else {
                     continue;
                 };
-                let table = slice.table_name();
-                match &change.row {
-                    Some(row) => {
-                        let placeholders = (1..=row.len())
-                            .map(|i| format!("?{i}"))
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        tx.prepare_cached(&format!(
-                            "INSERT OR REPLACE INTO \"{table}\" VALUES ({placeholders})"
-                        ))?
-                        .execute(rusqlite::params_from_iter(row.iter()))?;
-                    }
-                    None => {
-                        tx.prepare_cached(&format!(
-                            "DELETE FROM \"{table}\" WHERE \"{}\" = ?1",
-                            slice.key_column()
-                        ))?
-                        .execute([change.key])?;
-                    }
-                }
+                crate::mirror::write_mirror_row(&tx, slice, change.key, change.row.as_deref())?;
             }
             tx.execute(
                 "INSERT INTO _sv_mirror_state (key, value) VALUES ('watermark', ?1), ('applied_at_ms', ?2)

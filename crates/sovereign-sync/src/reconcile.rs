@@ -247,26 +247,8 @@ fn repair_rows(
         let Some(slice) = catalog.slice(&d.slice) else {
             continue;
         };
-        let table = ident(&slice.table_name());
-        match project_row(&tx, "sv_core", slice, d.key)? {
-            Some(row) => {
-                let placeholders = (1..=row.len())
-                    .map(|i| format!("?{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                tx.prepare_cached(&format!(
-                    "INSERT OR REPLACE INTO main.{table} VALUES ({placeholders})"
-                ))?
-                .execute(rusqlite::params_from_iter(row.iter()))?;
-            }
-            None => {
-                tx.prepare_cached(&format!(
-                    "DELETE FROM main.{table} WHERE {} = ?1",
-                    ident(slice.key_column())
-                ))?
-                .execute([d.key])?;
-            }
-        }
+        let row = project_row(&tx, "sv_core", slice, d.key)?;
+        sovereign_db_plugins::mirror::write_mirror_row(&tx, slice, d.key, row.as_deref())?;
         repaired += 1;
     }
     tx.commit()?;

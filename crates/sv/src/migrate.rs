@@ -147,6 +147,25 @@ fn targets(config: &Config, scope: Scope, plugin: Option<&str>) -> anyhow::Resul
     Ok(out)
 }
 
+/// Opens `core.db` for an operator command; it must exist with every core migration
+/// applied.
+pub fn open_migrated_core(config: &Config) -> anyhow::Result<Connection> {
+    let path = config.core_db_path();
+    let conn = sovereign_db_core::open_existing(&path)
+        .context("the core store must exist; run `sv migrate:deploy --scope=core` first")?;
+    let pending = sovereign_db_core::migrations()
+        .status(&conn)?
+        .iter()
+        .any(|s| !matches!(s.state, MigrationState::Applied { .. }));
+    if pending {
+        bail!(
+            "{} has core migrations that are not applied; run `sv migrate:deploy --scope=core` first",
+            path.display()
+        );
+    }
+    Ok(conn)
+}
+
 /// Applies every pending migration of every scope; used by `sv dev`. Also makes sure both
 /// store files exist, even with no plugin migrations.
 pub fn deploy_all(config: &Config) -> anyhow::Result<Vec<String>> {

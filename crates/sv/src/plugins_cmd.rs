@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use sovereign_config::Config;
-use sovereign_db::MigrationState;
 use sovereign_db::migrate::split_statements;
 use sovereign_db_core::plugins::{self as registry, PluginRecord};
 use sovereign_db_plugins::{
@@ -153,24 +152,6 @@ pub fn run(config: &Config, command: PluginsCommand) -> anyhow::Result<ExitCode>
     }
 }
 
-/// Opens core.db for an operator command that writes the registry; it must be migrated.
-fn open_core(config: &Config) -> anyhow::Result<sovereign_db::rusqlite::Connection> {
-    let path = config.core_db_path();
-    let conn = sovereign_db_core::open_existing(&path)
-        .context("the core store must exist; run `sv migrate:deploy --scope=core` first")?;
-    let pending = sovereign_db_core::migrations()
-        .status(&conn)?
-        .iter()
-        .any(|s| !matches!(s.state, MigrationState::Applied { .. }));
-    if pending {
-        bail!(
-            "{} has core migrations that are not applied; run `sv migrate:deploy --scope=core` first",
-            path.display()
-        );
-    }
-    Ok(conn)
-}
-
 fn installed(conn: &sovereign_db::rusqlite::Connection, id: &str) -> anyhow::Result<PluginRecord> {
     registry::get(conn, id)?
         .with_context(|| format!("plugin {id:?} is not installed (see `sv plugins list`)"))
@@ -179,7 +160,7 @@ fn installed(conn: &sovereign_db::rusqlite::Connection, id: &str) -> anyhow::Res
 pub fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(dir, &plugin_support::mirror_catalog(config)?)?;
     let id = manifest.id.clone();
-    let core = open_core(config)?;
+    let core = crate::migrate::open_migrated_core(config)?;
     if let Some(existing) = registry::get(&core, &id)?
         && existing.database_mode != manifest.database.as_str()
     {
@@ -348,7 +329,7 @@ fn swap_in(staging: &Path, target: &Path) -> anyhow::Result<()> {
 }
 
 fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let core = open_core(config)?;
+    let core = crate::migrate::open_migrated_core(config)?;
     let plugins = registry::list(&core)?;
     if json {
         let rows: Vec<serde_json::Value> = plugins
@@ -386,7 +367,7 @@ fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn remove(config: &Config, id: &str, purge: bool) -> anyhow::Result<ExitCode> {
-    let core = open_core(config)?;
+    let core = crate::migrate::open_migrated_core(config)?;
     let record = installed(&core, id)?;
     if purge {
         let location = store_location(config)?;
@@ -430,7 +411,7 @@ fn remove(config: &Config, id: &str, purge: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn set_enabled(config: &Config, id: &str, enabled: bool) -> anyhow::Result<ExitCode> {
-    let core = open_core(config)?;
+    let core = crate::migrate::open_migrated_core(config)?;
     installed(&core, id)?;
     registry::set_enabled(&core, id, enabled)?;
     let action = if enabled {
@@ -638,7 +619,7 @@ fn plugin_mode(config: &Config, id: &str) -> anyhow::Result<DatabaseMode> {
 /// copied in one transaction on the destination, checked by row counts, and only then
 /// dropped from the source and the registry updated.
 fn move_plugin(config: &Config, id: &str, to: DatabaseMode) -> anyhow::Result<ExitCode> {
-    let core = open_core(config)?;
+    let core = crate::migrate::open_migrated_core(config)?;
     let mut record = installed(&core, id)?;
     let from = DatabaseMode::parse(&record.database_mode).unwrap_or_default();
     if from == to {

@@ -2,12 +2,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sovereign_config::Config;
-use sovereign_db::MigrationState;
-use sovereign_db::rusqlite::Connection;
 use sovereign_sync::{SyncError, capture, full, publish, reconcile, status};
 
 use crate::plugin_support;
@@ -57,23 +55,6 @@ pub fn dispatch(config: &Config, command: SyncCommand) -> anyhow::Result<ExitCod
     }
 }
 
-fn open_core(config: &Config) -> anyhow::Result<Connection> {
-    let path = config.core_db_path();
-    let conn = sovereign_db_core::open_existing(&path)
-        .context("the core store must exist; run `sv migrate:deploy` first")?;
-    if sovereign_db_core::migrations()
-        .status(&conn)?
-        .iter()
-        .any(|s| !matches!(s.state, MigrationState::Applied { .. }))
-    {
-        bail!(
-            "{} has core migrations that are not applied; run `sv migrate:deploy` first",
-            path.display()
-        );
-    }
-    Ok(conn)
-}
-
 fn bar(label: &'static str) -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -87,7 +68,7 @@ fn bar(label: &'static str) -> ProgressBar {
 
 pub fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let settings = plugin_support::sync_settings(config)?;
-    let core = open_core(config)?;
+    let core = crate::migrate::open_migrated_core(config)?;
     capture::install(&core, &settings.catalog)?;
     let mirror = settings.open_mirror(config)?;
     let rebuild = match publish::needs_rebuild(&core, &mirror, &settings.catalog) {
@@ -141,7 +122,7 @@ pub fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
 
 fn show_status(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let settings = plugin_support::sync_settings(config)?;
-    let core = open_core(config)?;
+    let core = crate::migrate::open_migrated_core(config)?;
     let mirror = settings.open_mirror(config)?;
     let status = status::status(&core, &mirror, &settings.catalog)?;
     if args.json {
@@ -181,7 +162,7 @@ fn show_status(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode> {
 
 fn run_reconcile(config: &Config, args: &ReconcileArgs) -> anyhow::Result<ExitCode> {
     let settings = plugin_support::sync_settings(config)?;
-    let core = open_core(config)?;
+    let core = crate::migrate::open_migrated_core(config)?;
     capture::validate(&core, &settings.catalog)?;
     let mirror = settings.open_mirror(config)?;
     let progress = bar("reconcile");
@@ -228,7 +209,7 @@ fn run_reconcile(config: &Config, args: &ReconcileArgs) -> anyhow::Result<ExitCo
 
 fn plan(config: &Config) -> anyhow::Result<ExitCode> {
     let settings = plugin_support::sync_settings(config)?;
-    let core = open_core(config)?;
+    let core = crate::migrate::open_migrated_core(config)?;
     capture::validate(&core, &settings.catalog)?;
     let mirror = settings.open_mirror(config)?;
     for step in full::plan(&mirror, &settings.catalog)? {

@@ -3,10 +3,9 @@
 use std::io::Read;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
 use sovereign_config::Config;
-use sovereign_db::MigrationState;
 use sovereign_db_core::users::{self, NewUser, Role};
 
 #[derive(Subcommand)]
@@ -31,19 +30,7 @@ pub enum UsersCommand {
 }
 
 pub fn run(config: &Config, command: UsersCommand) -> anyhow::Result<ExitCode> {
-    let path = config.core_db_path();
-    let conn = sovereign_db_core::open_existing(&path)
-        .with_context(|| "the core store must exist; run `sv migrate:deploy --scope=core` first")?;
-    let pending = sovereign_db_core::migrations()
-        .status(&conn)?
-        .iter()
-        .any(|s| !matches!(s.state, MigrationState::Applied { .. }));
-    if pending {
-        bail!(
-            "{} has migrations that are not applied; run `sv migrate:deploy --scope=core` first",
-            path.display()
-        );
-    }
+    let conn = crate::migrate::open_migrated_core(config)?;
     match command {
         UsersCommand::Create {
             admin,
