@@ -1,10 +1,11 @@
 //! Online backups of the dual-file layout, with a manifest, and their verification.
 //!
-//! Each file is copied with SQLite's backup API in a single step, i.e. from one read
-//! transaction: a consistent snapshot of that file while the platform keeps writing.
-//! The plugin stores are copied before `core.db`, so the backup's mirror watermark is
-//! never ahead of its core: after a restore, `sv sync:run` either continues from the
-//! watermark or, when the core already pruned past it, rebuilds the mirror from the core.
+//! Each file is copied with SQLite's backup API from a read transaction opened on it
+//! beforehand: a consistent snapshot of that file while the platform keeps writing. The
+//! snapshots are taken one after the other, plugin stores before `core.db`, so the
+//! backup's mirror watermark is never ahead of its core (after a restore, `sv sync:run`
+//! either continues from the watermark or, when the core already pruned past it,
+//! rebuilds the mirror from the core); the copies and checksums then run in parallel.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,7 +70,7 @@ pub struct BackupOptions {
 }
 
 /// Progress of a backup in bytes: `(done, total)`.
-pub type ByteProgress<'a> = &'a dyn Fn(u64, u64);
+pub type ByteProgress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
 fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
@@ -83,17 +84,34 @@ fn file_size(path: &Path) -> u64 {
 /// reader will grow `-wal`/`-shm` files next to. The copy is readable by its owner only:
 /// it holds password hashes and sessions.
 pub fn snapshot(src: &Path, dst: &Path) -> Result<(), OpsError> {
-    let source = Connection::open_with_flags(
-        src,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(sqlite(format!("opening {}", src.display())))?;
+    copy_pinned(&pin(src)?, src, dst)
+}
+
+/// Opens `src` read-only and starts a read transaction on it: the snapshot a later
+/// [`copy_pinned`] copies is the database as of this call.
+fn pin(src: &Path) -> Result<Connection, OpsError> {
+    let source = open_read_only(src)?;
     source
         .busy_timeout(Duration::from_secs(30))
         .map_err(sqlite("setting a busy timeout"))?;
+    source
+        .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
+        .map_err(sqlite(format!(
+            "starting a read transaction on {}",
+            src.display()
+        )))?;
+    Ok(source)
+}
+
+/// Copies the snapshot held by `source` (see [`pin`]) into `dst` with the backup API,
+/// which reads through the connection's open read transaction, then switches the copy to
+/// rollback journaling: a single self-contained file that no later reader will grow
+/// `-wal`/`-shm` files next to. The copy is readable by its owner only: it holds
+/// password hashes and sessions.
+fn copy_pinned(source: &Connection, src: &Path, dst: &Path) -> Result<(), OpsError> {
     let mut dest = Connection::open(dst).map_err(sqlite(format!("creating {}", dst.display())))?;
     {
-        let backup = sovereign_db::rusqlite::backup::Backup::new(&source, &mut dest)
+        let backup = sovereign_db::rusqlite::backup::Backup::new(source, &mut dest)
             .map_err(sqlite(format!("starting the backup of {}", src.display())))?;
         backup
             .step(-1)
@@ -218,48 +236,61 @@ pub fn backup(
     plan.push(("core.db".into(), "core".into(), layout.core.clone()));
 
     let total: u64 = plan.iter().map(|(_, _, p)| file_size(p)).sum();
-    let mut done = 0u64;
     progress(0, total);
-    // Each finished copy is checksummed on another thread while the next one is taken.
     type Checked = Result<(BackupFile, BTreeMap<String, u32>), OpsError>;
-    let checked: Vec<Checked> = std::thread::scope(|scope| -> Result<Vec<Checked>, OpsError> {
-        let mut pending = Vec::new();
-        for (name, role, src) in &plan {
-            let dst = partial.join(name);
-            snapshot(src, &dst)?;
-            if role == "plugins" && !options.exclude_plugins.is_empty() {
-                let store = sovereign_db_plugins::TrustedPluginStore::open_shared(&dst)?;
-                for id in &options.exclude_plugins {
-                    store.drop_plugin_data(id)?;
-                }
-                store
-                    .connection()
-                    .query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
-                    .map_err(sqlite("finishing the plugin store copy"))?;
-                drop(store);
-                remove_db_files_but_main(&dst);
-            }
-            done += file_size(src);
-            progress(done.min(total), total);
-            pending.push(scope.spawn(move || -> Checked {
-                let versions = schema_versions(&dst)?;
-                let (sha256, size) = file_digest(&dst)?;
-                Ok((
-                    BackupFile {
-                        name: name.clone(),
-                        role: role.clone(),
-                        size,
-                        sha256,
-                    },
-                    versions,
-                ))
-            }));
-        }
-        Ok(pending
+    // Snapshots are pinned one after the other in plan order (plugin stores, then the
+    // core), which is all the consistency needs; the copies and checksums then run in
+    // parallel.
+    let pinned: Vec<Connection> = plan
+        .iter()
+        .map(|(_, _, src)| pin(src))
+        .collect::<Result<_, _>>()?;
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let checked: Vec<Checked> = std::thread::scope(|scope| {
+        let handles: Vec<_> = plan
+            .iter()
+            .zip(pinned)
+            .map(|((name, role, src), source)| {
+                let dst = partial.join(name);
+                let done = &done;
+                scope.spawn(move || -> Checked {
+                    copy_pinned(&source, src, &dst)?;
+                    drop(source);
+                    if role == "plugins" && !options.exclude_plugins.is_empty() {
+                        let store = sovereign_db_plugins::TrustedPluginStore::open_shared(&dst)?;
+                        for id in &options.exclude_plugins {
+                            store.drop_plugin_data(id)?;
+                        }
+                        store
+                            .connection()
+                            .query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+                            .map_err(sqlite("finishing the plugin store copy"))?;
+                        drop(store);
+                        remove_db_files_but_main(&dst);
+                    }
+                    let copied = done
+                        .fetch_add(file_size(src), std::sync::atomic::Ordering::SeqCst)
+                        + file_size(src);
+                    progress(copied.min(total), total);
+                    let versions = schema_versions(&dst)?;
+                    let (sha256, size) = file_digest(&dst)?;
+                    Ok((
+                        BackupFile {
+                            name: name.clone(),
+                            role: role.clone(),
+                            size,
+                            sha256,
+                        },
+                        versions,
+                    ))
+                })
+            })
+            .collect();
+        handles
             .into_iter()
-            .map(|h| h.join().expect("checksum thread"))
-            .collect())
-    })?;
+            .map(|h| h.join().expect("backup thread"))
+            .collect()
+    });
     let mut files = Vec::new();
     let mut schema = BTreeMap::new();
     for result in checked {
