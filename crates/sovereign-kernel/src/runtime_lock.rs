@@ -58,10 +58,7 @@ impl RuntimeLock {
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(RuntimeLockError::Held {
                     path: path.to_owned(),
-                    pid: std::fs::read_to_string(path)
-                        .unwrap_or_default()
-                        .trim()
-                        .to_owned(),
+                    pid: first_line(path),
                 });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
@@ -74,17 +71,32 @@ impl RuntimeLock {
         })
     }
 
+    /// Records the address the platform serves on (second line of the lock file), so
+    /// operator tools such as `sv doctor` can ask the running platform.
+    pub fn record_address(&mut self, address: &str) -> std::io::Result<()> {
+        use std::io::Seek;
+        self._file.set_len(0)?;
+        self._file.seek(std::io::SeekFrom::Start(0))?;
+        write!(self._file, "{}\n{address}\n", std::process::id())?;
+        self._file.flush()
+    }
+
+    /// The address a running platform recorded, if the lock is held.
+    pub fn address(path: &Path) -> Option<String> {
+        Self::holder(path)?;
+        std::fs::read_to_string(path)
+            .ok()?
+            .lines()
+            .nth(1)
+            .map(str::to_owned)
+    }
+
     /// Whether some process holds the lock at `path` now; returns its pid if so.
     pub fn holder(path: &Path) -> Option<String> {
         let file = OpenOptions::new().read(true).write(true).open(path).ok()?;
         match file.try_lock() {
             Ok(()) => None,
-            Err(_) => Some(
-                std::fs::read_to_string(path)
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned(),
-            ),
+            Err(_) => Some(first_line(path)),
         }
     }
 
@@ -92,4 +104,15 @@ impl RuntimeLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The pid line of a lock file.
+fn first_line(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }

@@ -425,8 +425,38 @@ pub fn doctor(config: &Config) -> anyhow::Result<ExitCode> {
         Err(e) => add(Level::Fail, "sync", format!("{e:#}")),
     }
 
+    let running_host =
+        RuntimeLock::address(&config.lock_file_path()).and_then(|addr| platform_health(&addr));
     let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-    if lsm.split(',').any(|m| m.trim() == "landlock") {
+    if let Some(health) = running_host {
+        let host = &health["extension_host"];
+        let probe = host["core_db_probe"].as_str().unwrap_or_default();
+        match (host["status"].as_str(), host["sandbox"].as_str()) {
+            (Some("running"), Some("Enforced")) if probe.starts_with("refused") => add(
+                Level::Ok,
+                "sandbox",
+                format!("the running extension host is sandboxed; opening core.db was {probe}"),
+            ),
+            (Some("running"), _) => add(
+                Level::Fail,
+                "sandbox",
+                format!(
+                    "the running extension host is NOT fully sandboxed: {} / core.db probe: {probe}",
+                    host["sandbox"]
+                ),
+            ),
+            (Some(status), _) => add(
+                Level::Warn,
+                "sandbox",
+                format!("the extension host is {status}: {host}"),
+            ),
+            (None, _) => add(
+                Level::Warn,
+                "sandbox",
+                "the platform runs without an extension host".into(),
+            ),
+        }
+    } else if lsm.split(',').any(|m| m.trim() == "landlock") {
         add(
             Level::Ok,
             "sandbox",
@@ -483,6 +513,22 @@ pub fn doctor(config: &Config) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `GET /health` of the running platform at `addr` (plain HTTP on loopback).
+fn platform_health(addr: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        stream,
+        "GET /health HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
 }
 
 fn free_bytes(dir: &Path) -> Option<u64> {

@@ -217,7 +217,7 @@ fn start_sync(config: &Config) -> anyhow::Result<SyncWorker> {
 fn start(
     config: &Config,
     listen: SocketAddr,
-    lock: RuntimeLock,
+    mut lock: RuntimeLock,
     require_sandbox: bool,
 ) -> anyhow::Result<ExitCode> {
     let sync = start_sync(config)?;
@@ -245,6 +245,7 @@ fn start(
                 }
             });
         }
+        lock.record_address(&kernel.local_addr().to_string())?;
         let shutdown = sovereign_kernel::shutdown_signal()?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "core store:   {}", config.core_db_path().display())?;

@@ -197,7 +197,7 @@ fn tasks_and_notes_serve_logged_in_users_and_events_reach_the_core_once() {
 
 #[test]
 fn the_running_host_is_sandboxed_away_from_core_db() {
-    let (_w, server, _token) = platform(false);
+    let (w, server, _token) = platform(false);
     let state = host_state(&server);
     if state["sandbox"] != "Enforced" && std::env::var_os("SV_TEST_ALLOW_NO_LANDLOCK").is_some() {
         eprintln!("skipping: no Landlock on this kernel ({state})");
