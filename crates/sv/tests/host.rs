@@ -209,6 +209,13 @@ fn the_running_host_is_sandboxed_away_from_core_db() {
         probe.starts_with("refused"),
         "the host could open core.db: {probe}"
     );
+    // `sv doctor` asks the running platform and reports the same.
+    let doctor = String::from_utf8(w.sv(&["doctor"]).stdout).unwrap();
+    assert!(
+        doctor.contains("ok   sandbox")
+            && doctor.contains("the running extension host is sandboxed"),
+        "{doctor}"
+    );
 }
 
 #[test]
