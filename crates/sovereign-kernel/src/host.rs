@@ -33,6 +33,8 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 /// Crashes within [`CRASH_WINDOW`] that make a crash loop.
 const CRASH_LIMIT: usize = 3;
 const CRASH_WINDOW: Duration = Duration::from_secs(300);
+/// How often the registry is compared with what the host loaded.
+const REGISTRY_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Plugin requests in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
 
@@ -271,7 +273,10 @@ fn set_state(inner: &Inner, state: HostState) {
     *inner.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
 }
 
-async fn plugin_specs(core: &CorePool, metrics: &crate::Metrics) -> Vec<PluginSpec> {
+async fn plugin_specs(
+    core: &CorePool,
+    metrics: &crate::Metrics,
+) -> Result<Vec<PluginSpec>, crate::ApiError> {
     core.run(metrics, |conn| {
         Ok(sovereign_db_core::plugins::list(conn)?
             .into_iter()
@@ -284,10 +289,6 @@ async fn plugin_specs(core: &CorePool, metrics: &crate::Metrics) -> Vec<PluginSp
             .collect())
     })
     .await
-    .unwrap_or_else(|e| {
-        tracing::error!(error = ?e, "cannot read the plugin registry; starting the host without plugins");
-        vec![]
-    })
 }
 
 async fn read_message(stream: &mut tokio::net::unix::OwnedReadHalf) -> Option<HostToKernel> {
@@ -386,9 +387,13 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
         Err(_) => return Ending::Failed("the host did not connect in time".into()),
     };
     let (mut reader, mut writer) = stream.into_split();
+    let specs = plugin_specs(&inner.core, &inner.metrics).await.unwrap_or_else(|e| {
+        tracing::error!(error = ?e, "cannot read the plugin registry; starting the host without plugins");
+        vec![]
+    });
     let configure = KernelToHost::Configure {
         version: VERSION,
-        plugins: plugin_specs(&inner.core, &inner.metrics).await,
+        plugins: specs.clone(),
     };
     match sovereign_protocol::encode(&configure) {
         Ok(frame) => {
@@ -503,11 +508,20 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
     });
 
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut registry_check = tokio::time::interval(REGISTRY_CHECK_EVERY);
     let ending = loop {
         tokio::select! {
             status = child.wait() => break Ending::Failed(format!("the host exited: {status:?}")),
             _ = &mut read_task => break Ending::Failed("the host closed its connection".into()),
             _ = inner.restart_now.notified() => break Ending::Restart,
+            _ = registry_check.tick() => {
+                // A plugin installed, upgraded, moved or removed while the platform runs:
+                // the host loads the registry at start, so start a fresh one.
+                if plugin_specs(&inner.core, &inner.metrics).await.is_ok_and(|now| now != specs) {
+                    tracing::info!("the plugin registry changed; restarting the extension host");
+                    break Ending::Restart;
+                }
+            }
             _ = heartbeat.tick() => {
                 let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(KernelToHost::Heartbeat { id });

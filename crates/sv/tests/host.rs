@@ -413,3 +413,54 @@ fn a_crash_loop_stops_restarts_until_an_operator_restarts_the_host() {
         200
     );
 }
+
+#[test]
+fn a_plugin_installed_while_the_platform_runs_is_served_without_a_manual_restart() {
+    let w = Workdir::new();
+    w.sv_ok(&["migrate:deploy"]);
+    w.sv_ok(&[
+        "plugins",
+        "install",
+        repo_plugin("tasks").to_str().unwrap(),
+        "--yes",
+    ]);
+    let mut child = w
+        .command(&[
+            "users",
+            "create",
+            "--email",
+            "u@example.com",
+            "--password-stdin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::feed(&mut child, "user password 1\n");
+    assert!(child.wait().unwrap().success());
+    let server = w.start(&["serve"]);
+    wait_running(&server);
+    let token = server.login("u@example.com", "user password 1");
+    assert_eq!(
+        server.get("/api/plugins/notes/notes", Some(&token)).status,
+        404
+    );
+    w.sv_ok(&["plugins", "install", repo_plugin("notes").to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = server.get("/api/plugins/notes/notes", Some(&token));
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "notes never served: {} {}",
+            r.status,
+            r.text
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        server.get("/api/plugins/tasks/tasks", Some(&token)).status,
+        200
+    );
+}
