@@ -327,9 +327,10 @@ impl TrustedPluginStore {
                 crate::mirror::write_mirror_row(&tx, slice, change.key, change.row.as_deref())?;
             }
             tx.execute(
-                "INSERT INTO _sv_mirror_state (key, value) VALUES ('watermark', ?1), ('applied_at_ms', ?2)
+                "INSERT INTO _sv_mirror_state (key, value)
+                 VALUES ('watermark', ?1), ('applied_at_ms', ?2), ('applied_by_pid', ?3)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                rusqlite::params![batch.upto_seq, now_ms],
+                rusqlite::params![batch.upto_seq, now_ms, std::process::id()],
             )?;
             tx.commit()?;
             Ok(true)

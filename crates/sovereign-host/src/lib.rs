@@ -79,6 +79,15 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
         &plugins,
     )?;
 
+    // The mirror side of sync: batches the kernel pushes are applied on a trusted
+    // connection of the host's own (plugins never get one). Opened now, before the
+    // sandbox, which also makes sure the store's -wal and -shm exist for the rules below.
+    let mirror: Arc<Mutex<Option<sovereign_db_plugins::TrustedPluginStore>>> = Arc::new(Mutex::new(
+        sovereign_db_plugins::TrustedPluginStore::open_shared(&options.location.shared_store)
+            .map_err(|e| tracing::warn!(error = %e, "cannot open the plugin store for mirror batches"))
+            .ok(),
+    ));
+
     // Everything is open and compiled: from here on the host can only touch the plugin
     // store files and read the packages.
     let shared = &options.location.shared_store;
@@ -160,6 +169,8 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
         let queue = queue.clone();
         let runtime = runtime.clone();
         let writer = writer.clone();
+        let mirror = mirror.clone();
+        let shared_store = options.location.shared_store.clone();
         std::thread::Builder::new()
             .name(format!("sv-host-worker-{n}"))
             .spawn(move || {
@@ -180,6 +191,16 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
                             if !events.is_empty() {
                                 send(&writer, &HostToKernel::Events { events });
                             }
+                        }
+                        KernelToHost::ApplyMirror {
+                            id,
+                            slices,
+                            upto_seq,
+                            changes,
+                        } => {
+                            let result =
+                                apply_mirror(&mirror, &shared_store, slices, upto_seq, changes);
+                            send(&writer, &HostToKernel::MirrorApplied { id, result });
                         }
                         KernelToHost::EventsStored { event_ids } => {
                             let now = std::time::SystemTime::now()
@@ -205,7 +226,11 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
                     .map_err(|e| e.to_string());
                 send(&writer, &HostToKernel::ProbeResult { id, result });
             }
-            Some(job @ (KernelToHost::Handle { .. } | KernelToHost::EventsStored { .. })) => {
+            Some(
+                job @ (KernelToHost::Handle { .. }
+                | KernelToHost::EventsStored { .. }
+                | KernelToHost::ApplyMirror { .. }),
+            ) => {
                 if jobs.send(job).is_err() {
                     break;
                 }
@@ -217,4 +242,67 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
     }
     tracing::info!("extension host stopping");
     Ok(())
+}
+
+/// Applies a pushed mirror batch with its watermark in one transaction.
+fn apply_mirror(
+    mirror: &Mutex<Option<sovereign_db_plugins::TrustedPluginStore>>,
+    shared_store: &std::path::Path,
+    slices: Vec<sovereign_protocol::MirrorSliceSpec>,
+    upto_seq: i64,
+    changes: Vec<sovereign_protocol::MirrorChangeWire>,
+) -> Result<bool, String> {
+    use sovereign_db_plugins::SqlValue;
+    use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog, MirrorChange, MirrorSlice};
+    use sovereign_protocol::WireValue;
+    let mut slot = mirror.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.is_none() {
+        *slot = Some(
+            sovereign_db_plugins::TrustedPluginStore::open_shared(shared_store)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let store = slot.as_ref().expect("opened above");
+    let catalog = MirrorCatalog::new(
+        slices
+            .into_iter()
+            .map(|s| MirrorSlice {
+                name: s.name,
+                source_table: String::new(),
+                columns: s.columns,
+                filter: None,
+                allow_secret: vec![],
+            })
+            .collect(),
+    );
+    let value = |v: WireValue| match v {
+        WireValue::Null => SqlValue::Null,
+        WireValue::Integer(i) => SqlValue::Integer(i),
+        WireValue::Real(f) => SqlValue::Real(f),
+        WireValue::Text(t) => SqlValue::Text(t),
+        WireValue::Blob(b) => SqlValue::Blob(b),
+    };
+    let batch = MirrorBatch {
+        upto_seq,
+        changes: changes
+            .into_iter()
+            .map(|c| MirrorChange {
+                slice: c.slice,
+                key: c.key,
+                row: c.row.map(|r| r.into_iter().map(value).collect()),
+            })
+            .collect(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let result = store
+        .apply_batch(&catalog, &batch, now)
+        .map_err(|e| e.to_string());
+    if result.is_err() {
+        // Reopen next time: the file may have been replaced.
+        *slot = None;
+    }
+    result
 }

@@ -251,6 +251,35 @@ impl HostHandle {
         }
     }
 
+    /// Pushes a mirror batch to the host, which applies it with the watermark in one
+    /// transaction; `Ok(false)` means it was already applied.
+    pub async fn apply_mirror(
+        &self,
+        slices: Vec<sovereign_protocol::MirrorSliceSpec>,
+        upto_seq: i64,
+        changes: Vec<sovereign_protocol::MirrorChangeWire>,
+    ) -> Result<bool, CallError> {
+        let answer = self
+            .request(
+                move |id| KernelToHost::ApplyMirror {
+                    id,
+                    slices,
+                    upto_seq,
+                    changes,
+                },
+                Duration::from_secs(30),
+            )
+            .await?;
+        match answer {
+            HostToKernel::MirrorApplied { result, .. } => {
+                result.map_err(|e| CallError::Host(HostError::Internal(e)))
+            }
+            other => Err(CallError::Host(HostError::Internal(format!(
+                "unexpected answer {other:?}"
+            )))),
+        }
+    }
+
     /// Asks the host to open `path`; `Ok(())` means it could.
     pub async fn probe(&self, path: &str) -> Result<Result<(), String>, CallError> {
         let path = path.to_owned();
@@ -492,7 +521,9 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
                 HostToKernel::Alive { .. } => {
                     *alive.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now()
                 }
-                HostToKernel::Response { id, .. } | HostToKernel::ProbeResult { id, .. } => {
+                HostToKernel::Response { id, .. }
+                | HostToKernel::ProbeResult { id, .. }
+                | HostToKernel::MirrorApplied { id, .. } => {
                     let waiter = read_conn
                         .pending
                         .lock()

@@ -115,6 +115,41 @@ pub struct PluginEvent {
     pub created_at_ms: i64,
 }
 
+/// A SQL value on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WireValue {
+    /// NULL.
+    Null,
+    /// Integer.
+    Integer(i64),
+    /// Float.
+    Real(f64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
+
+/// One mirror slice as the host needs it to write the mirror table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorSliceSpec {
+    /// Slice name (table `core__<name>`).
+    pub name: String,
+    /// Columns, the key first.
+    pub columns: Vec<String>,
+}
+
+/// One change of a mirror batch: the row's projection, or `None` to delete the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MirrorChangeWire {
+    /// Slice.
+    pub slice: String,
+    /// Primary key.
+    pub key: i64,
+    /// The row, or `None`.
+    pub row: Option<Vec<WireValue>>,
+}
+
 /// Messages from the kernel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum KernelToHost {
@@ -154,6 +189,18 @@ pub enum KernelToHost {
         /// Event ids.
         event_ids: Vec<String>,
     },
+    /// Apply a batch of core changes to the mirror tables and advance the watermark, in
+    /// one transaction (near-real-time sync pushes batches to the running host).
+    ApplyMirror {
+        /// Request id.
+        id: u64,
+        /// The slices the batch refers to.
+        slices: Vec<MirrorSliceSpec>,
+        /// The outbox sequence number the batch covers up to.
+        upto_seq: i64,
+        /// The changes.
+        changes: Vec<MirrorChangeWire>,
+    },
     /// Finish in-flight requests and exit.
     Shutdown,
 }
@@ -188,6 +235,14 @@ pub enum HostToKernel {
         id: u64,
         /// `Ok` if the file could be opened, else the OS error.
         result: Result<(), String>,
+    },
+    /// The answer to [`KernelToHost::ApplyMirror`]: applied (`true`), already applied
+    /// (`false`), or why it failed.
+    MirrorApplied {
+        /// Request id.
+        id: u64,
+        /// The outcome.
+        result: Result<bool, String>,
     },
     /// Events from committed plugin transactions, for the core inbox.
     Events {

@@ -130,6 +130,7 @@ fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
                 let p = mirror_path.clone();
                 move || Ok(TrustedPluginStore::open_shared(&p)?)
             }),
+            push: None,
         },
     );
     // Let the worker build the mirror first.

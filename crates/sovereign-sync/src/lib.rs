@@ -43,6 +43,9 @@ pub enum SyncError {
     /// The mirror store.
     #[error(transparent)]
     Mirror(#[from] sovereign_db_plugins::PluginStoreError),
+    /// The process that applies batches (the extension host) refused or failed.
+    #[error("applying a batch: {0}")]
+    Applier(String),
     /// SQLite.
     #[error("sync: {0}")]
     Sqlite(#[from] rusqlite::Error),

@@ -185,19 +185,37 @@ pub struct CatchUp {
     pub watermark: i64,
 }
 
-/// Applies batches until the outbox is drained.
+/// Applies batches until the outbox is drained, on this process's trusted connection.
 pub fn catch_up(
     core: &Connection,
     mirror: &TrustedPluginStore,
     catalog: &MirrorCatalog,
     batch_size: usize,
 ) -> Result<CatchUp, SyncError> {
+    catch_up_with(core, mirror, catalog, batch_size, &|batch| {
+        Ok(mirror.apply_batch(catalog, batch, now_ms())?)
+    })
+}
+
+/// Applies a batch somewhere (here, or in the extension host); `Ok(false)` if it was
+/// already applied.
+pub type Applier<'a> = &'a dyn Fn(&MirrorBatch) -> Result<bool, SyncError>;
+
+/// Like [`catch_up`], with batches applied by `apply`; the watermark is read from
+/// `mirror`.
+pub fn catch_up_with(
+    core: &Connection,
+    mirror: &TrustedPluginStore,
+    catalog: &MirrorCatalog,
+    batch_size: usize,
+    apply: Applier<'_>,
+) -> Result<CatchUp, SyncError> {
     let mut report = CatchUp {
         watermark: mirror.mirror_watermark()?,
         ..CatchUp::default()
     };
     while let Some(batch) = next_batch(core, catalog, report.watermark, batch_size)? {
-        if mirror.apply_batch(catalog, &batch, now_ms())? {
+        if apply(&batch)? {
             report.batches += 1;
             report.changes += batch.changes.len() as u64;
         }

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use sovereign_db::rusqlite::Connection;
 use sovereign_db_plugins::TrustedPluginStore;
+use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog};
 
 use crate::{Freshness, SyncError, SyncSettings, full, publish};
 
 /// How often the near-real-time worker looks for new changes.
 const POLL: Duration = Duration::from_millis(2);
 /// Longest wait after repeated failures.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Opens what the worker needs.
 pub struct SyncTarget {
@@ -25,7 +26,13 @@ pub struct SyncTarget {
     pub core_path: PathBuf,
     /// Opens the mirror's trusted handle (the plugin store, or the mirror file).
     pub open_mirror: Box<dyn Fn() -> Result<TrustedPluginStore, SyncError> + Send>,
+    /// Applies a batch in another process (the running extension host); `None` when it
+    /// is not available, in which case the batch is applied here.
+    pub push: Option<Push>,
 }
+
+/// Hands a batch to another process; `None` when that process is not available.
+pub type Push = Box<dyn Fn(&MirrorCatalog, &MirrorBatch) -> Option<Result<bool, SyncError>> + Send>;
 
 /// A running sync worker; stops when dropped.
 pub struct SyncWorker {
@@ -125,7 +132,14 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                     &|_, _| {},
                 )?;
             }
-            let report = publish::catch_up(core, mirror, &settings.catalog, settings.batch_size)?;
+            let catalog = &settings.catalog;
+            let report =
+                publish::catch_up_with(core, mirror, catalog, settings.batch_size, &|batch| {
+                    match target.push.as_ref().and_then(|push| push(catalog, batch)) {
+                        Some(result) => result,
+                        None => Ok(mirror.apply_batch(catalog, batch, crate::now_ms())?),
+                    }
+                })?;
             seen_seq = report.watermark;
             if report.changes > 0 {
                 tracing::debug!(

@@ -9,8 +9,13 @@ use anyhow::{Context, bail};
 use clap::Args;
 use sovereign_config::Config;
 use sovereign_db_core::users::{self, NewUser, Role};
-use sovereign_kernel::host::HostCommand;
+use sovereign_db_plugins::SqlValue;
+use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog};
+use sovereign_kernel::host::{CallError, HostCommand, HostHandle};
 use sovereign_kernel::{Kernel, KernelOptions, RuntimeLock};
+use sovereign_protocol::{MirrorChangeWire, MirrorSliceSpec, WireValue};
+use sovereign_sync::SyncError;
+use sovereign_sync::worker::Push;
 
 use sovereign_sync::worker::{SyncTarget, SyncWorker};
 
@@ -199,19 +204,74 @@ fn ensure_first_admin(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Installs change capture and starts the sync worker (near-real-time or scheduled).
-fn start_sync(config: &Config) -> anyhow::Result<SyncWorker> {
+/// Installs change capture and starts the sync worker (near-real-time or scheduled).
+/// With the mirror in the plugin store, batches are pushed to the running extension host,
+/// which applies them; while the host is unavailable they are applied here.
+fn start_sync(config: &Config, host: Option<HostHandle>) -> anyhow::Result<SyncWorker> {
     let settings = plugin_support::sync_settings(config)?;
     let core = sovereign_db_core::open_existing(&config.core_db_path())?;
     sovereign_sync::capture::install(&core, &settings.catalog)?;
     let mirror_config = config.clone();
     let mirror_settings = settings.clone();
+    let push = host
+        .filter(|_| settings.layout == sovereign_sync::MirrorLayout::PluginStore)
+        .map(|host| -> Push {
+            let runtime = tokio::runtime::Handle::current();
+            Box::new(move |catalog: &MirrorCatalog, batch: &MirrorBatch| {
+                if !matches!(
+                    host.state(),
+                    sovereign_kernel::host::HostState::Running { .. }
+                ) {
+                    return None;
+                }
+                let (slices, changes) = to_wire(catalog, batch);
+                match runtime.block_on(host.apply_mirror(slices, batch.upto_seq, changes)) {
+                    Ok(applied) => Some(Ok(applied)),
+                    Err(CallError::Unavailable { .. }) => None,
+                    Err(e) => Some(Err(SyncError::Applier(format!("{e:?}")))),
+                }
+            })
+        });
     Ok(SyncWorker::spawn(
         settings,
         SyncTarget {
             core_path: config.core_db_path(),
             open_mirror: Box::new(move || mirror_settings.open_mirror(&mirror_config)),
+            push,
         },
     ))
+}
+
+/// A batch in the protocol's terms.
+fn to_wire(
+    catalog: &MirrorCatalog,
+    batch: &MirrorBatch,
+) -> (Vec<MirrorSliceSpec>, Vec<MirrorChangeWire>) {
+    let slices = catalog
+        .slices()
+        .iter()
+        .map(|s| MirrorSliceSpec {
+            name: s.name.clone(),
+            columns: s.columns.clone(),
+        })
+        .collect();
+    let value = |v: &SqlValue| match v {
+        SqlValue::Null => WireValue::Null,
+        SqlValue::Integer(i) => WireValue::Integer(*i),
+        SqlValue::Real(f) => WireValue::Real(*f),
+        SqlValue::Text(t) => WireValue::Text(t.clone()),
+        SqlValue::Blob(b) => WireValue::Blob(b.clone()),
+    };
+    let changes = batch
+        .changes
+        .iter()
+        .map(|c| MirrorChangeWire {
+            slice: c.slice.clone(),
+            key: c.key,
+            row: c.row.as_ref().map(|r| r.iter().map(value).collect()),
+        })
+        .collect();
+    (slices, changes)
 }
 
 fn start(
@@ -220,7 +280,6 @@ fn start(
     mut lock: RuntimeLock,
     require_sandbox: bool,
 ) -> anyhow::Result<ExitCode> {
-    let sync = start_sync(config)?;
     let host = host_command(config, require_sandbox)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -245,6 +304,7 @@ fn start(
                 }
             });
         }
+        let sync = start_sync(config, kernel.host())?;
         lock.record_address(&kernel.local_addr().to_string())?;
         let shutdown = sovereign_kernel::shutdown_signal()?;
         let mut out = std::io::stdout().lock();
@@ -258,10 +318,10 @@ fn start(
         out.flush()?;
         drop(out);
         kernel.serve(shutdown).await?;
+        tokio::task::spawn_blocking(move || sync.stop()).await?;
         tracing::info!("stopped");
         anyhow::Ok(())
     })?;
-    sync.stop();
     drop(lock);
     Ok(ExitCode::SUCCESS)
 }

@@ -107,6 +107,18 @@ fn the_running_platform_keeps_the_mirror_fresh() {
     assert_eq!(status["slices"][0]["built"], true);
     let out = w.sv_ok(&["sync:reconcile"]);
     assert!(out.contains("0 row(s) differ"), "{out}");
+    // Near-real-time batches were pushed to the running extension host, which applied them.
+    let host_pid = server.get("/health", None).body["extension_host"]["pid"]
+        .as_i64()
+        .unwrap();
+    let applied_by: i64 = raw(&w.plugins_db())
+        .query_row(
+            "SELECT value FROM _sv_mirror_state WHERE key = 'applied_by_pid'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(applied_by, host_pid);
 }
 
 #[test]
