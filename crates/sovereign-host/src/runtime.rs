@@ -387,31 +387,16 @@ impl Runtime {
         let db = state.db;
         let result = match outcome {
             Ok(response) if response.status < 500 => match db.commit() {
-                Ok(()) => Ok(HttpResponse {
-                    status: response.status,
-                    headers: response
-                        .headers
-                        .into_iter()
-                        .map(|h| (h.name, h.value))
-                        .collect(),
-                    body: response.body,
-                }),
+                Ok(()) => Ok(to_http(response)),
                 Err(e) => {
                     let _ = db.rollback();
                     Err(HostError::Internal(format!("commit failed: {e}")))
                 }
             },
+            // A 5xx answer is the plugin saying it failed: nothing of it is kept.
             Ok(response) => {
                 let _ = db.rollback();
-                Ok(HttpResponse {
-                    status: response.status,
-                    headers: response
-                        .headers
-                        .into_iter()
-                        .map(|h| (h.name, h.value))
-                        .collect(),
-                    body: response.body,
-                })
+                Ok(to_http(response))
             }
             Err(trap) => {
                 let _ = db.rollback();
@@ -452,6 +437,18 @@ impl Runtime {
                 tracing::warn!(plugin = %loaded.id, error = %e, "cannot mark events delivered");
             }
         }
+    }
+}
+
+fn to_http(response: types::Response) -> HttpResponse {
+    HttpResponse {
+        status: response.status,
+        headers: response
+            .headers
+            .into_iter()
+            .map(|h| (h.name, h.value))
+            .collect(),
+        body: response.body,
     }
 }
 
