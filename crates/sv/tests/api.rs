@@ -2,9 +2,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
-
 use common::Workdir;
 use serde_json::json;
 
@@ -294,26 +291,17 @@ fn users_create_from_the_command_line() {
     let err = w.sv_err(&["users", "create", "--admin", "--email", "ops@example.com"]);
     assert!(err.contains("sv migrate:deploy"), "{err}");
     w.sv_ok(&["migrate:deploy"]);
-    let mut child = w
-        .command(&[
+    let out = w.sv_with_input(
+        &[
             "users",
             "create",
             "--admin",
             "--email",
             "ops@example.com",
             "--password-stdin",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"ops password 123\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        ],
+        "ops password 123\n",
+    );
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("created admin ops@example.com"), "{text}");

@@ -29,20 +29,7 @@ fn platform(with_hostile: bool) -> (Workdir, Server, String) {
     for p in packages {
         w.sv_ok(&["plugins", "install", p.to_str().unwrap(), "--yes"]);
     }
-    let mut child = w
-        .command(&[
-            "users",
-            "create",
-            "--admin",
-            "--email",
-            "root@example.com",
-            "--password-stdin",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    common::feed(&mut child, "root password 1\n");
-    assert!(child.wait().unwrap().success());
+    w.create_user("root@example.com", "root password 1", true);
     let server = w.start(&["serve"]);
     wait_running(&server);
     let token = server.login("root@example.com", "root password 1");
@@ -424,19 +411,7 @@ fn a_plugin_installed_while_the_platform_runs_is_served_without_a_manual_restart
         repo_plugin("tasks").to_str().unwrap(),
         "--yes",
     ]);
-    let mut child = w
-        .command(&[
-            "users",
-            "create",
-            "--email",
-            "u@example.com",
-            "--password-stdin",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    common::feed(&mut child, "user password 1\n");
-    assert!(child.wait().unwrap().success());
+    w.create_user("u@example.com", "user password 1", false);
     let server = w.start(&["serve"]);
     wait_running(&server);
     let token = server.login("u@example.com", "user password 1");

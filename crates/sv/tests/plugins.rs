@@ -231,24 +231,13 @@ fn plugins_sql_runs_exactly_as_the_plugin_would() {
 
 #[test]
 fn the_db_shell_reads_statements_until_semicolons() {
-    use std::io::Write;
-    use std::process::Stdio;
     let w = setup();
     let pkg = package(&w, "tasks", &tasks_manifest("shared"), &[TASKS_MIGRATION]);
     w.sv_ok(&["plugins", "install", path_str(&pkg), "--yes"]);
-    let mut child = w
-        .command(&["plugins", "db", "shell", "tasks"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b".tables\nINSERT INTO tasks__items (title)\n  VALUES ('from shell');\nSELECT count(*) AS n FROM tasks__items;\nSELECT * FROM notes__x;\n.quit\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = w.sv_with_input(
+        &["plugins", "db", "shell", "tasks"],
+        ".tables\nINSERT INTO tasks__items (title)\n  VALUES ('from shell');\nSELECT count(*) AS n FROM tasks__items;\nSELECT * FROM notes__x;\n.quit\n",
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("table    tasks__items"), "{text}");
     assert!(text.contains("1 row(s) affected"), "{text}");

@@ -60,6 +60,33 @@ impl Workdir {
         self.command(args).stdin(Stdio::null()).output().unwrap()
     }
 
+    /// Runs `sv` with `input` on its standard input.
+    pub fn sv_with_input(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        feed(&mut child, input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// Creates a user from the command line with the given password.
+    pub fn create_user(&self, email: &str, password: &str, admin: bool) {
+        let mut args = vec!["users", "create", "--email", email, "--password-stdin"];
+        if admin {
+            args.push("--admin");
+        }
+        let out = self.sv_with_input(&args, &format!("{password}\n"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `sv` and asserts success, returning stdout.
     pub fn sv_ok(&self, args: &[&str]) -> String {
         let out = self.sv(args);
