@@ -192,9 +192,11 @@ pub fn catch_up(
     catalog: &MirrorCatalog,
     batch_size: usize,
 ) -> Result<CatchUp, SyncError> {
-    catch_up_with(core, mirror, catalog, batch_size, &|batch| {
+    let report = catch_up_with(core, mirror, catalog, batch_size, &|batch| {
         Ok(mirror.apply_batch(catalog, batch, now_ms())?)
-    })
+    })?;
+    acknowledge(core, report.watermark)?;
+    Ok(report)
 }
 
 /// Applies a batch somewhere (here, or in the extension host); `Ok(false)` if it was
@@ -202,7 +204,8 @@ pub fn catch_up(
 pub type Applier<'a> = &'a dyn Fn(&MirrorBatch) -> Result<bool, SyncError>;
 
 /// Like [`catch_up`], with batches applied by `apply`; the watermark is read from
-/// `mirror`.
+/// `mirror`. Does not acknowledge: the caller calls [`acknowledge`] with the returned
+/// watermark when it suits it (pruning is only ever up to what was applied).
 pub fn catch_up_with(
     core: &Connection,
     mirror: &TrustedPluginStore,
@@ -219,7 +222,6 @@ pub fn catch_up_with(
             report.batches += 1;
             report.changes += batch.changes.len() as u64;
         }
-        acknowledge(core, batch.upto_seq)?;
         report.watermark = batch.upto_seq;
     }
     Ok(report)

@@ -17,6 +17,10 @@ use crate::{Freshness, SyncError, SyncSettings, full, publish};
 
 /// How often the near-real-time worker looks for new changes.
 const POLL: Duration = Duration::from_millis(2);
+/// How often applied changes are pruned from the core outbox while changes keep coming.
+const ACK_EVERY: Duration = Duration::from_millis(250);
+/// How often the mirror is checked for needing a rebuild (and always after reopening it).
+const REBUILD_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -86,6 +90,9 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
     let mut core: Option<Connection> = None;
     let mut mirror: Option<TrustedPluginStore> = None;
     let mut seen_seq = -1i64;
+    let mut acked_seq = -1i64;
+    let mut last_ack = Instant::now();
+    let mut last_rebuild_check: Option<Instant> = None;
     let mut next_scheduled = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let due = match settings.freshness {
@@ -108,6 +115,12 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                     |r| r.get(0),
                 )?;
                 if newest == seen_seq && mirror.is_some() {
+                    // Idle: prune what was applied.
+                    if acked_seq < seen_seq {
+                        publish::acknowledge(core, seen_seq)?;
+                        acked_seq = seen_seq;
+                        last_ack = Instant::now();
+                    }
                     return Ok(false);
                 }
                 // Coalesce: let a burst of commits land in one batch.
@@ -122,15 +135,18 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                 mirror = Some(opened);
             }
             let mirror = mirror.as_ref().expect("opened above");
-            if let Some(reason) = publish::needs_rebuild(core, mirror, &settings.catalog)? {
-                tracing::info!(?reason, "building the mirror from the core");
-                full::full_resync(
-                    core,
-                    &target.core_path,
-                    mirror,
-                    &settings.catalog,
-                    &|_, _| {},
-                )?;
+            if last_rebuild_check.is_none_or(|t| t.elapsed() >= REBUILD_CHECK_EVERY) {
+                if let Some(reason) = publish::needs_rebuild(core, mirror, &settings.catalog)? {
+                    tracing::info!(?reason, "building the mirror from the core");
+                    full::full_resync(
+                        core,
+                        &target.core_path,
+                        mirror,
+                        &settings.catalog,
+                        &|_, _| {},
+                    )?;
+                }
+                last_rebuild_check = Some(Instant::now());
             }
             let catalog = &settings.catalog;
             let report =
@@ -141,6 +157,13 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                     }
                 })?;
             seen_seq = report.watermark;
+            // Pruning the outbox writes core.db; under a stream of core writes it is done
+            // a few times a second, not after every batch.
+            if acked_seq < seen_seq && last_ack.elapsed() >= ACK_EVERY {
+                publish::acknowledge(core, seen_seq)?;
+                acked_seq = seen_seq;
+                last_ack = Instant::now();
+            }
             if report.changes > 0 {
                 tracing::debug!(
                     changes = report.changes,
@@ -171,6 +194,7 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                 }
                 // Reopen the mirror next time: it may have been replaced or repaired.
                 mirror = None;
+                last_rebuild_check = None;
                 sleep_unless_stopped(stop, backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }

@@ -241,7 +241,10 @@ fn health_reports_the_core_ok_when_the_plugin_store_is_missing_or_broken() {
     w.sv_ok(&["migrate:deploy", "--scope=core"]);
     let server = w.start(&["serve"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while server.get("/health", None).body["plugins"]["status"] != "ok" {
+    // Wait for the first sync and for the extension host (which opens the store too).
+    while server.get("/health", None).body["plugins"]["status"] != "ok"
+        || server.get("/health", None).body["extension_host"]["status"] != "running"
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "the first sync never built the plugin store"
