@@ -30,6 +30,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_events.sql",
         include_str!("../migrations/0003_events.sql"),
     ),
+    (
+        "0004_plugin_load_state.sql",
+        include_str!("../migrations/0004_plugin_load_state.sql"),
+    ),
 ];
 
 /// The core migration set.

@@ -23,6 +23,39 @@ pub struct PluginRecord {
     pub manifest: String,
     /// Granted mirror columns as `(slice, column)`.
     pub grants: Vec<(String, String)>,
+    /// What the extension host last reported when loading it.
+    pub load: LoadState,
+}
+
+/// Whether the extension host could load a plugin, as last reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LoadState {
+    /// No host has reported on it yet (installed while the platform was stopped).
+    #[default]
+    NotReported,
+    /// Loaded.
+    Loaded {
+        /// When it was reported.
+        at: String,
+    },
+    /// The host could not load it.
+    Failed {
+        /// Why.
+        error: String,
+        /// When it was reported.
+        at: String,
+    },
+}
+
+/// Records what the host reported for plugin `id` (`None` = loaded).
+pub fn record_load(conn: &Connection, id: &str, error: Option<&str>) -> Result<(), CoreError> {
+    conn.execute(
+        "UPDATE plugins SET load_error = ?2, load_reported_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+         WHERE id = ?1",
+        params![id, error],
+    )?;
+    Ok(())
 }
 
 /// Registers or updates a plugin and replaces its grants, in one transaction.
@@ -74,9 +107,12 @@ pub fn list(conn: &Connection) -> Result<Vec<PluginRecord>, CoreError> {
 pub fn get(conn: &Connection, id: &str) -> Result<Option<PluginRecord>, CoreError> {
     let Some(mut record) = conn
         .query_row(
-            "SELECT id, name, version, database_mode, enabled, manifest FROM plugins WHERE id = ?1",
+            "SELECT id, name, version, database_mode, enabled, manifest, load_error, load_reported_at
+             FROM plugins WHERE id = ?1",
             [id],
             |r| {
+                let error: Option<String> = r.get(6)?;
+                let at: Option<String> = r.get(7)?;
                 Ok(PluginRecord {
                     id: r.get(0)?,
                     name: r.get(1)?,
@@ -85,6 +121,11 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<PluginRecord>, CoreErro
                     enabled: r.get(4)?,
                     manifest: r.get(5)?,
                     grants: vec![],
+                    load: match (error, at) {
+                        (_, None) => LoadState::NotReported,
+                        (None, Some(at)) => LoadState::Loaded { at },
+                        (Some(error), Some(at)) => LoadState::Failed { error, at },
+                    },
                 })
             },
         )

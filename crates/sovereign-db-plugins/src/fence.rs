@@ -116,7 +116,12 @@ impl Policy {
     /// CREATE/DROP/ALTER, whose internal bookkeeping reads `sqlite_schema`; such a
     /// statement's own text was checked to name nothing outside the plugin's reach.
     pub fn decide(&self, ctx: &AuthContext<'_>, ddl: bool) -> Decision {
-        let db = ctx.database_name;
+        // For ALTER TABLE the schema is the action's own argument; the context's fourth
+        // argument is the column of `DROP COLUMN`, not a schema.
+        let db = match ctx.action {
+            AuthAction::AlterTable { database_name, .. } => Some(database_name),
+            _ => ctx.database_name,
+        };
         if db == Some("temp") {
             // ALTER TABLE ... RENAME also fixes up the (always empty) temp schema.
             let temp_bookkeeping = matches!(ctx.action,
@@ -336,7 +341,7 @@ impl Policy {
         strict: bool,
         exists: &dyn Fn(&str) -> bool,
     ) -> Option<String> {
-        identifiers(sql).into_iter().find(|ident| {
+        lex(sql).identifiers.into_iter().find(|ident| {
             let lower = ident.to_ascii_lowercase();
             if SQLITE_FUNCTIONS.contains(&lower.as_str()) {
                 return false;
@@ -365,22 +370,56 @@ const SQLITE_FUNCTIONS: &[&str] = &[
     "sqlite_offset",
 ];
 
-/// Identifier-like tokens of `sql`: bare words and the contents of `"..."`, `` `...` ``
-/// and `[...]`. String literals and comments are skipped.
-fn identifiers(sql: &str) -> Vec<String> {
-    let mut out = Vec::new();
+/// Whether SQLite's tokenizer treats byte `b` as part of an identifier (`IdChar` in
+/// tokenize.c): ASCII letters and digits, `_`, `$`, and every byte of a non-ASCII
+/// UTF-8 character.
+fn is_id_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// The end of a quoted token starting at `start` (the opening quote), where a doubled
+/// closing quote stands for itself; returns the unescaped content and the index after it.
+fn quoted(bytes: &[u8], start: usize, close: u8, doubled_escapes: bool) -> (Vec<u8>, usize) {
+    let mut content = Vec::new();
+    let mut i = start + 1;
+    while i < bytes.len() {
+        if bytes[i] == close {
+            if doubled_escapes && bytes.get(i + 1) == Some(&close) {
+                content.push(close);
+                i += 2;
+                continue;
+            }
+            return (content, i + 1);
+        }
+        content.push(bytes[i]);
+        i += 1;
+    }
+    (content, i)
+}
+
+/// What the fence's text check sees of a statement: its identifiers (bare words and
+/// the contents of `"..."`, `` `...` `` and `[...]`, unescaped) and how deeply its
+/// parentheses nest. It lexes as SQLite does: `$` continues an identifier, non-ASCII
+/// bytes are identifier characters, string literals, blob literals, numbers, bound
+/// parameters (`?1`, `:x`, `@x`, `$x`) and comments are no identifiers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Lexed {
+    /// Identifier tokens, in order.
+    pub identifiers: Vec<String>,
+    /// The deepest parenthesis nesting.
+    pub max_depth: usize,
+}
+
+/// Lexes `sql` (see [`Lexed`]).
+pub fn lex(sql: &str) -> Lexed {
+    let mut out = Lexed::default();
     let bytes = sql.as_bytes();
+    let mut depth = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
         match c {
-            b'\'' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'\'' {
-                    i += 1;
-                }
-                i += 1;
-            }
+            b'\'' => i = quoted(bytes, i, b'\'', true).1,
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
                 while i < bytes.len() && bytes[i] != b'\n' {
                     i += 1;
@@ -394,23 +433,45 @@ fn identifiers(sql: &str) -> Vec<String> {
                 i += 2;
             }
             b'"' | b'`' | b'[' => {
-                let close = if c == b'[' { b']' } else { c };
-                let start = i + 1;
-                i = start;
-                while i < bytes.len() && bytes[i] != close {
-                    i += 1;
-                }
-                out.push(String::from_utf8_lossy(&bytes[start..i.min(bytes.len())]).into_owned());
+                let (close, doubled) = if c == b'[' { (b']', false) } else { (c, true) };
+                let (content, next) = quoted(bytes, i, close, doubled);
+                out.identifiers
+                    .push(String::from_utf8_lossy(&content).into_owned());
+                i = next;
+            }
+            b'(' => {
+                depth += 1;
+                out.max_depth = out.max_depth.max(depth);
                 i += 1;
             }
-            c if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 => {
-                let start = i;
-                while i < bytes.len()
-                    && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] >= 0x80)
-                {
+            b')' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            // Bound parameters: `?NNN`, `:name`, `@name`, `$name`.
+            b'?' | b':' | b'@' | b'$' => {
+                i += 1;
+                while i < bytes.len() && is_id_char(bytes[i]) {
                     i += 1;
                 }
-                out.push(String::from_utf8_lossy(&bytes[start..i]).into_owned());
+            }
+            // Numbers (and whatever SQLite would reject as glued to them).
+            b'0'..=b'9' => {
+                while i < bytes.len() && (is_id_char(bytes[i]) || bytes[i] == b'.') {
+                    i += 1;
+                }
+            }
+            // `x'...'` is a blob literal, not the identifier `x`.
+            b'x' | b'X' if bytes.get(i + 1) == Some(&b'\'') => {
+                i = quoted(bytes, i + 1, b'\'', true).1;
+            }
+            c if is_id_char(c) => {
+                let start = i;
+                while i < bytes.len() && is_id_char(bytes[i]) {
+                    i += 1;
+                }
+                out.identifiers
+                    .push(String::from_utf8_lossy(&bytes[start..i]).into_owned());
             }
             _ => i += 1,
         }
@@ -431,6 +492,30 @@ mod tests {
         assert!(!p.in_namespace("tasks_items"));
         assert!(!p.in_namespace("tasks2__items"));
         assert!(!p.in_namespace("notes__items"));
+    }
+
+    #[test]
+    fn the_lexer_reads_identifiers_as_sqlite_does() {
+        let ids = |sql: &str| lex(sql).identifiers;
+        assert_eq!(ids("SELECT a$b FROM t"), ["SELECT", "a$b", "FROM", "t"]);
+        assert_eq!(
+            ids("SELECT \"a\"\"b\" FROM `c``d` JOIN [e\"f]"),
+            ["SELECT", "a\"b", "FROM", "c`d", "JOIN", "e\"f"]
+        );
+        assert_eq!(
+            ids("SELECT 'it''s', x'00ff', 1e5, ?1, :name, @v, $w FROM t"),
+            ["SELECT", "FROM", "t"]
+        );
+        assert_eq!(
+            ids("SELECT ünï__cödé FROM t"),
+            ["SELECT", "ünï__cödé", "FROM", "t"]
+        );
+        assert_eq!(
+            ids("SELECT 1 -- x__y\n/* y__z */ FROM t"),
+            ["SELECT", "FROM", "t"]
+        );
+        assert_eq!(lex("SELECT ((1)) + (2)").max_depth, 2);
+        assert_eq!(lex("SELECT '((((('").max_depth, 0);
     }
 
     #[test]
@@ -462,6 +547,11 @@ mod tests {
         assert_eq!(
             p.foreign_reference("SELECT * FROM notes__gone", true, &exists),
             Some("notes__gone".into())
+        );
+        let exists = |name: &str| name == "notes__a$b";
+        assert_eq!(
+            p.foreign_reference("SELECT count(*) FROM notes__a$b", false, &exists),
+            Some("notes__a$b".into())
         );
     }
 }

@@ -41,6 +41,14 @@ pub enum PluginStoreError {
          underscores, starting with a letter (no `__`, no trailing `_`)"
     )]
     BadId(String),
+    /// A plugin id is well formed but reserved.
+    #[error("{id:?} cannot be a plugin id: {why}")]
+    ReservedId {
+        /// The id.
+        id: String,
+        /// Why it is reserved.
+        why: String,
+    },
     /// A SQLite failure in the store's own (trusted) operations.
     #[error("plugin store: {0}")]
     Sqlite(String),
@@ -69,6 +77,74 @@ pub fn is_valid_plugin_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// Ids whose namespace (`<id>__`) or name the platform or SQLite itself owns.
+const RESERVED_IDS: &[(&str, &str)] = &[
+    (
+        "core",
+        "its namespace `core__` holds the mirror of core data",
+    ),
+    (
+        "sv",
+        "`sv` and `_sv_` names belong to the platform's bookkeeping",
+    ),
+    (
+        "sqlite",
+        "SQLite reserves every name starting with `sqlite_`",
+    ),
+    ("main", "`main` is the name of SQLite's main schema"),
+    ("temp", "`temp` is the name of SQLite's temporary schema"),
+    (
+        "temporary",
+        "`temporary` is a SQLite keyword naming the temporary schema",
+    ),
+    (
+        "mirror",
+        "`mirror` is the schema isolated plugins read the mirror from",
+    ),
+    ("pragma", "`pragma_` names are SQLite's pragma functions"),
+    ("dbstat", "`dbstat` is SQLite's storage statistics table"),
+];
+
+/// Prefixes (`<prefix>_...`) of ids whose namespace would collide with SQLite or the
+/// platform: `sqlite_x__t` is a name SQLite reserves, `pragma_x` a pragma function, `sv_`
+/// and `core_` are kept for the platform.
+const RESERVED_ID_PREFIXES: &[&str] = &["sqlite_", "pragma_", "sv_", "core_"];
+
+/// Why `id` may not be a plugin id although it is well formed, if it is reserved. Ids
+/// are compared without regard to case, as SQLite compares names.
+pub fn reserved_id(id: &str) -> Option<String> {
+    let lower = id.to_ascii_lowercase();
+    if let Some((name, why)) = RESERVED_IDS.iter().find(|(name, _)| *name == lower) {
+        return Some(format!("the id {name:?} is reserved: {why}"));
+    }
+    if lower.starts_with('_') {
+        return Some("ids starting with `_` are reserved for the platform".into());
+    }
+    RESERVED_ID_PREFIXES
+        .iter()
+        .find(|prefix| lower.starts_with(*prefix))
+        .map(|prefix| format!("ids starting with `{prefix}` are reserved: their namespace would collide with names SQLite or the platform owns"))
+}
+
+/// Whether `id` may be installed: well formed and not reserved.
+pub fn is_installable_plugin_id(id: &str) -> bool {
+    is_valid_plugin_id(id) && reserved_id(id).is_none()
+}
+
+/// Checks that `id` is well formed and not reserved.
+pub fn check_plugin_id(id: &str) -> Result<(), PluginStoreError> {
+    if !is_valid_plugin_id(id) {
+        return Err(PluginStoreError::BadId(id.to_owned()));
+    }
+    match reserved_id(id) {
+        Some(why) => Err(PluginStoreError::ReservedId {
+            id: id.to_owned(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The migration scope of plugin `id` in `_sv_migrations`.
 pub fn migration_scope(id: &str) -> String {
     format!("plugin:{id}")
@@ -84,9 +160,7 @@ pub fn open_shared_store(path: &Path) -> Result<Connection, PluginStoreError> {
 
 /// The migrations of plugin `id`, read from `<plugins_dir>/<id>/migrations/`.
 pub fn plugin_migrations(plugins_dir: &Path, id: &str) -> Result<MigrationSet, PluginStoreError> {
-    if !is_valid_plugin_id(id) {
-        return Err(PluginStoreError::BadId(id.to_owned()));
-    }
+    check_plugin_id(id)?;
     Ok(MigrationSet::from_dir(
         &migration_scope(id),
         &plugins_dir.join(id).join("migrations"),
@@ -116,9 +190,7 @@ pub fn discover_plugins(plugins_dir: &Path) -> Result<Vec<String>, PluginStoreEr
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_owned();
-        if !is_valid_plugin_id(&id) {
-            return Err(PluginStoreError::BadId(id));
-        }
+        check_plugin_id(&id)?;
         ids.push(id);
     }
     ids.sort();
@@ -146,6 +218,42 @@ mod tests {
             &"a".repeat(33),
         ] {
             assert!(!is_valid_plugin_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_that_collide_with_platform_or_sqlite_names_are_reserved() {
+        for reserved in [
+            "core",
+            "CORE",
+            "Core",
+            "sv",
+            "_sv",
+            "_x",
+            "sqlite",
+            "sqlite_x",
+            "main",
+            "temp",
+            "mirror",
+            "pragma",
+            "pragma_table",
+            "dbstat",
+            "sv_x",
+            "core_users",
+        ] {
+            assert!(reserved_id(reserved).is_some(), "{reserved}");
+            assert!(!is_installable_plugin_id(reserved), "{reserved}");
+        }
+        for ok in [
+            "tasks",
+            "notes",
+            "coreutils",
+            "svelte",
+            "maintenance",
+            "temperature",
+        ] {
+            assert_eq!(reserved_id(ok), None, "{ok}");
+            assert!(is_installable_plugin_id(ok), "{ok}");
         }
     }
 

@@ -194,6 +194,8 @@ impl Manifest {
                     self.id
                 ),
             );
+        } else if let Some(why) = crate::reserved_id(&self.id) {
+            problem("$.id".into(), format!("{why}; choose another id"));
         }
         if self.name.trim().is_empty() || self.name.chars().count() > 100 {
             problem("$.name".into(), "must be 1 to 100 characters".into());

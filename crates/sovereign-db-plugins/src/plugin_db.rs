@@ -14,15 +14,18 @@ use sovereign_db::rusqlite::limits::Limit;
 use sovereign_db::rusqlite::{self, Connection, ErrorCode, OptionalExtension, params_from_iter};
 use sovereign_db::{MigrationSet, OpenOptions, StoreKind};
 
-use crate::fence::{Decision, MIRROR_SCHEMA, Policy};
+use crate::fence::{Decision, MIRROR_SCHEMA, Policy, lex};
 use crate::manifest::{DatabaseMode, Limits};
 use crate::value::SqlValue;
-use crate::{PluginStoreError, is_valid_plugin_id};
+use crate::{PluginStoreError, check_plugin_id};
 
 /// Most rows one query may return.
 pub const MAX_RESULT_ROWS: usize = 10_000;
 /// Most bytes (of values) one query may return.
 pub const MAX_RESULT_BYTES: usize = 8 * 1024 * 1024;
+/// Deepest parenthesis nesting a statement may have (SQLite's expression depth limit
+/// does not count parentheses).
+pub const MAX_NESTING: usize = 64;
 
 /// The `sqlite3_limit`s of every plugin connection: tight, but enough for a real app.
 const SQLITE_LIMITS: &[(Limit, i32)] = &[
@@ -137,6 +140,17 @@ pub enum FenceError {
         plugin: String,
         /// SQLite's message.
         message: String,
+    },
+    /// A statement ended the request's transaction (`RAISE(ROLLBACK)` in a trigger,
+    /// `INSERT OR ROLLBACK`, ...): everything the request wrote is gone, and nothing
+    /// more runs in it.
+    #[error(
+        "plugin {plugin}: a statement ended the request's transaction (RAISE(ROLLBACK) or OR ROLLBACK); \
+         the request's writes were rolled back and it cannot continue"
+    )]
+    TransactionEnded {
+        /// Plugin id.
+        plugin: String,
     },
     /// An ordinary SQL error in the plugin's own statement (syntax, constraint, ...).
     #[error("plugin {plugin}: {message}")]
@@ -254,6 +268,10 @@ pub struct PluginDb {
     quota: Cell<Option<QuotaState>>,
     denied: Cell<u64>,
     checked: CheckedTexts,
+    /// Set between [`begin`](Self::begin) and commit/rollback: the host's transaction.
+    in_request: Cell<bool>,
+    /// Set when a statement ended the host's transaction; cleared by rollback.
+    request_ended: Cell<bool>,
 }
 
 impl std::fmt::Debug for PluginDb {
@@ -272,9 +290,7 @@ impl PluginDb {
         location: &StoreLocation,
         config: PluginDbConfig,
     ) -> Result<PluginDb, PluginStoreError> {
-        if !is_valid_plugin_id(&config.plugin_id) {
-            return Err(PluginStoreError::BadId(config.plugin_id));
-        }
+        check_plugin_id(&config.plugin_id)?;
         let id = config.plugin_id.clone();
         let path = location.file_for(&id, config.mode);
         let conn = sovereign_db::open_database(&path, &OpenOptions::plugins())?;
@@ -395,6 +411,8 @@ impl PluginDb {
             quota: Cell::new(None),
             denied: Cell::new(0),
             checked: CheckedTexts::default(),
+            in_request: Cell::new(false),
+            request_ended: Cell::new(false),
         };
         Ok(db)
     }
@@ -411,6 +429,11 @@ impl PluginDb {
 
     /// Runs exactly one statement as the plugin, behind the fence and its limits.
     pub fn execute(&self, sql: &str, params: &[SqlValue]) -> Result<Outcome, FenceError> {
+        if self.request_ended.get() {
+            return Err(FenceError::TransactionEnded {
+                plugin: self.plugin.clone(),
+            });
+        }
         if let Some(columns) = self.checked.get(sql) {
             return self.execute_prepared(sql, params, true, Some(columns));
         }
@@ -428,6 +451,14 @@ impl PluginDb {
                 });
             }
         };
+        if lex(text).max_depth > MAX_NESTING {
+            return Err(FenceError::Limit {
+                plugin: self.plugin.clone(),
+                message: format!(
+                    "the statement nests parentheses more than {MAX_NESTING} levels deep; simplify it"
+                ),
+            });
+        }
         let keyword = first_keyword(text);
         if let Some((action, object)) = match keyword.as_str() {
             "VACUUM" => Some(("vacuum", "the database")),
@@ -488,15 +519,19 @@ impl PluginDb {
         let mut stmt = prepared.map_err(|e| self.map_error(e, text))?;
         // Writes to the shared store are checked against the quota after they ran, inside
         // their transaction, so a write that goes over is undone. Deleting and dropping
-        // are never refused: that is how a plugin gets back under its quota.
-        let quota_checked = self.mode == DatabaseMode::Shared
-            && !stmt.get().readonly()
-            && !starts_with_keyword(text, "DELETE")
-            && !starts_with_keyword(text, "DROP");
-        let own_transaction = quota_checked && self.conn.is_autocommit();
+        // are how a plugin gets back under its quota: they are refused only when they
+        // (through a trigger) made the store grow past it.
+        let writes = self.mode == DatabaseMode::Shared && !stmt.get().readonly();
+        let shrinking = starts_with_keyword(text, "DELETE") || starts_with_keyword(text, "DROP");
+        let own_transaction = writes && self.conn.is_autocommit();
         if own_transaction {
             self.internal_exec("BEGIN IMMEDIATE")?;
         }
+        let used_before = if writes && shrinking {
+            Some(self.used_pages()?)
+        } else {
+            None
+        };
         let deadline =
             self.guard.epoch.elapsed().as_millis() as u64 + u64::from(self.limits.statement_ms);
         self.guard.timed_out.store(false, Ordering::Relaxed);
@@ -514,12 +549,23 @@ impl PluginDb {
                 },
             })
             .and_then(|outcome| {
-                if quota_checked {
+                if self.in_request.get() && self.conn.is_autocommit() {
+                    return Err(self.transaction_ended());
+                }
+                let grew = match used_before {
+                    Some(before) => self.used_pages()? > before,
+                    None => writes,
+                };
+                if grew {
                     self.check_quota()?;
                 }
                 Ok(outcome)
             });
-        if own_transaction {
+        if self.in_request.get() && self.conn.is_autocommit() && !self.request_ended.get() {
+            // A statement that failed may have ended the transaction too.
+            return Err(self.transaction_ended());
+        }
+        if own_transaction && !self.conn.is_autocommit() {
             match &result {
                 Ok(_) => {
                     if let Err(e) = self.internal_exec("COMMIT") {
@@ -531,6 +577,21 @@ impl PluginDb {
             }
         }
         result
+    }
+
+    /// Marks the request's transaction as ended by the plugin's statement.
+    fn transaction_ended(&self) -> FenceError {
+        self.request_ended.set(true);
+        tracing::warn!(plugin = %self.plugin, "a plugin statement ended the request's transaction");
+        FenceError::TransactionEnded {
+            plugin: self.plugin.clone(),
+        }
+    }
+
+    /// Pages of the file in use (not on the free list): a cheap measure of growth.
+    fn used_pages(&self) -> Result<i64, FenceError> {
+        Ok(self.pragma_i64("PRAGMA main.page_count")?
+            - self.pragma_i64("PRAGMA main.freelist_count")?)
     }
 
     fn run_prepared(
@@ -589,6 +650,12 @@ impl PluginDb {
         let ran = self.execute_checked(text, params, false);
         self.guard.ddl.store(false, Ordering::SeqCst);
         let outcome = ran.and_then(|outcome| {
+            // A foreign key into a mirror table (or anything outside the namespace) would
+            // let plugin data veto the platform's writes there: the mirror writer must
+            // never be blockable by plugin schema.
+            if let Some((table, target)) = self.foreign_key_outside()? {
+                return Err(self.denied(format!("declare a foreign key from {table} to"), target));
+            }
             let after = self.schema_objects()?;
             for (kind, name) in after.difference(&before) {
                 let internal = name.starts_with("sqlite_autoindex_") || name == "sqlite_sequence";
@@ -696,22 +763,40 @@ impl PluginDb {
 
     /// Starts the transaction a plugin request runs in (the host owns transactions).
     pub fn begin(&self) -> Result<(), FenceError> {
-        self.internal_exec("BEGIN IMMEDIATE")
+        self.internal_exec("BEGIN IMMEDIATE")?;
+        self.start_request();
+        Ok(())
     }
 
     /// Starts a deferred transaction, for requests that are expected only to read: it
     /// takes no write lock unless a statement writes.
     pub fn begin_deferred(&self) -> Result<(), FenceError> {
-        self.internal_exec("BEGIN")
+        self.internal_exec("BEGIN")?;
+        self.start_request();
+        Ok(())
     }
 
-    /// Commits the request's transaction.
+    fn start_request(&self) {
+        self.in_request.set(true);
+        self.request_ended.set(false);
+    }
+
+    /// Commits the request's transaction; refused if a statement ended it.
     pub fn commit(&self) -> Result<(), FenceError> {
-        self.internal_exec("COMMIT")
+        if self.request_ended.get() || (self.in_request.get() && self.conn.is_autocommit()) {
+            return Err(FenceError::TransactionEnded {
+                plugin: self.plugin.clone(),
+            });
+        }
+        self.internal_exec("COMMIT")?;
+        self.in_request.set(false);
+        Ok(())
     }
 
     /// Rolls the request's transaction back (if one is open).
     pub fn rollback(&self) -> Result<(), FenceError> {
+        self.in_request.set(false);
+        self.request_ended.set(false);
         if self.conn.is_autocommit() {
             return Ok(());
         }
@@ -738,10 +823,28 @@ impl PluginDb {
 
     /// Applies the plugin's pending migrations, each statement behind the fence, so a
     /// migration cannot create or touch anything outside the plugin's namespace. The
-    /// tracking rows (scope `plugin:<id>`) are written by this trusted code.
+    /// tracking rows (scope `plugin:<id>`) are written by this trusted code. Each
+    /// migration commits on its own.
     pub fn migrate(&self, set: &MigrationSet) -> Result<Vec<String>, PluginStoreError> {
+        self.migrate_fenced(set, false)
+    }
+
+    /// Like [`migrate`](Self::migrate), but all pending migrations in one transaction:
+    /// after a failure nothing of any of them remains (what an install needs).
+    pub fn migrate_all_or_nothing(
+        &self,
+        set: &MigrationSet,
+    ) -> Result<Vec<String>, PluginStoreError> {
+        self.migrate_fenced(set, true)
+    }
+
+    fn migrate_fenced(
+        &self,
+        set: &MigrationSet,
+        all_or_nothing: bool,
+    ) -> Result<Vec<String>, PluginStoreError> {
         let _internal = Internal::enter(&self.guard);
-        let result = set.deploy_with(&self.conn, &mut |_conn, sql| {
+        let mut runner = |_conn: &Connection, sql: &str| {
             self.guard.internal.store(false, Ordering::SeqCst);
             let result = self
                 .execute(sql, &[])
@@ -749,7 +852,12 @@ impl PluginDb {
                 .map_err(|e| e.to_string());
             self.guard.internal.store(true, Ordering::SeqCst);
             result
-        });
+        };
+        let result = if all_or_nothing {
+            set.deploy_all_or_nothing_with(&self.conn, &mut runner)
+        } else {
+            set.deploy_with(&self.conn, &mut runner)
+        };
         Ok(result?)
     }
 
@@ -789,6 +897,29 @@ impl PluginDb {
             rows.collect()
         };
         run().map_err(|e| self.sql_error(e.to_string()))
+    }
+
+    /// The first foreign key of one of the plugin's tables whose parent table is not the
+    /// plugin's own: `(table, parent)`.
+    fn foreign_key_outside(&self) -> Result<Option<(String, String)>, FenceError> {
+        let _internal = Internal::enter(&self.guard);
+        let run = || -> rusqlite::Result<Vec<(String, String)>> {
+            self.conn
+                .prepare_cached(
+                    "SELECT m.name, f.\"table\" FROM main.sqlite_schema AS m,
+                         pragma_foreign_key_list(m.name, 'main') AS f
+                     WHERE m.type = 'table' AND lower(substr(m.name, 1, ?2)) = ?1",
+                )?
+                .query_map(
+                    rusqlite::params![format!("{}__", self.plugin), self.plugin.len() as i64 + 2],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+                .collect()
+        };
+        let references = run().map_err(|e| self.sql_error(e.to_string()))?;
+        Ok(references
+            .into_iter()
+            .find(|(_, parent)| !self.policy.in_namespace(parent)))
     }
 
     /// Storage quota of the shared store, checked inside the write's transaction: an

@@ -10,7 +10,7 @@ use sovereign_db::{OpenOptions, StoreKind};
 use sovereign_db::rusqlite::OptionalExtension;
 
 use crate::mirror::{MIRROR_PREFIX, MirrorBatch, MirrorCatalog, MirrorSlice};
-use crate::{PluginStoreError, is_valid_plugin_id, migration_scope};
+use crate::{PluginStoreError, check_plugin_id, migration_scope};
 
 /// A trusted connection to a plugin store file. Triggers and views are switched off on
 /// it: plugins may create both in their namespace, and trusted code must never run
@@ -41,6 +41,11 @@ impl TrustedPluginStore {
             .map_err(sqlite)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)
             .map_err(sqlite)?;
+        // Plugin tables' foreign keys must never veto the platform's writes (mirror
+        // batches, purges): the fence refuses keys into mirror tables, and this
+        // connection does not enforce any.
+        conn.pragma_update(None, "foreign_keys", false)
+            .map_err(sqlite)?;
         Ok(TrustedPluginStore {
             conn,
             path: path.to_owned(),
@@ -66,9 +71,7 @@ impl TrustedPluginStore {
 
     /// The schema objects (`type`, `name`) in plugin `id`'s namespace.
     pub fn plugin_objects(&self, id: &str) -> Result<Vec<(String, String)>, PluginStoreError> {
-        if !is_valid_plugin_id(id) {
-            return Err(PluginStoreError::BadId(id.to_owned()));
-        }
+        check_plugin_id(id)?;
         let prefix = format!("{id}__");
         let run = || -> rusqlite::Result<Vec<(String, String)>> {
             let mut stmt = self.conn.prepare(

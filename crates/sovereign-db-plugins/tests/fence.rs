@@ -674,3 +674,240 @@ fn an_isolated_plugin_has_its_own_file_and_reads_the_mirror_read_only() {
     let trusted = TrustedPluginStore::open_shared(&f.location.shared_store).unwrap();
     assert!(trusted.plugin_objects("journal").unwrap().is_empty());
 }
+
+/// The classes found by a second, held-out hostile corpus (each with its own case here).
+#[test]
+fn identifiers_with_dollar_signs_do_not_slip_past_the_text_check() {
+    let f = Fixture::new();
+    let notes = f.plugin("notes", DatabaseMode::Shared, vec![], Limits::default());
+    notes
+        .execute("CREATE TABLE notes__a$b (id INTEGER PRIMARY KEY)", &[])
+        .unwrap();
+    notes
+        .execute(
+            "CREATE TABLE \"notes__q\"\"x\" (id INTEGER PRIMARY KEY)",
+            &[],
+        )
+        .unwrap();
+    let tasks = f.tasks();
+    for sql in [
+        "SELECT count(*) FROM notes__a$b",
+        "SELECT EXISTS (SELECT 1 FROM notes__a$b)",
+        "SELECT count(*) FROM \"notes__q\"\"x\"",
+        "SELECT count(*) FROM `notes__q\"x`",
+    ] {
+        expect_denied(&tasks, sql);
+    }
+}
+
+#[test]
+fn a_trigger_cannot_write_past_the_storage_quota_even_from_a_delete() {
+    let f = Fixture::new();
+    let limits = Limits {
+        storage_mb: 1,
+        ..Limits::default()
+    };
+    let q = f.plugin("quota", DatabaseMode::Shared, vec![], limits);
+    for sql in [
+        "CREATE TABLE quota__a (id INTEGER PRIMARY KEY)",
+        "CREATE TABLE quota__log (body BLOB)",
+        "CREATE TRIGGER quota__grow AFTER DELETE ON quota__a BEGIN
+             INSERT INTO quota__log VALUES (randomblob(900000));
+             INSERT INTO quota__log VALUES (randomblob(900000));
+         END",
+        "INSERT INTO quota__a (id) VALUES (1)",
+    ] {
+        q.execute(sql, &[]).unwrap();
+    }
+    let err = q.execute("DELETE FROM quota__a", &[]).unwrap_err();
+    assert!(matches!(err, FenceError::Quota { .. }), "{err:?}");
+    let Outcome::Rows { rows, .. } = q.execute("SELECT count(*) FROM quota__log", &[]).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        rows[0][0],
+        SqlValue::Integer(0),
+        "the trigger's writes were undone"
+    );
+    // A plain delete (no growth) is never refused.
+    q.execute("DROP TRIGGER quota__grow", &[]).unwrap();
+    q.execute("DELETE FROM quota__a", &[]).unwrap();
+}
+
+#[test]
+fn a_statement_that_ends_the_request_transaction_ends_the_request() {
+    let f = Fixture::new();
+    let tasks = f.tasks();
+    tasks
+        .execute(
+            "CREATE TRIGGER tasks__abort BEFORE INSERT ON tasks__items WHEN NEW.title = 'boom'
+             BEGIN SELECT RAISE(ROLLBACK, 'no'); END",
+            &[],
+        )
+        .unwrap();
+    for attack in [
+        "INSERT INTO tasks__items (title) VALUES ('boom')",
+        "INSERT OR ROLLBACK INTO tasks__items (id, title) VALUES (1, 'dup')",
+    ] {
+        tasks
+            .execute(
+                "INSERT INTO tasks__items (id, title) VALUES (1, 'first')",
+                &[],
+            )
+            .unwrap();
+        tasks.begin().unwrap();
+        tasks
+            .execute(
+                "INSERT INTO tasks__items (title) VALUES ('in the request')",
+                &[],
+            )
+            .unwrap();
+        let err = tasks.execute(attack, &[]).unwrap_err();
+        assert!(
+            matches!(err, FenceError::TransactionEnded { .. }),
+            "{attack}: {err:?}"
+        );
+        // Nothing more runs in that request, and it cannot be committed.
+        let err = tasks
+            .execute("INSERT INTO tasks__items (title) VALUES ('after')", &[])
+            .unwrap_err();
+        assert!(
+            matches!(err, FenceError::TransactionEnded { .. }),
+            "{err:?}"
+        );
+        assert!(tasks.commit().is_err());
+        tasks.rollback().unwrap();
+        let Outcome::Rows { rows, .. } = tasks
+            .execute("SELECT group_concat(title) FROM tasks__items", &[])
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(rows[0][0], SqlValue::Text("first".into()), "{attack}");
+        tasks.execute("DELETE FROM tasks__items", &[]).unwrap();
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    let f = Fixture::new();
+    let tasks = f.tasks();
+    let nested = format!("SELECT {}1{}", "(".repeat(120), ")".repeat(120));
+    let err = tasks.execute(&nested, &[]).unwrap_err();
+    assert!(matches!(err, FenceError::Limit { .. }), "{err:?}");
+    let calls = format!("SELECT {}1{}", "abs(".repeat(120), ")".repeat(120));
+    let err = tasks.execute(&calls, &[]).unwrap_err();
+    assert!(matches!(err, FenceError::Limit { .. }), "{err:?}");
+    let fine = format!("SELECT {}1{}", "(".repeat(20), ")".repeat(20));
+    tasks.execute(&fine, &[]).unwrap();
+}
+
+#[test]
+fn every_ddl_form_works_on_the_plugins_own_objects() {
+    let f = Fixture::new();
+    let tasks = f.tasks();
+    for sql in [
+        "CREATE TABLE IF NOT EXISTS tasks__t (id INTEGER PRIMARY KEY, a TEXT, b TEXT, c INTEGER)",
+        "CREATE TABLE tasks__child (id INTEGER PRIMARY KEY, t INTEGER REFERENCES tasks__t (id) ON DELETE CASCADE)",
+        "INSERT INTO tasks__t (a, b, c) VALUES ('x', 'y', 1)",
+        "ALTER TABLE tasks__t ADD COLUMN d TEXT DEFAULT 'dd'",
+        "ALTER TABLE tasks__t DROP COLUMN b",
+        "ALTER TABLE tasks__t ADD COLUMN temp INTEGER",
+        "ALTER TABLE tasks__t DROP COLUMN temp",
+        "ALTER TABLE tasks__t RENAME COLUMN a TO title",
+        "ALTER TABLE tasks__t RENAME TO tasks__renamed",
+        "CREATE INDEX tasks__renamed_c ON tasks__renamed (c) WHERE c > 0",
+        "CREATE UNIQUE INDEX IF NOT EXISTS tasks__renamed_title ON tasks__renamed (lower(title))",
+        "REINDEX tasks__renamed_c",
+        "DROP INDEX tasks__renamed_c",
+        "CREATE VIEW tasks__v AS SELECT id, title FROM tasks__renamed",
+        "DROP VIEW tasks__v",
+        "CREATE TRIGGER tasks__trg AFTER INSERT ON tasks__renamed BEGIN UPDATE tasks__renamed SET c = c + 1 WHERE id = NEW.id; END",
+        "DROP TRIGGER tasks__trg",
+        "CREATE TABLE tasks__copy AS SELECT id, title FROM tasks__renamed",
+        "CREATE TABLE tasks__gen (a TEXT, n INTEGER GENERATED ALWAYS AS (length(a)) VIRTUAL)",
+        "CREATE TABLE tasks__strict (id INTEGER PRIMARY KEY, v ANY) STRICT, WITHOUT ROWID",
+        "DROP TABLE IF EXISTS tasks__copy",
+        "DROP TABLE tasks__child",
+    ] {
+        if let Err(e) = tasks.execute(sql, &[]) {
+            panic!("{sql}: {e:?}");
+        }
+    }
+    let Outcome::Rows { rows, .. } = tasks
+        .execute("SELECT title, c, d FROM tasks__renamed", &[])
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        rows,
+        [vec![
+            SqlValue::Text("x".into()),
+            SqlValue::Integer(1),
+            SqlValue::Text("dd".into())
+        ]]
+    );
+}
+
+#[test]
+fn foreign_keys_into_the_mirror_are_refused_and_cannot_block_the_mirror_writer() {
+    let f = Fixture::new();
+    let tasks = f.tasks();
+    for sql in [
+        "CREATE TABLE tasks__owner (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES core__users (id) ON DELETE RESTRICT)",
+        "CREATE TABLE tasks__owner2 (id INTEGER PRIMARY KEY, user_id INTEGER, FOREIGN KEY (user_id) REFERENCES \"core__users\")",
+        "ALTER TABLE tasks__items ADD COLUMN owner INTEGER REFERENCES core__users (id)",
+    ] {
+        let (action, _) = expect_denied(&tasks, sql);
+        assert!(action.contains("foreign key"), "{sql}: {action}");
+    }
+    expect_denied(
+        &tasks,
+        "CREATE TABLE tasks__n (id INTEGER PRIMARY KEY, n INTEGER REFERENCES notes__secret (id))",
+    );
+    // A store written before this check (or by hand) with such a key: the mirror writer
+    // applies deletes and renames all the same.
+    let trusted = TrustedPluginStore::open_shared(&f.location.shared_store).unwrap();
+    trusted
+        .connection()
+        .execute_batch(
+            "PRAGMA foreign_keys = ON;
+             CREATE TABLE tasks__legacy (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES core__users (id) ON DELETE RESTRICT);
+             INSERT INTO tasks__legacy VALUES (1, 1);",
+        )
+        .unwrap();
+    let catalog = MirrorCatalog::default();
+    let batch = sovereign_db_plugins::mirror::MirrorBatch {
+        upto_seq: 1,
+        changes: vec![
+            sovereign_db_plugins::mirror::MirrorChange {
+                slice: "users".into(),
+                key: 1,
+                row: None,
+            },
+            sovereign_db_plugins::mirror::MirrorChange {
+                slice: "users".into(),
+                key: 2,
+                row: Some(vec![
+                    SqlValue::Integer(2),
+                    SqlValue::Integer(1),
+                    SqlValue::Text("Robert".into()),
+                    SqlValue::Null,
+                ]),
+            },
+        ],
+    };
+    let trusted = TrustedPluginStore::open_shared(&f.location.shared_store).unwrap();
+    trusted.apply_batch(&catalog, &batch, 0).unwrap();
+    let names: Vec<String> = trusted
+        .connection()
+        .prepare("SELECT display_name FROM core__users ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(names, ["Robert"]);
+}

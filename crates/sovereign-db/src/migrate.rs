@@ -370,17 +370,51 @@ impl MigrationSet {
         conn: &Connection,
         runner: &mut StatementRunner<'_>,
     ) -> Result<Vec<String>, MigrationError> {
+        self.deploy_in(conn, runner, Atomicity::EachMigration)
+    }
+
+    /// Applies every pending migration in one transaction, each statement through
+    /// `runner`: all of them or, after a failure, none (an install must leave nothing
+    /// behind when its third migration fails).
+    pub fn deploy_all_or_nothing_with(
+        &self,
+        conn: &Connection,
+        runner: &mut StatementRunner<'_>,
+    ) -> Result<Vec<String>, MigrationError> {
+        self.deploy_in(conn, runner, Atomicity::AllMigrations)
+    }
+
+    fn deploy_in(
+        &self,
+        conn: &Connection,
+        runner: &mut StatementRunner<'_>,
+        atomicity: Atomicity,
+    ) -> Result<Vec<String>, MigrationError> {
         let sqlite = |source| MigrationError::Sqlite {
             scope: self.scope.clone(),
             source,
         };
         conn.execute_batch(TRACKING_TABLE).map_err(sqlite)?;
+        let pending = self.plan(conn)?;
+        let outer = match atomicity {
+            Atomicity::AllMigrations if !pending.is_empty() => Some(
+                rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+                    .map_err(sqlite)?,
+            ),
+            _ => None,
+        };
         let mut applied = Vec::new();
-        for migration in self.plan(conn)? {
-            let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
-                .map_err(sqlite)?;
+        for migration in pending {
+            // Inside the outer transaction each migration is a savepoint of it.
+            let tx = match outer {
+                Some(_) => None,
+                None => Some(
+                    rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+                        .map_err(sqlite)?,
+                ),
+            };
             // Another deployer may have applied it while we waited for the write lock.
-            let already: Option<String> = tx
+            let already: Option<String> = conn
                 .query_row(
                     "SELECT checksum FROM _sv_migrations WHERE scope = ?1 AND version = ?2",
                     rusqlite::params![self.scope, migration.version],
@@ -392,8 +426,9 @@ impl MigrationSet {
                 continue;
             }
             for (line, statement) in split_statements(&migration.sql) {
-                if let Err(message) = runner(&tx, statement) {
-                    // Dropping `tx` rolls back every statement of this migration.
+                if let Err(message) = runner(conn, statement) {
+                    // Dropping the transaction rolls back every statement of this
+                    // migration (or, all-or-nothing, of every migration of this run).
                     return Err(MigrationError::Failed {
                         scope: self.scope.clone(),
                         file: migration.file_name(),
@@ -403,7 +438,7 @@ impl MigrationSet {
                     });
                 }
             }
-            tx.execute(
+            conn.execute(
                 "INSERT INTO _sv_migrations (scope, version, name, checksum, applied_at)
                  VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
                 rusqlite::params![
@@ -414,9 +449,14 @@ impl MigrationSet {
                 ],
             )
             .map_err(sqlite)?;
-            tx.commit().map_err(sqlite)?;
-            tracing::info!(scope = %self.scope, file = %migration.file_name(), "migration applied");
+            if let Some(tx) = tx {
+                tx.commit().map_err(sqlite)?;
+            }
+            tracing::debug!(scope = %self.scope, file = %migration.file_name(), "migration applied");
             applied.push(migration.file_name());
+        }
+        if let Some(outer) = outer {
+            outer.commit().map_err(sqlite)?;
         }
         Ok(applied)
     }
@@ -567,6 +607,13 @@ fn abbreviate(statement: &str) -> String {
     } else {
         one_line
     }
+}
+
+/// Whether a deploy commits after each migration or once at the end.
+#[derive(Clone, Copy)]
+enum Atomicity {
+    EachMigration,
+    AllMigrations,
 }
 
 #[cfg(test)]

@@ -11,11 +11,11 @@ use sovereign_db_plugins::{
     DatabaseMode, FenceError, Manifest, Outcome, PluginDb, PluginDbConfig, SqlValue, StoreLocation,
 };
 use sovereign_protocol::{Caller, HostError, HttpRequest, HttpResponse, PluginEvent, PluginSpec};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         world: "plugin",
         path: "../../wit",
@@ -28,7 +28,7 @@ use bindings::sovereign::plugin::{context, database, events, log, types};
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// What a store holds while one request runs.
-struct RequestState {
+pub(crate) struct RequestState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
@@ -78,6 +78,7 @@ fn db_error(e: FenceError) -> types::DbError {
         | FenceError::Limit { .. } => types::DbError::Limit(message),
         FenceError::MultipleStatements { .. }
         | FenceError::EmptyStatement { .. }
+        | FenceError::TransactionEnded { .. }
         | FenceError::Sql { .. } => types::DbError::Sql(message),
     }
 }
@@ -227,6 +228,15 @@ impl Runtime {
         Ok(Engine::new(&config)?)
     }
 
+    /// The imports a plugin gets: WASI without filesystem, network or environment (the
+    /// context grants none), and the plugin API.
+    pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<RequestState>> {
+        let mut linker: Linker<RequestState> = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::Plugin::add_to_linker::<RequestState, HasSelf<RequestState>>(&mut linker, |s| s)?;
+        Ok(linker)
+    }
+
     /// Loads every plugin: opens its fenced database and compiles its `plugin.wasm`.
     /// Failures are recorded per plugin; the others still load.
     pub fn load(
@@ -235,13 +245,10 @@ impl Runtime {
         packages: &Path,
         specs: &[PluginSpec],
     ) -> anyhow::Result<Runtime> {
-        let mut linker: Linker<RequestState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::Plugin::add_to_linker::<RequestState, HasSelf<RequestState>>(&mut linker, |s| s)?;
         let mut plugins = HashMap::new();
         let mut failed = HashMap::new();
         for spec in specs {
-            match Self::load_one(&engine, &linker, location, packages, spec) {
+            match Self::load_one(&engine, location, packages, spec) {
                 Ok(p) => {
                     plugins.insert(spec.id.clone(), Arc::new(p));
                 }
@@ -260,7 +267,6 @@ impl Runtime {
 
     fn load_one(
         engine: &Engine,
-        linker: &Linker<RequestState>,
         location: &StoreLocation,
         packages: &Path,
         spec: &PluginSpec,
@@ -282,9 +288,7 @@ impl Runtime {
             },
         )?;
         let wasm = packages.join(&spec.id).join("plugin.wasm");
-        let component = Component::from_file(engine, &wasm)
-            .map_err(|e| anyhow::anyhow!("cannot load {}: {e:#}", wasm.display()))?;
-        let pre = bindings::PluginPre::new(linker.instantiate_pre(&component)?)?;
+        let (pre, _) = crate::component::compile_checked(engine, &wasm)?;
         Ok(LoadedPlugin {
             id: spec.id.clone(),
             manifest,

@@ -44,8 +44,20 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<V
         }
     };
 
+    // A plugin the host could not load is served by nobody: that is degraded, not ok.
+    let failed_plugins: Vec<&sovereign_protocol::PluginLoad> = Vec::new();
+    let host_state = state.host.as_ref().map(|h| h.state());
+    let failed_plugins = match &host_state {
+        Some(crate::host::HostState::Running { plugins, .. }) => {
+            plugins.iter().filter(|p| p.error.is_some()).collect()
+        }
+        _ => failed_plugins,
+    };
     let core_ok = core["status"] == "ok";
-    let status = match (core_ok, plugins["status"] == "ok") {
+    let status = match (
+        core_ok,
+        plugins["status"] == "ok" && failed_plugins.is_empty(),
+    ) {
         (true, true) => "ok",
         (true, false) => "degraded",
         _ => "unavailable",
@@ -55,13 +67,21 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<V
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let host = match &state.host {
-        Some(h) => serde_json::to_value(h.state()).unwrap_or_default(),
+    let failed: Vec<Value> = failed_plugins
+        .iter()
+        .map(|p| json!({ "id": p.id, "error": p.error }))
+        .collect();
+    let host = match &host_state {
+        Some(h) => serde_json::to_value(h)
+            .unwrap_or_else(|e| json!({ "status": "unknown", "error": e.to_string() })),
         None => json!({ "status": "disabled" }),
     };
     (
         code,
-        Json(json!({ "status": status, "core": core, "plugins": plugins, "extension_host": host })),
+        Json(json!({
+            "status": status, "core": core, "plugins": plugins, "extension_host": host,
+            "plugins_not_loaded": failed,
+        })),
     )
 }
 

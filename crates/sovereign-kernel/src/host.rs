@@ -320,6 +320,29 @@ async fn plugin_specs(
     .await
 }
 
+/// Stores what the host reported about loading each plugin in the registry, so that
+/// `sv plugins list` and `/health` show a plugin that failed to load, with the reason.
+async fn record_loads(inner: &Inner, loads: &[PluginLoad]) {
+    for load in loads {
+        if let Some(error) = &load.error {
+            tracing::error!(plugin = %load.id, %error, "the extension host could not load a plugin");
+        }
+    }
+    let loads = loads.to_vec();
+    let recorded = inner
+        .core
+        .run(&inner.metrics, move |conn| {
+            for load in &loads {
+                sovereign_db_core::plugins::record_load(conn, &load.id, load.error.as_deref())?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = ?e, "cannot record the plugins' load state");
+    }
+}
+
 async fn read_message(stream: &mut tokio::net::unix::OwnedReadHalf) -> Option<HostToKernel> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await.ok()?;
@@ -448,25 +471,47 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
     if sandbox != SandboxStatus::Enforced {
         tracing::error!(?sandbox, "THE EXTENSION HOST RUNS WITHOUT A FULL SANDBOX");
     }
-    // Prove the wall: the host must not be able to open core.db.
+    record_loads(inner, &plugins).await;
+    // Prove the wall: the host must not be able to open core.db. The host may already
+    // be relaying events (committed before a crash): replies are matched to the probe by
+    // id, and whatever else arrives first is kept for the reader below.
+    let probe_id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     let probe = KernelToHost::Probe {
-        id: 0,
+        id: probe_id,
         path: inner.command.core_db.display().to_string(),
     };
+    let mut early_events = Vec::new();
     let core_db_probe = match sovereign_protocol::encode(&probe) {
         Ok(frame) if writer.write_all(&frame).await.is_ok() => {
-            match tokio::time::timeout(Duration::from_secs(5), read_message(&mut reader)).await {
-                Ok(Some(HostToKernel::ProbeResult { result: Err(e), .. })) => {
-                    format!("refused: {e}")
-                }
-                Ok(Some(HostToKernel::ProbeResult { result: Ok(()), .. })) => {
-                    tracing::error!("THE EXTENSION HOST CAN OPEN core.db: it is not sandboxed");
-                    "OPENED: the host can read core.db".to_owned()
-                }
-                other => {
-                    return Ending::Failed(format!(
-                        "the host did not answer the sandbox probe: {other:?}"
-                    ));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match tokio::time::timeout_at(deadline, read_message(&mut reader)).await {
+                    Ok(Some(HostToKernel::ProbeResult { id, result })) if id == probe_id => {
+                        break match result {
+                            Err(e) => format!("refused: {e}"),
+                            Ok(()) => {
+                                tracing::error!(
+                                    "THE EXTENSION HOST CAN OPEN core.db: it is not sandboxed"
+                                );
+                                "OPENED: the host can read core.db".to_owned()
+                            }
+                        };
+                    }
+                    Ok(Some(HostToKernel::Events { events })) => early_events.extend(events),
+                    Ok(Some(other)) => {
+                        tracing::debug!(message = ?other, "ignoring a message before the probe's answer")
+                    }
+                    Ok(None) => {
+                        return Ending::Failed(
+                            "the host closed its connection before answering the sandbox probe"
+                                .into(),
+                        );
+                    }
+                    Err(_) => {
+                        return Ending::Failed(
+                            "the host did not answer the sandbox probe within 5 s".into(),
+                        );
+                    }
                 }
             }
         }
@@ -505,6 +550,16 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
     let ack_tx = tx.clone();
     let last_alive = Arc::new(Mutex::new(Instant::now()));
     let alive = last_alive.clone();
+    if !early_events.is_empty() {
+        let sink = sink.clone();
+        let ack = ack_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let stored = sink(early_events);
+            if !stored.is_empty() {
+                let _ = ack.send(KernelToHost::EventsStored { event_ids: stored });
+            }
+        });
+    }
     let mut read_task = tokio::spawn(async move {
         while let Some(message) = read_message(&mut reader).await {
             match message {

@@ -122,7 +122,7 @@ fn tables_of(conn: &Connection, path: &Path) -> Result<BTreeMap<String, TableUsa
 
 fn namespace_of(table: &str) -> Option<&str> {
     let (id, rest) = table.split_once("__")?;
-    (!rest.is_empty() && sovereign_db_plugins::is_valid_plugin_id(id) && id != "core").then_some(id)
+    (!rest.is_empty() && sovereign_db_plugins::is_installable_plugin_id(id)).then_some(id)
 }
 
 /// Inspects the shared store, the isolated files and the mirror (trusted, read-only use).

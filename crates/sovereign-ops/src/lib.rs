@@ -117,7 +117,7 @@ impl Layout {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_suffix(".db"))
-                .filter(|id| sovereign_db_plugins::is_valid_plugin_id(id))
+                .filter(|id| sovereign_db_plugins::is_installable_plugin_id(id))
             {
                 out.push((id.to_owned(), path));
             }

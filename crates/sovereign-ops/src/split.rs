@@ -161,7 +161,7 @@ pub fn plan(source: &Path, mappings: &BTreeMap<String, Mapping>) -> Result<Split
             None => match name.split_once("__") {
                 Some((id, rest))
                     if !rest.is_empty()
-                        && sovereign_db_plugins::is_valid_plugin_id(id)
+                        && sovereign_db_plugins::is_installable_plugin_id(id)
                         && id != "core" =>
                 {
                     plugin_dest(id, name.clone())

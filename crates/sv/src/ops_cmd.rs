@@ -189,10 +189,10 @@ pub fn run_split(config: &Config, args: &SplitArgs) -> anyhow::Result<ExitCode> 
             .with_context(|| format!("--map {map:?}: expected TABLE=PLUGIN or TABLE=skip"))?;
         let mapping = if target == "skip" {
             Mapping::Skip
-        } else if sovereign_db_plugins::is_valid_plugin_id(target) {
+        } else if sovereign_db_plugins::is_installable_plugin_id(target) {
             Mapping::Plugin(target.to_owned())
         } else {
-            bail!("--map {map:?}: {target:?} is neither `skip` nor a valid plugin id");
+            bail!("--map {map:?}: {target:?} is neither `skip` nor a valid, unreserved plugin id");
         };
         mappings.insert(table.to_owned(), mapping);
     }
@@ -381,6 +381,20 @@ pub fn doctor(config: &Config) -> anyhow::Result<ExitCode> {
         Err(e) => add(Level::Fail, "migrations", format!("{e:#}")),
     }
 
+    match registry_problems(config) {
+        Ok(problems) if problems.is_empty() => add(
+            Level::Ok,
+            "registry",
+            "every installed plugin id is valid and unreserved".into(),
+        ),
+        Ok(problems) => {
+            for problem in problems {
+                add(Level::Fail, "registry", problem);
+            }
+        }
+        Err(e) => add(Level::Fail, "registry", format!("{e:#}")),
+    }
+
     let sync = (|| -> anyhow::Result<sovereign_sync::status::SyncStatus> {
         let settings = plugin_support::sync_settings(config)?;
         let core = sovereign_db_core::open_existing(&config.core_db_path())?;
@@ -516,6 +530,38 @@ pub fn doctor(config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 /// `GET /health` of the running platform at `addr` (plain HTTP on loopback).
+/// Registered plugins whose id is malformed, reserved (a namespace the platform or
+/// SQLite owns) or equal to another's but for case; and plugins the host could not load.
+fn registry_problems(config: &Config) -> anyhow::Result<Vec<String>> {
+    let core = sovereign_db_core::open_existing(&config.core_db_path())?;
+    let plugins = sovereign_db_core::plugins::list(&core)?;
+    let mut problems = Vec::new();
+    for (i, plugin) in plugins.iter().enumerate() {
+        if let Err(e) = sovereign_db_plugins::check_plugin_id(&plugin.id) {
+            problems.push(format!(
+                "installed plugin {:?}: {e}; remove it with `sv plugins remove {}` and reinstall it under another id",
+                plugin.id, plugin.id
+            ));
+        }
+        if let Some(other) = plugins[..i]
+            .iter()
+            .find(|p| p.id.eq_ignore_ascii_case(&plugin.id))
+        {
+            problems.push(format!(
+                "installed plugins {:?} and {:?} differ only by case and share one namespace; remove one",
+                other.id, plugin.id
+            ));
+        }
+        if let sovereign_db_core::plugins::LoadState::Failed { error, at } = &plugin.load {
+            problems.push(format!(
+                "plugin {} could not be loaded by the extension host ({at}): {error}",
+                plugin.id
+            ));
+        }
+    }
+    Ok(problems)
+}
+
 fn platform_health(addr: &str) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).ok()?;

@@ -160,18 +160,33 @@ fn installed(conn: &sovereign_db::rusqlite::Connection, id: &str) -> anyhow::Res
 pub fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(dir, &plugin_support::mirror_catalog(config)?)?;
     let id = manifest.id.clone();
+    sovereign_db_plugins::check_plugin_id(&id)?;
     let core = crate::migrate::open_migrated_core(config)?;
-    if let Some(existing) = registry::get(&core, &id)?
-        && existing.database_mode != manifest.database.as_str()
+    if let Some(existing) = registry::list(&core)?
+        .into_iter()
+        .find(|p| p.id.eq_ignore_ascii_case(&id))
     {
         bail!(
-            "plugin {id} is installed in {} mode and this package asks for {}; switching moves its \
-             data, so it is an explicit step: `sv plugins move {id} --to {}`, then install again",
-            existing.database_mode,
-            manifest.database.as_str(),
-            manifest.database.as_str()
+            "plugin {} {} is already installed; a package with the same id never replaces it. \
+             Remove it first (`sv plugins remove {}`; its data stays unless --purge) or upgrade it \
+             explicitly when upgrades are available",
+            existing.id,
+            existing.version,
+            existing.id
         );
     }
+    // The whole package is checked before anything is written: migrations that parse,
+    // and a component that compiles and fits the plugin API this host serves.
+    let migrations_dir = dir.join("migrations");
+    if !migrations_dir.is_dir() {
+        bail!(
+            "{} is missing: a plugin package needs a migrations directory (it may be empty); \
+             nothing was installed",
+            migrations_dir.display()
+        );
+    }
+    let component = sovereign_host::component::check_component(&dir.join("plugin.wasm"))
+        .context("nothing was installed")?;
     let grants = manifest.requested_grants();
     if !grants.is_empty() {
         println!("plugin {id} asks to read these mirrored core columns:");
@@ -200,6 +215,9 @@ pub fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCod
         Some(staging)
     };
     let source = staged.clone().unwrap_or_else(|| target.clone());
+    let location = store_location(config)?;
+    let data_file = location.file_for(&id, manifest.database);
+    let file_existed = data_file.exists();
     let result = (|| -> anyhow::Result<Vec<String>> {
         let db_config = sovereign_db_plugins::PluginDbConfig {
             plugin_id: id.clone(),
@@ -212,8 +230,9 @@ pub fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCod
             &sovereign_db_plugins::migration_scope(&id),
             &source.join("migrations"),
         )?;
-        let db = PluginDb::open(&store_location(config)?, db_config)?;
-        Ok(db.migrate(&set)?)
+        let db = PluginDb::open(&location, db_config)?;
+        // All of the package's migrations or none: a failed install leaves nothing.
+        Ok(db.migrate_all_or_nothing(&set)?)
     })();
     let applied = match result {
         Ok(applied) => applied,
@@ -221,8 +240,14 @@ pub fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCod
             if let Some(staging) = &staged {
                 let _ = std::fs::remove_dir_all(staging);
             }
+            if !file_existed && manifest.database == DatabaseMode::Isolated {
+                // The isolated file this install created holds nothing of value.
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", data_file.display()));
+                }
+            }
             return Err(e.context(format!(
-                "installing plugin {id} failed; nothing was registered"
+                "installing plugin {id} failed; nothing was registered and nothing of it remains"
             )));
         }
     };
@@ -239,6 +264,7 @@ pub fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCod
             enabled: true,
             manifest: serde_json::to_string(&manifest)?,
             grants,
+            load: registry::LoadState::NotReported,
         },
     )?;
     sovereign_db_core::audit::record(
@@ -253,18 +279,13 @@ pub fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCod
     for file in &applied {
         println!("plugin:{id}: applied {file}");
     }
-    let file = store_location(config)?.file_for(&id, manifest.database);
     println!(
-        "installed {id} {} ({} mode, data in {})",
+        "installed {id} {} ({} mode, plugin API {}, data in {})",
         manifest.version,
         manifest.database.as_str(),
-        file.display()
+        component.api_version,
+        data_file.display()
     );
-    if !target.join("plugin.wasm").exists() {
-        println!(
-            "note: the package has no plugin.wasm yet; its routes cannot be served until it does"
-        );
-    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -339,6 +360,7 @@ fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                     "id": p.id, "name": p.name, "version": p.version, "database": p.database_mode,
                     "enabled": p.enabled,
                     "grants": p.grants.iter().map(|(s, c)| format!("{s}.{c}")).collect::<Vec<_>>(),
+                    "load": p.load,
                 })
             })
             .collect();
@@ -351,17 +373,25 @@ fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     for p in plugins {
         let grants: Vec<String> = p.grants.iter().map(|(s, c)| format!("{s}.{c}")).collect();
         println!(
-            "{:<20} {:<10} {:<9} {:<9} {}",
+            "{:<20} {:<10} {:<9} {:<9} {:<10} {}",
             p.id,
             p.version,
             p.database_mode,
             if p.enabled { "enabled" } else { "disabled" },
+            match &p.load {
+                registry::LoadState::NotReported => "not-loaded",
+                registry::LoadState::Loaded { .. } => "loaded",
+                registry::LoadState::Failed { .. } => "FAILED",
+            },
             if grants.is_empty() {
                 "-".to_owned()
             } else {
                 grants.join(",")
             }
         );
+        if let registry::LoadState::Failed { error, at } = &p.load {
+            println!("    the extension host could not load it ({at}): {error}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -39,6 +39,7 @@ fn install_plugin(w: &Workdir, id: &str, mode: &str, sql: &str) {
     )
     .unwrap();
     std::fs::write(pkg.join("migrations/0001_init.sql"), sql).unwrap();
+    common::add_component(&pkg);
     w.sv_ok(&["plugins", "install", pkg.to_str().unwrap()]);
 }
 
@@ -110,7 +111,7 @@ fn backup_under_concurrent_writes_restores_everything_committed_before_it() {
         .map(|f| f["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["plugins.db", "plugins/notes.db", "core.db"]);
-    assert_eq!(manifest["schema_versions"]["core"], 3);
+    assert_eq!(manifest["schema_versions"]["core"], 4);
     assert_eq!(manifest["schema_versions"]["plugin:tasks"], 1);
     assert!(manifest["files"][0]["sha256"].as_str().unwrap().len() == 64);
     {

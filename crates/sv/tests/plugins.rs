@@ -14,6 +14,7 @@ fn package(w: &Workdir, id: &str, manifest: &str, migrations: &[(&str, &str)]) -
     for (file, sql) in migrations {
         std::fs::write(dir.join("migrations").join(file), sql).unwrap();
     }
+    common::add_component(&dir);
     dir
 }
 
@@ -72,15 +73,34 @@ fn install_registers_copies_and_migrates_behind_the_fence() {
         serde_json::from_str(&w.sv_ok(&["plugins", "list", "--json"])).unwrap();
     assert_eq!(json[0]["database"], "shared");
 
-    // Re-installing is idempotent and a second migration is applied.
+    // A second install of the same id never replaces the installed plugin, even with
+    // another name, version and component.
     std::fs::write(
-        pkg.join("migrations/0002_done.sql"),
+        pkg.join("plugin.json"),
+        tasks_manifest("shared")
+            .replace("\"Tasks\"", "\"Impostor\"")
+            .replace("0.1.0", "9.9.9"),
+    )
+    .unwrap();
+    let err = w.sv_err(&["plugins", "install", path_str(&pkg), "--yes"]);
+    assert!(err.contains("tasks 0.1.0 is already installed"), "{err}");
+    let list = w.sv_ok(&["plugins", "list"]);
+    assert!(list.contains("0.1.0") && !list.contains("9.9.9"), "{list}");
+    assert_eq!(
+        std::fs::read(w.path().join("plugins/tasks/plugin.json")).unwrap(),
+        tasks_manifest("shared").as_bytes(),
+        "the installed package is untouched"
+    );
+
+    // New migrations of the installed package are deployed as plugin-scope migrations.
+    std::fs::write(
+        w.path().join("plugins/tasks/migrations/0002_done.sql"),
         "ALTER TABLE tasks__items ADD COLUMN done INTEGER NOT NULL DEFAULT 0;",
     )
     .unwrap();
-    let out = w.sv_ok(&["plugins", "install", path_str(&pkg), "--yes"]);
+    let out = w.sv_ok(&["migrate:deploy", "--scope=plugins"]);
     assert!(
-        out.contains("applied 0002_done.sql") && !out.contains("0001_init"),
+        out.contains("0002_done.sql") && !out.contains("0001_init"),
         "{out}"
     );
     let status = w.sv_ok(&["migrate:status", "--scope=plugins"]);
@@ -297,7 +317,7 @@ fn switching_mode_needs_the_explicit_move_which_keeps_the_data() {
     ]);
     std::fs::write(pkg.join("plugin.json"), tasks_manifest("isolated")).unwrap();
     let err = w.sv_err(&["plugins", "install", path_str(&pkg), "--yes"]);
-    assert!(err.contains("sv plugins move tasks --to isolated"), "{err}");
+    assert!(err.contains("already installed"), "{err}");
 
     let out = w.sv_ok(&["plugins", "move", "tasks", "--to", "isolated"]);
     assert!(out.contains("moved tasks__items (2 rows)"), "{out}");
@@ -324,9 +344,9 @@ fn switching_mode_needs_the_explicit_move_which_keeps_the_data() {
     ]);
     let err = w.sv_err(&["plugins", "sql", "tasks", "DELETE FROM core__users"]);
     assert!(err.contains("may not"), "{err}");
-    // Now the isolated package installs, and migrations are tracked in the new file.
-    let out = w.sv_ok(&["plugins", "install", path_str(&pkg), "--yes"]);
-    assert!(!out.contains("applied 0001_init.sql"), "{out}");
+    // Migrations are tracked in the new file: nothing is pending there.
+    let out = w.sv_ok(&["migrate:status", "--scope=plugins"]);
+    assert!(!out.contains("pending"), "{out}");
     w.sv_ok(&["plugins", "move", "tasks", "--to", "shared"]);
     let out = w.sv_ok(&[
         "plugins",
@@ -335,4 +355,171 @@ fn switching_mode_needs_the_explicit_move_which_keeps_the_data() {
         "SELECT count(*) FROM tasks__items",
     ]);
     assert!(out.contains("\n2\n"), "{out}");
+}
+
+#[test]
+fn reserved_ids_are_refused_at_install_behind_the_fence_and_by_doctor() {
+    let w = setup();
+    for id in [
+        "core", "sv", "sqlite", "sqlite_x", "main", "temp", "mirror", "pragma_x",
+    ] {
+        let pkg = package(
+            &w,
+            id,
+            &format!(r#"{{ "id": "{id}", "name": "X", "version": "1.0.0" }}"#),
+            &[(
+                "0001_init.sql",
+                &format!("CREATE TABLE {id}__users (id INTEGER PRIMARY KEY, display_name TEXT);"),
+            )],
+        );
+        let err = w.sv_err(&["plugins", "install", path_str(&pkg), "--yes"]);
+        assert!(
+            err.contains("$.id") && err.contains("reserved"),
+            "{id}: {err}"
+        );
+    }
+    assert!(
+        !tables(&w.plugins_db())
+            .iter()
+            .any(|t| t.starts_with("core__") || t.starts_with("sv__")),
+        "nothing was created"
+    );
+    // A bare package directory named `core` cannot act as a plugin either.
+    w.plugin_migration(
+        "core",
+        "0001_x.sql",
+        "CREATE TABLE core__users (id INTEGER);",
+    );
+    let err = w.sv_err(&["plugins", "sql", "core", "DROP TABLE core__users"]);
+    assert!(err.contains("cannot be a plugin id"), "{err}");
+    std::fs::remove_dir_all(w.path().join("plugins/core")).unwrap();
+
+    // A registry written by an older version with a reserved id fails the doctor.
+    common::raw(&w.core_db())
+        .execute(
+            "INSERT INTO plugins (id, name, version, database_mode, enabled, manifest)
+             VALUES ('core', 'ghost', '1.0.0', 'shared', 1, '{}')",
+            [],
+        )
+        .unwrap();
+    let out = w.sv(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("registry") && text.contains("\"core\"") && text.contains("reserved"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_broken_package_installs_nothing_and_says_why() {
+    let w = setup();
+    let manifest = r#"{ "id": "broken", "name": "B", "version": "1.0.0" }"#;
+    let migration = (
+        "0001_init.sql",
+        "CREATE TABLE broken__t (id INTEGER PRIMARY KEY);",
+    );
+
+    let pkg = package(&w, "broken", manifest, &[migration]);
+    std::fs::remove_dir_all(pkg.join("migrations")).unwrap();
+    let err = w.sv_err(&["plugins", "install", path_str(&pkg), "--yes"]);
+    assert!(
+        err.contains("migrations") && err.contains("is missing"),
+        "{err}"
+    );
+
+    let pkg = package(&w, "broken", manifest, &[migration]);
+    std::fs::remove_file(pkg.join("plugin.wasm")).unwrap();
+    let err = w.sv_err(&["plugins", "install", path_str(&pkg), "--yes"]);
+    assert!(err.contains("plugin.wasm does not exist"), "{err}");
+
+    std::fs::write(pkg.join("plugin.wasm"), b"not wasm at all").unwrap();
+    let err = w.sv_err(&["plugins", "install", path_str(&pkg), "--yes"]);
+    assert!(err.contains("is not a WebAssembly component"), "{err}");
+
+    // A core module (the smallest valid wasm) is not a component.
+    std::fs::write(pkg.join("plugin.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let err = w.sv_err(&["plugins", "install", path_str(&pkg), "--yes"]);
+    assert!(err.contains("is not a WebAssembly component"), "{err}");
+
+    // A component of a plugin API this host does not serve.
+    let mut bytes = std::fs::read(common::example_component()).unwrap();
+    let (from, to) = (b"@0.1.0", b"@9.9.0");
+    let mut patched = 0;
+    for at in 0..bytes.len() - from.len() {
+        if &bytes[at..at + from.len()] == from {
+            bytes[at..at + to.len()].copy_from_slice(to);
+            patched += 1;
+        }
+    }
+    assert!(patched > 0, "the component names its API version");
+    std::fs::write(pkg.join("plugin.wasm"), &bytes).unwrap();
+    let err = w.sv_err(&["plugins", "install", path_str(&pkg), "--yes"]);
+    assert!(err.contains("targets plugin API 9.9.0"), "{err}");
+
+    assert!(!w.path().join("plugins/broken").exists());
+    assert!(!tables(&w.plugins_db()).contains(&"broken__t".to_owned()));
+    assert!(
+        w.sv_ok(&["plugins", "list"])
+            .contains("no plugins installed")
+    );
+}
+
+#[test]
+fn a_failed_install_leaves_nothing_behind() {
+    for mode in ["shared", "isolated"] {
+        let w = setup();
+        let pkg = package(
+            &w,
+            "half",
+            &format!(
+                r#"{{ "id": "half", "name": "H", "version": "1.0.0", "database": "{mode}" }}"#
+            ),
+            &[
+                (
+                    "0001_a.sql",
+                    "CREATE TABLE half__a (id INTEGER PRIMARY KEY);",
+                ),
+                (
+                    "0002_b.sql",
+                    "CREATE TABLE half__b (id INTEGER PRIMARY KEY);",
+                ),
+                (
+                    "0003_bad.sql",
+                    "CREATE TABLE half__c (id INTEGER PRIMARY KEY);\nSELECT nonsense FROM;",
+                ),
+            ],
+        );
+        let err = w.sv_err(&["plugins", "install", path_str(&pkg), "--yes"]);
+        assert!(
+            err.contains("0003_bad.sql") && err.contains("nothing of it remains"),
+            "{err}"
+        );
+        assert!(
+            !tables(&w.plugins_db())
+                .iter()
+                .any(|t| t.starts_with("half__")),
+            "{mode}: no tables of the earlier migrations"
+        );
+        let recorded: i64 = common::raw(&w.plugins_db())
+            .query_row(
+                "SELECT count(*) FROM _sv_migrations WHERE scope = 'plugin:half'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        assert_eq!(recorded, 0, "{mode}: no migration records");
+        assert!(
+            !w.path().join("data/plugins/half.db").exists(),
+            "{mode}: no isolated file"
+        );
+        assert!(!w.path().join("plugins/half").exists());
+        // Fixed, the same package installs.
+        std::fs::write(
+            pkg.join("migrations/0003_bad.sql"),
+            "CREATE TABLE half__c (id INTEGER);",
+        )
+        .unwrap();
+        w.sv_ok(&["plugins", "install", path_str(&pkg), "--yes"]);
+    }
 }

@@ -302,6 +302,7 @@ fn the_mirror_file_layout_is_attached_read_only_into_plugin_connections() {
         "CREATE TABLE tasks__t (id INTEGER PRIMARY KEY);",
     )
     .unwrap();
+    common::add_component(&pkg);
     w.sv_ok(&["plugins", "install", pkg.to_str().unwrap(), "--yes"]);
     let out = w.sv_ok(&[
         "plugins",

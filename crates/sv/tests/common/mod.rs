@@ -322,3 +322,14 @@ pub fn feed(child: &mut Child, input: &str) {
         .write_all(input.as_bytes())
         .unwrap();
 }
+
+/// A real plugin component (the `notes` example, built by `sv`'s build script), for
+/// packages written by tests: install compiles and checks `plugin.wasm`.
+pub fn example_component() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/notes/plugin.wasm")
+}
+
+/// Copies the example component into package `dir` as its `plugin.wasm`.
+pub fn add_component(dir: &Path) {
+    std::fs::copy(example_component(), dir.join("plugin.wasm")).unwrap();
+}
