@@ -4,6 +4,7 @@
 //! checks that through `cargo metadata`.
 
 pub mod fence;
+mod functions;
 pub mod manifest;
 pub mod mirror;
 mod plugin_db;
@@ -14,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 pub use manifest::{DatabaseMode, Limits, Manifest, ManifestError};
 pub use plugin_db::{
-    FenceError, MAX_RESULT_BYTES, MAX_RESULT_ROWS, Outcome, PluginDb, PluginDbConfig,
-    StoreLocation, denial_counts,
+    FenceError, MAX_NESTING, MAX_RESULT_ROWS, Outcome, PluginDb, PluginDbConfig, StoreLocation,
+    denial_counts, limit_sqlite_heap,
 };
 pub use trusted::TrustedPluginStore;
 pub use value::SqlValue;

@@ -48,8 +48,18 @@ pub struct Limits {
     pub statement_ms: u32,
     /// WebAssembly memory cap in MiB.
     pub memory_mb: u32,
-    /// Deadline of one request in milliseconds.
+    /// Deadline of one request in milliseconds; it covers the request's SQL too.
     pub request_ms: u32,
+    /// Largest string or blob value in KiB (bounds what one SQL function call can chew on).
+    pub value_kb: u32,
+    /// Most bytes of values one query may return, in KiB (bounds host memory per request).
+    pub result_kb: u32,
+    /// Most events one request may emit.
+    pub events_per_request: u32,
+    /// Most events the plugin may emit per minute (every event becomes a row in the core).
+    pub events_per_minute: u32,
+    /// Largest event payload in KiB.
+    pub event_kb: u32,
 }
 
 impl Default for Limits {
@@ -59,6 +69,11 @@ impl Default for Limits {
             statement_ms: 1000,
             memory_mb: 64,
             request_ms: 5000,
+            value_kb: 1024,
+            result_kb: 8192,
+            events_per_request: 100,
+            events_per_minute: 1000,
+            event_kb: 64,
         }
     }
 }
@@ -118,11 +133,16 @@ pub enum ManifestError {
     },
 }
 
-const LIMIT_RANGES: [(&str, u32, u32); 4] = [
+const LIMIT_RANGES: [(&str, u32, u32); 9] = [
     ("storage_mb", 1, 102_400),
     ("statement_ms", 1, 60_000),
     ("memory_mb", 1, 4096),
     ("request_ms", 1, 300_000),
+    ("value_kb", 1, 4096),
+    ("result_kb", 16, 65_536),
+    ("events_per_request", 0, 10_000),
+    ("events_per_minute", 0, 100_000),
+    ("event_kb", 1, 1024),
 ];
 
 impl Manifest {
@@ -255,6 +275,11 @@ impl Manifest {
             self.limits.statement_ms,
             self.limits.memory_mb,
             self.limits.request_ms,
+            self.limits.value_kb,
+            self.limits.result_kb,
+            self.limits.events_per_request,
+            self.limits.events_per_minute,
+            self.limits.event_kb,
         ];
         for ((field, min, max), value) in LIMIT_RANGES.iter().zip(limits) {
             if !(*min..=*max).contains(&value) {

@@ -21,8 +21,6 @@ use crate::{PluginStoreError, check_plugin_id};
 
 /// Most rows one query may return.
 pub const MAX_RESULT_ROWS: usize = 10_000;
-/// Most bytes (of values) one query may return.
-pub const MAX_RESULT_BYTES: usize = 8 * 1024 * 1024;
 /// Deepest parenthesis nesting a statement may have (SQLite's expression depth limit
 /// does not count parentheses).
 pub const MAX_NESTING: usize = 64;
@@ -30,18 +28,26 @@ pub const MAX_NESTING: usize = 64;
 /// The `sqlite3_limit`s of every plugin connection: tight, but enough for a real app.
 const SQLITE_LIMITS: &[(Limit, i32)] = &[
     (Limit::SQLITE_LIMIT_ATTACHED, 0),
-    (Limit::SQLITE_LIMIT_LENGTH, 16 * 1024 * 1024),
     (Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000),
     (Limit::SQLITE_LIMIT_COLUMN, 500),
     (Limit::SQLITE_LIMIT_EXPR_DEPTH, 100),
     (Limit::SQLITE_LIMIT_COMPOUND_SELECT, 50),
     (Limit::SQLITE_LIMIT_VDBE_OP, 250_000),
     (Limit::SQLITE_LIMIT_FUNCTION_ARG, 32),
-    (Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1_000),
+    // LIKE and GLOB cost up to value length x pattern length.
+    (Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 128),
     (Limit::SQLITE_LIMIT_VARIABLE_NUMBER, 999),
     (Limit::SQLITE_LIMIT_TRIGGER_DEPTH, 16),
     (Limit::SQLITE_LIMIT_WORKER_THREADS, 0),
 ];
+
+/// Caps the memory SQLite may allocate in this process (`sqlite3_hard_heap_limit64`):
+/// a query producing rows of many large values fails with "out of memory" instead of
+/// growing the extension host without bound. Returns the previous limit.
+pub fn limit_sqlite_heap(bytes: i64) -> i64 {
+    // SAFETY: sqlite3_hard_heap_limit64 takes any value and is thread-safe.
+    unsafe { rusqlite::ffi::sqlite3_hard_heap_limit64(bytes) }
+}
 
 /// Where plugin databases live.
 #[derive(Debug, Clone)]
@@ -127,11 +133,13 @@ pub enum FenceError {
     },
     /// The result would exceed the row or byte cap.
     #[error(
-        "plugin {plugin}: result too large (at most {MAX_RESULT_ROWS} rows and {MAX_RESULT_BYTES} bytes); use LIMIT and paging"
+        "plugin {plugin}: result too large (at most {MAX_RESULT_ROWS} rows and {max_bytes} bytes of values, limits.result_kb); use LIMIT and paging"
     )]
     ResultTooLarge {
         /// Plugin id.
         plugin: String,
+        /// The byte cap.
+        max_bytes: usize,
     },
     /// A statement exceeded one of SQLite's limits (string length, expression depth, ...).
     #[error("plugin {plugin}: {message}")]
@@ -272,6 +280,8 @@ pub struct PluginDb {
     in_request: Cell<bool>,
     /// Set when a statement ended the host's transaction; cleared by rollback.
     request_ended: Cell<bool>,
+    /// The deadline of the request being served: no statement runs past it.
+    request_deadline: Cell<Option<Instant>>,
 }
 
 impl std::fmt::Debug for PluginDb {
@@ -328,6 +338,11 @@ impl PluginDb {
         for (limit, value) in SQLITE_LIMITS {
             conn.set_limit(*limit, *value).map_err(sqlite)?;
         }
+        // No single value (and so no single function call on it) may be large.
+        let max_value = config.limits.value_kb as usize * 1024;
+        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_value as i32)
+            .map_err(sqlite)?;
+        crate::functions::register(&conn, max_value).map_err(sqlite)?;
         let page_size: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(sqlite)?;
@@ -413,6 +428,7 @@ impl PluginDb {
             checked: CheckedTexts::default(),
             in_request: Cell::new(false),
             request_ended: Cell::new(false),
+            request_deadline: Cell::new(None),
         };
         Ok(db)
     }
@@ -532,8 +548,16 @@ impl PluginDb {
         } else {
             None
         };
-        let deadline =
-            self.guard.epoch.elapsed().as_millis() as u64 + u64::from(self.limits.statement_ms);
+        // A statement stops at its own deadline or at its request's, whichever is first:
+        // the request's budget covers its SQL too.
+        let now = self.guard.epoch.elapsed().as_millis() as u64;
+        let mut deadline = now + u64::from(self.limits.statement_ms);
+        if let Some(request) = self.request_deadline.get() {
+            let left = request
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64;
+            deadline = deadline.min(now + left);
+        }
         self.guard.timed_out.store(false, Ordering::Relaxed);
         self.guard
             .deadline_ms
@@ -546,6 +570,7 @@ impl PluginDb {
                 RunError::Sqlite(e) => self.map_error(e, text),
                 RunError::TooLarge => FenceError::ResultTooLarge {
                     plugin: self.plugin.clone(),
+                    max_bytes: self.max_result_bytes(),
                 },
             })
             .and_then(|outcome| {
@@ -577,6 +602,11 @@ impl PluginDb {
             }
         }
         result
+    }
+
+    /// Most bytes of values one query may return (`limits.result_kb`).
+    pub fn max_result_bytes(&self) -> usize {
+        self.limits.result_kb as usize * 1024
     }
 
     /// Marks the request's transaction as ended by the plugin's statement.
@@ -613,18 +643,24 @@ impl PluginDb {
             .unwrap_or_else(|| stmt.column_names().iter().map(|c| c.to_string()).collect());
         let mut rows = Vec::new();
         let mut bytes = 0usize;
+        let max_bytes = self.max_result_bytes();
         let mut cursor = stmt.query(params_from_iter(params))?;
         while let Some(row) = cursor.next()? {
-            let mut values = Vec::with_capacity(column_count);
-            for i in 0..column_count {
-                let value = SqlValue::from_ref(row.get_ref(i)?);
-                bytes += value.size();
-                values.push(value);
-            }
-            rows.push(values);
-            if rows.len() > MAX_RESULT_ROWS || bytes > MAX_RESULT_BYTES {
+            if rows.len() >= MAX_RESULT_ROWS {
                 return Err(RunError::TooLarge);
             }
+            let mut values = Vec::with_capacity(column_count);
+            for i in 0..column_count {
+                // Sized before it is copied: a wide row of large values stops at the
+                // first value past the cap, not after the whole row was materialised.
+                let value = row.get_ref(i)?;
+                bytes += value_size(value);
+                if bytes > max_bytes {
+                    return Err(RunError::TooLarge);
+                }
+                values.push(SqlValue::from_ref(value));
+            }
+            rows.push(values);
         }
         Ok(Outcome::Rows { columns, rows })
     }
@@ -779,6 +815,12 @@ impl PluginDb {
     fn start_request(&self) {
         self.in_request.set(true);
         self.request_ended.set(false);
+    }
+
+    /// Sets the deadline of the request this connection serves (`None` after it): no
+    /// statement runs past it, whatever its own `statement_ms`.
+    pub fn set_request_deadline(&self, deadline: Option<Instant>) {
+        self.request_deadline.set(deadline);
     }
 
     /// Commits the request's transaction; refused if a statement ended it.
@@ -1139,6 +1181,16 @@ impl<'a> Prepared<'a> {
             Prepared::Cached(s) => s,
             Prepared::Fresh(s) => s,
         }
+    }
+}
+
+/// The bytes a value takes once copied out (what [`SqlValue::size`] counts).
+fn value_size(value: rusqlite::types::ValueRef<'_>) -> usize {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Null => 1,
+        ValueRef::Integer(_) | ValueRef::Real(_) => 8,
+        ValueRef::Text(b) | ValueRef::Blob(b) => b.len(),
     }
 }
 

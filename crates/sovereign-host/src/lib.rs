@@ -6,13 +6,14 @@
 pub mod component;
 pub mod runtime;
 pub mod sandbox;
+pub mod scheduler;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sovereign_db_plugins::StoreLocation;
@@ -21,6 +22,20 @@ use sovereign_protocol::{
 };
 
 use crate::runtime::{EPOCH_TICK, Runtime};
+use crate::scheduler::Scheduler;
+
+/// A plugin request waiting for a worker.
+struct PluginJob {
+    id: u64,
+    request: sovereign_protocol::HttpRequest,
+    caller: sovereign_protocol::Caller,
+    /// When it arrived: its deadline counts from here, queueing included.
+    received: Instant,
+}
+
+/// How much memory SQLite may allocate in the host, whatever plugins query: a wide row
+/// of large values fails with "out of memory" instead of growing the process.
+pub const SQLITE_HEAP_LIMIT: i64 = 256 * 1024 * 1024;
 
 /// How the kernel started this host.
 #[derive(Debug, Clone)]
@@ -73,6 +88,7 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
     if version != VERSION {
         bail!("protocol version {version} from the kernel, this host speaks {VERSION}");
     }
+    sovereign_db_plugins::limit_sqlite_heap(SQLITE_HEAP_LIMIT);
     let runtime = Runtime::load(
         Runtime::engine()?,
         &options.location,
@@ -164,35 +180,39 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
             })?;
     }
 
-    let (jobs, queue) = mpsc::channel::<KernelToHost>();
-    let queue = Arc::new(Mutex::new(queue));
+    // Plugin requests go through the fair scheduler; the platform's own work (mirror
+    // batches, event acknowledgements) has a thread of its own and never queues behind
+    // a plugin.
+    let scheduler: Arc<Scheduler<PluginJob>> = Arc::new(Scheduler::default());
     for n in 0..options.workers.max(1) {
-        let queue = queue.clone();
+        let scheduler = scheduler.clone();
+        let runtime = runtime.clone();
+        let writer = writer.clone();
+        std::thread::Builder::new()
+            .name(format!("sv-host-worker-{n}"))
+            .spawn(move || {
+                while let Some((plugin, job)) = scheduler.next() {
+                    let (result, events) =
+                        runtime.handle(&plugin, job.request, job.caller, job.received);
+                    scheduler.done(&plugin);
+                    send(&writer, &HostToKernel::Response { id: job.id, result });
+                    if !events.is_empty() {
+                        send(&writer, &HostToKernel::Events { events });
+                    }
+                }
+            })?;
+    }
+    let (platform_jobs, platform_queue) = mpsc::channel::<KernelToHost>();
+    {
         let runtime = runtime.clone();
         let writer = writer.clone();
         let mirror = mirror.clone();
         let shared_store = options.location.shared_store.clone();
         std::thread::Builder::new()
-            .name(format!("sv-host-worker-{n}"))
+            .name("sv-host-platform".into())
             .spawn(move || {
-                loop {
-                    let job = match queue.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-                        Ok(job) => job,
-                        Err(_) => return,
-                    };
+                while let Ok(job) = platform_queue.recv() {
                     match job {
-                        KernelToHost::Handle {
-                            id,
-                            plugin,
-                            request,
-                            caller,
-                        } => {
-                            let (result, events) = runtime.handle(&plugin, request, caller);
-                            send(&writer, &HostToKernel::Response { id, result });
-                            if !events.is_empty() {
-                                send(&writer, &HostToKernel::Events { events });
-                            }
-                        }
                         KernelToHost::ApplyMirror {
                             id,
                             slices,
@@ -227,12 +247,22 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
                     .map_err(|e| e.to_string());
                 send(&writer, &HostToKernel::ProbeResult { id, result });
             }
-            Some(
-                job @ (KernelToHost::Handle { .. }
-                | KernelToHost::EventsStored { .. }
-                | KernelToHost::ApplyMirror { .. }),
-            ) => {
-                if jobs.send(job).is_err() {
+            Some(KernelToHost::Handle {
+                id,
+                plugin,
+                request,
+                caller,
+            }) => scheduler.submit(
+                &plugin,
+                PluginJob {
+                    id,
+                    request,
+                    caller,
+                    received: Instant::now(),
+                },
+            ),
+            Some(job @ (KernelToHost::EventsStored { .. } | KernelToHost::ApplyMirror { .. })) => {
+                if platform_jobs.send(job).is_err() {
                     break;
                 }
             }
@@ -242,6 +272,7 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
         }
     }
     tracing::info!("extension host stopping");
+    scheduler.close();
     Ok(())
 }
 

@@ -2,13 +2,14 @@
 //! epoch deadline, no WASI filesystem, network or environment, and the plugin's fenced
 //! database inside one transaction per request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sovereign_db_plugins::{
-    DatabaseMode, FenceError, Manifest, Outcome, PluginDb, PluginDbConfig, SqlValue, StoreLocation,
+    DatabaseMode, FenceError, Limits, Manifest, Outcome, PluginDb, PluginDbConfig, SqlValue,
+    StoreLocation,
 };
 use sovereign_protocol::{Caller, HostError, HttpRequest, HttpResponse, PluginEvent, PluginSpec};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -19,6 +20,10 @@ pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         world: "plugin",
         path: "../../wit",
+        // The handler runs as a future so that a request can be stopped at its deadline
+        // even while the guest waits (a WASI sleep or poll); the plugin API imports stay
+        // blocking host calls, each bounded by the statement deadline.
+        exports: { default: async },
     });
 }
 
@@ -31,12 +36,17 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub(crate) struct RequestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    store_limits: StoreLimits,
     db: PluginDb,
     plugin: String,
     emits: Vec<String>,
     caller: Caller,
-    emitted: usize,
+    emitted: u32,
+    limits: Limits,
+    /// When the plugin's recent events were emitted (the per-minute window).
+    event_window: Arc<Mutex<VecDeque<Instant>>>,
+    /// Set when an emit went past a limit: the request is rolled back.
+    over_limit: Option<String>,
 }
 
 impl WasiView for RequestState {
@@ -139,11 +149,6 @@ impl database::Host for RequestState {
     }
 }
 
-/// Largest event payload.
-const MAX_EVENT_BYTES: usize = 64 * 1024;
-/// Most events one request may emit.
-const MAX_EVENTS_PER_REQUEST: usize = 100;
-
 impl events::Host for RequestState {
     fn emit(&mut self, topic: String, payload_json: String) -> Result<(), String> {
         if !self.emits.contains(&topic) {
@@ -153,19 +158,44 @@ impl events::Host for RequestState {
                 self.emits
             ));
         }
-        if payload_json.len() > MAX_EVENT_BYTES {
+        let max_payload = self.limits.event_kb as usize * 1024;
+        if payload_json.len() > max_payload {
             return Err(format!(
-                "event payload of {} bytes exceeds {MAX_EVENT_BYTES}",
+                "event payload of {} bytes exceeds limits.event_kb ({max_payload} bytes)",
                 payload_json.len()
             ));
         }
         if serde_json::from_str::<serde_json::Value>(&payload_json).is_err() {
             return Err("the event payload is not valid JSON".into());
         }
-        if self.emitted >= MAX_EVENTS_PER_REQUEST {
-            return Err(format!(
-                "at most {MAX_EVENTS_PER_REQUEST} events per request"
-            ));
+        // Every event becomes a row in the core store: a plugin may not grow it at will.
+        // Going past a cap fails the emit and rolls the whole request back.
+        if self.emitted >= self.limits.events_per_request {
+            let message = format!(
+                "more than {} events in one request (limits.events_per_request)",
+                self.limits.events_per_request
+            );
+            self.over_limit.get_or_insert(message.clone());
+            return Err(message);
+        }
+        {
+            let mut window = self.event_window.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            while window
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+            {
+                window.pop_front();
+            }
+            if window.len() >= self.limits.events_per_minute as usize {
+                let message = format!(
+                    "more than {} events per minute (limits.events_per_minute)",
+                    self.limits.events_per_minute
+                );
+                self.over_limit.get_or_insert(message.clone());
+                return Err(message);
+            }
+            window.push_back(now);
         }
         self.db
             .emit_event(&topic, &payload_json)
@@ -210,11 +240,14 @@ pub struct LoadedPlugin {
     pre: bindings::PluginPre<RequestState>,
     /// `None` while a request has the connection.
     db: Mutex<Option<PluginDb>>,
+    event_window: Arc<Mutex<VecDeque<Instant>>>,
 }
 
 /// The runtime: the engine and every loaded plugin.
 pub struct Runtime {
     engine: Engine,
+    /// Drives request futures (their WASI timers) and their deadlines.
+    executor: tokio::runtime::Runtime,
     plugins: HashMap<String, Arc<LoadedPlugin>>,
     failed: HashMap<String, String>,
 }
@@ -232,7 +265,7 @@ impl Runtime {
     /// context grants none), and the plugin API.
     pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<RequestState>> {
         let mut linker: Linker<RequestState> = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Plugin::add_to_linker::<RequestState, HasSelf<RequestState>>(&mut linker, |s| s)?;
         Ok(linker)
     }
@@ -258,8 +291,14 @@ impl Runtime {
                 }
             }
         }
+        let executor = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sv-host-timers")
+            .enable_time()
+            .build()?;
         Ok(Runtime {
             engine,
+            executor,
             plugins,
             failed,
         })
@@ -294,6 +333,7 @@ impl Runtime {
             manifest,
             pre,
             db: Mutex::new(Some(db)),
+            event_window: Arc::default(),
         })
     }
 
@@ -316,13 +356,16 @@ impl Runtime {
     }
 
     /// Handles one request: a fresh instance, the plugin's connection in a transaction,
-    /// commit on a non-5xx response, rollback on a 5xx, an error or a trap. Returns the
-    /// events committed with it.
+    /// commit on a non-5xx response, rollback on a 5xx, an error, a trap or the deadline.
+    /// The deadline is `received + request_ms` and covers everything: the guest's code
+    /// (epoch interruption), its waits (the call is dropped) and its SQL (no statement
+    /// runs past it). Returns the events committed with it.
     pub fn handle(
         &self,
         plugin: &str,
         request: HttpRequest,
         caller: Caller,
+        received: Instant,
     ) -> (Result<HttpResponse, HostError>, Vec<PluginEvent>) {
         let Some(loaded) = self.plugins.get(plugin) else {
             let error = match self.failed.get(plugin) {
@@ -331,6 +374,12 @@ impl Runtime {
             };
             return (Err(error), vec![]);
         };
+        let limits = loaded.manifest.limits;
+        let deadline = received + Duration::from_millis(u64::from(limits.request_ms));
+        if Instant::now() >= deadline {
+            // It waited its whole budget in the queue; the kernel has answered 504.
+            return (Err(HostError::Deadline), vec![]);
+        }
         let mut slot = loaded.db.lock().unwrap_or_else(|e| e.into_inner());
         let Some(db) = slot.take() else {
             return (
@@ -340,6 +389,7 @@ impl Runtime {
                 vec![],
             );
         };
+        db.set_request_deadline(Some(deadline));
         // Reads (GET/HEAD) need no write lock up front; everything else takes it at once,
         // so a request never fails half-way on a lock upgrade.
         let begun = if matches!(request.method.as_str(), "GET" | "HEAD") {
@@ -348,14 +398,14 @@ impl Runtime {
             db.begin()
         };
         if let Err(e) = begun {
+            db.set_request_deadline(None);
             *slot = Some(db);
             return (Err(HostError::Internal(e.to_string())), vec![]);
         }
-        let limits = loaded.manifest.limits;
         let state = RequestState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
+            store_limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_mb as usize * 1024 * 1024)
                 .instances(16)
                 .trap_on_grow_failure(true)
@@ -365,9 +415,12 @@ impl Runtime {
             emits: loaded.manifest.emits.clone(),
             caller,
             emitted: 0,
+            limits,
+            event_window: loaded.event_window.clone(),
+            over_limit: None,
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.store_limits);
         let ticks = (u64::from(limits.request_ms) / EPOCH_TICK.as_millis() as u64).max(1);
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
@@ -382,15 +435,30 @@ impl Runtime {
                 .collect(),
             body: request.body,
         };
-        let outcome = loaded.pre.instantiate(&mut store).and_then(|instance| {
-            instance
-                .sovereign_plugin_handler()
-                .call_handle(&mut store, &wit_request)
+        let outcome = self.executor.block_on(async {
+            let call = async {
+                let instance = loaded.pre.instantiate_async(&mut store).await?;
+                instance
+                    .sovereign_plugin_handler()
+                    .call_handle(&mut store, &wit_request)
+                    .await
+            };
+            match tokio::time::timeout_at(deadline.into(), call).await {
+                Ok(outcome) => outcome.map_err(|trap| classify(&trap, limits.memory_mb)),
+                // The call is dropped here: the guest stops wherever it was waiting.
+                Err(_) => Err(HostError::Deadline),
+            }
         });
         let state = store.into_data();
         let db = state.db;
-        let result = match outcome {
-            Ok(response) if response.status < 500 => match db.commit() {
+        db.set_request_deadline(None);
+        let result = match (outcome, state.over_limit) {
+            (_, Some(limit)) => {
+                let _ = db.rollback();
+                tracing::warn!(plugin = %loaded.id, %limit, "plugin request went past a limit; rolled back");
+                Err(HostError::LimitExceeded(limit))
+            }
+            (Ok(response), None) if response.status < 500 => match db.commit() {
                 Ok(()) => Ok(to_http(response)),
                 Err(e) => {
                     let _ = db.rollback();
@@ -398,13 +466,12 @@ impl Runtime {
                 }
             },
             // A 5xx answer is the plugin saying it failed: nothing of it is kept.
-            Ok(response) => {
+            (Ok(response), None) => {
                 let _ = db.rollback();
                 Ok(to_http(response))
             }
-            Err(trap) => {
+            (Err(error), None) => {
                 let _ = db.rollback();
-                let error = classify(&trap, limits.memory_mb);
                 tracing::warn!(plugin = %loaded.id, error = ?error, "plugin request failed");
                 Err(error)
             }

@@ -118,6 +118,12 @@ pub(crate) async fn handle(
             ApiError::not_found(format!("plugin {id} is not loaded by the extension host")).into_response()
         }
         Err(CallError::Host(HostError::NotLoaded(reason))) => unavailable(60, &format!("plugin {id} could not be loaded: {reason}")),
+        Err(CallError::Host(HostError::LimitExceeded(reason))) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, "60")],
+            axum::Json(serde_json::json!({ "error": { "code": "plugin_limit", "message": format!("plugin {id}: {reason}") } })),
+        )
+            .into_response(),
         Err(CallError::Host(HostError::Trap(reason))) => ApiError::internal(format!("plugin {id} failed: {reason}")).into_response(),
         Err(CallError::Host(HostError::Internal(reason))) => ApiError::internal(format!("extension host: {reason}")).into_response(),
     }

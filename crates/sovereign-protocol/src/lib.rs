@@ -76,6 +76,9 @@ pub enum HostError {
     Trap(String),
     /// The request ran past the plugin's `request_ms`; rolled back.
     Deadline,
+    /// The request went past one of the plugin's limits (events per request or per
+    /// minute); rolled back.
+    LimitExceeded(String),
     /// Anything else.
     Internal(String),
 }

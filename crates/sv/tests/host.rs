@@ -439,3 +439,115 @@ fn a_plugin_installed_while_the_platform_runs_is_served_without_a_manual_restart
         200
     );
 }
+
+/// Resident-memory high-water mark of a process, in KiB.
+fn peak_rss_kib(pid: i64) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn attacks_on_the_shared_store_do_not_fail_the_neighbour() {
+    let (w, server, token) = platform(true);
+    let server = Arc::new(server);
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let neighbour = {
+        let (server, token, stop, failures) = (
+            server.clone(),
+            token.clone(),
+            stop.clone(),
+            failures.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut served = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let created = server.send(
+                    "POST",
+                    "/api/plugins/tasks/tasks",
+                    Some(&token),
+                    Some(json!({ "title": "neighbour", "assignee": 1 })),
+                );
+                let listed = server.get("/api/plugins/tasks/tasks", Some(&token));
+                for r in [created, listed] {
+                    if !(200..300).contains(&r.status) {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{} {}", r.status, r.text));
+                    }
+                }
+                served += 1;
+            }
+            served
+        })
+    };
+    let attack = |method: &str, path: &str| server.send(method, path, Some(&token), None);
+
+    // Four requests that take the write lock and then sleep far past their 1 s deadline.
+    let sleepers: Vec<_> = (0..4)
+        .map(|_| {
+            let (server, token) = (server.clone(), token.clone());
+            std::thread::spawn(move || {
+                server
+                    .send(
+                        "POST",
+                        "/api/plugins/hostile/lock-and-sleep",
+                        Some(&token),
+                        None,
+                    )
+                    .status
+            })
+        })
+        .collect();
+    for s in sleepers {
+        assert_eq!(s.join().unwrap(), 504);
+    }
+    // Quadratic-looking single function calls on large values, under the write lock:
+    // they finish (linear replacements, bounded LIKE) or stop at the deadline.
+    let slow = attack("POST", "/api/plugins/hostile/slow-function");
+    assert!(
+        [200, 504].contains(&slow.status),
+        "{} {}",
+        slow.status,
+        slow.text
+    );
+    // Wide rows of large values: refused, and the host stays within bounds.
+    let wide = attack("GET", "/api/plugins/hostile/wide-rows");
+    assert!(wide.status >= 400, "{} {}", wide.status, wide.text);
+    // An event flood: the request goes past its event cap and is rolled back whole.
+    let flood = attack("POST", "/api/plugins/hostile/flood-events");
+    assert_eq!(flood.status, 429, "{}", flood.text);
+    assert!(flood.text.contains("events_per_request"), "{}", flood.text);
+    // A foreign key into the mirror.
+    let pin = attack("POST", "/api/plugins/hostile/pin-users");
+    assert_eq!(pin.status, 403, "{}", pin.text);
+
+    stop.store(true, Ordering::SeqCst);
+    let served = neighbour.join().unwrap();
+    assert!(served > 0);
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "the neighbour failed: {failures:?}");
+
+    let flooded: i64 = common::raw(&w.core_db())
+        .query_row(
+            "SELECT count(*) FROM event_inbox WHERE plugin = 'hostile'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        flooded, 0,
+        "no event of the rolled-back flood reached the core"
+    );
+    let state = host_state(&server);
+    assert_eq!(state["restarts"], 0, "{state}");
+    let peak_mib = peak_rss_kib(state["pid"].as_i64().unwrap()) / 1024;
+    // SQLite's heap limit (256 MiB) + WebAssembly memory caps + the runtime: far from the
+    // several GB the wide-row attack reached before.
+    assert!(peak_mib < 1024, "the host peaked at {peak_mib} MiB");
+}
