@@ -77,6 +77,14 @@ fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
 
 /// Runs the host until the kernel disconnects or says shut down.
 pub fn run(options: HostOptions) -> anyhow::Result<()> {
+    // The kernel decides when the host ends (it says so, or its socket closes); a
+    // SIGTERM or SIGINT sent to the whole process group or service is the kernel's to
+    // handle, so that a shutdown never looks like a crash.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
     let stream = UnixStream::connect(&options.socket)
         .with_context(|| format!("connecting to the kernel at {}", options.socket.display()))?;
     let mut reader = stream.try_clone()?;

@@ -1,6 +1,6 @@
 //! The kernel's HTTP API: authentication, users, settings, health and metrics.
 
-use axum::extract::{FromRequest, FromRequestParts, Path, State};
+use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -29,6 +29,11 @@ pub(crate) fn router(state: AppState) -> Router {
             get(get_user).patch(update_user).delete(delete_user),
         )
         .route("/api/activity", get(my_activity))
+        .route("/api/admin/login-locks", get(list_login_locks))
+        .route(
+            "/api/admin/login-locks/{kind}/{key}",
+            axum::routing::delete(clear_login_lock),
+        )
         .route(
             "/api/plugins/{id}",
             axum::routing::any(crate::plugin_routes::handle),
@@ -43,15 +48,25 @@ pub(crate) fn router(state: AppState) -> Router {
             get(get_setting).put(put_setting).delete(delete_setting),
         )
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(axum::extract::DefaultBodyLimit::max(
-            crate::plugin_routes::MAX_PLUGIN_BODY,
-        ))
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new_status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on this route"),
+            )
+        })
+        .layer(axum::middleware::from_fn(crate::server::bounded_request))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
         ))
         .with_state(state)
 }
+
+/// Path parameters whose rejections use the API's error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct ApiPath<T>(pub(crate) T);
 
 /// A JSON body whose rejections use the API's error shape.
 #[derive(FromRequest)]
@@ -128,14 +143,39 @@ struct LoginBody {
 
 async fn login(
     State(state): State<AppState>,
+    parts: Parts,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Json<Value>, ApiError> {
     let ttl = state.session_ttl_seconds;
+    let address = crate::server::peer(&parts).map(|p| p.ip());
+    let email = body.email.trim().to_owned();
+    if let Err(wait) = state.logins.check(&email, address) {
+        return Err(ApiError::too_many_requests(
+            wait,
+            "too many failed logins; wait before trying again",
+        ));
+    }
+    let logins = state.logins.clone();
     state
         .core
         .run(&state.metrics, move |conn| {
-            let user = users::authenticate(conn, body.email.trim(), &body.password)?
-                .ok_or_else(|| ApiError::unauthorized("wrong e-mail address or password"))?;
+            let Some(user) = users::authenticate(conn, &email, &body.password)? else {
+                for lock in logins.failed(&email, address) {
+                    tracing::warn!(key = %lock.key, seconds = lock.duration.as_secs(), "login throttled");
+                    audit::record(
+                        conn,
+                        None,
+                        "auth.throttled",
+                        Some(&lock.key.to_string()),
+                        Some(&json!({
+                            "failures": lock.failures,
+                            "locked_seconds": lock.duration.as_secs(),
+                        })),
+                    )?;
+                }
+                return Err(ApiError::unauthorized("wrong e-mail address or password"));
+            };
+            logins.succeeded(&email);
             let token = sessions::create(conn, user.id, ttl)?;
             audit::record(
                 conn,
@@ -149,6 +189,52 @@ async fn login(
             ))
         })
         .await
+}
+
+async fn list_login_locks(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+) -> Json<Vec<crate::throttle::LockInfo>> {
+    Json(state.logins.list())
+}
+
+async fn clear_login_lock(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ApiPath((kind, key)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    use crate::throttle::LockKey;
+    let lock = match kind.as_str() {
+        "account" => LockKey::Account(key.trim().to_lowercase()),
+        "address" => LockKey::Address(
+            key.parse()
+                .map_err(|_| ApiError::bad_request(format!("{key:?} is not an IP address")))?,
+        ),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "{other:?} is not a kind of lock: use `account` or `address`"
+            )));
+        }
+    };
+    if !state.logins.clear(&lock) {
+        return Err(ApiError::not_found(format!(
+            "{lock} has no failures or lock"
+        )));
+    }
+    state
+        .core
+        .run(&state.metrics, move |conn| {
+            audit::record(
+                conn,
+                Some(admin.id),
+                "auth.lock_cleared",
+                Some(&lock.to_string()),
+                None,
+            )?;
+            Ok(())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn logout(State(state): State<AppState>, parts: Parts) -> Result<StatusCode, ApiError> {
@@ -280,7 +366,7 @@ async fn create_user(
 async fn get_user(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<User>, ApiError> {
     state
         .core
@@ -295,7 +381,7 @@ async fn get_user(
 async fn update_user(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<PatchUserBody>,
 ) -> Result<Json<User>, ApiError> {
     if let Some(p) = &body.password {
@@ -347,7 +433,7 @@ async fn update_user(
 async fn delete_user(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
     state
         .core
@@ -399,7 +485,7 @@ async fn list_settings(
 async fn get_setting(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
 ) -> Result<Json<settings::Setting>, ApiError> {
     let key = checked_key(key)?;
     state
@@ -415,7 +501,7 @@ async fn get_setting(
 async fn put_setting(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<PutSettingBody>,
 ) -> Result<Json<settings::Setting>, ApiError> {
     let key = checked_key(key)?;
@@ -444,7 +530,7 @@ async fn put_setting(
 async fn delete_setting(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let key = checked_key(key)?;
     state

@@ -13,6 +13,7 @@ pub struct ApiError {
     message: String,
     field: Option<&'static str>,
     database: bool,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -23,7 +24,21 @@ impl ApiError {
             message: message.into(),
             field: None,
             database: false,
+            retry_after: None,
         }
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn too_many_requests(wait: std::time::Duration, message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+        }
+    }
+
+    /// An error with any status and code.
+    pub fn new_status(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(status, code, message)
     }
 
     /// 400: the body is not what the endpoint takes.
@@ -108,11 +123,20 @@ impl IntoResponse for ApiError {
         if let Some(field) = self.field {
             error["field"] = field.into();
         }
-        (
+        let mut response = (
             self.status,
             axum::Json(serde_json::json!({ "error": error })),
         )
-            .into_response()
+            .into_response();
+        if let Some(wait) = self.retry_after {
+            // Whole seconds, rounded up.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
+        response
     }
 }
 
@@ -127,5 +151,16 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
             _ => "bad_request",
         };
         Self::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
+        use axum::extract::rejection::PathRejection::*;
+        let code = match &rejection {
+            FailedToDeserializePathParams(_) => "invalid_path",
+            _ => "bad_request",
+        };
+        Self::new(StatusCode::BAD_REQUEST, code, rejection.body_text())
     }
 }

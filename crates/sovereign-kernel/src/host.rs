@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,8 @@ pub enum HostState {
         /// What happened when the host was asked to open `core.db` (it must be refused).
         core_db_probe: String,
     },
+    /// Stopped because the kernel is shutting down.
+    Stopped,
     /// Crashed too often; waiting for an operator (`sv plugins host restart`).
     CrashLoop {
         /// Crashes in the window.
@@ -117,6 +119,9 @@ struct Inner {
     next_id: AtomicU64,
     in_flight: Semaphore,
     restart_now: Notify,
+    /// Set when the kernel shuts down: the host's end is then not a crash.
+    shutting_down: AtomicBool,
+    shutdown_now: Notify,
     events: EventSink,
 }
 
@@ -152,6 +157,8 @@ impl HostHandle {
             next_id: AtomicU64::new(1),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             restart_now: Notify::new(),
+            shutting_down: AtomicBool::new(false),
+            shutdown_now: Notify::new(),
             events,
         });
         tokio::spawn(supervise(inner.clone(), listener));
@@ -170,6 +177,18 @@ impl HostHandle {
     /// Restarts the host now, also out of a crash loop.
     pub fn restart(&self) {
         self.inner.restart_now.notify_one();
+    }
+
+    /// Stops the host for good (the kernel is shutting down) and waits up to `wait` for
+    /// it to exit. Its end is not counted or logged as a crash.
+    pub async fn stop(&self, wait: Duration) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.shutdown_now.notify_one();
+        let deadline = tokio::time::Instant::now() + wait;
+        while !matches!(self.state(), HostState::Stopped) && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn connection(&self) -> Option<Arc<Connection>> {
@@ -364,10 +383,16 @@ async fn supervise(inner: Arc<Inner>, listener: UnixListener) {
         set_state(&inner, HostState::Starting { restarts });
         let reason = run_once(&inner, &listener, restarts).await;
         *inner.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            set_state(&inner, HostState::Stopped);
+            tracing::info!("the extension host stopped");
+            return;
+        }
         let operator_restart = matches!(reason, Ending::Restart);
         let reason_text = match &reason {
             Ending::Failed(e) => e.clone(),
             Ending::Restart => "restart requested".into(),
+            Ending::Shutdown => "shutting down".into(),
         };
         restarts += 1;
         if operator_restart {
@@ -413,6 +438,7 @@ async fn supervise(inner: Arc<Inner>, listener: UnixListener) {
 enum Ending {
     Failed(String),
     Restart,
+    Shutdown,
 }
 
 /// Spawns the host, configures it and serves it until it ends.
@@ -600,6 +626,7 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
             status = child.wait() => break Ending::Failed(format!("the host exited: {status:?}")),
             _ = &mut read_task => break Ending::Failed("the host closed its connection".into()),
             _ = inner.restart_now.notified() => break Ending::Restart,
+            _ = inner.shutdown_now.notified() => break Ending::Shutdown,
             _ = registry_check.tick() => {
                 // A plugin installed, upgraded, moved or removed while the platform runs:
                 // the host loads the registry at start, so start a fresh one.
@@ -626,6 +653,10 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
         .unwrap_or_else(|e| e.into_inner())
         .clear();
     let _ = tx.send(KernelToHost::Shutdown);
+    if matches!(ending, Ending::Shutdown) {
+        // Let it finish what it is doing and exit on its own.
+        let _ = tokio::time::timeout(Duration::from_secs(3), child.wait()).await;
+    }
     read_task.abort();
     write_task.abort();
     let _ = child.start_kill();

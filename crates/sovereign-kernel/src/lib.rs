@@ -11,6 +11,8 @@ mod metrics;
 mod plugin_routes;
 mod pool;
 mod runtime_lock;
+mod server;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +46,7 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) session_ttl_seconds: i64,
     pub(crate) host: Option<host::HostHandle>,
+    pub(crate) logins: Arc<throttle::LoginThrottle>,
 }
 
 /// The HTTP router with every route and middleware.
@@ -85,6 +88,7 @@ impl Kernel {
                 metrics,
                 session_ttl_seconds: options.session_ttl_seconds,
                 host,
+                logins: Arc::default(),
             },
         })
     }
@@ -107,9 +111,7 @@ impl Kernel {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = router(self.state);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        server::serve(self.listener, app, shutdown).await
     }
 }
 

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use sovereign_db_core::events::{IncomingEvent, Ingested};
 use sovereign_db_core::users::Role;
 use sovereign_protocol::{Caller, HostError, HttpRequest, PluginEvent};
 
-use crate::api::CurrentUser;
+use crate::api::{ApiPath, CurrentUser};
 use crate::host::{CallError, EventSink};
 use crate::{ApiError, AppState, CorePool};
 
@@ -39,7 +39,7 @@ const RETURNED_HEADERS: &[&str] = &[
 pub(crate) async fn handle(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(params): Path<HashMap<String, String>>,
+    ApiPath(params): ApiPath<HashMap<String, String>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,

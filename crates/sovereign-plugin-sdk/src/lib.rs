@@ -81,8 +81,29 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The body as JSON, or a 400 error saying what is wrong.
+    /// The body as JSON: a 415 error unless the request says it is JSON
+    /// (`content-type: application/json` or `application/*+json`), a 400 error saying
+    /// what is wrong if it does not parse.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        let content_type = self.header("content-type").unwrap_or_default();
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let is_json = essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"));
+        if !is_json {
+            return Err(Error::UnsupportedMediaType(format!(
+                "the body must be JSON with `content-type: application/json` (got {:?})",
+                if content_type.is_empty() {
+                    "none"
+                } else {
+                    content_type
+                }
+            )));
+        }
         serde_json::from_slice(&self.body)
             .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
     }
@@ -140,6 +161,8 @@ pub enum Error {
     NotFound(String),
     /// 409.
     Conflict(String),
+    /// 415: the body is not of a type the handler takes.
+    UnsupportedMediaType(String),
     /// A database error: 403 when the fence denied it, 409 for constraint violations,
     /// 507 when the storage quota is full, 500 otherwise.
     Db(DbError),
@@ -183,6 +206,7 @@ impl Error {
             Error::Forbidden(m) => (403, "forbidden", m),
             Error::NotFound(m) => (404, "not_found", m),
             Error::Conflict(m) => (409, "conflict", m),
+            Error::UnsupportedMediaType(m) => (415, "unsupported_media_type", m),
             Error::Db(DbError::Denied(m)) => (403, "denied", m),
             Error::Db(DbError::Sql(m)) if m.contains("constraint failed") => (409, "conflict", m),
             Error::Db(DbError::Sql(m)) => (500, "database", m),

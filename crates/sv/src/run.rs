@@ -317,7 +317,11 @@ fn start(
         )?;
         out.flush()?;
         drop(out);
+        let host = kernel.host();
         kernel.serve(shutdown).await?;
+        if let Some(host) = host {
+            host.stop(std::time::Duration::from_secs(5)).await;
+        }
         tokio::task::spawn_blocking(move || sync.stop()).await?;
         tracing::info!("stopped");
         anyhow::Ok(())

@@ -329,3 +329,205 @@ fn users_create_from_the_command_line() {
     let dup = w.sv_err(&["users", "create", "--email", "dev@example.com"]);
     assert!(dup.contains("already exists"), "{dup}");
 }
+
+#[test]
+fn password_guessing_is_throttled_per_account_and_per_address() {
+    let w = Workdir::new();
+    let server = w.start(&["dev"]);
+    let admin = server.login(ADMIN, &server.printed_password());
+    for email in ["alice@example.com", "bob@example.com"] {
+        let r = server.send(
+            "POST",
+            "/api/users",
+            Some(&admin),
+            Some(json!({ "email": email, "password": "a long enough password", "display_name": "U" })),
+        );
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let attempt = |email: &str, password: &str| {
+        server.send(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({ "email": email, "password": password })),
+        )
+    };
+    // Forty rapid failures against alice: after the allowance they are refused with 429
+    // and Retry-After, without verifying the password.
+    let statuses: Vec<u16> = (0..40)
+        .map(|_| attempt("alice@example.com", "guess").status)
+        .collect();
+    assert_eq!(&statuses[..4], &[401; 4], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    let locked = attempt("alice@example.com", "a long enough password");
+    assert_eq!(
+        locked.status, 429,
+        "even the right password waits: {}",
+        locked.text
+    );
+    assert_eq!(locked.body["error"]["code"], "too_many_requests");
+    // Bob, from the same address, is not affected.
+    let bob = attempt("bob@example.com", "a long enough password");
+    assert_eq!(bob.status, 200, "{}", bob.text);
+
+    // The admin sees the lock, it is in the audit log, and clearing it lets alice in.
+    let locks = server.get("/api/admin/login-locks", Some(&admin));
+    assert_eq!(locks.status, 200);
+    assert!(
+        locks
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["kind"] == "account"
+                && l["key"] == "alice@example.com"
+                && l["locked_for_seconds"].as_u64().unwrap() > 0),
+        "{}",
+        locks.text
+    );
+    let audited: i64 = common::raw(&w.core_db())
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE action = 'auth.throttled' AND target = 'account:alice@example.com'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(audited > 0);
+    let cleared = server.send(
+        "DELETE",
+        "/api/admin/login-locks/account/alice@example.com",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(cleared.status, 204, "{}", cleared.text);
+    assert_eq!(
+        attempt("alice@example.com", "a long enough password").status,
+        200
+    );
+
+    // Credential stuffing: failures over many accounts lock the address, known and
+    // unknown accounts alike.
+    let mut last = 0;
+    for n in 0..15 {
+        last = attempt(&format!("nobody{n}@example.com"), "guess").status;
+    }
+    assert_eq!(last, 429);
+    let stuffed = attempt("bob@example.com", "a long enough password");
+    assert_eq!(stuffed.status, 429, "{}", stuffed.text);
+    assert!(
+        server
+            .get("/api/admin/login-locks", Some(&admin))
+            .text
+            .contains("\"kind\":\"address\""),
+    );
+    let cleared = server.send(
+        "DELETE",
+        "/api/admin/login-locks/address/127.0.0.1",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(cleared.status, 204, "{}", cleared.text);
+    assert_eq!(
+        attempt("bob@example.com", "a long enough password").status,
+        200
+    );
+}
+
+#[test]
+fn every_rejection_has_the_json_error_shape() {
+    let w = Workdir::new();
+    w.sv_ok(&["migrate:deploy"]);
+    let tasks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/tasks");
+    w.sv_ok(&["plugins", "install", tasks.to_str().unwrap(), "--yes"]);
+    let server = w.start(&["dev"]);
+    let admin = server.login(ADMIN, &server.printed_password());
+    let json_error = |r: &common::Reply, status: u16, code: &str| {
+        assert_eq!(r.status, status, "{}", r.text);
+        assert_eq!(r.body["error"]["code"], code, "{}", r.text);
+        assert!(r.body["error"]["message"].is_string(), "{}", r.text);
+    };
+    json_error(
+        &server.get("/api/users/abc", Some(&admin)),
+        400,
+        "invalid_path",
+    );
+    json_error(
+        &server.get("/api/settings/%ff", Some(&admin)),
+        400,
+        "invalid_path",
+    );
+    json_error(
+        &server.send("PUT", "/api/auth/login", None, None),
+        405,
+        "method_not_allowed",
+    );
+    let long = format!("/api/users?{}", "x".repeat(10_000));
+    json_error(&server.get(&long, Some(&admin)), 414, "uri_too_long");
+    let big = json!({ "title": "x".repeat(2 * 1024 * 1024) });
+    json_error(
+        &server.send("POST", "/api/plugins/tasks/tasks", Some(&admin), Some(big)),
+        413,
+        "payload_too_large",
+    );
+    json_error(&server.get("/nowhere", None), 404, "not_found");
+    // A plugin route gets the request's content type; the SDK refuses non-JSON bodies.
+    let started = std::time::Instant::now();
+    while server.get("/health", None).body["extension_host"]["status"] != "running" {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no host"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let plain = server.send_raw_with_token(
+        "POST",
+        "/api/plugins/tasks/tasks",
+        &admin,
+        Some("text/plain"),
+        r#"{"title": "looks like JSON", "assignee": 1}"#,
+    );
+    json_error(&plain, 415, "unsupported_media_type");
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_shutdown_is_quiet() {
+    use std::io::{Read, Write};
+    let w = Workdir::new();
+    let server = w.start(&["dev"]);
+    // A client that sends its headers one byte at a time is disconnected.
+    let mut slow = std::net::TcpStream::connect(server.address()).unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_millis(400)))
+        .unwrap();
+    let request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for byte in request.iter().chain(std::iter::repeat(&b'a')) {
+        if slow.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match slow.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {
+                closed = true; // an error answer, then the close
+                break;
+            }
+            Err(_) => {}
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            break;
+        }
+    }
+    assert!(closed, "the slow client kept its connection for 60 s");
+    // The server still serves others.
+    assert_eq!(server.get("/health", None).status, 200);
+
+    let (status, log) = server.stop_with_log();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("restarting"), "{log}");
+    assert!(!log.contains("\u{1b}["), "no colour codes in a pipe: {log}");
+}

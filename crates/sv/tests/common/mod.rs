@@ -250,6 +250,25 @@ impl Server {
         Self::reply(self.agent.run(req.body(body.to_owned()).unwrap()).unwrap())
     }
 
+    /// Sends a raw body with a token and an optional content type.
+    pub fn send_raw_with_token(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        content_type: Option<&str>,
+        body: &str,
+    ) -> Reply {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .header("Authorization", format!("Bearer {token}"));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        Self::reply(self.agent.run(req.body(body.to_owned()).unwrap()).unwrap())
+    }
+
     /// Logs in and returns the token.
     pub fn login(&self, email: &str, password: &str) -> String {
         let r = self.send(
@@ -273,6 +292,25 @@ impl Server {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
+        self.stop_ref()
+    }
+}
+
+impl Server {
+    /// Sends SIGTERM, waits for the exit and returns it with everything logged to stderr.
+    pub fn stop_with_log(mut self) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        let mut stderr = self.child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let status = self.stop_ref();
+        (status, reader.join().unwrap())
+    }
+
+    fn stop_ref(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id() as i32;
         // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -284,6 +322,11 @@ impl Server {
             assert!(Instant::now() < deadline, "sv did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The host and port the server listens on.
+    pub fn address(&self) -> String {
+        self.base.trim_start_matches("http://").to_owned()
     }
 }
 
