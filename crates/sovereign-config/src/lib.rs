@@ -442,13 +442,78 @@ fn read_toml(path: &Path, required: bool) -> Result<(TomlFile, toml::Table), Con
         message: e.to_string(),
     };
     let table: toml::Table = toml::from_str(&text).map_err(file_err)?;
+    if let Some(unknown) = table
+        .keys()
+        .find(|k| !TOP_LEVEL_KEYS.contains(&k.as_str()) && !SECTIONS.contains(&k.as_str()))
+    {
+        let suggestion = TOP_LEVEL_KEYS
+            .iter()
+            .chain(SECTIONS)
+            .min_by_key(|known| edit_distance(unknown, known))
+            .filter(|known| edit_distance(unknown, known) <= 2)
+            .map(|known| format!(" (did you mean `{known}`?)"))
+            .unwrap_or_default();
+        return Err(ConfigError::File {
+            path: path.to_owned(),
+            message: format!(
+                "unknown key `{unknown}`{suggestion}; known keys: {}, and the sections [{}]",
+                TOP_LEVEL_KEYS.join(", "),
+                SECTIONS.join("], [")
+            ),
+        });
+    }
     let known: TomlFile = toml::from_str(&text).map_err(file_err)?;
     Ok((known, table))
+}
+
+/// The top-level keys of `sovereign.toml` ([`TomlFile`]).
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "database_url",
+    "plugin_database_url",
+    "data_dir",
+    "plugins_dir",
+    "port",
+    "bind",
+];
+
+/// The sections of `sovereign.toml` that other parts read (`sovereign-sync`).
+const SECTIONS: &[&str] = &["sync", "mirror"];
+
+/// Levenshtein distance, for "did you mean" hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = (previous + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(current + 1);
+            previous = current;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelled_key_is_refused_with_a_suggestion() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sovereign.toml"),
+            "databse_url = \"file:x.db\"\n",
+        )
+        .unwrap();
+        let err = load(dir.path(), &Overrides::default(), &[]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("unknown key `databse_url`"), "{text}");
+        assert!(text.contains("did you mean `database_url`"), "{text}");
+    }
 
     fn load(
         dir: &Path,

@@ -55,7 +55,7 @@ pub enum CoreError {
     Migration(#[from] MigrationError),
     /// A query failed.
     #[error("core store: {0}")]
-    Sqlite(#[from] sovereign_db::rusqlite::Error),
+    Sqlite(sovereign_db::rusqlite::Error),
     /// Another user already has this e-mail address.
     #[error("a user with e-mail {0} already exists")]
     EmailTaken(String),
@@ -102,5 +102,13 @@ pub(crate) mod test_support {
         let conn = open(&dir.path().join("core.db")).unwrap();
         migrations().deploy(&conn).unwrap();
         (dir, conn)
+    }
+}
+
+/// SQLite's message becomes part of this error's, once (rusqlite's error repeats it in
+/// its source chain, so it is not kept as a source).
+impl From<sovereign_db::rusqlite::Error> for CoreError {
+    fn from(e: sovereign_db::rusqlite::Error) -> Self {
+        CoreError::Sqlite(e)
     }
 }

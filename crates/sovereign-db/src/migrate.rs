@@ -181,12 +181,12 @@ pub enum MigrationError {
         message: String,
     },
     /// Bookkeeping (tracking table, transaction control) failed.
-    #[error("scope {scope}: migration bookkeeping failed: {source}")]
+    #[error("scope {scope}: migration bookkeeping failed: {error}")]
     Sqlite {
         /// Scope.
         scope: String,
-        /// SQLite's error.
-        source: rusqlite::Error,
+        /// SQLite's error (its message is part of this error's, once: not a source).
+        error: rusqlite::Error,
     },
 }
 
@@ -390,9 +390,9 @@ impl MigrationSet {
         runner: &mut StatementRunner<'_>,
         atomicity: Atomicity,
     ) -> Result<Vec<String>, MigrationError> {
-        let sqlite = |source| MigrationError::Sqlite {
+        let sqlite = |error| MigrationError::Sqlite {
             scope: self.scope.clone(),
-            source,
+            error,
         };
         conn.execute_batch(TRACKING_TABLE).map_err(sqlite)?;
         let pending = self.plan(conn)?;
@@ -499,9 +499,9 @@ impl MigrationSet {
     }
 
     fn applied(&self, conn: &Connection) -> Result<Vec<AppliedRow>, MigrationError> {
-        let sqlite = |source| MigrationError::Sqlite {
+        let sqlite = |error| MigrationError::Sqlite {
             scope: self.scope.clone(),
-            source,
+            error,
         };
         let has_table: bool = conn
             .query_row(

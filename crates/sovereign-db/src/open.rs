@@ -71,13 +71,73 @@ pub enum OpenError {
         source: std::io::Error,
     },
     /// SQLite refused to open the file or to apply a setting.
-    #[error("cannot open SQLite database {path}: {source}")]
+    #[error("cannot open SQLite database {path}: {reason}")]
     Sqlite {
         /// The database file.
         path: PathBuf,
-        /// SQLite's error.
-        source: rusqlite::Error,
+        /// SQLite's error code, when it gave one.
+        code: Option<rusqlite::ErrorCode>,
+        /// What went wrong and, where we can tell, what to do (SQLite's message is
+        /// part of it, once).
+        reason: String,
     },
+}
+
+/// SQLite's message for `error`, and for the failures an operator can fix, which file
+/// and what to do: a file that is not a database, or a file or directory this process
+/// may not write.
+fn describe(path: &Path, error: &rusqlite::Error) -> String {
+    let message = match error {
+        rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
+        other => other.to_string(),
+    };
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => format!(
+            "{message}: the file is not a SQLite database (or is damaged); check the URL, or restore it with `sv restore`"
+        ),
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {
+            match unwritable(path) {
+                Some(which) => format!(
+                    "{message}: {which} is not writable by this process; fix its owner or mode, \
+                     or use a read-only command (`sv migrate:status`, `sv doctor`, `sv backup`)"
+                ),
+                None => message,
+            }
+        }
+        _ => message,
+    }
+}
+
+/// The first of the database's directory, file, `-wal` and `-shm` that exists and
+/// that this process may not write.
+fn unwritable(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let writable = |p: &Path| {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+            return true;
+        };
+        // SAFETY: `c` is a NUL-terminated path; access(2) only reads it.
+        unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut candidates = vec![
+        (
+            dir.to_path_buf(),
+            format!("the directory {}", dir.display()),
+        ),
+        (path.to_path_buf(), format!("the file {}", path.display())),
+    ];
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", path.display()));
+        candidates.push((side.clone(), format!("the file {}", side.display())));
+    }
+    candidates
+        .into_iter()
+        .find(|(p, _)| p.exists() && !writable(p))
+        .map(|(_, what)| what)
 }
 
 /// Opens `path` with WAL journaling, `synchronous=NORMAL`, foreign keys on and a busy
@@ -88,9 +148,10 @@ pub enum OpenError {
 /// OS crash may roll back the last transactions before the next checkpoint. That is the
 /// usual trade for a server on SQLite and keeps commits off `fsync`.
 pub fn open_database(path: &Path, options: &OpenOptions) -> Result<Connection, OpenError> {
-    let sqlite_err = |source| OpenError::Sqlite {
+    let sqlite_err = |source: rusqlite::Error| OpenError::Sqlite {
         path: path.to_owned(),
-        source,
+        code: source.sqlite_error_code(),
+        reason: describe(path, &source),
     };
     if !path.exists() {
         if !options.create {
@@ -172,6 +233,28 @@ mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
         assert_eq!(sync, 1, "NORMAL");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_named_once_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("core.db");
+        std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+        let err = open_database(&path, &OpenOptions::core()).unwrap_err();
+        let text = format!("{:#}", anyhow_like(&err));
+        assert_eq!(text.matches("file is not a database").count(), 1, "{text}");
+        assert!(text.contains("sv restore"), "{text}");
+    }
+
+    /// The error and its sources, as `anyhow`'s `{:#}` prints them.
+    fn anyhow_like(err: &OpenError) -> String {
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        text
     }
 
     #[test]

@@ -52,12 +52,12 @@ pub enum StoreError {
         found: String,
     },
     /// SQLite failed while reading or writing the marker.
-    #[error("cannot read the store marker of {path}: {source}")]
+    #[error("cannot read the store marker of {path}: {error}")]
     Sqlite {
         /// The database file.
         path: String,
-        /// SQLite's error.
-        source: rusqlite::Error,
+        /// SQLite's error (its message is part of this error's, once: not a source).
+        error: rusqlite::Error,
     },
 }
 
@@ -82,9 +82,9 @@ pub fn recorded_kind(conn: &Connection) -> rusqlite::Result<Option<String>> {
 /// Marks a fresh file as `kind`, or checks that an existing mark says `kind`.
 pub fn claim(conn: &Connection, kind: &StoreKind) -> Result<(), StoreError> {
     let path = conn.path().unwrap_or("(memory)").to_owned();
-    let sqlite_err = |source| StoreError::Sqlite {
+    let sqlite_err = |error| StoreError::Sqlite {
         path: path.clone(),
-        source,
+        error,
     };
     match recorded_kind(conn).map_err(sqlite_err)? {
         Some(found) if found == kind.marker() => Ok(()),
@@ -126,7 +126,7 @@ pub fn expect(conn: &Connection, kind: &StoreKind) -> Result<(), StoreError> {
             expected: kind.marker(),
             found: found.unwrap_or_else(|| "unmarked".into()),
         }),
-        Err(source) => Err(StoreError::Sqlite { path, source }),
+        Err(error) => Err(StoreError::Sqlite { path, error }),
     }
 }
 

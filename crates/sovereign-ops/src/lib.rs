@@ -38,12 +38,12 @@ pub enum OpsError {
         source: std::io::Error,
     },
     /// SQLite.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Sqlite {
         /// What was being done.
         context: String,
-        /// The error.
-        source: sovereign_db::rusqlite::Error,
+        /// The error (its message is part of this error's, once: not a source).
+        error: sovereign_db::rusqlite::Error,
     },
     /// The plugin store.
     #[error(transparent)]
@@ -65,7 +65,7 @@ pub(crate) fn sqlite(
     context: impl Into<String>,
 ) -> impl FnOnce(sovereign_db::rusqlite::Error) -> OpsError {
     let context = context.into();
-    move |source| OpsError::Sqlite { context, source }
+    move |error| OpsError::Sqlite { context, error }
 }
 
 /// Hex SHA-256 and size of a file.

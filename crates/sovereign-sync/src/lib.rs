@@ -48,7 +48,7 @@ pub enum SyncError {
     Applier(String),
     /// SQLite.
     #[error("sync: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
 }
 
 /// Current time in unix milliseconds.
@@ -65,4 +65,12 @@ pub type Progress<'a> = &'a dyn Fn(u64, u64);
 /// Quotes an SQL identifier.
 pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// SQLite's message becomes part of this error's, once (rusqlite's error repeats it in
+/// its source chain, so it is not kept as a source).
+impl From<rusqlite::Error> for SyncError {
+    fn from(e: rusqlite::Error) -> Self {
+        SyncError::Sqlite(e)
+    }
 }

@@ -13,6 +13,9 @@ pub struct ConfigArgs {
 }
 
 pub fn run(config: &Config, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    // `[sync]` and `[mirror.*]` are read by the sync engine: check them here too, so a
+    // mistake there shows up before a start.
+    crate::plugin_support::sync_settings(config)?;
     let rows = [
         (
             "DATABASE_URL",

@@ -43,6 +43,10 @@ pub struct StatusArgs {
     /// Limit the plugin scope to one plugin.
     #[arg(long, value_name = "ID")]
     plugin: Option<String>,
+    /// Exit with status 1 when any migration is pending, changed or unknown (for
+    /// scripts and deploy checks).
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Subcommand)]
@@ -270,6 +274,9 @@ pub fn status(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode> {
         println!(
             "{needs_action} migration(s) need attention; `sv migrate:deploy` applies pending ones"
         );
+        if args.check {
+            return Ok(ExitCode::FAILURE);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

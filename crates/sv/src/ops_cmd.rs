@@ -522,14 +522,14 @@ pub fn doctor(config: &Config) -> anyhow::Result<ExitCode> {
         };
         println!("{tag} {:<12} {}", f.check, f.detail);
     }
-    Ok(if worst == Level::Ok {
-        ExitCode::SUCCESS
-    } else {
+    // Warnings are for the operator to read; only a failure needs action.
+    Ok(if worst == Level::Fail {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
-/// `GET /health` of the running platform at `addr` (plain HTTP on loopback).
 /// Registered plugins whose id is malformed, reserved (a namespace the platform or
 /// SQLite owns) or equal to another's but for case; and plugins the host could not load.
 fn registry_problems(config: &Config) -> anyhow::Result<Vec<String>> {
@@ -562,6 +562,7 @@ fn registry_problems(config: &Config) -> anyhow::Result<Vec<String>> {
     Ok(problems)
 }
 
+/// `GET /health` of the running platform at `addr` (plain HTTP on loopback).
 fn platform_health(addr: &str) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).ok()?;

@@ -35,6 +35,9 @@ pub struct ServerArgs {
     /// Refuse to run plugins if the extension host cannot be sandboxed with Landlock.
     #[arg(long)]
     pub require_sandbox: bool,
+    /// Set up an existing but empty (0-byte) core store as a new install.
+    #[arg(long)]
+    pub init: bool,
 }
 
 /// Arguments of the extension host process (given by the kernel, not by hand).
@@ -90,6 +93,10 @@ pub struct ServeArgs {
 
 pub fn dev(config: &Config, args: &ServerArgs) -> anyhow::Result<ExitCode> {
     let lock = RuntimeLock::acquire(&config.lock_file_path())?;
+    refuse_empty_core(config, args.init)?;
+    if config.core_db_path().metadata().is_ok_and(|m| m.len() > 0) {
+        check_core_integrity(config)?;
+    }
     for applied in migrate::deploy_all(config)? {
         println!("migrated {applied}");
     }
@@ -121,6 +128,7 @@ fn install_packages(config: &Config) -> anyhow::Result<()> {
 
 pub fn serve(config: &Config, args: &ServerArgs) -> anyhow::Result<ExitCode> {
     let lock = RuntimeLock::acquire(&config.lock_file_path())?;
+    refuse_empty_core(config, args.init)?;
     let core = config.core_db_path();
     if !core.exists() {
         bail!(
@@ -128,6 +136,7 @@ pub fn serve(config: &Config, args: &ServerArgs) -> anyhow::Result<ExitCode> {
             core.display()
         );
     }
+    check_core_integrity(config)?;
     let pending = migrate::not_applied(config)?;
     if !pending.is_empty() {
         bail!(
@@ -142,6 +151,62 @@ pub fn serve(config: &Config, args: &ServerArgs) -> anyhow::Result<ExitCode> {
         lock,
         args.require_sandbox,
     )
+}
+
+/// An existing 0-byte core store is not a new install: it is what a failed copy, a full
+/// disk or a truncation leaves. Setting it up afresh would hide the loss behind a new
+/// administrator, so it needs `--init`.
+fn refuse_empty_core(config: &Config, init: bool) -> anyhow::Result<()> {
+    let core = config.core_db_path();
+    let empty = std::fs::metadata(&core).is_ok_and(|m| m.is_file() && m.len() == 0);
+    if empty && !init {
+        bail!(
+            "{} exists but is empty (0 bytes), so it holds no core store. If it should hold your \
+             data, restore it (`sv restore BACKUP`); if this is a new install, start again with \
+             --init (or delete the file)",
+            core.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses to serve a core store that fails `PRAGMA quick_check`, and logs how long the
+/// check took.
+fn check_core_integrity(config: &Config) -> anyhow::Result<()> {
+    let core = config.core_db_path();
+    let started = std::time::Instant::now();
+    let advice =
+        "run `sv doctor` for the details and `sv restore BACKUP` to restore the last good backup";
+    let rows = (|| -> anyhow::Result<Vec<String>> {
+        let conn = sovereign_db::open_database(
+            &core,
+            &sovereign_db::OpenOptions::core().existing().read_only(),
+        )?;
+        let mut stmt = conn.prepare("PRAGMA quick_check(5)")?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    })()
+    .with_context(|| {
+        format!(
+            "refusing to serve: cannot check {}; {advice}",
+            core.display()
+        )
+    })?;
+    if rows != ["ok"] {
+        bail!(
+            "refusing to serve: {} failed its integrity check (PRAGMA quick_check: {}); {advice}",
+            core.display(),
+            rows.join("; ")
+        );
+    }
+    tracing::info!(
+        file = %core.display(),
+        ms = started.elapsed().as_millis() as u64,
+        "core store passed quick_check"
+    );
+    Ok(())
 }
 
 /// How the kernel starts the extension host: this executable in host mode, with an
