@@ -92,6 +92,14 @@ pub(crate) fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// SQLite's message becomes part of this error's, once (rusqlite's error repeats it in
+/// its source chain, so it is not kept as a source).
+impl From<sovereign_db::rusqlite::Error> for CoreError {
+    fn from(e: sovereign_db::rusqlite::Error) -> Self {
+        CoreError::Sqlite(e)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
@@ -102,13 +110,5 @@ pub(crate) mod test_support {
         let conn = open(&dir.path().join("core.db")).unwrap();
         migrations().deploy(&conn).unwrap();
         (dir, conn)
-    }
-}
-
-/// SQLite's message becomes part of this error's, once (rusqlite's error repeats it in
-/// its source chain, so it is not kept as a source).
-impl From<sovereign_db::rusqlite::Error> for CoreError {
-    fn from(e: sovereign_db::rusqlite::Error) -> Self {
-        CoreError::Sqlite(e)
     }
 }
