@@ -116,29 +116,61 @@ pub(crate) async fn bounded_request(request: Request, next: Next) -> Response {
     }
     let (parts, body) = request.into_parts();
     let limit = crate::plugin_routes::MAX_PLUGIN_BODY;
-    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(body, limit)).await {
         Err(_) => ApiError::new_status(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
             format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
         )
         .into_response(),
-        Ok(Err(e)) => {
-            if e.into_inner().is::<http_body_util::LengthLimitError>() {
-                ApiError::new_status(
-                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("the request body is larger than {limit} bytes"),
-                )
-                .into_response()
-            } else {
-                ApiError::bad_request("the request body could not be read").into_response()
-            }
+        Ok(BodyRead::TooLarge) => ApiError::new_status(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .into_response(),
+        Ok(BodyRead::Failed) => {
+            ApiError::bad_request("the request body could not be read").into_response()
         }
-        Ok(Ok(bytes)) => {
+        Ok(BodyRead::Complete(bytes)) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
+    }
+}
+
+/// How much of an oversized body is read and dropped before answering 413, so that a
+/// client still sending it reads the answer instead of a reset connection.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+enum BodyRead {
+    Complete(axum::body::Bytes),
+    TooLarge,
+    Failed,
+}
+
+async fn read_body(mut body: Body, limit: usize) -> BodyRead {
+    use http_body_util::BodyExt;
+    let mut collected = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return BodyRead::Failed;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total <= limit {
+            collected.extend_from_slice(&data);
+        } else if total > DRAIN_LIMIT {
+            return BodyRead::TooLarge;
+        }
+    }
+    if total > limit {
+        BodyRead::TooLarge
+    } else {
+        BodyRead::Complete(collected.into())
     }
 }
 

@@ -321,8 +321,9 @@ pub fn doctor(config: &Config) -> anyhow::Result<ExitCode> {
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
         if mode & 0o077 != 0 {
+            // Others can read credentials and sessions: that needs action.
             add(
-                Level::Warn,
+                Level::Fail,
                 "permissions",
                 format!(
                     "{} is mode {mode:o}; run `chmod 600 {}`",
@@ -373,8 +374,9 @@ pub fn doctor(config: &Config) -> anyhow::Result<ExitCode> {
             "migrations",
             "every migration of every scope is applied".into(),
         ),
+        // `sv serve` refuses to start like this.
         Ok(list) => add(
-            Level::Warn,
+            Level::Fail,
             "migrations",
             format!("{}; run `sv migrate:deploy`", list.join(", ")),
         ),

@@ -551,3 +551,97 @@ fn attacks_on_the_shared_store_do_not_fail_the_neighbour() {
     // several GB the wide-row attack reached before.
     assert!(peak_mib < 1024, "the host peaked at {peak_mib} MiB");
 }
+
+#[test]
+fn a_plugin_that_fails_to_load_shows_in_health_list_and_doctor() {
+    let w = Workdir::new();
+    w.sv_ok(&["migrate:deploy"]);
+    for p in ["tasks", "notes"] {
+        w.sv_ok(&[
+            "plugins",
+            "install",
+            repo_plugin(p).to_str().unwrap(),
+            "--yes",
+        ]);
+    }
+    // The installed component is damaged afterwards (a bad copy, a disk error).
+    std::fs::write(w.path().join("plugins/notes/plugin.wasm"), b"garbage").unwrap();
+    let server = w.start(&["serve"]);
+    let state = wait_running(&server);
+    let failed = state["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "notes")
+        .cloned()
+        .unwrap();
+    assert!(
+        failed["error"].as_str().unwrap().contains("plugin.wasm"),
+        "{state}"
+    );
+    let health = server.get("/health", None).body;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["plugins_not_loaded"][0]["id"], "notes", "{health}");
+    let list = w.sv_ok(&["plugins", "list"]);
+    assert!(
+        list.contains("FAILED") && list.contains("could not load"),
+        "{list}"
+    );
+    let tasks_line = list.lines().find(|l| l.starts_with("tasks")).unwrap();
+    assert!(tasks_line.contains("loaded"), "{list}");
+    let doctor = w.sv(&["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        !doctor.status.success() && text.contains("notes could not be loaded"),
+        "{text}"
+    );
+}
+
+#[test]
+fn events_pending_at_host_start_do_not_fail_the_sandbox_probe() {
+    let w = Workdir::new();
+    w.sv_ok(&["migrate:deploy"]);
+    w.sv_ok(&[
+        "plugins",
+        "install",
+        repo_plugin("fixtures/hostile").to_str().unwrap(),
+    ]);
+    // Committed but undelivered events, as a host killed with the kernel leaves them:
+    // the new host relays them at once, before it answers the probe.
+    {
+        let conn = common::raw(&w.plugins_db());
+        for n in 0..50 {
+            conn.execute(
+                "INSERT INTO _sv_event_outbox (event_id, plugin, topic, payload, created_at_ms)
+                 VALUES (?1, 'hostile', 'hostile.attempted', '\"left over\"', 1)",
+                [format!("leftover-{n}")],
+            )
+            .unwrap();
+        }
+    }
+    let server = w.start(&["serve"]);
+    let state = wait_running(&server);
+    assert_eq!(state["restarts"], 0, "{state}");
+    assert!(
+        state["core_db_probe"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused"),
+        "{state}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored: i64 = common::raw(&w.core_db())
+            .query_row(
+                "SELECT count(*) FROM event_inbox WHERE plugin = 'hostile'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if stored == 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stored} of 50 events arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

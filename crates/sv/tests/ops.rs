@@ -611,11 +611,11 @@ fn doctor_reports_and_fails_when_something_needs_action() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(
-        text.contains("WARN permissions") && text.contains("chmod 600"),
+        text.contains("FAIL permissions") && text.contains("chmod 600"),
         "{text}"
     );
     assert!(
-        text.contains("WARN migrations") && text.contains("plugin:late: 0001_x.sql (pending)"),
+        text.contains("FAIL migrations") && text.contains("plugin:late: 0001_x.sql (pending)"),
         "{text}"
     );
 }
