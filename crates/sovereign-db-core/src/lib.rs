@@ -84,6 +84,13 @@ pub fn open_existing(path: &Path) -> Result<Connection, CoreError> {
     Ok(conn)
 }
 
+/// Opens an existing core store read-only (reports on a read-only data directory).
+pub fn open_existing_read_only(path: &Path) -> Result<Connection, CoreError> {
+    let conn = sovereign_db::open_database(path, &OpenOptions::core().existing().read_only())?;
+    sovereign_db::store::expect(&conn, &StoreKind::Core)?;
+    Ok(conn)
+}
+
 /// Current time in unix seconds.
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()

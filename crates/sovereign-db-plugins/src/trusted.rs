@@ -18,6 +18,8 @@ use crate::{PluginStoreError, check_plugin_id, migration_scope};
 pub struct TrustedPluginStore {
     conn: Connection,
     path: PathBuf,
+    /// Opened read-only (inspection on a read-only data directory): nothing is created.
+    read_only: bool,
 }
 
 impl TrustedPluginStore {
@@ -49,6 +51,44 @@ impl TrustedPluginStore {
         Ok(TrustedPluginStore {
             conn,
             path: path.to_owned(),
+            read_only: false,
+        })
+    }
+
+    /// Opens an existing plugin store or mirror file read-only, for reports (`sv
+    /// doctor`, `sv sync:status`) that must work on a read-only data directory. A store
+    /// never synced answers like an empty one.
+    pub fn open_read_only(
+        path: &Path,
+        kind: &StoreKind,
+    ) -> Result<TrustedPluginStore, PluginStoreError> {
+        let conn =
+            sovereign_db::open_database(path, &OpenOptions::plugins().existing().read_only())?;
+        sovereign_db::store::expect(&conn, kind)?;
+        let sqlite = |e: rusqlite::Error| PluginStoreError::Sqlite(e.to_string());
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
+            .map_err(sqlite)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false)
+            .map_err(sqlite)?;
+        let has_state: bool = conn
+            .query_row(
+                "SELECT count(*) = 2 FROM main.sqlite_schema
+                 WHERE name IN ('_sv_mirror_state', '_sv_mirror_slices')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sqlite)?;
+        if !has_state {
+            // Empty stand-ins in the (writable, in-memory) temp schema.
+            conn.execute_batch(
+                &crate::mirror::MIRROR_STATE_SQL.replace("CREATE TABLE", "CREATE TEMP TABLE"),
+            )
+            .map_err(sqlite)?;
+        }
+        Ok(TrustedPluginStore {
+            conn,
+            path: path.to_owned(),
+            read_only: true,
         })
     }
 
@@ -240,6 +280,9 @@ impl TrustedPluginStore {
     }
 
     fn ensure_mirror_state(&self) -> Result<(), PluginStoreError> {
+        if self.read_only {
+            return Ok(());
+        }
         self.conn
             .execute_batch(crate::mirror::MIRROR_STATE_SQL)
             .map_err(|e| PluginStoreError::Sqlite(e.to_string()))

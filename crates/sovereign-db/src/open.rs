@@ -70,6 +70,20 @@ pub enum OpenError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// The database (or its directory, `-wal` or `-shm`) cannot be written by this
+    /// process, and it was opened for writing.
+    #[error(
+        "{what} is not writable by this process (a leftover of a run as another user, or a \
+         read-only directory?): fix its owner or mode (`chmod 600`), or remove a stale -shm \
+         or empty -wal while the platform is stopped; read-only commands (`sv migrate:status`, \
+         `sv doctor`, `sv backup`, `sv sync:status`) still work"
+    )]
+    NotWritable {
+        /// The database file.
+        path: PathBuf,
+        /// Which file or directory, in words.
+        what: String,
+    },
     /// SQLite refused to open the file or to apply a setting.
     #[error("cannot open SQLite database {path}: {reason}")]
     Sqlite {
@@ -109,8 +123,8 @@ fn describe(path: &Path, error: &rusqlite::Error) -> String {
 }
 
 /// The first of the database's directory, file, `-wal` and `-shm` that exists and
-/// that this process may not write.
-fn unwritable(path: &Path) -> Option<String> {
+/// that this process may not write, in words (`the file data/core.db-shm`).
+pub fn unwritable(path: &Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
     let writable = |p: &Path| {
         let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
@@ -159,6 +173,16 @@ pub fn open_database(path: &Path, options: &OpenOptions) -> Result<Connection, O
         }
         create_private_file(path, options.file_mode)?;
     }
+    // SQLite would quietly open a write-protected file read-only, or fail on the first
+    // write because of a stale read-only -shm: say which file at once instead.
+    if !options.read_only
+        && let Some(what) = unwritable(path)
+    {
+        return Err(OpenError::NotWritable {
+            path: path.to_owned(),
+            what,
+        });
+    }
     // URI filenames let trusted code ATTACH another file read-only (`file:...?mode=ro`).
     let flags = if options.read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -166,7 +190,24 @@ pub fn open_database(path: &Path, options: &OpenOptions) -> Result<Connection, O
         OpenFlags::SQLITE_OPEN_READ_WRITE
     } | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags).map_err(sqlite_err)?;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(sqlite_err)?;
+    if options.read_only
+        && let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+    {
+        // A WAL database in a directory this process cannot write: readers need the
+        // `-shm` index, which cannot be created. Without a `-wal` (a clean shutdown)
+        // the file alone is the whole database and can be read as immutable.
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let cannot_write = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+        );
+        if !(cannot_write && std::fs::metadata(&wal).map_or(true, |m| m.len() == 0)) {
+            return Err(sqlite_err(e));
+        }
+        tracing::debug!(path = %path.display(), "reading as immutable: no -shm can be created");
+        conn = Connection::open_with_flags(immutable_uri(path), flags).map_err(sqlite_err)?;
+    }
     conn.busy_timeout(options.busy_timeout)
         .map_err(sqlite_err)?;
     if !options.read_only {
@@ -180,6 +221,19 @@ pub fn open_database(path: &Path, options: &OpenOptions) -> Result<Connection, O
     conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
         .map_err(sqlite_err)?;
     Ok(conn)
+}
+
+/// `file:<path>?immutable=1`, with the characters URIs reserve escaped.
+fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for c in path.display().to_string().chars() {
+        match c {
+            '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", c as u32)),
+            other => uri.push(other),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
 }
 
 /// Creates an empty file with `mode` (and its parent directories), so that SQLite never

@@ -27,13 +27,25 @@ pub enum RuntimeLockError {
         pid: String,
     },
     /// I/O failure.
-    #[error("cannot use lock file {path}: {source}")]
+    #[error("cannot use lock file {path}: {source}{}", hint(source))]
     Io {
         /// The lock file.
         path: PathBuf,
         /// I/O error.
         source: std::io::Error,
     },
+}
+
+/// What to do about a lock file that cannot be written.
+fn hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            "; a running platform writes its data directory: fix the directory's owner or \
+             mode (read-only commands such as `sv doctor`, `sv migrate:status` and `sv backup` \
+             work without it)"
+        }
+        _ => "",
+    }
 }
 
 impl RuntimeLock {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sovereign_db::rusqlite::{Connection, OpenFlags, OptionalExtension};
+use sovereign_db::rusqlite::{Connection, OptionalExtension};
 use sovereign_db::{MigrationSet, StoreKind};
 
 use crate::{Layout, OpsError, file_digest, io, remove_db_files, sqlite};
@@ -160,12 +160,14 @@ pub fn schema_versions(path: &Path) -> Result<BTreeMap<String, u32>, OpsError> {
         .map_err(sqlite(format!("reading {}", path.display())))
 }
 
+/// Opens an existing database read-only (also in a directory this process cannot
+/// write, when it was shut down cleanly).
 pub(crate) fn open_read_only(path: &Path) -> Result<Connection, OpsError> {
-    Connection::open_with_flags(
+    sovereign_db::open_database(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        &sovereign_db::OpenOptions::core().existing().read_only(),
     )
-    .map_err(sqlite(format!("opening {}", path.display())))
+    .map_err(|e| OpsError::Plugins(e.into()))
 }
 
 fn read_i64(path: &Path, sql: &str) -> i64 {

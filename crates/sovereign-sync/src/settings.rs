@@ -173,4 +173,23 @@ impl SyncSettings {
             )?,
         })
     }
+
+    /// Opens the existing mirror read-only, for reports on a read-only data directory.
+    pub fn open_mirror_read_only(
+        &self,
+        config: &Config,
+    ) -> Result<sovereign_db_plugins::TrustedPluginStore, SyncError> {
+        let (path, kind) = match self.layout {
+            MirrorLayout::PluginStore => {
+                (config.plugins_db_path(), sovereign_db::StoreKind::Plugins)
+            }
+            MirrorLayout::MirrorFile => (
+                self.mirror_store_path(config),
+                sovereign_db::StoreKind::Mirror,
+            ),
+        };
+        Ok(sovereign_db_plugins::TrustedPluginStore::open_read_only(
+            &path, &kind,
+        )?)
+    }
 }

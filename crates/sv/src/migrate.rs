@@ -154,9 +154,27 @@ fn targets(config: &Config, scope: Scope, plugin: Option<&str>) -> anyhow::Resul
 /// Opens `core.db` for an operator command; it must exist with every core migration
 /// applied.
 pub fn open_migrated_core(config: &Config) -> anyhow::Result<Connection> {
+    open_migrated_core_with(config, sovereign_db_core::open_existing)
+}
+
+/// Like [`open_migrated_core`], read-only: for reports that must work on a read-only
+/// data directory.
+pub fn open_migrated_core_read_only(config: &Config) -> anyhow::Result<Connection> {
+    open_migrated_core_with(config, sovereign_db_core::open_existing_read_only)
+}
+
+fn open_migrated_core_with(
+    config: &Config,
+    open: fn(&std::path::Path) -> Result<Connection, sovereign_db_core::CoreError>,
+) -> anyhow::Result<Connection> {
     let path = config.core_db_path();
-    let conn = sovereign_db_core::open_existing(&path)
-        .context("the core store must exist; run `sv migrate:deploy --scope=core` first")?;
+    if !path.exists() {
+        bail!(
+            "{} does not exist; run `sv migrate:deploy --scope=core` first",
+            path.display()
+        );
+    }
+    let conn = open(&path)?;
     let pending = sovereign_db_core::migrations()
         .status(&conn)?
         .iter()

@@ -320,7 +320,18 @@ pub fn doctor(config: &Config) -> anyhow::Result<ExitCode> {
         let mode = meta.permissions().mode() & 0o777;
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
-        if mode & 0o077 != 0 {
+        if let Some(what) = sovereign_db::open::unwritable(path) {
+            add(
+                Level::Fail,
+                "permissions",
+                format!(
+                    "{what} is not writable by this user (uid {}): `sv serve` cannot use {}; fix its owner or mode, or remove a stale -shm or empty -wal while the platform is stopped",
+                    // SAFETY: geteuid has no preconditions.
+                    unsafe { libc::geteuid() },
+                    path.display()
+                ),
+            );
+        } else if mode & 0o077 != 0 {
             // Others can read credentials and sessions: that needs action.
             add(
                 Level::Fail,
@@ -399,8 +410,8 @@ pub fn doctor(config: &Config) -> anyhow::Result<ExitCode> {
 
     let sync = (|| -> anyhow::Result<sovereign_sync::status::SyncStatus> {
         let settings = plugin_support::sync_settings(config)?;
-        let core = sovereign_db_core::open_existing(&config.core_db_path())?;
-        let mirror = settings.open_mirror(config)?;
+        let core = sovereign_db_core::open_existing_read_only(&config.core_db_path())?;
+        let mirror = settings.open_mirror_read_only(config)?;
         Ok(sovereign_sync::status::status(
             &core,
             &mirror,
@@ -535,7 +546,7 @@ pub fn doctor(config: &Config) -> anyhow::Result<ExitCode> {
 /// Registered plugins whose id is malformed, reserved (a namespace the platform or
 /// SQLite owns) or equal to another's but for case; and plugins the host could not load.
 fn registry_problems(config: &Config) -> anyhow::Result<Vec<String>> {
-    let core = sovereign_db_core::open_existing(&config.core_db_path())?;
+    let core = sovereign_db_core::open_existing_read_only(&config.core_db_path())?;
     let plugins = sovereign_db_core::plugins::list(&core)?;
     let mut problems = Vec::new();
     for (i, plugin) in plugins.iter().enumerate() {

@@ -122,8 +122,8 @@ pub fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
 
 fn show_status(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let settings = plugin_support::sync_settings(config)?;
-    let core = crate::migrate::open_migrated_core(config)?;
-    let mirror = settings.open_mirror(config)?;
+    let core = crate::migrate::open_migrated_core_read_only(config)?;
+    let mirror = settings.open_mirror_read_only(config)?;
     let status = status::status(&core, &mirror, &settings.catalog)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);

@@ -113,3 +113,107 @@ fn a_file_that_is_not_a_database_is_named_once() {
     assert_eq!(err.matches("file is not a database").count(), 1, "{err}");
     assert!(err.contains("core.db"), "{err}");
 }
+
+/// Runs `sv` as a user the file modes apply to: `nobody` when the tests run as root
+/// (root ignores modes), else the current user.
+fn sv_unprivileged(w: &Workdir, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = w.command(args);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    cmd.output().unwrap()
+}
+
+fn give_to_unprivileged_user(dir: &std::path::Path) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    fn walk(p: &std::path::Path) {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+        if p.is_dir() {
+            for entry in std::fs::read_dir(p).unwrap() {
+                walk(&entry.unwrap().path());
+            }
+        }
+    }
+    walk(dir);
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn read_only_commands_work_on_a_read_only_data_directory_and_writers_name_the_file() {
+    let w = Workdir::new();
+    w.sv_ok(&["migrate:deploy"]);
+    w.sv_ok(&["sync:run"]);
+    let out_dir = tempfile::tempdir().unwrap();
+    set_mode(w.path(), 0o755);
+    set_mode(out_dir.path(), 0o777);
+    give_to_unprivileged_user(w.path());
+    let data = w.path().join("data");
+    set_mode(&data, 0o555);
+
+    let backup = out_dir.path().join("b1");
+    // The doctor reads everything and names what a start would trip over.
+    let out = sv_unprivileged(&w, &["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("passes quick_check")
+            && text.contains("ok   sync")
+            && text.contains("/data is not writable by this user"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for args in [
+        vec!["migrate:status"],
+        vec!["sync:status"],
+        vec!["backup", "--out", backup.to_str().unwrap()],
+    ] {
+        let out = sv_unprivileged(&w, &args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(backup.join("manifest.json").exists());
+    let out = sv_unprivileged(&w, &["serve", "--port", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("data") && err.contains("fix the directory's owner or mode"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("sv migrate:deploy"),
+        "no misleading advice: {err}"
+    );
+
+    // A write-protected store, and the read-only -shm a start as another user leaves.
+    set_mode(&data, 0o755);
+    set_mode(&w.core_db(), 0o444);
+    let out = sv_unprivileged(&w, &["serve", "--port", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("core.db is not writable"), "{err}");
+    set_mode(&w.core_db(), 0o600);
+    let shm = w.path().join("data/core.db-shm");
+    std::fs::write(&shm, vec![0u8; 32768]).unwrap();
+    give_to_unprivileged_user(&shm);
+    set_mode(&shm, 0o444);
+    let out = sv_unprivileged(&w, &["serve", "--port", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("core.db-shm is not writable"), "{err}");
+    let out = sv_unprivileged(&w, &["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("core.db-shm is not writable"),
+        "{text}"
+    );
+}
