@@ -149,18 +149,16 @@ async fn login(
     let ttl = state.session_ttl_seconds;
     let address = crate::server::peer(&parts).map(|p| p.ip());
     let email = body.email.trim().to_owned();
-    if let Err(wait) = state.logins.check(&email, address) {
-        return Err(ApiError::too_many_requests(
-            wait,
-            "too many failed logins; wait before trying again",
-        ));
-    }
+    // Locked keys are refused before any password is verified.
+    let locks = state.logins.attempt(&email, address).map_err(|wait| {
+        ApiError::too_many_requests(wait, "too many failed logins; wait before trying again")
+    })?;
     let logins = state.logins.clone();
     state
         .core
         .run(&state.metrics, move |conn| {
             let Some(user) = users::authenticate(conn, &email, &body.password)? else {
-                for lock in logins.failed(&email, address) {
+                for lock in &locks {
                     tracing::warn!(key = %lock.key, seconds = lock.duration.as_secs(), "login throttled");
                     audit::record(
                         conn,
@@ -175,7 +173,7 @@ async fn login(
                 }
                 return Err(ApiError::unauthorized("wrong e-mail address or password"));
             };
-            logins.succeeded(&email);
+            logins.succeeded(&email, address);
             let token = sessions::create(conn, user.id, ttl)?;
             audit::record(
                 conn,

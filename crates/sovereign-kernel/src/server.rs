@@ -2,8 +2,9 @@
 //! on concurrent connections, the peer address for every request, and a graceful
 //! shutdown that lets in-flight requests finish.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -24,6 +25,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most connections served at once; more are closed as they arrive.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most connections one client address may hold at once, so that one slow client
+/// cannot take every slot.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
 /// Longest request target (path and query) accepted.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -36,6 +40,7 @@ pub(crate) async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let (stop, stopped) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -58,10 +63,15 @@ pub(crate) async fn serve(
             drop(stream);
             continue;
         };
+        let Some(address_slot) = AddressSlot::take(&per_address, peer.ip()) else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS_PER_ADDRESS, "too many connections from one address; closing a new one");
+            drop(stream);
+            continue;
+        };
         let app = app.clone();
         let mut stopped = stopped.clone();
         connections.spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
@@ -96,6 +106,39 @@ pub(crate) async fn serve(
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
     Ok(())
+}
+
+/// One connection's share of its address's allowance, given back when dropped.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, address: IpAddr) -> Option<AddressSlot> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(address).or_default();
+        if *count >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: counts.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = map.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// Reads the body under [`BODY_READ_TIMEOUT`] and the size cap, and refuses overlong

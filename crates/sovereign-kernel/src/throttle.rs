@@ -113,32 +113,34 @@ impl LoginThrottle {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `Err(retry_after)` while the account or the address is locked.
-    pub fn check(&self, email: &str, address: Option<IpAddr>) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut state = self.lock_state();
-        let keys = keys(email, address);
-        let mut wait = Duration::ZERO;
-        for key in &keys {
-            if let Some(counter) = state.get_mut(key) {
-                counter.expire(now);
-                if let Some(left) = counter.remaining(now) {
-                    wait = wait.max(left);
-                }
-            }
-        }
-        if wait.is_zero() { Ok(()) } else { Err(wait) }
-    }
-
-    /// Counts a failed login; returns the locks it set.
-    pub fn failed(&self, email: &str, address: Option<IpAddr>) -> Vec<Triggered> {
+    /// Admits one login attempt, or `Err(retry_after)` while the account or the address
+    /// is locked. An admitted attempt is counted as a failure at once (and may set a
+    /// lock for the attempts after it), so that concurrent guesses cannot all slip in
+    /// before the first one fails; [`succeeded`](Self::succeeded) takes it back. Returns
+    /// the locks this attempt set, for the audit log.
+    pub fn attempt(
+        &self,
+        email: &str,
+        address: Option<IpAddr>,
+    ) -> Result<Vec<Triggered>, Duration> {
         let now = Instant::now();
         let email = email.trim().to_lowercase();
         let mut state = self.lock_state();
+        let keys = keys(&email, address);
+        let wait = keys
+            .iter()
+            .filter_map(|key| {
+                let counter = state.get_mut(key)?;
+                counter.expire(now);
+                counter.remaining(now)
+            })
+            .max();
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
         let mut triggered = Vec::new();
-        for key in keys(&email, address) {
+        for key in keys {
             let counter = state.entry(key.clone()).or_default();
-            counter.expire(now);
             counter.failures += 1;
             counter.last_failure = Some(now);
             let over = match &key {
@@ -158,13 +160,19 @@ impl LoginThrottle {
                 });
             }
         }
-        triggered
+        Ok(triggered)
     }
 
-    /// A successful login clears its account's failures (not its address's).
-    pub fn succeeded(&self, email: &str) {
-        self.lock_state()
-            .remove(&LockKey::Account(email.trim().to_lowercase()));
+    /// A successful login clears its account's failures and takes its own attempt back
+    /// from its address.
+    pub fn succeeded(&self, email: &str, address: Option<IpAddr>) {
+        let email = email.trim().to_lowercase();
+        let mut state = self.lock_state();
+        state.remove(&LockKey::Account(email.clone()));
+        if let Some(counter) = address.and_then(|a| state.get_mut(&LockKey::Address(a))) {
+            counter.failures = counter.failures.saturating_sub(1);
+            counter.accounts.remove(&email);
+        }
     }
 
     /// Every key with failures or a lock.
@@ -207,18 +215,33 @@ mod tests {
         let t = LoginThrottle::default();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..ACCOUNT_ALLOWANCE - 1 {
-            assert!(t.failed("a@x", Some(ip)).is_empty());
+            assert!(t.attempt("a@x", Some(ip)).unwrap().is_empty());
         }
-        let locks = t.failed("A@x", Some(ip));
+        let locks = t.attempt("A@x", Some(ip)).unwrap();
         assert_eq!(locks.len(), 1);
         assert_eq!(locks[0].key, LockKey::Account("a@x".into()));
-        assert!(t.check("a@x", Some(ip)).is_err());
         assert!(
-            t.check("b@x", Some(ip)).is_ok(),
+            t.attempt("a@x", Some(ip)).is_err(),
+            "locked: not even tried"
+        );
+        assert!(
+            t.attempt("b@x", Some(ip)).is_ok(),
             "another account is not locked"
         );
         assert!(t.clear(&LockKey::Account("a@x".into())));
-        assert!(t.check("a@x", Some(ip)).is_ok());
+        assert!(t.attempt("a@x", Some(ip)).is_ok());
+    }
+
+    #[test]
+    fn a_successful_login_takes_its_attempt_back() {
+        let t = LoginThrottle::default();
+        let ip: IpAddr = "10.0.0.4".parse().unwrap();
+        for _ in 0..20 {
+            t.attempt("me@x", Some(ip)).unwrap();
+            t.succeeded("me@x", Some(ip));
+        }
+        assert!(t.attempt("me@x", Some(ip)).is_ok());
+        assert!(t.list().iter().all(|l| l.failures <= 1));
     }
 
     #[test]
@@ -228,15 +251,14 @@ mod tests {
         let mut locked = false;
         for n in 0..=ADDRESS_ACCOUNT_ALLOWANCE {
             locked |= t
-                .failed(&format!("user{n}@x"), Some(ip))
+                .attempt(&format!("user{n}@x"), Some(ip))
+                .unwrap()
                 .iter()
                 .any(|l| l.key == LockKey::Address(ip));
         }
         assert!(locked);
-        assert!(t.check("fresh@x", Some(ip)).is_err());
-        assert!(
-            t.check("fresh@x", Some("10.0.0.3".parse().unwrap()))
-                .is_ok()
-        );
+        assert!(t.attempt("fresh@x", Some(ip)).is_err());
+        let elsewhere: IpAddr = "10.0.0.3".parse().unwrap();
+        assert!(t.attempt("fresh@x", Some(elsewhere)).is_ok());
     }
 }
