@@ -120,7 +120,10 @@ fn install_packages(config: &Config) -> anyhow::Result<()> {
             && plugin_support::registered(config, &id)?.is_none()
         {
             println!("installing plugin package {}", package.display());
-            crate::plugins_cmd::install(config, &package, true)?;
+            // One broken package (say, not built yet) does not stop the platform.
+            if let Err(e) = crate::plugins_cmd::install(config, &package, true) {
+                tracing::error!(package = %package.display(), error = %format!("{e:#}"), "plugin package not installed");
+            }
         }
     }
     Ok(())
