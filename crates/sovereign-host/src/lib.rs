@@ -199,9 +199,20 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name(format!("sv-host-worker-{n}"))
             .spawn(move || {
+                // Each worker drives its requests' futures (WASI waits, deadlines) itself.
+                let executor = match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(executor) => executor,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a worker's executor");
+                        return;
+                    }
+                };
                 while let Some((plugin, job)) = scheduler.next() {
                     let (result, events) =
-                        runtime.handle(&plugin, job.request, job.caller, job.received);
+                        runtime.handle(&executor, &plugin, job.request, job.caller, job.received);
                     scheduler.done(&plugin);
                     send(&writer, &HostToKernel::Response { id: job.id, result });
                     if !events.is_empty() {

@@ -246,8 +246,6 @@ pub struct LoadedPlugin {
 /// The runtime: the engine and every loaded plugin.
 pub struct Runtime {
     engine: Engine,
-    /// Drives request futures (their WASI timers) and their deadlines.
-    executor: tokio::runtime::Runtime,
     plugins: HashMap<String, Arc<LoadedPlugin>>,
     failed: HashMap<String, String>,
 }
@@ -291,14 +289,8 @@ impl Runtime {
                 }
             }
         }
-        let executor = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("sv-host-timers")
-            .enable_time()
-            .build()?;
         Ok(Runtime {
             engine,
-            executor,
             plugins,
             failed,
         })
@@ -359,9 +351,11 @@ impl Runtime {
     /// commit on a non-5xx response, rollback on a 5xx, an error, a trap or the deadline.
     /// The deadline is `received + request_ms` and covers everything: the guest's code
     /// (epoch interruption), its waits (the call is dropped) and its SQL (no statement
-    /// runs past it). Returns the events committed with it.
+    /// runs past it). `executor` (one per worker thread) drives the call and its timers.
+    /// Returns the events committed with it.
     pub fn handle(
         &self,
+        executor: &tokio::runtime::Runtime,
         plugin: &str,
         request: HttpRequest,
         caller: Caller,
@@ -435,7 +429,7 @@ impl Runtime {
                 .collect(),
             body: request.body,
         };
-        let outcome = self.executor.block_on(async {
+        let outcome = executor.block_on(async {
             let call = async {
                 let instance = loaded.pre.instantiate_async(&mut store).await?;
                 instance

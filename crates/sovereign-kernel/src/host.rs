@@ -339,6 +339,22 @@ async fn plugin_specs(
     .await
 }
 
+/// Hands relayed events to the core's inbox (on the blocking pool) and acknowledges
+/// the ones stored, so the host marks them delivered.
+fn store_events(
+    sink: &EventSink,
+    ack: &mpsc::UnboundedSender<KernelToHost>,
+    events: Vec<sovereign_protocol::PluginEvent>,
+) {
+    let (sink, ack) = (sink.clone(), ack.clone());
+    tokio::task::spawn_blocking(move || {
+        let stored = sink(events);
+        if !stored.is_empty() {
+            let _ = ack.send(KernelToHost::EventsStored { event_ids: stored });
+        }
+    });
+}
+
 /// Stores what the host reported about loading each plugin in the registry, so that
 /// `sv plugins list` and `/health` show a plugin that failed to load, with the reason.
 async fn record_loads(inner: &Inner, loads: &[PluginLoad]) {
@@ -577,28 +593,12 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
     let last_alive = Arc::new(Mutex::new(Instant::now()));
     let alive = last_alive.clone();
     if !early_events.is_empty() {
-        let sink = sink.clone();
-        let ack = ack_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let stored = sink(early_events);
-            if !stored.is_empty() {
-                let _ = ack.send(KernelToHost::EventsStored { event_ids: stored });
-            }
-        });
+        store_events(&sink, &ack_tx, early_events);
     }
     let mut read_task = tokio::spawn(async move {
         while let Some(message) = read_message(&mut reader).await {
             match message {
-                HostToKernel::Events { events } => {
-                    let sink = sink.clone();
-                    let ack = ack_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let stored = sink(events);
-                        if !stored.is_empty() {
-                            let _ = ack.send(KernelToHost::EventsStored { event_ids: stored });
-                        }
-                    });
-                }
+                HostToKernel::Events { events } => store_events(&sink, &ack_tx, events),
                 HostToKernel::Alive { .. } => {
                     *alive.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now()
                 }

@@ -16,46 +16,15 @@
 //!
 //! Run: `cargo bench -p sv --bench hardening`.
 
-use std::io::{BufRead, BufReader, Write};
+mod support;
+
+use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn sv(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sv"));
-    c.current_dir(dir).env("SV_LOG", "error");
-    for var in [
-        "DATABASE_URL",
-        "PLUGIN_DATABASE_URL",
-        "SV_DATA_DIR",
-        "SV_PLUGINS_DIR",
-        "SV_PORT",
-        "SV_CONFIG",
-    ] {
-        c.env_remove(var);
-    }
-    c
-}
-
-fn ok(mut c: Command) {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
+use support::{PASSWORD, Platform, agent, health, status_kb};
 
 fn call(agent: &ureq::Agent, method: &str, url: &str, token: &str, body: Option<&str>) -> u16 {
     let request = ureq::http::Request::builder()
@@ -74,50 +43,6 @@ fn call(agent: &ureq::Agent, method: &str, url: &str, token: &str, body: Option<
         }
         Err(_) => 0,
     }
-}
-
-fn login(agent: &ureq::Agent, base: &str, email: &str, password: &str) -> (u16, String) {
-    match agent
-        .post(format!("{base}/api/auth/login"))
-        .send_json(serde_json::json!({ "email": email, "password": password }))
-    {
-        Ok(mut r) => {
-            let status = r.status().as_u16();
-            let v: serde_json::Value = r.body_mut().read_json().unwrap_or_default();
-            (status, v["token"].as_str().unwrap_or_default().to_owned())
-        }
-        Err(_) => (0, String::new()),
-    }
-}
-
-fn health(agent: &ureq::Agent, base: &str) -> serde_json::Value {
-    agent
-        .get(format!("{base}/health"))
-        .call()
-        .ok()
-        .and_then(|mut r| r.body_mut().read_json().ok())
-        .unwrap_or_default()
-}
-
-fn host_pid(agent: &ureq::Agent, base: &str) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let h = health(agent, base);
-        if h["extension_host"]["status"] == "running" {
-            return h["extension_host"]["pid"].as_u64().unwrap() as u32;
-        }
-        assert!(Instant::now() < deadline, "the host never ran");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The neighbour: `tasks`, one write and one read per iteration, timing each request.
@@ -177,55 +102,17 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
 }
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
-    ok({
-        let mut c = sv(dir.path());
-        c.arg("migrate:deploy");
-        c
-    });
-    for p in ["tasks", "fixtures/hostile"] {
-        ok({
-            let mut c = sv(dir.path());
-            c.args([
-                "plugins",
-                "install",
-                root.join(p).to_str().unwrap(),
-                "--yes",
-            ]);
-            c
-        });
-    }
-    for (email, admin) in [("bench@example.com", true), ("other@example.com", false)] {
-        let mut create = sv(dir.path());
-        create.args(["users", "create", "--email", email, "--password-stdin"]);
-        if admin {
-            create.arg("--admin");
-        }
-        create.stdin(Stdio::piped());
-        let mut child = create.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"bench password 1\n")
-            .unwrap();
-        assert!(child.wait().unwrap().success());
-    }
-    let mut server: Child = sv(dir.path())
-        .args(["serve", "--port", "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = BufReader::new(server.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("Sovereign is running at ").map(String::from))
-        .unwrap();
+    let platform = Platform::start(
+        &["tasks", "fixtures/hostile"],
+        &[("bench@example.com", true), ("other@example.com", false)],
+    );
+    let base = platform.base.clone();
     let client = agent();
     let agent = &client;
-    let pid = host_pid(agent, &base);
-    let (_, token) = login(agent, &base, "bench@example.com", "bench password 1");
+    let pid = health(agent, &base)["extension_host"]["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let (_, token) = platform.login(agent, "bench@example.com", PASSWORD);
     let idle_host_kb = status_kb(pid, "VmRSS:");
 
     // 1. Baseline, then each attack beside the neighbour.
@@ -326,7 +213,7 @@ fn main() {
                         } else {
                             "bench@example.com".to_owned()
                         };
-                        let (status, _) = login(&agent, &base, &email, "guess");
+                        let (status, _) = support::login(&agent, &base, &email, "guess");
                         attempts.fetch_add(1, Ordering::Relaxed);
                         if status == 401 {
                             verified.fetch_add(1, Ordering::Relaxed);
@@ -338,7 +225,7 @@ fn main() {
             .collect();
         let mut legit = (0, 0);
         while Instant::now() < deadline {
-            let (status, _) = login(agent, &base, "other@example.com", "bench password 1");
+            let (status, _) = platform.login(agent, "other@example.com", PASSWORD);
             legit.0 += 1;
             legit.1 += usize::from(status == 200);
             std::thread::sleep(Duration::from_millis(250));
@@ -403,6 +290,4 @@ fn main() {
         if health_ok { "ok" } else { "refused" }
     );
     drop(held);
-    let _ = server.kill();
-    let _ = server.wait();
 }

@@ -9,48 +9,16 @@
 //!
 //! Run: `cargo bench -p sv --bench platform`.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use support::{PASSWORD, Platform, agent, status_kb, wait_running};
 
 const CLIENTS: usize = 4;
 const ROUND: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 3;
-
-fn sv(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sv"));
-    c.current_dir(dir).env("SV_LOG", "warn");
-    for var in [
-        "DATABASE_URL",
-        "PLUGIN_DATABASE_URL",
-        "SV_DATA_DIR",
-        "SV_PLUGINS_DIR",
-        "SV_PORT",
-        "SV_CONFIG",
-    ] {
-        c.env_remove(var);
-    }
-    c
-}
-
-fn ok(mut c: Command) -> String {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
-}
 
 fn get(agent: &ureq::Agent, url: &str, token: &str) -> u16 {
     match agent
@@ -63,27 +31,6 @@ fn get(agent: &ureq::Agent, url: &str, token: &str) -> u16 {
             r.status().as_u16()
         }
         Err(_) => 0,
-    }
-}
-
-fn health(agent: &ureq::Agent, base: &str) -> serde_json::Value {
-    agent
-        .get(format!("{base}/health"))
-        .call()
-        .ok()
-        .and_then(|mut r| r.body_mut().read_json().ok())
-        .unwrap_or_default()
-}
-
-fn wait_running(agent: &ureq::Agent, base: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let h = health(agent, base);
-        if h["extension_host"]["status"] == "running" {
-            return h["extension_host"].clone();
-        }
-        assert!(Instant::now() < deadline, "the host never ran");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -107,72 +54,11 @@ fn throughput(base: &str, path: &str, token: &str) -> f64 {
     total as f64 / ROUND.as_secs_f64()
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
-    ok({
-        let mut c = sv(dir.path());
-        c.arg("migrate:deploy");
-        c
-    });
-    for p in ["tasks", "notes"] {
-        ok({
-            let mut c = sv(dir.path());
-            c.args([
-                "plugins",
-                "install",
-                root.join(p).to_str().unwrap(),
-                "--yes",
-            ]);
-            c
-        });
-    }
-    let mut create = sv(dir.path());
-    create
-        .args([
-            "users",
-            "create",
-            "--admin",
-            "--email",
-            "bench@example.com",
-            "--password-stdin",
-        ])
-        .stdin(Stdio::piped());
-    let mut child = create.spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"bench password 1\n").unwrap();
-    assert!(child.wait().unwrap().success());
-
-    let mut server: Child = sv(dir.path())
-        .args(["serve", "--port", "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = BufReader::new(server.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("Sovereign is running at ").map(String::from))
-        .unwrap();
+    let platform = Platform::start(&["tasks", "notes"], &[("bench@example.com", true)]);
+    let base = platform.base.clone();
     let agent = agent();
-    wait_running(&agent, &base);
-    let token: String = {
-        let mut r = agent
-            .post(format!("{base}/api/auth/login"))
-            .send_json(
-                serde_json::json!({ "email": "bench@example.com", "password": "bench password 1" }),
-            )
-            .unwrap();
-        let v: serde_json::Value = r.body_mut().read_json().unwrap();
-        v["token"].as_str().unwrap().to_owned()
-    };
+    let (_, token) = platform.login(&agent, "bench@example.com", PASSWORD);
     let mut r = agent
         .post(format!("{base}/api/plugins/tasks/tasks"))
         .header("Authorization", format!("Bearer {token}"))
@@ -184,10 +70,13 @@ fn main() {
     // 3. Idle memory first, before the load grows any caches.
     std::thread::sleep(Duration::from_secs(1));
     let host_pid = wait_running(&agent, &base)["pid"].as_u64().unwrap() as u32;
-    let (kernel_kb, host_kb) = (rss_kb(server.id()), rss_kb(host_pid));
+    let (kernel_kb, host_kb) = (
+        status_kb(platform.server.id(), "VmRSS:"),
+        status_kb(host_pid, "VmRSS:"),
+    );
 
     // 4. Mirror lag through the running platform (pushed to the extension host).
-    let (lag_p50, lag_p99, achieved) = mirror_lag(dir.path(), 2000, 10);
+    let (lag_p50, lag_p99, achieved) = mirror_lag(platform.dir.path(), 2000, 10);
 
     // 1. Throughput, alternating rounds.
     let (mut core, mut plugin) = (vec![], vec![]);
@@ -222,7 +111,7 @@ fn main() {
         // Three crashes in five minutes are a crash loop: reset the count as an operator
         // would (`sv plugins host restart` sends SIGUSR1), and wait for that restart.
         // SAFETY: kill(2) on our own `sv serve` child.
-        unsafe { libc::kill(server.id() as i32, libc::SIGUSR1) };
+        unsafe { libc::kill(platform.server.id() as i32, libc::SIGUSR1) };
         std::thread::sleep(Duration::from_millis(300));
         wait_running(&agent, &base);
     }
@@ -252,8 +141,6 @@ fn main() {
         lag_p50.as_secs_f64() * 1000.0,
         lag_p99.as_secs_f64() * 1000.0
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 /// Commit -> visible-in-the-mirror lag with the platform's own sync worker, which pushes
