@@ -29,6 +29,10 @@ pub(crate) mod bindings {
 
 use bindings::sovereign::plugin::{context, database, events, log, types};
 
+/// Requests that can hold an instance at once (the workers, with room to spare); the
+/// pooling allocator reserves address space, not memory, for each.
+const POOL_SLOTS: u32 = 64;
+
 /// How often the epoch advances; deadlines are multiples of it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -251,11 +255,20 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// A wasmtime engine with epoch interruption (deadlines) and the component model.
+    /// A wasmtime engine with epoch interruption (deadlines), the component model, and
+    /// the pooling allocator: every request gets a fresh instance, and reusing the slots
+    /// (memories, tables, async stacks) keeps that cheap.
     pub fn engine() -> anyhow::Result<Engine> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_SLOTS)
+            .total_core_instances(POOL_SLOTS * 16)
+            .total_memories(POOL_SLOTS * 2)
+            .total_tables(POOL_SLOTS * 8)
+            .total_stacks(POOL_SLOTS);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         Ok(Engine::new(&config)?)
     }
 
