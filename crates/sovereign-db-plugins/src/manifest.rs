@@ -27,13 +27,22 @@ impl DatabaseMode {
             DatabaseMode::Isolated => "isolated",
         }
     }
+}
 
-    /// Parses `shared` or `isolated`.
-    pub fn parse(text: &str) -> Option<DatabaseMode> {
+/// A database mode that is neither `shared` nor `isolated` (for example in a damaged
+/// registry): an error, never silently `shared`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a database mode: expected `shared` or `isolated`")]
+pub struct UnknownDatabaseMode(pub String);
+
+impl std::str::FromStr for DatabaseMode {
+    type Err = UnknownDatabaseMode;
+
+    fn from_str(text: &str) -> Result<DatabaseMode, UnknownDatabaseMode> {
         match text {
-            "shared" => Some(DatabaseMode::Shared),
-            "isolated" => Some(DatabaseMode::Isolated),
-            _ => None,
+            "shared" => Ok(DatabaseMode::Shared),
+            "isolated" => Ok(DatabaseMode::Isolated),
+            other => Err(UnknownDatabaseMode(other.to_owned())),
         }
     }
 }

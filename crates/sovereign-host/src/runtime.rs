@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sovereign_db_plugins::{
-    DatabaseMode, FenceError, Limits, Manifest, Outcome, PluginDb, PluginDbConfig, SqlValue,
-    StoreLocation,
+    FenceError, Limits, Manifest, Outcome, PluginDb, PluginDbConfig, SqlValue, StoreLocation,
 };
 use sovereign_protocol::{Caller, HostError, HttpRequest, HttpResponse, PluginEvent, PluginSpec};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -40,7 +39,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub(crate) struct RequestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    store_limits: StoreLimits,
+    store_limits: RequestLimits,
     db: PluginDb,
     plugin: String,
     emits: Vec<String>,
@@ -326,7 +325,7 @@ impl Runtime {
             location,
             PluginDbConfig {
                 plugin_id: spec.id.clone(),
-                mode: DatabaseMode::parse(&spec.database_mode).unwrap_or_default(),
+                mode: spec.database_mode.parse()?,
                 grants: spec.grants.clone(),
                 limits: manifest.limits,
             },
@@ -412,11 +411,14 @@ impl Runtime {
         let state = RequestState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            store_limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_mb as usize * 1024 * 1024)
-                .instances(16)
-                .trap_on_grow_failure(true)
-                .build(),
+            store_limits: RequestLimits {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(limits.memory_mb as usize * 1024 * 1024)
+                    .instances(16)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                memory_refused: false,
+            },
             db,
             plugin: loaded.id.clone(),
             emits: loaded.manifest.emits.clone(),
@@ -450,13 +452,16 @@ impl Runtime {
                     .call_handle(&mut store, &wit_request)
                     .await
             };
-            match tokio::time::timeout_at(deadline.into(), call).await {
-                Ok(outcome) => outcome.map_err(|trap| classify(&trap, limits.memory_mb)),
-                // The call is dropped here: the guest stops wherever it was waiting.
-                Err(_) => Err(HostError::Deadline),
-            }
+            // On the deadline the call is dropped: the guest stops wherever it waited.
+            tokio::time::timeout_at(deadline.into(), call).await
         });
         let state = store.into_data();
+        let outcome = match outcome {
+            Ok(outcome) => outcome.map_err(|trap| {
+                classify(&trap, state.store_limits.memory_refused, limits.memory_mb)
+            }),
+            Err(_) => Err(HostError::Deadline),
+        };
         let db = state.db;
         db.set_request_deadline(None);
         let result = match (outcome, state.over_limit) {
@@ -551,17 +556,62 @@ fn pending(db: &PluginDb, plugin: &str) -> Vec<PluginEvent> {
     }
 }
 
-fn classify(error: &wasmtime::Error, memory_mb: u32) -> HostError {
+/// Why a call trapped: the epoch deadline, the memory cap (the limiter refused a grow),
+/// or the guest's own trap (a panic, ...).
+fn classify(error: &wasmtime::Error, memory_refused: bool, memory_mb: u32) -> HostError {
     if let Some(trap) = error.downcast_ref::<wasmtime::Trap>()
         && *trap == wasmtime::Trap::Interrupt
     {
         return HostError::Deadline;
     }
-    let text = format!("{error:#}");
-    if text.contains("grow") && text.contains("memory") || text.contains("forcing trap") {
+    if memory_refused {
         return HostError::Trap(format!(
             "the plugin exceeded its memory cap of {memory_mb} MiB"
         ));
     }
+    let text = format!("{error:#}");
     HostError::Trap(text.lines().next().unwrap_or("trap").to_owned())
+}
+
+/// The store's limits, remembering whether a memory grow was refused (so that a trap
+/// is classified by what happened, not by its message).
+struct RequestLimits {
+    limits: StoreLimits,
+    memory_refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for RequestLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum);
+        if !matches!(allowed, Ok(true)) {
+            self.memory_refused = true;
+        }
+        allowed
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }

@@ -67,10 +67,18 @@ pub(crate) async fn handle(
     let Some(host) = state.host.clone() else {
         return unavailable(60, "this platform runs without an extension host");
     };
-    let request_ms = serde_json::from_str::<serde_json::Value>(&manifest)
-        .ok()
-        .and_then(|m| m["limits"]["request_ms"].as_u64())
-        .unwrap_or(5000);
+    // The registry stores the manifest install validated; one that does not parse is a
+    // damaged registry, not a reason to guess a deadline.
+    let manifest: sovereign_db_plugins::Manifest = match serde_json::from_str(&manifest) {
+        Ok(manifest) => manifest,
+        Err(e) => {
+            return ApiError::internal(format!(
+                "the registry's manifest of plugin {id} is unreadable ({e}); reinstall the plugin"
+            ))
+            .into_response();
+        }
+    };
+    let request_ms = u64::from(manifest.limits.request_ms);
     let request = HttpRequest {
         method: method.as_str().to_owned(),
         path: format!("/{rest}"),

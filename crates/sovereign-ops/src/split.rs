@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sovereign_db::rusqlite::{self, Connection};
+use sovereign_db::rusqlite::{self, Connection, OptionalExtension};
 use sovereign_db_plugins::{DatabaseMode, TrustedPluginStore};
 
 use crate::{Layout, OpsError, file_digest, sqlite};
@@ -109,18 +109,29 @@ pub fn plan(source: &Path, mappings: &BTreeMap<String, Mapping>) -> Result<Split
         .collect::<Result<_, _>>()
         .map_err(sqlite(ctx()))?;
     let has_registry = objects.iter().any(|(t, n)| t == "table" && n == "plugins");
-    let mode_of = |id: &str| -> DatabaseMode {
+    // A plugin the registry does not list runs shared; a mode the registry spells in a
+    // way no version wrote is refused, not guessed.
+    let mode_of = |id: &str| -> Result<DatabaseMode, OpsError> {
         if !has_registry {
-            return DatabaseMode::Shared;
+            return Ok(DatabaseMode::Shared);
         }
-        conn.query_row(
-            "SELECT database_mode FROM plugins WHERE id = ?1",
-            [id],
-            |r| r.get::<_, String>(0),
-        )
-        .ok()
-        .and_then(|m| DatabaseMode::parse(&m))
-        .unwrap_or_default()
+        let recorded: Option<String> = conn
+            .query_row(
+                "SELECT database_mode FROM plugins WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sqlite(ctx()))?;
+        match recorded {
+            None => Ok(DatabaseMode::Shared),
+            Some(mode) => mode.parse().map_err(|e| {
+                OpsError::Refused(format!(
+                    "the registry in {} gives plugin {id} an unknown mode: {e}",
+                    source.display()
+                ))
+            }),
+        }
     };
     let mut out = SplitPlan {
         entries: vec![],
@@ -140,12 +151,12 @@ pub fn plan(source: &Path, mappings: &BTreeMap<String, Mapping>) -> Result<Split
                 r.get::<_, i64>(0)
             })
             .map_err(sqlite(ctx()))? as u64;
-        let plugin_dest = |id: &str, target: String| {
-            let destination = match mode_of(id) {
+        let plugin_dest = |id: &str, target: String| -> Result<_, OpsError> {
+            let destination = match mode_of(id)? {
                 DatabaseMode::Shared => Destination::Shared(id.to_owned()),
                 DatabaseMode::Isolated => Destination::Isolated(id.to_owned()),
             };
-            (destination, target)
+            Ok((destination, target))
         };
         let (destination, target_table) = match mappings.get(&name) {
             Some(Mapping::Skip) => (Destination::Skip, name.clone()),
@@ -155,7 +166,7 @@ pub fn plan(source: &Path, mappings: &BTreeMap<String, Mapping>) -> Result<Split
                 } else {
                     format!("{id}__{name}")
                 };
-                plugin_dest(id, target)
+                plugin_dest(id, target)?
             }
             None if core.contains(&name) => (Destination::Core, name.clone()),
             None => match name.split_once("__") {
@@ -164,7 +175,7 @@ pub fn plan(source: &Path, mappings: &BTreeMap<String, Mapping>) -> Result<Split
                         && sovereign_db_plugins::is_installable_plugin_id(id)
                         && id != "core" =>
                 {
-                    plugin_dest(id, name.clone())
+                    plugin_dest(id, name.clone())?
                 }
                 _ => {
                     out.unattributed.push(name);

@@ -64,7 +64,7 @@ pub fn config_from_record(record: &PluginRecord) -> anyhow::Result<PluginDbConfi
     })?;
     Ok(PluginDbConfig {
         plugin_id: record.id.clone(),
-        mode: DatabaseMode::parse(&record.database_mode).unwrap_or_default(),
+        mode: record.database_mode.parse()?,
         grants: record.grants.clone(),
         limits: manifest.limits,
     })

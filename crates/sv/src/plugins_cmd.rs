@@ -401,7 +401,7 @@ fn remove(config: &Config, id: &str, purge: bool) -> anyhow::Result<ExitCode> {
     let record = installed(&core, id)?;
     if purge {
         let location = store_location(config)?;
-        match DatabaseMode::parse(&record.database_mode).unwrap_or_default() {
+        match record.database_mode.parse::<DatabaseMode>()? {
             DatabaseMode::Shared => {
                 let store = TrustedPluginStore::open_shared(&location.shared_store)?;
                 for dropped in store.drop_plugin_data(id)? {
@@ -651,7 +651,7 @@ fn plugin_mode(config: &Config, id: &str) -> anyhow::Result<DatabaseMode> {
 fn move_plugin(config: &Config, id: &str, to: DatabaseMode) -> anyhow::Result<ExitCode> {
     let core = crate::migrate::open_migrated_core(config)?;
     let mut record = installed(&core, id)?;
-    let from = DatabaseMode::parse(&record.database_mode).unwrap_or_default();
+    let from: DatabaseMode = record.database_mode.parse()?;
     if from == to {
         println!("{id} is already in {} mode", to.as_str());
         return Ok(ExitCode::SUCCESS);
