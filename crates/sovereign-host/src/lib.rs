@@ -259,7 +259,13 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
         let message: Option<KernelToHost> = read_frame(&mut reader)?;
         match message {
             None | Some(KernelToHost::Shutdown) => break,
-            Some(KernelToHost::Heartbeat { id }) => send(&writer, &HostToKernel::Alive { id }),
+            Some(KernelToHost::Heartbeat { id }) => send(
+                &writer,
+                &HostToKernel::Alive {
+                    id,
+                    denials: sovereign_db_plugins::denial_counts().into_iter().collect(),
+                },
+            ),
             Some(KernelToHost::Probe { id, path }) => {
                 let result = std::fs::File::open(&path)
                     .map(|_| ())

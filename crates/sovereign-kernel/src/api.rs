@@ -123,6 +123,7 @@ fn bearer_token(parts: &Parts) -> Result<String, ApiError> {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    metrics::refresh(&state).await;
     (
         [(
             header::CONTENT_TYPE,

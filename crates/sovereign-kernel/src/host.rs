@@ -123,6 +123,8 @@ struct Inner {
     shutting_down: AtomicBool,
     shutdown_now: Notify,
     events: EventSink,
+    /// Fence denials per plugin, as the running host last reported them.
+    denials: Mutex<Vec<(String, u64)>>,
 }
 
 /// A handle on the supervised host.
@@ -160,6 +162,7 @@ impl HostHandle {
             shutting_down: AtomicBool::new(false),
             shutdown_now: Notify::new(),
             events,
+            denials: Mutex::new(Vec::new()),
         });
         tokio::spawn(supervise(inner.clone(), listener));
         Ok(HostHandle { inner })
@@ -169,6 +172,15 @@ impl HostHandle {
     pub fn state(&self) -> HostState {
         self.inner
             .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Fence denials per plugin since the running host started (from its heartbeats).
+    pub fn denials(&self) -> Vec<(String, u64)> {
+        self.inner
+            .denials
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -592,6 +604,7 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
     let ack_tx = tx.clone();
     let last_alive = Arc::new(Mutex::new(Instant::now()));
     let alive = last_alive.clone();
+    let denial_counts = inner.clone();
     if !early_events.is_empty() {
         store_events(&sink, &ack_tx, early_events);
     }
@@ -599,8 +612,12 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
         while let Some(message) = read_message(&mut reader).await {
             match message {
                 HostToKernel::Events { events } => store_events(&sink, &ack_tx, events),
-                HostToKernel::Alive { .. } => {
-                    *alive.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now()
+                HostToKernel::Alive { denials, .. } => {
+                    *alive.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                    *denial_counts
+                        .denials
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = denials;
                 }
                 HostToKernel::Response { id, .. }
                 | HostToKernel::ProbeResult { id, .. }

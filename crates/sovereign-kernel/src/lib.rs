@@ -93,6 +93,11 @@ impl Kernel {
         })
     }
 
+    /// The kernel's metrics (for parts that run beside it, such as the sync worker).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
     /// The supervised extension host, if any.
     pub fn host(&self) -> Option<host::HostHandle> {
         self.state.host.clone()

@@ -104,7 +104,25 @@ pub(crate) async fn handle(
         ],
     };
     // The host enforces request_ms itself; the kernel waits a little longer.
-    match host.call(&id, request, caller, Duration::from_millis(request_ms + 1000)).await {
+    let started = std::time::Instant::now();
+    let response = forward(&id, &host, request, caller, request_ms).await;
+    state.metrics.observe_plugin_request(
+        &id,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// Sends the request to the host and turns its answer (or failure) into a response.
+async fn forward(
+    id: &str,
+    host: &crate::host::HostHandle,
+    request: HttpRequest,
+    caller: Caller,
+    request_ms: u64,
+) -> Response {
+    match host.call(id, request, caller, Duration::from_millis(request_ms + 1000)).await {
         Ok(response) => {
             let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
             let mut out = (status, response.body).into_response();

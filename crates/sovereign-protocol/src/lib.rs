@@ -231,6 +231,8 @@ pub enum HostToKernel {
     Alive {
         /// Request id.
         id: u64,
+        /// Statements the fence denied per plugin since this host started.
+        denials: Vec<(String, u64)>,
     },
     /// The answer to [`KernelToHost::Probe`].
     ProbeResult {

@@ -131,6 +131,7 @@ fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
                 move || Ok(TrustedPluginStore::open_shared(&p)?)
             }),
             push: None,
+            observe: None,
         },
     );
     // Let the worker build the mirror first.

@@ -33,7 +33,12 @@ pub struct SyncTarget {
     /// Applies a batch in another process (the running extension host); `None` when it
     /// is not available, in which case the batch is applied here.
     pub push: Option<Push>,
+    /// Told about every batch applied: how many changes, how long the apply took.
+    pub observe: Option<Observe>,
 }
+
+/// Called after each applied batch with its number of changes and apply time.
+pub type Observe = Box<dyn Fn(usize, Duration) + Send>;
 
 /// Hands a batch to another process; `None` when that process is not available.
 pub type Push = Box<dyn Fn(&MirrorCatalog, &MirrorBatch) -> Option<Result<bool, SyncError>> + Send>;
@@ -151,10 +156,15 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
             let catalog = &settings.catalog;
             let report =
                 publish::catch_up_with(core, mirror, catalog, settings.batch_size, &|batch| {
-                    match target.push.as_ref().and_then(|push| push(catalog, batch)) {
+                    let started = Instant::now();
+                    let applied = match target.push.as_ref().and_then(|push| push(catalog, batch)) {
                         Some(result) => result,
                         None => Ok(mirror.apply_batch(catalog, batch, crate::now_ms())?),
+                    };
+                    if let (Ok(_), Some(observe)) = (&applied, &target.observe) {
+                        observe(batch.changes.len(), started.elapsed());
                     }
+                    applied
                 })?;
             seen_seq = report.watermark;
             // Pruning the outbox writes core.db; under a stream of core writes it is done

@@ -275,7 +275,11 @@ fn ensure_first_admin(config: &Config) -> anyhow::Result<()> {
 /// Installs change capture and starts the sync worker (near-real-time or scheduled).
 /// With the mirror in the plugin store, batches are pushed to the running extension host,
 /// which applies them; while the host is unavailable they are applied here.
-fn start_sync(config: &Config, host: Option<HostHandle>) -> anyhow::Result<SyncWorker> {
+fn start_sync(
+    config: &Config,
+    host: Option<HostHandle>,
+    metrics: std::sync::Arc<sovereign_kernel::Metrics>,
+) -> anyhow::Result<SyncWorker> {
     let settings = plugin_support::sync_settings(config)?;
     let core = sovereign_db_core::open_existing(&config.core_db_path())?;
     sovereign_sync::capture::install(&core, &settings.catalog)?;
@@ -306,6 +310,9 @@ fn start_sync(config: &Config, host: Option<HostHandle>) -> anyhow::Result<SyncW
             core_path: config.core_db_path(),
             open_mirror: Box::new(move || mirror_settings.open_mirror(&mirror_config)),
             push,
+            observe: Some(Box::new(move |changes, took| {
+                metrics.observe_sync_batch(changes, took.as_secs_f64())
+            })),
         },
     ))
 }
@@ -372,7 +379,7 @@ fn start(
                 }
             });
         }
-        let sync = start_sync(config, kernel.host())?;
+        let sync = start_sync(config, kernel.host(), kernel.metrics())?;
         lock.record_address(&kernel.local_addr().to_string())?;
         let shutdown = sovereign_kernel::shutdown_signal()?;
         let mut out = std::io::stdout().lock();

@@ -645,3 +645,50 @@ fn events_pending_at_host_start_do_not_fail_the_sandbox_probe() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn metrics_show_plugins_the_host_sync_and_events() {
+    let (_w, server, token) = platform(true);
+    assert_eq!(
+        server.get("/api/plugins/tasks/tasks", Some(&token)).status,
+        200
+    );
+    assert_eq!(
+        server
+            .get("/api/plugins/hostile/steal/notes", Some(&token))
+            .status,
+        403
+    );
+    // A core write the mirror picks up.
+    let created = server.send(
+        "POST",
+        "/api/users",
+        Some(&token),
+        Some(json!({ "email": "m@example.com", "password": "a long enough password", "display_name": "M" })),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = server.get("/metrics", None).text;
+        let ready = text.contains("sv_fence_denials{plugin=\"hostile\"} 1")
+            && !text.contains("sv_sync_batch_apply_duration_seconds_count 0");
+        if ready {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for expected in [
+        "sv_plugin_requests_total{plugin=\"tasks\",status=\"200\"} 1",
+        "sv_plugin_requests_total{plugin=\"hostile\",status=\"403\"} 1",
+        "sv_plugin_request_duration_seconds_count{plugin=\"tasks\"} 1",
+        "sv_extension_host_state{state=\"running\"} 1",
+        "sv_extension_host_state{state=\"crash_loop\"} 0",
+        "sv_sync_outbox_rows ",
+        "sv_sync_oldest_change_age_seconds ",
+        "sv_sync_changes_applied_total ",
+        "sv_event_inbox_unhandled 0",
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+}
