@@ -125,14 +125,7 @@ fn describe(path: &Path, error: &rusqlite::Error) -> String {
 /// The first of the database's directory, file, `-wal` and `-shm` that exists and
 /// that this process may not write, in words (`the file data/core.db-shm`).
 pub fn unwritable(path: &Path) -> Option<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let writable = |p: &Path| {
-        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
-            return true;
-        };
-        // SAFETY: `c` is a NUL-terminated path; access(2) only reads it.
-        unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
-    };
+    let writable = |p: &Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

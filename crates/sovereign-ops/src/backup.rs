@@ -129,12 +129,14 @@ fn copy_pinned(source: &Connection, src: &Path, dst: &Path) -> Result<(), OpsErr
     Ok(())
 }
 
+/// Now, as SQLite's `strftime('%Y-%m-%dT%H:%M:%fZ')` writes it (UTC, milliseconds).
 fn now_rfc3339() -> String {
-    let conn = Connection::open_in_memory().expect("in-memory database");
-    conn.query_row("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", [], |r| {
-        r.get(0)
-    })
-    .expect("strftime")
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(FORMAT)
+        .expect("the format has only numeric fields")
 }
 
 /// The highest applied migration per scope in a database file (read-only).

@@ -15,20 +15,14 @@ use crate::{Layout, OpsError, io};
 /// The journal's file name in the data directory.
 pub const JOURNAL: &str = "restore-journal.json";
 
-/// A sortable timestamp for directory names (UTC).
+/// A sortable timestamp for directory names (UTC, milliseconds).
 pub fn stamp() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let conn = sovereign_db::rusqlite::Connection::open_in_memory().expect("in-memory database");
-    let base: String = conn
-        .query_row(
-            "SELECT strftime('%Y%m%dT%H%M%S', ?1, 'unixepoch')",
-            [now.as_secs() as i64],
-            |r| r.get(0),
-        )
-        .expect("strftime");
-    format!("{base}.{:03}Z", now.subsec_millis())
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(FORMAT)
+        .expect("the format has only numeric fields")
 }
 
 /// One file of the swap.

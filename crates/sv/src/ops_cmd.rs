@@ -123,13 +123,7 @@ fn wait_for_stop(lock: &Path, pid: &str) -> anyhow::Result<()> {
     let pid: i32 = pid
         .parse()
         .with_context(|| format!("the lock file {} holds no pid ({pid:?})", lock.display()))?;
-    // SAFETY: kill(2) with a pid read from our own lock file and a plain signal number.
-    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-        bail!(
-            "cannot signal pid {pid}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    signal(pid, rustix::process::Signal::TERM)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while RuntimeLock::holder(lock).is_some() {
         if Instant::now() > deadline {
@@ -318,16 +312,14 @@ pub fn doctor(config: &Config) -> anyhow::Result<ExitCode> {
                 .map(|m| m.len())
                 .unwrap_or(0);
         let mode = meta.permissions().mode() & 0o777;
-        // SAFETY: geteuid has no preconditions.
-        let uid = unsafe { libc::geteuid() };
+        let uid = rustix::process::geteuid().as_raw();
         if let Some(what) = sovereign_db::open::unwritable(path) {
             add(
                 Level::Fail,
                 "permissions",
                 format!(
                     "{what} is not writable by this user (uid {}): `sv serve` cannot use {}; fix its owner or mode, or remove a stale -shm or empty -wal while the platform is stopped",
-                    // SAFETY: geteuid has no preconditions.
-                    unsafe { libc::geteuid() },
+                    rustix::process::geteuid().as_raw(),
                     path.display()
                 ),
             );
@@ -577,26 +569,29 @@ fn registry_problems(config: &Config) -> anyhow::Result<Vec<String>> {
 
 /// `GET /health` of the running platform at `addr` (plain HTTP on loopback).
 fn platform_health(addr: &str) -> Option<serde_json::Value> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(
-        stream,
-        "GET /health HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let body = response.split_once("\r\n\r\n")?.1;
-    serde_json::from_str(body).ok()
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(3)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    agent
+        .get(format!("http://{addr}/health"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_json()
+        .ok()
 }
 
 fn free_bytes(dir: &Path) -> Option<u64> {
-    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `stat` is a valid, writable statvfs.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return None;
-    }
-    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail * stat.f_frsize)
+}
+
+/// Sends `signal` to the platform process `pid` (read from its lock file).
+pub fn signal(pid: i32, signal: rustix::process::Signal) -> anyhow::Result<()> {
+    let target = rustix::process::Pid::from_raw(pid)
+        .with_context(|| format!("{pid} is not a process id"))?;
+    rustix::process::kill_process(target, signal)
+        .with_context(|| format!("cannot signal pid {pid}"))
 }

@@ -808,13 +808,7 @@ fn restart_host(config: &Config) -> anyhow::Result<ExitCode> {
     let pid: i32 = pid
         .parse()
         .with_context(|| format!("{} holds no pid", lock.display()))?;
-    // SAFETY: kill(2) with the platform's pid from its lock file and a plain signal.
-    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
-        bail!(
-            "cannot signal pid {pid}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    crate::ops_cmd::signal(pid, rustix::process::Signal::USR1)?;
     println!("asked the platform (pid {pid}) to restart its extension host");
     Ok(ExitCode::SUCCESS)
 }
