@@ -232,14 +232,8 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
             .spawn(move || {
                 while let Ok(job) = platform_queue.recv() {
                     match job {
-                        KernelToHost::ApplyMirror {
-                            id,
-                            slices,
-                            upto_seq,
-                            changes,
-                        } => {
-                            let result =
-                                apply_mirror(&mirror, &shared_store, slices, upto_seq, changes);
+                        KernelToHost::ApplyMirror { id, slices, batch } => {
+                            let result = apply_mirror(&mirror, &shared_store, slices, &batch);
                             send(&writer, &HostToKernel::MirrorApplied { id, result });
                         }
                         KernelToHost::EventsStored { event_ids } => {
@@ -306,12 +300,9 @@ fn apply_mirror(
     mirror: &Mutex<Option<sovereign_db_plugins::TrustedPluginStore>>,
     shared_store: &std::path::Path,
     slices: Vec<sovereign_protocol::MirrorSliceSpec>,
-    upto_seq: i64,
-    changes: Vec<sovereign_protocol::MirrorChangeWire>,
+    batch: &sovereign_db_plugins::mirror::MirrorBatch,
 ) -> Result<bool, String> {
-    use sovereign_db_plugins::SqlValue;
-    use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog, MirrorChange, MirrorSlice};
-    use sovereign_protocol::WireValue;
+    use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
     let mut slot = mirror.lock().unwrap_or_else(|e| e.into_inner());
     if slot.is_none() {
         *slot = Some(
@@ -332,30 +323,12 @@ fn apply_mirror(
             })
             .collect(),
     );
-    let value = |v: WireValue| match v {
-        WireValue::Null => SqlValue::Null,
-        WireValue::Integer(i) => SqlValue::Integer(i),
-        WireValue::Real(f) => SqlValue::Real(f),
-        WireValue::Text(t) => SqlValue::Text(t),
-        WireValue::Blob(b) => SqlValue::Blob(b),
-    };
-    let batch = MirrorBatch {
-        upto_seq,
-        changes: changes
-            .into_iter()
-            .map(|c| MirrorChange {
-                slice: c.slice,
-                key: c.key,
-                row: c.row.map(|r| r.into_iter().map(value).collect()),
-            })
-            .collect(),
-    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     let result = store
-        .apply_batch(&catalog, &batch, now)
+        .apply_batch(&catalog, batch, now)
         .map_err(|e| e.to_string());
     if result.is_err() {
         // Reopen next time: the file may have been replaced.

@@ -61,23 +61,29 @@ impl WasiView for RequestState {
     }
 }
 
-fn to_sql(v: types::SqlValue) -> SqlValue {
-    match v {
-        types::SqlValue::Null => SqlValue::Null,
-        types::SqlValue::Integer(i) => SqlValue::Integer(i),
-        types::SqlValue::Real(f) => SqlValue::Real(f),
-        types::SqlValue::Text(t) => SqlValue::Text(t),
-        types::SqlValue::Blob(b) => SqlValue::Blob(b),
+/// The guest's values and the plugin store's are the same five SQLite types; this is
+/// the one place they convert.
+impl From<types::SqlValue> for SqlValue {
+    fn from(v: types::SqlValue) -> SqlValue {
+        match v {
+            types::SqlValue::Null => SqlValue::Null,
+            types::SqlValue::Integer(i) => SqlValue::Integer(i),
+            types::SqlValue::Real(f) => SqlValue::Real(f),
+            types::SqlValue::Text(t) => SqlValue::Text(t),
+            types::SqlValue::Blob(b) => SqlValue::Blob(b),
+        }
     }
 }
 
-fn from_sql(v: SqlValue) -> types::SqlValue {
-    match v {
-        SqlValue::Null => types::SqlValue::Null,
-        SqlValue::Integer(i) => types::SqlValue::Integer(i),
-        SqlValue::Real(f) => types::SqlValue::Real(f),
-        SqlValue::Text(t) => types::SqlValue::Text(t),
-        SqlValue::Blob(b) => types::SqlValue::Blob(b),
+impl From<SqlValue> for types::SqlValue {
+    fn from(v: SqlValue) -> types::SqlValue {
+        match v {
+            SqlValue::Null => types::SqlValue::Null,
+            SqlValue::Integer(i) => types::SqlValue::Integer(i),
+            SqlValue::Real(f) => types::SqlValue::Real(f),
+            SqlValue::Text(t) => types::SqlValue::Text(t),
+            SqlValue::Blob(b) => types::SqlValue::Blob(b),
+        }
     }
 }
 
@@ -104,7 +110,7 @@ impl database::Host for RequestState {
         sql: String,
         params: Vec<types::SqlValue>,
     ) -> Result<types::ExecResult, types::DbError> {
-        let params: Vec<SqlValue> = params.into_iter().map(to_sql).collect();
+        let params: Vec<SqlValue> = params.into_iter().map(SqlValue::from).collect();
         match self.db.execute(&sql, &params).map_err(db_error)? {
             Outcome::Changed {
                 rows_affected,
@@ -125,13 +131,13 @@ impl database::Host for RequestState {
         sql: String,
         params: Vec<types::SqlValue>,
     ) -> Result<types::Rows, types::DbError> {
-        let params: Vec<SqlValue> = params.into_iter().map(to_sql).collect();
+        let params: Vec<SqlValue> = params.into_iter().map(SqlValue::from).collect();
         match self.db.execute(&sql, &params).map_err(db_error)? {
             Outcome::Rows { columns, rows } => Ok(types::Rows {
                 columns: columns.to_vec(),
                 rows: rows
                     .into_iter()
-                    .map(|r| r.into_iter().map(from_sql).collect())
+                    .map(|r| r.into_iter().map(types::SqlValue::from).collect())
                     .collect(),
             }),
             Outcome::Changed { .. } => Ok(types::Rows {

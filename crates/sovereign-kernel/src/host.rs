@@ -287,17 +287,11 @@ impl HostHandle {
     pub async fn apply_mirror(
         &self,
         slices: Vec<sovereign_protocol::MirrorSliceSpec>,
-        upto_seq: i64,
-        changes: Vec<sovereign_protocol::MirrorChangeWire>,
+        batch: sovereign_db_plugins::mirror::MirrorBatch,
     ) -> Result<bool, CallError> {
         let answer = self
             .request(
-                move |id| KernelToHost::ApplyMirror {
-                    id,
-                    slices,
-                    upto_seq,
-                    changes,
-                },
+                move |id| KernelToHost::ApplyMirror { id, slices, batch },
                 Duration::from_secs(30),
             )
             .await?;

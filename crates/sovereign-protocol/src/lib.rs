@@ -8,6 +8,7 @@
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
+use sovereign_db_plugins::mirror::MirrorBatch;
 
 /// The protocol version; kernel and host refuse to talk across versions.
 pub const VERSION: u32 = 1;
@@ -118,21 +119,6 @@ pub struct PluginEvent {
     pub created_at_ms: i64,
 }
 
-/// A SQL value on the wire.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum WireValue {
-    /// NULL.
-    Null,
-    /// Integer.
-    Integer(i64),
-    /// Float.
-    Real(f64),
-    /// Text.
-    Text(String),
-    /// Bytes.
-    Blob(Vec<u8>),
-}
-
 /// One mirror slice as the host needs it to write the mirror table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MirrorSliceSpec {
@@ -140,17 +126,6 @@ pub struct MirrorSliceSpec {
     pub name: String,
     /// Columns, the key first.
     pub columns: Vec<String>,
-}
-
-/// One change of a mirror batch: the row's projection, or `None` to delete the key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MirrorChangeWire {
-    /// Slice.
-    pub slice: String,
-    /// Primary key.
-    pub key: i64,
-    /// The row, or `None`.
-    pub row: Option<Vec<WireValue>>,
 }
 
 /// Messages from the kernel.
@@ -199,10 +174,9 @@ pub enum KernelToHost {
         id: u64,
         /// The slices the batch refers to.
         slices: Vec<MirrorSliceSpec>,
-        /// The outbox sequence number the batch covers up to.
-        upto_seq: i64,
-        /// The changes.
-        changes: Vec<MirrorChangeWire>,
+        /// The batch (its values are the plugin store's own `SqlValue`s: no conversion
+        /// on the way).
+        batch: MirrorBatch,
     },
     /// Finish in-flight requests and exit.
     Shutdown,

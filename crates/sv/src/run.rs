@@ -9,11 +9,10 @@ use anyhow::{Context, bail};
 use clap::Args;
 use sovereign_config::Config;
 use sovereign_db_core::users::{self, NewUser, Role};
-use sovereign_db_plugins::SqlValue;
 use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog};
 use sovereign_kernel::host::{CallError, HostCommand, HostHandle};
 use sovereign_kernel::{Kernel, KernelOptions, RuntimeLock};
-use sovereign_protocol::{MirrorChangeWire, MirrorSliceSpec, WireValue};
+use sovereign_protocol::MirrorSliceSpec;
 use sovereign_sync::SyncError;
 use sovereign_sync::worker::Push;
 
@@ -296,8 +295,7 @@ fn start_sync(
                 ) {
                     return None;
                 }
-                let (slices, changes) = to_wire(catalog, batch);
-                match runtime.block_on(host.apply_mirror(slices, batch.upto_seq, changes)) {
+                match runtime.block_on(host.apply_mirror(slice_specs(catalog), batch.clone())) {
                     Ok(applied) => Some(Ok(applied)),
                     Err(CallError::Unavailable { .. }) => None,
                     Err(e) => Some(Err(SyncError::Applier(format!("{e:?}")))),
@@ -317,36 +315,16 @@ fn start_sync(
     ))
 }
 
-/// A batch in the protocol's terms.
-fn to_wire(
-    catalog: &MirrorCatalog,
-    batch: &MirrorBatch,
-) -> (Vec<MirrorSliceSpec>, Vec<MirrorChangeWire>) {
-    let slices = catalog
+/// The slices as the host needs them to write mirror tables (names and columns only).
+fn slice_specs(catalog: &MirrorCatalog) -> Vec<MirrorSliceSpec> {
+    catalog
         .slices()
         .iter()
         .map(|s| MirrorSliceSpec {
             name: s.name.clone(),
             columns: s.columns.clone(),
         })
-        .collect();
-    let value = |v: &SqlValue| match v {
-        SqlValue::Null => WireValue::Null,
-        SqlValue::Integer(i) => WireValue::Integer(*i),
-        SqlValue::Real(f) => WireValue::Real(*f),
-        SqlValue::Text(t) => WireValue::Text(t.clone()),
-        SqlValue::Blob(b) => WireValue::Blob(b.clone()),
-    };
-    let changes = batch
-        .changes
-        .iter()
-        .map(|c| MirrorChangeWire {
-            slice: c.slice.clone(),
-            key: c.key,
-            row: c.row.as_ref().map(|r| r.iter().map(value).collect()),
-        })
-        .collect();
-    (slices, changes)
+        .collect()
 }
 
 fn start(
