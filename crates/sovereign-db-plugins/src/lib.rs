@@ -50,9 +50,16 @@ pub enum PluginStoreError {
         /// Why it is reserved.
         why: String,
     },
-    /// A SQLite failure in the store's own (trusted) operations.
+    /// A SQLite failure in the store's own (trusted) operations. SQLite's error is kept
+    /// whole (its code tells the kind); its message is part of this one, once.
     #[error("plugin store: {0}")]
-    Sqlite(String),
+    Sqlite(sovereign_db::rusqlite::Error),
+    /// The operation would overwrite or lose data; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    /// The mirror's bookkeeping cannot be read.
+    #[error("the mirror's bookkeeping is unreadable: {0}; rebuild it with `sv sync:run --full`")]
+    MirrorState(String),
     /// A manifest problem.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -64,6 +71,12 @@ pub enum PluginStoreError {
         /// I/O error.
         source: std::io::Error,
     },
+}
+
+impl From<sovereign_db::rusqlite::Error> for PluginStoreError {
+    fn from(e: sovereign_db::rusqlite::Error) -> Self {
+        PluginStoreError::Sqlite(e)
+    }
 }
 
 /// Whether `id` is a valid plugin id: lowercase ASCII letters, digits and single

@@ -309,7 +309,7 @@ impl PluginDb {
             DatabaseMode::Isolated => StoreKind::IsolatedPlugin(id.clone()),
         };
         sovereign_db::store::claim(&conn, &kind)?;
-        let sqlite = |e: rusqlite::Error| PluginStoreError::Sqlite(e.to_string());
+        let sqlite = PluginStoreError::Sqlite;
         // Where this plugin reads the mirror: attached read-only from the mirror file, or
         // from the shared store when the plugin has a file of its own.
         let mirror_source = match (&location.mirror_file, config.mode) {

@@ -36,7 +36,7 @@ impl TrustedPluginStore {
     fn open(path: &Path, kind: &StoreKind) -> Result<TrustedPluginStore, PluginStoreError> {
         let conn = sovereign_db::open_database(path, &OpenOptions::plugins())?;
         sovereign_db::store::claim(&conn, kind)?;
-        let sqlite = |e: rusqlite::Error| PluginStoreError::Sqlite(e.to_string());
+        let sqlite = PluginStoreError::Sqlite;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
             .map_err(sqlite)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false)
@@ -65,7 +65,7 @@ impl TrustedPluginStore {
         let conn =
             sovereign_db::open_database(path, &OpenOptions::plugins().existing().read_only())?;
         sovereign_db::store::expect(&conn, kind)?;
-        let sqlite = |e: rusqlite::Error| PluginStoreError::Sqlite(e.to_string());
+        let sqlite = PluginStoreError::Sqlite;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
             .map_err(sqlite)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false)
@@ -106,7 +106,7 @@ impl TrustedPluginStore {
     pub fn ensure_mirror(&self, slice: &MirrorSlice) -> Result<(), PluginStoreError> {
         self.conn
             .execute_batch(&slice.create_table_sql())
-            .map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+            .map_err(PluginStoreError::Sqlite)
     }
 
     /// The schema objects (`type`, `name`) in plugin `id`'s namespace.
@@ -124,7 +124,7 @@ impl TrustedPluginStore {
             })?;
             rows.collect()
         };
-        run().map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+        run().map_err(PluginStoreError::Sqlite)
     }
 
     /// Drops every table, view and trigger of plugin `id` and its migration tracking
@@ -161,7 +161,7 @@ impl TrustedPluginStore {
             tx.commit()?;
             Ok(dropped)
         };
-        run().map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+        run().map_err(PluginStoreError::Sqlite)
     }
 
     /// Copies every object of plugin `id` (tables with their rows, indexes, views,
@@ -174,12 +174,12 @@ impl TrustedPluginStore {
         id: &str,
     ) -> Result<Vec<(String, u64)>, PluginStoreError> {
         if !self.plugin_objects(id)?.is_empty() {
-            return Err(PluginStoreError::Sqlite(format!(
+            return Err(PluginStoreError::Refused(format!(
                 "{} already holds tables of plugin {id}; refusing to overwrite them",
                 self.path.display()
             )));
         }
-        let sqlite = |e: rusqlite::Error| PluginStoreError::Sqlite(e.to_string());
+        let sqlite = PluginStoreError::Sqlite;
         self.conn
             .execute(
                 "ATTACH DATABASE ?1 AS sv_move_source",
@@ -266,7 +266,7 @@ impl TrustedPluginStore {
             tx.commit()?;
             Ok(copied)
         };
-        run().map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+        run().map_err(PluginStoreError::Sqlite)
     }
 }
 
@@ -285,7 +285,7 @@ impl TrustedPluginStore {
         }
         self.conn
             .execute_batch(crate::mirror::MIRROR_STATE_SQL)
-            .map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+            .map_err(PluginStoreError::Sqlite)
     }
 
     /// The last outbox sequence number applied to this mirror (0 if none).
@@ -297,7 +297,7 @@ impl TrustedPluginStore {
                 [],
                 |r| r.get(0),
             )
-            .map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+            .map_err(PluginStoreError::Sqlite)
     }
 
     /// When the mirror last applied a batch (unix ms, 0 if never).
@@ -309,7 +309,7 @@ impl TrustedPluginStore {
                 [],
                 |r| r.get(0),
             )
-            .map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+            .map_err(PluginStoreError::Sqlite)
     }
 
     /// The projection a mirror table was built with (JSON of [`MirrorSlice`]).
@@ -323,7 +323,7 @@ impl TrustedPluginStore {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| PluginStoreError::Sqlite(e.to_string()))?;
+            .map_err(PluginStoreError::Sqlite)?;
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
@@ -336,11 +336,14 @@ impl TrustedPluginStore {
                 .query_map([], |r| r.get(0))?
                 .collect()
         };
-        let texts = run().map_err(|e| PluginStoreError::Sqlite(e.to_string()))?;
-        Ok(texts
+        let texts = run().map_err(PluginStoreError::Sqlite)?;
+        texts
             .iter()
-            .filter_map(|t| serde_json::from_str(t).ok())
-            .collect())
+            .map(|t| {
+                serde_json::from_str(t)
+                    .map_err(|e| PluginStoreError::MirrorState(format!("slice spec {t:?}: {e}")))
+            })
+            .collect()
     }
 
     /// Applies a batch and advances the watermark in one transaction. A batch at or
@@ -381,7 +384,7 @@ impl TrustedPluginStore {
             tx.commit()?;
             Ok(true)
         };
-        run().map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+        run().map_err(PluginStoreError::Sqlite)
     }
 
     /// In one transaction: reads the watermark the rebuild will stand at (`watermark`,
@@ -427,6 +430,6 @@ impl TrustedPluginStore {
             tx.commit()?;
             Ok((watermark, counts))
         };
-        run().map_err(|e| PluginStoreError::Sqlite(e.to_string()))
+        run().map_err(PluginStoreError::Sqlite)
     }
 }
