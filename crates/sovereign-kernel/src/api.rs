@@ -1,6 +1,6 @@
 //! The kernel's HTTP API: authentication, users, settings, health and metrics.
 
-use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::extract::State;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -14,6 +14,7 @@ use sovereign_db_core::users::{
 };
 use sovereign_db_core::{audit, sessions, settings, users};
 
+use crate::extract::{AdminUser, ApiJson, ApiPath, CurrentUser, bearer_token};
 use crate::{ApiError, AppState, health, metrics};
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -61,65 +62,6 @@ pub(crate) fn router(state: AppState) -> Router {
             metrics::track,
         ))
         .with_state(state)
-}
-
-/// Path parameters whose rejections use the API's error shape.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub(crate) struct ApiPath<T>(pub(crate) T);
-
-/// A JSON body whose rejections use the API's error shape.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-struct ApiJson<T>(T);
-
-/// The authenticated caller.
-pub(crate) struct CurrentUser(pub(crate) User);
-
-impl FromRequestParts<AppState> for CurrentUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts)?;
-        let user = state
-            .core
-            .run(&state.metrics, move |conn| {
-                Ok(sessions::user_for_token(conn, &token)?)
-            })
-            .await?;
-        user.map(CurrentUser).ok_or_else(|| {
-            ApiError::unauthorized("the session token is invalid or expired; log in again")
-        })
-    }
-}
-
-/// The authenticated caller, who must be an admin.
-struct AdminUser(User);
-
-impl FromRequestParts<AppState> for AdminUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let CurrentUser(user) = CurrentUser::from_request_parts(parts, state).await?;
-        if user.role != Role::Admin {
-            return Err(ApiError::forbidden("this endpoint is for administrators"));
-        }
-        Ok(AdminUser(user))
-    }
-}
-
-fn bearer_token(parts: &Parts) -> Result<String, ApiError> {
-    let header = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>` header"))?;
-    header
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {

@@ -5,6 +5,7 @@
 
 mod api;
 mod error;
+mod extract;
 mod health;
 pub mod host;
 mod metrics;

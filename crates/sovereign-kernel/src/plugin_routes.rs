@@ -12,7 +12,7 @@ use sovereign_db_core::events::{IncomingEvent, Ingested};
 use sovereign_db_core::users::Role;
 use sovereign_protocol::{Caller, HostError, HttpRequest, PluginEvent};
 
-use crate::api::{ApiPath, CurrentUser};
+use crate::extract::{ApiPath, CurrentUser};
 use crate::host::{CallError, EventSink};
 use crate::{ApiError, AppState, CorePool};
 

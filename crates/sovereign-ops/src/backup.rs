@@ -129,16 +129,6 @@ fn copy_pinned(source: &Connection, src: &Path, dst: &Path) -> Result<(), OpsErr
     Ok(())
 }
 
-/// Now, as SQLite's `strftime('%Y-%m-%dT%H:%M:%fZ')` writes it (UTC, milliseconds).
-fn now_rfc3339() -> String {
-    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    time::OffsetDateTime::now_utc()
-        .format(FORMAT)
-        .expect("the format has only numeric fields")
-}
-
 /// The highest applied migration per scope in a database file (read-only).
 pub fn schema_versions(path: &Path) -> Result<BTreeMap<String, u32>, OpsError> {
     let conn = open_read_only(path)?;
@@ -310,7 +300,7 @@ pub fn backup(
     let manifest = Manifest {
         format: FORMAT,
         project_version: env!("CARGO_PKG_VERSION").to_owned(),
-        created_at: now_rfc3339(),
+        created_at: crate::now_rfc3339(),
         mirror_watermark: read_i64(
             &partial.join(mirror_store),
             "SELECT value FROM _sv_mirror_state WHERE key = 'watermark'",
@@ -467,7 +457,7 @@ fn scratch_dir() -> Result<PathBuf, OpsError> {
     let base = std::env::temp_dir().join(format!(
         "sv-verify-{}-{}",
         std::process::id(),
-        crate::restore::stamp()
+        crate::stamp()
     ));
     std::fs::create_dir_all(&base).map_err(io(format!("creating {}", base.display())))?;
     Ok(base)

@@ -211,7 +211,7 @@ pub fn purge(
     let backup = match backup_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-            let path = dir.join(format!("purge-{id}-{}.db", crate::restore::stamp()));
+            let path = dir.join(format!("purge-{id}-{}.db", crate::stamp()));
             match (mode, isolated_file) {
                 (DatabaseMode::Isolated, Some(file)) if file.exists() => snapshot(file, &path)?,
                 (DatabaseMode::Isolated, _) => {}

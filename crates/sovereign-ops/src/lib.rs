@@ -15,6 +15,26 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+/// A sortable timestamp for directory names (UTC, milliseconds).
+pub fn stamp() -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(FORMAT)
+        .expect("the format has only numeric fields")
+}
+
+/// Now, as SQLite's `strftime('%Y-%m-%dT%H:%M:%fZ')` writes it (UTC, milliseconds).
+pub(crate) fn now_rfc3339() -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(FORMAT)
+        .expect("the format has only numeric fields")
+}
+
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {

@@ -15,16 +15,6 @@ use crate::{Layout, OpsError, io};
 /// The journal's file name in the data directory.
 pub const JOURNAL: &str = "restore-journal.json";
 
-/// A sortable timestamp for directory names (UTC, milliseconds).
-pub fn stamp() -> String {
-    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
-        "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
-    );
-    time::OffsetDateTime::now_utc()
-        .format(FORMAT)
-        .expect("the format has only numeric fields")
-}
-
 /// One file of the swap.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Move {
@@ -136,7 +126,7 @@ pub fn restore(
 ) -> Result<RestoreReport, OpsError> {
     finish_interrupted(&layout.data_dir)?;
     let manifest = verify(backup_dir)?;
-    let stamp = stamp();
+    let stamp = crate::stamp();
     let aside_dir = layout.data_dir.join(format!("pre-restore-{stamp}"));
     let mut moves = Vec::new();
     let mut staged_files = Vec::new();

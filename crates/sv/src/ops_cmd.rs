@@ -73,7 +73,7 @@ pub fn run_backup(config: &Config, args: &BackupArgs) -> anyhow::Result<ExitCode
         config
             .base_dir
             .join("backups")
-            .join(format!("sv-backup-{}", sovereign_ops::restore::stamp()))
+            .join(format!("sv-backup-{}", sovereign_ops::stamp()))
     });
     let bar = byte_bar("backup");
     let started = Instant::now();
