@@ -43,10 +43,15 @@ const SQLITE_LIMITS: &[(Limit, i32)] = &[
 
 /// Caps the memory SQLite may allocate in this process (`sqlite3_hard_heap_limit64`):
 /// a query producing rows of many large values fails with "out of memory" instead of
-/// growing the extension host without bound. Returns the previous limit.
+/// growing the extension host without bound. Past three quarters of it (the soft limit)
+/// SQLite first gives back page cache, so that many plugins' caches do not starve a
+/// query. Returns the previous hard limit.
 pub fn limit_sqlite_heap(bytes: i64) -> i64 {
-    // SAFETY: sqlite3_hard_heap_limit64 takes any value and is thread-safe.
-    unsafe { rusqlite::ffi::sqlite3_hard_heap_limit64(bytes) }
+    // SAFETY: both calls take any value and are thread-safe.
+    unsafe {
+        rusqlite::ffi::sqlite3_soft_heap_limit64(bytes / 4 * 3);
+        rusqlite::ffi::sqlite3_hard_heap_limit64(bytes)
+    }
 }
 
 /// Where plugin databases live.

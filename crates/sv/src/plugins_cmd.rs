@@ -379,7 +379,7 @@ fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             p.database_mode,
             if p.enabled { "enabled" } else { "disabled" },
             match &p.load {
-                registry::LoadState::NotReported => "not-loaded",
+                registry::LoadState::NotReported => "unreported",
                 registry::LoadState::Loaded { .. } => "loaded",
                 registry::LoadState::Failed { .. } => "FAILED",
             },
