@@ -33,9 +33,7 @@ impl FromRequestParts<AppState> for CurrentUser {
                 Ok(sessions::user_for_token(conn, &token)?)
             })
             .await?;
-        user.map(CurrentUser).ok_or_else(|| {
-            ApiError::unauthorized("the session token is invalid or expired; log in again")
-        })
+        user.map(CurrentUser).ok_or_else(invalid_session)
     }
 }
 
@@ -55,8 +53,12 @@ impl FromRequestParts<AppState> for AdminUser {
 }
 
 pub(crate) fn bearer_token(parts: &Parts) -> Result<String, ApiError> {
-    let header = parts
-        .headers
+    bearer_token_from(&parts.headers)
+}
+
+/// The session token of `Authorization: Bearer <token>`.
+pub(crate) fn bearer_token_from(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+    let header = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>` header"))?;
     header
@@ -66,4 +68,9 @@ pub(crate) fn bearer_token(parts: &Parts) -> Result<String, ApiError> {
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))
+}
+
+/// The answer to a token that names no live session.
+pub(crate) fn invalid_session() -> ApiError {
+    ApiError::unauthorized("the session token is invalid or expired; log in again")
 }

@@ -12,7 +12,7 @@ use sovereign_db_core::events::{IncomingEvent, Ingested};
 use sovereign_db_core::users::Role;
 use sovereign_protocol::{Caller, HostError, HttpRequest, PluginEvent};
 
-use crate::extract::{ApiPath, CurrentUser};
+use crate::extract::{ApiPath, bearer_token_from, invalid_session};
 use crate::host::{CallError, EventSink};
 use crate::{ApiError, AppState, CorePool};
 
@@ -36,30 +36,47 @@ const RETURNED_HEADERS: &[&str] = &[
     "content-language",
 ];
 
+/// The path of a plugin route: `/api/plugins/{id}` or `/api/plugins/{id}/{*rest}`.
+#[derive(serde::Deserialize)]
+pub(crate) struct PluginPath {
+    id: String,
+    #[serde(default)]
+    rest: String,
+}
+
 pub(crate) async fn handle(
     State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
-    ApiPath(params): ApiPath<HashMap<String, String>>,
+    ApiPath(PluginPath { id, rest }): ApiPath<PluginPath>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let id = params.get("id").cloned().unwrap_or_default();
-    let rest = params.get("rest").cloned().unwrap_or_default();
+    let token = match bearer_token_from(&headers) {
+        Ok(token) => token,
+        Err(e) => return e.into_response(),
+    };
+    // The caller's session and the plugin's registry entry in one trip to the core
+    // store: this is the hot path of every plugin request.
     let lookup = id.clone();
-    let record = state
+    let found = state
         .core
         .run(&state.metrics, move |conn| {
-            Ok(sovereign_db_core::plugins::routing_info(conn, &lookup)?)
+            let user = sovereign_db_core::sessions::user_for_token(conn, &token)?;
+            let route = sovereign_db_core::plugins::routing_info(conn, &lookup)?;
+            Ok((user, route))
         })
         .await;
-    let (enabled, manifest) = match record {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            return ApiError::not_found(format!("no plugin {id:?} is installed")).into_response();
-        }
+    let (user, record) = match found {
+        Ok(found) => found,
         Err(e) => return e.into_response(),
+    };
+    // Unauthenticated callers learn nothing about which plugins exist.
+    let Some(user) = user else {
+        return invalid_session().into_response();
+    };
+    let Some((enabled, manifest)) = record else {
+        return ApiError::not_found(format!("no plugin {id:?} is installed")).into_response();
     };
     if !enabled {
         return ApiError::not_found(format!("plugin {id} is disabled")).into_response();
