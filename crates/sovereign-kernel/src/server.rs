@@ -59,12 +59,12 @@ pub(crate) async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many connections; closing a new one");
+            tracing::debug!(%peer, limit = MAX_CONNECTIONS, "too many connections; closing a new one");
             drop(stream);
             continue;
         };
         let Some(address_slot) = AddressSlot::take(&per_address, peer.ip()) else {
-            tracing::warn!(%peer, limit = MAX_CONNECTIONS_PER_ADDRESS, "too many connections from one address; closing a new one");
+            tracing::debug!(%peer, limit = MAX_CONNECTIONS_PER_ADDRESS, "too many connections from one address; closing a new one");
             drop(stream);
             continue;
         };
