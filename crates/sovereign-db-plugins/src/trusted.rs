@@ -22,6 +22,22 @@ pub struct TrustedPluginStore {
     read_only: bool,
 }
 
+/// Makes a trusted connection run no plugin-authored SQL as a side effect (triggers,
+/// views, functions in the schema) and enforce no plugin foreign keys: the fence refuses
+/// keys into mirror tables, and plugin data must never veto the platform's writes
+/// (mirror batches, purges).
+fn ignore_plugin_code(conn: &Connection) -> Result<(), PluginStoreError> {
+    for config in [
+        DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW,
+        DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA,
+    ] {
+        conn.set_db_config(config, false)?;
+    }
+    conn.pragma_update(None, "foreign_keys", false)?;
+    Ok(())
+}
+
 impl TrustedPluginStore {
     /// Opens (creating if needed) the shared plugin store.
     pub fn open_shared(path: &Path) -> Result<TrustedPluginStore, PluginStoreError> {
@@ -36,18 +52,7 @@ impl TrustedPluginStore {
     fn open(path: &Path, kind: &StoreKind) -> Result<TrustedPluginStore, PluginStoreError> {
         let conn = sovereign_db::open_database(path, &OpenOptions::plugins())?;
         sovereign_db::store::claim(&conn, kind)?;
-        let sqlite = PluginStoreError::Sqlite;
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
-            .map_err(sqlite)?;
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false)
-            .map_err(sqlite)?;
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)
-            .map_err(sqlite)?;
-        // Plugin tables' foreign keys must never veto the platform's writes (mirror
-        // batches, purges): the fence refuses keys into mirror tables, and this
-        // connection does not enforce any.
-        conn.pragma_update(None, "foreign_keys", false)
-            .map_err(sqlite)?;
+        ignore_plugin_code(&conn)?;
         Ok(TrustedPluginStore {
             conn,
             path: path.to_owned(),
@@ -65,11 +70,8 @@ impl TrustedPluginStore {
         let conn =
             sovereign_db::open_database(path, &OpenOptions::plugins().existing().read_only())?;
         sovereign_db::store::expect(&conn, kind)?;
+        ignore_plugin_code(&conn)?;
         let sqlite = PluginStoreError::Sqlite;
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
-            .map_err(sqlite)?;
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false)
-            .map_err(sqlite)?;
         let has_state: bool = conn
             .query_row(
                 "SELECT count(*) = 2 FROM main.sqlite_schema

@@ -92,10 +92,7 @@ pub struct ServeArgs {
 
 pub fn dev(config: &Config, args: &ServerArgs) -> anyhow::Result<ExitCode> {
     let lock = RuntimeLock::acquire(&config.lock_file_path())?;
-    refuse_empty_core(config, args.init)?;
-    if config.core_db_path().metadata().is_ok_and(|m| m.len() > 0) {
-        check_core_integrity(config)?;
-    }
+    check_core_file(config, args.init)?;
     for applied in migrate::deploy_all(config)? {
         println!("migrated {applied}");
     }
@@ -130,7 +127,6 @@ fn install_packages(config: &Config) -> anyhow::Result<()> {
 
 pub fn serve(config: &Config, args: &ServerArgs) -> anyhow::Result<ExitCode> {
     let lock = RuntimeLock::acquire(&config.lock_file_path())?;
-    refuse_empty_core(config, args.init)?;
     let core = config.core_db_path();
     if !core.exists() {
         bail!(
@@ -138,7 +134,7 @@ pub fn serve(config: &Config, args: &ServerArgs) -> anyhow::Result<ExitCode> {
             core.display()
         );
     }
-    check_core_integrity(config)?;
+    check_core_file(config, args.init)?;
     let pending = migrate::not_applied(config)?;
     if !pending.is_empty() {
         bail!(
@@ -155,13 +151,20 @@ pub fn serve(config: &Config, args: &ServerArgs) -> anyhow::Result<ExitCode> {
     )
 }
 
-/// An existing 0-byte core store is not a new install: it is what a failed copy, a full
-/// disk or a truncation leaves. Setting it up afresh would hide the loss behind a new
-/// administrator, so it needs `--init`.
-fn refuse_empty_core(config: &Config, init: bool) -> anyhow::Result<()> {
+/// Checks `core.db` before serving. An existing 0-byte file is not a new install: it is
+/// what a failed copy, a full disk or a truncation leaves, and setting it up afresh would
+/// hide the loss behind a new administrator, so it needs `--init`. A store with content
+/// must pass `PRAGMA quick_check` (its time is logged). A missing file is `sv dev`'s new
+/// install.
+fn check_core_file(config: &Config, init: bool) -> anyhow::Result<()> {
     let core = config.core_db_path();
-    let empty = std::fs::metadata(&core).is_ok_and(|m| m.is_file() && m.len() == 0);
-    if empty && !init {
+    let Ok(meta) = std::fs::metadata(&core) else {
+        return Ok(());
+    };
+    if meta.is_file() && meta.len() == 0 {
+        if init {
+            return Ok(());
+        }
         bail!(
             "{} exists but is empty (0 bytes), so it holds no core store. If it should hold your \
              data, restore it (`sv restore BACKUP`); if this is a new install, start again with \
@@ -169,13 +172,6 @@ fn refuse_empty_core(config: &Config, init: bool) -> anyhow::Result<()> {
             core.display()
         );
     }
-    Ok(())
-}
-
-/// Refuses to serve a core store that fails `PRAGMA quick_check`, and logs how long the
-/// check took.
-fn check_core_integrity(config: &Config) -> anyhow::Result<()> {
-    let core = config.core_db_path();
     let started = std::time::Instant::now();
     let advice =
         "run `sv doctor` for the details and `sv restore BACKUP` to restore the last good backup";
