@@ -1,7 +1,8 @@
 //! The core's event inbox: plugin events stored exactly once (keyed by event id) and
-//! dispatched to the core handler of their topic, in one transaction.
+//! handed to the handler of their topic (registered by the platform layer), in one
+//! transaction; and the activity feed handlers write to.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sovereign_db::rusqlite::{self, Connection, params};
 
 use crate::{CoreError, audit};
@@ -47,21 +48,17 @@ pub struct Activity {
     pub created_at: String,
 }
 
-#[derive(Deserialize)]
-struct TaskCompleted {
-    task_id: i64,
-    title: String,
-    completed_by: i64,
-    #[serde(default)]
-    assignee: Option<i64>,
-}
+/// Reacts to a stored event inside its transaction; an `Err` is recorded on the inbox row
+/// (the event stays stored and audited).
+pub type Handler<'a> = &'a dyn Fn(&Connection, &IncomingEvent) -> Result<(), String>;
 
-/// Stores an event (once) and runs its handler, all in one transaction. `declared` are
-/// the topics the plugin's manifest declares; others are rejected and logged.
+/// Stores an event (once) and runs `handle` on it, all in one transaction. `declared`
+/// are the topics the plugin's manifest declares; others are rejected and logged.
 pub fn ingest(
     conn: &Connection,
     event: &IncomingEvent,
     declared: &[String],
+    handle: Handler<'_>,
 ) -> Result<Ingested, CoreError> {
     if !declared.contains(&event.topic) {
         tracing::warn!(plugin = %event.plugin, topic = %event.topic, "event with an undeclared topic rejected");
@@ -97,40 +94,20 @@ pub fn ingest(
     Ok(Ingested::Stored)
 }
 
-/// The core handlers by topic. A handler's failure is recorded on the inbox row.
-fn handle(tx: &Connection, event: &IncomingEvent) -> Result<(), String> {
-    match event.topic.as_str() {
-        "task.completed" => {
-            let done: TaskCompleted = serde_json::from_str(&event.payload_json)
-                .map_err(|e| format!("task.completed payload: {e}"))?;
-            let who: Option<String> = tx
-                .query_row(
-                    "SELECT display_name FROM users WHERE id = ?1",
-                    [done.completed_by],
-                    |r| r.get(0),
-                )
-                .ok();
-            let summary = format!(
-                "{} completed task #{} \u{201c}{}\u{201d}",
-                who.as_deref().unwrap_or("someone"),
-                done.task_id,
-                done.title
-            );
-            let mut users = vec![done.completed_by];
-            users.extend(done.assignee.filter(|a| *a != done.completed_by));
-            for user in users {
-                tx.execute(
-                    "INSERT INTO activity_feed (user_id, kind, summary, source_plugin, source_event)
-                     SELECT id, ?2, ?3, ?4, ?5 FROM users WHERE id = ?1",
-                    params![user, event.topic, summary, event.plugin, event.event_id],
-                )
-                .map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        }
-        // Other declared topics are stored and audited; no core handler reacts to them.
-        _ => Ok(()),
-    }
+/// Adds an entry to a user's activity feed (nothing if the user does not exist).
+pub fn add_activity(
+    conn: &Connection,
+    user_id: i64,
+    kind: &str,
+    summary: &str,
+    source: &IncomingEvent,
+) -> Result<(), CoreError> {
+    conn.execute(
+        "INSERT INTO activity_feed (user_id, kind, summary, source_plugin, source_event)
+         SELECT id, ?2, ?3, ?4, ?5 FROM users WHERE id = ?1",
+        params![user_id, kind, summary, source.plugin, source.event_id],
+    )?;
+    Ok(())
 }
 
 /// A user's activity feed, newest first.
@@ -164,8 +141,13 @@ mod tests {
     use crate::test_support::core_db;
     use crate::users::{NewUser, Role, create};
 
+    fn to_feed(conn: &Connection, event: &IncomingEvent) -> Result<(), String> {
+        add_activity(conn, 1, &event.topic, "Ada completed task #3", event)
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
-    fn an_event_is_ingested_once_and_feeds_the_activity() {
+    fn an_event_is_ingested_once_and_runs_its_handler_once() {
         let (_dir, conn) = core_db();
         let user = create(
             &conn,
@@ -190,9 +172,12 @@ mod tests {
             emitted_at_ms: 1,
         };
         let declared = vec!["task.completed".to_owned()];
-        assert_eq!(ingest(&conn, &event, &declared).unwrap(), Ingested::Stored);
         assert_eq!(
-            ingest(&conn, &event, &declared).unwrap(),
+            ingest(&conn, &event, &declared, &to_feed).unwrap(),
+            Ingested::Stored
+        );
+        assert_eq!(
+            ingest(&conn, &event, &declared, &to_feed).unwrap(),
             Ingested::Duplicate
         );
         let feed = activity(&conn, user.id, 10).unwrap();
@@ -218,6 +203,7 @@ mod tests {
                 ..event
             },
             &declared,
+            &to_feed,
         )
         .unwrap();
         assert!(matches!(rejected, Ingested::Rejected(_)));

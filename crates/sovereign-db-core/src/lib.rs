@@ -34,6 +34,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_plugin_load_state.sql",
         include_str!("../migrations/0004_plugin_load_state.sql"),
     ),
+    (
+        "0005_registry_manifest_is_truth.sql",
+        include_str!("../migrations/0005_registry_manifest_is_truth.sql"),
+    ),
 ];
 
 /// The core migration set.
@@ -65,6 +69,16 @@ pub enum CoreError {
     /// No connection to the core store could be had.
     #[error("core store unavailable: {0}")]
     Unavailable(String),
+    /// A registry entry's manifest does not parse (a damaged or hand-edited registry).
+    #[error(
+        "the registry's manifest of plugin {id:?} is unreadable: {source}; reinstall the plugin"
+    )]
+    BadManifest {
+        /// The plugin.
+        id: String,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
     /// Password hashing failed.
     #[error("password hashing failed: {0}")]
     Hash(String),

@@ -1,8 +1,10 @@
-//! The plugin registry: which plugins are installed, their database mode, whether they
-//! are enabled, and which mirror columns an operator granted them.
+//! The plugin registry: which plugins are installed (with the manifest they were
+//! installed with: their name, version, database mode and limits), whether they are
+//! enabled, and which mirror columns an operator granted them.
 
 use serde::Serialize;
 use sovereign_db::rusqlite::{self, Connection, OptionalExtension, params};
+use sovereign_db_plugins::Manifest;
 
 use crate::CoreError;
 
@@ -11,16 +13,11 @@ use crate::CoreError;
 pub struct PluginRecord {
     /// Plugin id.
     pub id: String,
-    /// Human name.
-    pub name: String,
-    /// Installed version.
-    pub version: String,
-    /// `shared` or `isolated`.
-    pub database_mode: String,
     /// Whether its routes are served.
     pub enabled: bool,
-    /// The manifest as installed (JSON text).
-    pub manifest: String,
+    /// The manifest as installed: the one source of its name, version, database mode,
+    /// events and limits.
+    pub manifest: Manifest,
     /// Granted mirror columns as `(slice, column)`.
     pub grants: Vec<(String, String)>,
     /// What the extension host last reported when loading it.
@@ -61,20 +58,12 @@ pub fn record_load(conn: &Connection, id: &str, error: Option<&str>) -> Result<(
 /// Registers or updates a plugin and replaces its grants, in one transaction.
 pub fn register(conn: &Connection, record: &PluginRecord) -> Result<(), CoreError> {
     let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let manifest = serde_json::to_string(&record.manifest).expect("a manifest serializes");
     tx.execute(
-        "INSERT INTO plugins (id, name, version, database_mode, enabled, manifest)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (id) DO UPDATE SET name = excluded.name, version = excluded.version,
-             database_mode = excluded.database_mode, manifest = excluded.manifest,
+        "INSERT INTO plugins (id, enabled, manifest) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET manifest = excluded.manifest,
              updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-        params![
-            record.id,
-            record.name,
-            record.version,
-            record.database_mode,
-            record.enabled,
-            record.manifest
-        ],
+        params![record.id, record.enabled, manifest],
     )?;
     tx.execute(
         "DELETE FROM plugin_grants WHERE plugin_id = ?1",
@@ -107,29 +96,32 @@ pub fn list(conn: &Connection) -> Result<Vec<PluginRecord>, CoreError> {
 pub fn get(conn: &Connection, id: &str) -> Result<Option<PluginRecord>, CoreError> {
     let Some(mut record) = conn
         .query_row(
-            "SELECT id, name, version, database_mode, enabled, manifest, load_error, load_reported_at
-             FROM plugins WHERE id = ?1",
+            "SELECT enabled, manifest, load_error, load_reported_at FROM plugins WHERE id = ?1",
             [id],
             |r| {
-                let error: Option<String> = r.get(6)?;
-                let at: Option<String> = r.get(7)?;
-                Ok(PluginRecord {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    version: r.get(2)?,
-                    database_mode: r.get(3)?,
-                    enabled: r.get(4)?,
-                    manifest: r.get(5)?,
-                    grants: vec![],
-                    load: match (error, at) {
-                        (_, None) => LoadState::NotReported,
-                        (None, Some(at)) => LoadState::Loaded { at },
-                        (Some(error), Some(at)) => LoadState::Failed { error, at },
-                    },
-                })
+                let error: Option<String> = r.get(2)?;
+                let at: Option<String> = r.get(3)?;
+                let load = match (error, at) {
+                    (_, None) => LoadState::NotReported,
+                    (None, Some(at)) => LoadState::Loaded { at },
+                    (Some(error), Some(at)) => LoadState::Failed { error, at },
+                };
+                Ok((r.get::<_, bool>(0)?, r.get::<_, String>(1)?, load))
             },
         )
         .optional()?
+        .map(
+            |(enabled, manifest, load)| -> Result<PluginRecord, CoreError> {
+                Ok(PluginRecord {
+                    id: id.to_owned(),
+                    enabled,
+                    manifest: parse_manifest(id, &manifest)?,
+                    grants: vec![],
+                    load,
+                })
+            },
+        )
+        .transpose()?
     else {
         return Ok(None);
     };
@@ -142,13 +134,21 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<PluginRecord>, CoreErro
     Ok(Some(record))
 }
 
-/// Whether a plugin is enabled and its manifest (JSON), in one cheap query, for the
-/// request path; `None` if it is not registered.
-pub fn routing_info(conn: &Connection, id: &str) -> Result<Option<(bool, String)>, CoreError> {
-    Ok(conn
-        .prepare_cached("SELECT enabled, manifest FROM plugins WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?)
+/// Whether a plugin is enabled and its manifest, in one cheap query, for the request
+/// path; `None` if it is not registered.
+pub fn routing_info(conn: &Connection, id: &str) -> Result<Option<(bool, Manifest)>, CoreError> {
+    conn.prepare_cached("SELECT enabled, manifest FROM plugins WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, String>(1)?)))
+        .optional()?
+        .map(|(enabled, manifest)| Ok((enabled, parse_manifest(id, &manifest)?)))
+        .transpose()
+}
+
+fn parse_manifest(id: &str, text: &str) -> Result<Manifest, CoreError> {
+    serde_json::from_str(text).map_err(|source| CoreError::BadManifest {
+        id: id.to_owned(),
+        source,
+    })
 }
 
 /// Enables or disables a plugin; `false` if it is not registered.

@@ -104,14 +104,12 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
         &plugins,
     )?;
 
-    // The mirror side of sync: batches the kernel pushes are applied on a trusted
-    // connection of the host's own (plugins never get one). Opened now, before the
-    // sandbox, which also makes sure the store's -wal and -shm exist for the rules below.
-    let mirror: Arc<Mutex<Option<sovereign_db_plugins::TrustedPluginStore>>> = Arc::new(Mutex::new(
-        sovereign_db_plugins::TrustedPluginStore::open_shared(&options.location.shared_store)
-            .map_err(|e| tracing::warn!(error = %e, "cannot open the plugin store for mirror batches"))
-            .ok(),
-    ));
+    // Held open for the host's lifetime: the shared store's -wal and -shm must exist
+    // for the sandbox rules below (SQLite removes them when the last connection closes).
+    let _shared_store_files =
+        sovereign_db_plugins::open_shared_store(&options.location.shared_store)
+            .map_err(|e| tracing::warn!(error = %e, "cannot open the shared plugin store"))
+            .ok();
 
     // Everything is open and compiled: from here on the host can only touch the plugin
     // store files and read the packages.
@@ -188,8 +186,8 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
             })?;
     }
 
-    // Plugin requests go through the fair scheduler; the platform's own work (mirror
-    // batches, event acknowledgements) has a thread of its own and never queues behind
+    // Plugin requests go through the fair scheduler; the platform's own work (event
+    // acknowledgements) has a thread of its own and never queues behind
     // a plugin.
     let scheduler: Arc<Scheduler<PluginJob>> = Arc::new(Scheduler::default());
     for n in 0..options.workers.max(1) {
@@ -221,30 +219,19 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
                 }
             })?;
     }
-    let (platform_jobs, platform_queue) = mpsc::channel::<KernelToHost>();
+    // Event acknowledgements are marked delivered on a thread of their own.
+    let (delivered, delivered_queue) = mpsc::channel::<Vec<String>>();
     {
         let runtime = runtime.clone();
-        let writer = writer.clone();
-        let mirror = mirror.clone();
-        let shared_store = options.location.shared_store.clone();
         std::thread::Builder::new()
             .name("sv-host-platform".into())
             .spawn(move || {
-                while let Ok(job) = platform_queue.recv() {
-                    match job {
-                        KernelToHost::ApplyMirror { id, slices, batch } => {
-                            let result = apply_mirror(&mirror, &shared_store, slices, &batch);
-                            send(&writer, &HostToKernel::MirrorApplied { id, result });
-                        }
-                        KernelToHost::EventsStored { event_ids } => {
-                            let now = std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map(|d| d.as_millis() as i64)
-                                .unwrap_or(0);
-                            runtime.mark_delivered(&event_ids, now);
-                        }
-                        _ => {}
-                    }
+                while let Ok(event_ids) = delivered_queue.recv() {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0);
+                    runtime.mark_delivered(&event_ids, now);
                 }
             })?;
     }
@@ -280,8 +267,8 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
                     received: Instant::now(),
                 },
             ),
-            Some(job @ (KernelToHost::EventsStored { .. } | KernelToHost::ApplyMirror { .. })) => {
-                if platform_jobs.send(job).is_err() {
+            Some(KernelToHost::EventsStored { event_ids }) => {
+                if delivered.send(event_ids).is_err() {
                     break;
                 }
             }
@@ -293,46 +280,4 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
     tracing::info!("extension host stopping");
     scheduler.close();
     Ok(())
-}
-
-/// Applies a pushed mirror batch with its watermark in one transaction.
-fn apply_mirror(
-    mirror: &Mutex<Option<sovereign_db_plugins::TrustedPluginStore>>,
-    shared_store: &std::path::Path,
-    slices: Vec<sovereign_protocol::MirrorSliceSpec>,
-    batch: &sovereign_db_plugins::mirror::MirrorBatch,
-) -> Result<bool, String> {
-    use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
-    let mut slot = mirror.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.is_none() {
-        *slot = Some(
-            sovereign_db_plugins::TrustedPluginStore::open_shared(shared_store)
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    let store = slot.as_ref().expect("opened above");
-    let catalog = MirrorCatalog::new(
-        slices
-            .into_iter()
-            .map(|s| MirrorSlice {
-                name: s.name,
-                source_table: String::new(),
-                columns: s.columns,
-                filter: None,
-                allow_secret: vec![],
-            })
-            .collect(),
-    );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let result = store
-        .apply_batch(&catalog, batch, now)
-        .map_err(|e| e.to_string());
-    if result.is_err() {
-        // Reopen next time: the file may have been replaced.
-        *slot = None;
-    }
-    result
 }

@@ -320,7 +320,7 @@ impl Runtime {
         packages: &Path,
         spec: &PluginSpec,
     ) -> anyhow::Result<LoadedPlugin> {
-        let manifest: Manifest = serde_json::from_str(&spec.manifest_json)?;
+        let manifest = spec.manifest.clone();
         anyhow::ensure!(
             manifest.id == spec.id,
             "the manifest's id {} is not {}",
@@ -331,7 +331,7 @@ impl Runtime {
             location,
             PluginDbConfig {
                 plugin_id: spec.id.clone(),
-                mode: spec.database_mode.parse()?,
+                mode: manifest.database,
                 grants: spec.grants.clone(),
                 limits: manifest.limits,
             },

@@ -9,14 +9,74 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sovereign_db::StoreKind;
 
 use crate::AppState;
+pub use crate::host::CoreDbProbe;
+use crate::host::HostState;
 
 const PLUGIN_STORE_DEADLINE: Duration = Duration::from_millis(1000);
 
-pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// The answer of `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// The platform as a whole.
+    pub status: Overall,
+    /// The core store.
+    pub core: StoreHealth,
+    /// The shared plugin store.
+    pub plugins: StoreHealth,
+    /// The extension host.
+    pub extension_host: ExtensionHost,
+    /// Plugins the running host could not load (served by nobody).
+    pub plugins_not_loaded: Vec<sovereign_protocol::PluginLoad>,
+}
+
+/// The platform as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overall {
+    /// Everything works.
+    Ok,
+    /// The core works; the plugin side does not fully.
+    Degraded,
+    /// The core store does not answer.
+    Unavailable,
+}
+
+/// One store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum StoreHealth {
+    /// Answers.
+    Ok,
+    /// Does not answer.
+    Unavailable {
+        /// Why.
+        error: String,
+    },
+}
+
+/// The extension host, if the platform runs one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExtensionHost {
+    /// The watchdog's view of it.
+    Watched(HostState),
+    /// This platform runs without an extension host (`{"status": "disabled"}`).
+    Disabled(NoHost),
+}
+
+/// The tag of [`ExtensionHost::Disabled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum NoHost {
+    /// No extension host.
+    Disabled,
+}
+
+pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let core = state
         .core
         .run(&state.metrics, |conn| {
@@ -25,63 +85,67 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<V
         })
         .await;
     let core = match core {
-        Ok(_) => json!({ "status": "ok" }),
-        Err(e) => json!({ "status": "unavailable", "error": format!("{e:?}") }),
+        Ok(_) => StoreHealth::Ok,
+        Err(e) => StoreHealth::Unavailable {
+            error: format!("{e:?}"),
+        },
     };
 
     let path = state.plugins_db.clone();
     let probe = tokio::task::spawn_blocking(move || probe_plugin_store(&path));
     let plugins = match tokio::time::timeout(PLUGIN_STORE_DEADLINE, probe).await {
-        Ok(Ok(Ok(()))) => json!({ "status": "ok" }),
-        Ok(Ok(Err(message))) => {
+        Ok(Ok(Ok(()))) => StoreHealth::Ok,
+        Ok(Ok(Err(error))) => {
             state.metrics.database_error("plugins");
-            json!({ "status": "unavailable", "error": message })
+            StoreHealth::Unavailable { error }
         }
-        Ok(Err(join)) => json!({ "status": "unavailable", "error": join.to_string() }),
+        Ok(Err(join)) => StoreHealth::Unavailable {
+            error: join.to_string(),
+        },
         Err(_) => {
             state.metrics.database_error("plugins");
-            json!({ "status": "unavailable", "error": "the plugin store did not answer within 1 s" })
+            StoreHealth::Unavailable {
+                error: "the plugin store did not answer within 1 s".into(),
+            }
         }
     };
 
     // A plugin the host could not load is served by nobody: that is degraded, not ok.
-    let failed_plugins: Vec<&sovereign_protocol::PluginLoad> = Vec::new();
-    let host_state = state.host.as_ref().map(|h| h.state());
-    let failed_plugins = match &host_state {
-        Some(crate::host::HostState::Running { plugins, .. }) => {
-            plugins.iter().filter(|p| p.error.is_some()).collect()
-        }
-        _ => failed_plugins,
+    let extension_host = match state.host.as_ref() {
+        Some(h) => ExtensionHost::Watched(h.state()),
+        None => ExtensionHost::Disabled(NoHost::Disabled),
     };
-    let core_ok = core["status"] == "ok";
+    let plugins_not_loaded = match &extension_host {
+        ExtensionHost::Watched(HostState::Running { plugins, .. }) => plugins
+            .iter()
+            .filter(|p| p.error.is_some())
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    let core_ok = core == StoreHealth::Ok;
     let status = match (
         core_ok,
-        plugins["status"] == "ok" && failed_plugins.is_empty(),
+        plugins == StoreHealth::Ok && plugins_not_loaded.is_empty(),
     ) {
-        (true, true) => "ok",
-        (true, false) => "degraded",
-        _ => "unavailable",
+        (true, true) => Overall::Ok,
+        (true, false) => Overall::Degraded,
+        _ => Overall::Unavailable,
     };
     let code = if core_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let failed: Vec<Value> = failed_plugins
-        .iter()
-        .map(|p| json!({ "id": p.id, "error": p.error }))
-        .collect();
-    let host = match &host_state {
-        Some(h) => serde_json::to_value(h)
-            .unwrap_or_else(|e| json!({ "status": "unknown", "error": e.to_string() })),
-        None => json!({ "status": "disabled" }),
-    };
     (
         code,
-        Json(json!({
-            "status": status, "core": core, "plugins": plugins, "extension_host": host,
-            "plugins_not_loaded": failed,
-        })),
+        Json(Health {
+            status,
+            core,
+            plugins,
+            extension_host,
+            plugins_not_loaded,
+        }),
     )
 }
 

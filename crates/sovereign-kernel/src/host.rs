@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sovereign_db_core::CoreError;
 use sovereign_protocol::{
     Caller, HostError, HostToKernel, HttpRequest, HttpResponse, KernelToHost, PluginEvent,
     PluginLoad, PluginSpec, SandboxStatus, VERSION,
@@ -55,7 +56,7 @@ pub struct HostCommand {
 }
 
 /// The host's state, as `/health` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum HostState {
     /// Starting (or restarting) the process.
@@ -74,7 +75,7 @@ pub enum HostState {
         /// Process id.
         pid: u32,
         /// What happened when the host was asked to open `core.db` (it must be refused).
-        core_db_probe: String,
+        core_db_probe: CoreDbProbe,
     },
     /// Stopped because the kernel is shutting down.
     Stopped,
@@ -85,6 +86,47 @@ pub enum HostState {
         /// The last reason.
         last_error: String,
     },
+}
+
+impl std::fmt::Display for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostState::Starting { restarts } => write!(f, "starting (restarts so far: {restarts})"),
+            HostState::Running { pid, restarts, .. } => {
+                write!(f, "running as pid {pid} (restarts so far: {restarts})")
+            }
+            HostState::Stopped => f.write_str("stopped"),
+            HostState::CrashLoop {
+                crashes,
+                last_error,
+            } => write!(
+                f,
+                "in a crash loop ({crashes} crashes; last: {last_error}); `sv plugins host restart` tries again"
+            ),
+        }
+    }
+}
+
+/// What happened when a freshly started host was asked to open `core.db`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CoreDbProbe {
+    /// Refused, as it must be (the sandbox works).
+    Refused {
+        /// The host's error.
+        error: String,
+    },
+    /// The host could open `core.db`: it is not sandboxed.
+    Opened,
+}
+
+impl std::fmt::Display for CoreDbProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CoreDbProbe::Refused { error } => write!(f, "refused: {error}"),
+            CoreDbProbe::Opened => f.write_str("OPENED: the host can read core.db"),
+        }
+    }
 }
 
 /// Why a plugin call produced no plugin response.
@@ -113,7 +155,6 @@ pub type EventSink = Arc<dyn Fn(Vec<PluginEvent>) -> Vec<String> + Send + Sync>;
 struct Inner {
     command: HostCommand,
     core: CorePool,
-    metrics: Arc<crate::Metrics>,
     state: Mutex<HostState>,
     connection: Mutex<Option<Arc<Connection>>>,
     next_id: AtomicU64,
@@ -138,7 +179,6 @@ impl HostHandle {
     pub fn start(
         command: HostCommand,
         core: CorePool,
-        metrics: Arc<crate::Metrics>,
         events: EventSink,
     ) -> std::io::Result<HostHandle> {
         let _ = std::fs::remove_file(&command.socket);
@@ -153,7 +193,6 @@ impl HostHandle {
         let inner = Arc::new(Inner {
             command,
             core,
-            metrics,
             state: Mutex::new(HostState::Starting { restarts: 0 }),
             connection: Mutex::new(None),
             next_id: AtomicU64::new(1),
@@ -282,29 +321,6 @@ impl HostHandle {
         }
     }
 
-    /// Pushes a mirror batch to the host, which applies it with the watermark in one
-    /// transaction; `Ok(false)` means it was already applied.
-    pub async fn apply_mirror(
-        &self,
-        slices: Vec<sovereign_protocol::MirrorSliceSpec>,
-        batch: sovereign_db_plugins::mirror::MirrorBatch,
-    ) -> Result<bool, CallError> {
-        let answer = self
-            .request(
-                move |id| KernelToHost::ApplyMirror { id, slices, batch },
-                Duration::from_secs(30),
-            )
-            .await?;
-        match answer {
-            HostToKernel::MirrorApplied { result, .. } => {
-                result.map_err(|e| CallError::Host(HostError::Internal(e)))
-            }
-            other => Err(CallError::Host(HostError::Internal(format!(
-                "unexpected answer {other:?}"
-            )))),
-        }
-    }
-
     /// Asks the host to open `path`; `Ok(())` means it could.
     pub async fn probe(&self, path: &str) -> Result<Result<(), String>, CallError> {
         let path = path.to_owned();
@@ -327,18 +343,14 @@ fn set_state(inner: &Inner, state: HostState) {
     *inner.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
 }
 
-async fn plugin_specs(
-    core: &CorePool,
-    metrics: &crate::Metrics,
-) -> Result<Vec<PluginSpec>, crate::ApiError> {
-    core.run(metrics, |conn| {
+async fn plugin_specs(core: &CorePool) -> Result<Vec<PluginSpec>, CoreError> {
+    core.call(|conn| {
         Ok(sovereign_db_core::plugins::list(conn)?
             .into_iter()
             .map(|p| PluginSpec {
                 id: p.id,
-                database_mode: p.database_mode,
                 grants: p.grants,
-                manifest_json: p.manifest,
+                manifest: p.manifest,
             })
             .collect())
     })
@@ -372,7 +384,7 @@ async fn record_loads(inner: &Inner, loads: &[PluginLoad]) {
     let loads = loads.to_vec();
     let recorded = inner
         .core
-        .run(&inner.metrics, move |conn| {
+        .call(move |conn| {
             for load in &loads {
                 sovereign_db_core::plugins::record_load(conn, &load.id, load.error.as_deref())?;
             }
@@ -487,7 +499,7 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
         Err(_) => return Ending::Failed("the host did not connect in time".into()),
     };
     let (mut reader, mut writer) = stream.into_split();
-    let specs = plugin_specs(&inner.core, &inner.metrics).await.unwrap_or_else(|e| {
+    let specs = plugin_specs(&inner.core).await.unwrap_or_else(|e| {
         tracing::error!(error = ?e, "cannot read the plugin registry; starting the host without plugins");
         vec![]
     });
@@ -536,12 +548,14 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
                 match tokio::time::timeout_at(deadline, read_message(&mut reader)).await {
                     Ok(Some(HostToKernel::ProbeResult { id, result })) if id == probe_id => {
                         break match result {
-                            Err(e) => format!("refused: {e}"),
+                            Err(e) => CoreDbProbe::Refused {
+                                error: e.to_string(),
+                            },
                             Ok(()) => {
                                 tracing::error!(
                                     "THE EXTENSION HOST CAN OPEN core.db: it is not sandboxed"
                                 );
-                                "OPENED: the host can read core.db".to_owned()
+                                CoreDbProbe::Opened
                             }
                         };
                     }
@@ -613,9 +627,7 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = denials;
                 }
-                HostToKernel::Response { id, .. }
-                | HostToKernel::ProbeResult { id, .. }
-                | HostToKernel::MirrorApplied { id, .. } => {
+                HostToKernel::Response { id, .. } | HostToKernel::ProbeResult { id, .. } => {
                     let waiter = read_conn
                         .pending
                         .lock()
@@ -641,7 +653,7 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
             _ = registry_check.tick() => {
                 // A plugin installed, upgraded, moved or removed while the platform runs:
                 // the host loads the registry at start, so start a fresh one.
-                if plugin_specs(&inner.core, &inner.metrics).await.is_ok_and(|now| now != specs) {
+                if plugin_specs(&inner.core).await.is_ok_and(|now| now != specs) {
                     tracing::info!("the plugin registry changed; restarting the extension host");
                     break Ending::Restart;
                 }

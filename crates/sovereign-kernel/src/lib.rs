@@ -5,8 +5,9 @@
 
 mod api;
 mod error;
+pub mod events;
 mod extract;
-mod health;
+pub mod health;
 pub mod host;
 mod metrics;
 mod plugin_routes;
@@ -21,11 +22,11 @@ use std::sync::Arc;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
-pub use pool::CorePool;
+pub use pool::{CommitHook, CorePool};
 pub use runtime_lock::{RuntimeLock, RuntimeLockError};
 
 /// What the kernel needs to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KernelOptions {
     /// `core.db`.
     pub core_db: PathBuf,
@@ -37,6 +38,11 @@ pub struct KernelOptions {
     pub session_ttl_seconds: i64,
     /// How to start the extension host; `None` runs without plugins.
     pub host: Option<host::HostCommand>,
+    /// What the core does with plugin events, by topic.
+    pub event_handlers: events::EventHandlers,
+    /// Called after each piece of kernel work that changed `core.db` (wakes the sync
+    /// worker).
+    pub on_core_commit: Option<CommitHook>,
 }
 
 /// Shared state of every request handler.
@@ -64,7 +70,7 @@ pub struct Kernel {
 impl Kernel {
     /// Opens the core pool and binds the listener.
     pub async fn bind(options: &KernelOptions) -> Result<Kernel, StartError> {
-        let core = CorePool::open(&options.core_db)?;
+        let core = CorePool::open(&options.core_db, options.on_core_commit.clone())?;
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|e| StartError::Bind(options.listen, e))?;
@@ -74,8 +80,7 @@ impl Kernel {
                 host::HostHandle::start(
                     command.clone(),
                     core.clone(),
-                    metrics.clone(),
-                    plugin_routes::event_sink(core.clone()),
+                    events::event_sink(core.clone(), options.event_handlers.clone()),
                 )
                 .map_err(|e| StartError::Host(command.socket.clone(), e))?,
             ),

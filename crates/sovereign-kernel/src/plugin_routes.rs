@@ -1,20 +1,18 @@
 //! `/api/plugins/<id>/...`: authenticated, enabled-checked, size-capped requests
-//! forwarded to the extension host; and the sink that stores plugin events in the core.
+//! forwarded to the extension host.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use sovereign_db_core::events::{IncomingEvent, Ingested};
 use sovereign_db_core::users::Role;
-use sovereign_protocol::{Caller, HostError, HttpRequest, PluginEvent};
+use sovereign_protocol::{Caller, HostError, HttpRequest};
 
 use crate::extract::{ApiPath, bearer_token_from, invalid_session};
-use crate::host::{CallError, EventSink};
-use crate::{ApiError, AppState, CorePool};
+use crate::host::CallError;
+use crate::{ApiError, AppState};
 
 /// Largest request body forwarded to a plugin.
 pub(crate) const MAX_PLUGIN_BODY: usize = 1024 * 1024;
@@ -83,17 +81,6 @@ pub(crate) async fn handle(
     }
     let Some(host) = state.host.clone() else {
         return unavailable(60, "this platform runs without an extension host");
-    };
-    // The registry stores the manifest install validated; one that does not parse is a
-    // damaged registry, not a reason to guess a deadline.
-    let manifest: sovereign_db_plugins::Manifest = match serde_json::from_str(&manifest) {
-        Ok(manifest) => manifest,
-        Err(e) => {
-            return ApiError::internal(format!(
-                "the registry's manifest of plugin {id} is unreadable ({e}); reinstall the plugin"
-            ))
-            .into_response();
-        }
     };
     let request_ms = u64::from(manifest.limits.request_ms);
     let request = HttpRequest {
@@ -184,46 +171,4 @@ fn unavailable(retry_after: u64, message: &str) -> Response {
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     response
-}
-
-/// Stores relayed events in the core inbox (once per event id) and runs their handlers.
-/// Returns the ids the host may mark delivered: stored, duplicates and rejected ones.
-pub(crate) fn event_sink(core: CorePool) -> EventSink {
-    std::sync::Arc::new(move |events: Vec<PluginEvent>| {
-        let mut acknowledged = Vec::new();
-        let result = core.run_blocking(|conn| {
-            let mut declared: HashMap<String, Vec<String>> = HashMap::new();
-            for event in &events {
-                let topics = declared.entry(event.plugin.clone()).or_insert_with(|| {
-                    sovereign_db_core::plugins::get(conn, &event.plugin)
-                        .ok()
-                        .flatten()
-                        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p.manifest).ok())
-                        .and_then(|m| serde_json::from_value::<Vec<String>>(m["emits"].clone()).ok())
-                        .unwrap_or_default()
-                });
-                let incoming = IncomingEvent {
-                    event_id: event.event_id.clone(),
-                    plugin: event.plugin.clone(),
-                    topic: event.topic.clone(),
-                    payload_json: event.payload_json.clone(),
-                    emitted_at_ms: event.created_at_ms,
-                };
-                match sovereign_db_core::events::ingest(conn, &incoming, topics)? {
-                    Ingested::Stored | Ingested::Duplicate => acknowledged.push(event.event_id.clone()),
-                    Ingested::Rejected(reason) => {
-                        tracing::warn!(plugin = %event.plugin, topic = %event.topic, reason, "plugin event rejected");
-                        acknowledged.push(event.event_id.clone());
-                    }
-                }
-            }
-            // Handled inbox rows are kept for a month; their effects stay.
-            sovereign_db_core::events::prune(conn, 30)?;
-            Ok(())
-        });
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "storing plugin events failed; the host will offer them again");
-        }
-        acknowledged
-    })
 }

@@ -1,7 +1,9 @@
 //! A small pool of `core.db` connections, each opened by `sovereign_db_core::open_existing`
-//! so every connection carries the same pragmas.
+//! so every connection carries the same pragmas. After work that changed rows, the pool
+//! calls its commit hook (the sync worker's wake-up).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sovereign_db::rusqlite::Connection;
@@ -32,15 +34,20 @@ impl r2d2::ManageConnection for CoreConnections {
     }
 }
 
+/// Called after work on a pooled connection changed rows in `core.db`.
+pub type CommitHook = Arc<dyn Fn() + Send + Sync>;
+
 /// The kernel's connections to `core.db`.
 #[derive(Clone)]
 pub struct CorePool {
     pool: r2d2::Pool<CoreConnections>,
+    on_commit: Option<CommitHook>,
 }
 
 impl CorePool {
     /// Opens the pool; fails at once if `core.db` is missing or not the core store.
-    pub fn open(path: &Path) -> Result<CorePool, crate::StartError> {
+    /// `on_commit` runs after each piece of work that changed rows.
+    pub fn open(path: &Path, on_commit: Option<CommitHook>) -> Result<CorePool, crate::StartError> {
         // Fail with the store's own message (missing file, wrong store) rather than a
         // pool time-out.
         drop(sovereign_db_core::open_existing(path)?);
@@ -51,7 +58,19 @@ impl CorePool {
             .build(CoreConnections {
                 path: path.to_owned(),
             })?;
-        Ok(CorePool { pool })
+        Ok(CorePool { pool, on_commit })
+    }
+
+    /// Runs `f` on `conn`, then the commit hook if `f` changed rows.
+    fn with_hook<T>(&self, conn: &Connection, f: impl FnOnce(&Connection) -> T) -> T {
+        let before = conn.total_changes();
+        let out = f(conn);
+        if let Some(hook) = &self.on_commit
+            && conn.total_changes() != before
+        {
+            hook();
+        }
+        out
     }
 
     /// Runs `f` with a core connection on the calling (blocking) thread.
@@ -63,22 +82,36 @@ impl CorePool {
             .pool
             .get()
             .map_err(|e| CoreError::Unavailable(e.to_string()))?;
-        f(&conn)
+        self.with_hook(&conn, f)
     }
 
-    /// Runs `f` with a core connection on the blocking thread pool. Database errors are
-    /// counted under the `core` scope.
+    /// Runs `f` with a core connection on the blocking thread pool, for the kernel's own
+    /// work (the watchdog, the event sink).
+    pub async fn call<T, F>(&self, f: F) -> Result<T, CoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, CoreError> + Send + 'static,
+    {
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || pool.run_blocking(f))
+            .await
+            .unwrap_or_else(|e| Err(CoreError::Unavailable(format!("core task failed: {e}"))))
+    }
+
+    /// Runs `f` for an HTTP handler with a core connection on the blocking thread pool.
+    /// Database errors are counted under the `core` scope.
     pub async fn run<T, F>(&self, metrics: &Metrics, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, ApiError> + Send + 'static,
     {
-        let pool = self.pool.clone();
+        let pool = self.clone();
         let result = tokio::task::spawn_blocking(move || {
             let conn = pool
+                .pool
                 .get()
                 .map_err(|e| ApiError::unavailable(format!("core store busy: {e}")))?;
-            f(&conn)
+            pool.with_hook(&conn, f)
         })
         .await
         .unwrap_or_else(|e| Err(ApiError::internal(format!("core task failed: {e}"))));

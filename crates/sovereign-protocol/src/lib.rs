@@ -8,7 +8,6 @@
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
-use sovereign_db_plugins::mirror::MirrorBatch;
 
 /// The protocol version; kernel and host refuse to talk across versions.
 pub const VERSION: u32 = 1;
@@ -21,12 +20,10 @@ pub const MAX_FRAME: usize = 32 * 1024 * 1024;
 pub struct PluginSpec {
     /// Plugin id.
     pub id: String,
-    /// `shared` or `isolated`.
-    pub database_mode: String,
     /// Approved mirror grants as `(slice, column)`.
     pub grants: Vec<(String, String)>,
-    /// The manifest as installed (JSON).
-    pub manifest_json: String,
+    /// The manifest as installed (its database mode, limits and events).
+    pub manifest: sovereign_db_plugins::Manifest,
 }
 
 /// An HTTP request for a plugin.
@@ -119,15 +116,6 @@ pub struct PluginEvent {
     pub created_at_ms: i64,
 }
 
-/// One mirror slice as the host needs it to write the mirror table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MirrorSliceSpec {
-    /// Slice name (table `core__<name>`).
-    pub name: String,
-    /// Columns, the key first.
-    pub columns: Vec<String>,
-}
-
 /// Messages from the kernel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum KernelToHost {
@@ -167,17 +155,6 @@ pub enum KernelToHost {
         /// Event ids.
         event_ids: Vec<String>,
     },
-    /// Apply a batch of core changes to the mirror tables and advance the watermark, in
-    /// one transaction (near-real-time sync pushes batches to the running host).
-    ApplyMirror {
-        /// Request id.
-        id: u64,
-        /// The slices the batch refers to.
-        slices: Vec<MirrorSliceSpec>,
-        /// The batch (its values are the plugin store's own `SqlValue`s: no conversion
-        /// on the way).
-        batch: MirrorBatch,
-    },
     /// Finish in-flight requests and exit.
     Shutdown,
 }
@@ -214,14 +191,6 @@ pub enum HostToKernel {
         id: u64,
         /// `Ok` if the file could be opened, else the OS error.
         result: Result<(), String>,
-    },
-    /// The answer to [`KernelToHost::ApplyMirror`]: applied (`true`), already applied
-    /// (`false`), or why it failed.
-    MirrorApplied {
-        /// Request id.
-        id: u64,
-        /// The outcome.
-        result: Result<bool, String>,
     },
     /// Events from committed plugin transactions, for the core inbox.
     Events {

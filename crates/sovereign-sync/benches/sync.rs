@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use sovereign_db::rusqlite::Connection;
 use sovereign_db_plugins::TrustedPluginStore;
-use sovereign_sync::worker::{SyncTarget, SyncWorker};
+use sovereign_sync::worker::{SyncTarget, SyncWaker, SyncWorker};
 use sovereign_sync::{SyncSettings, capture, full};
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -122,6 +122,8 @@ fn full_build(dir: &Path, core_path: &Path, core: &Connection, rows: u64) {
 fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
     let settings = SyncSettings::default();
     let mirror_path = dir.join("lag-plugins.db");
+    // The writer wakes the worker after each commit, as the kernel's pool does.
+    let waker = SyncWaker::default();
     let worker = SyncWorker::spawn(
         settings.clone(),
         SyncTarget {
@@ -130,8 +132,8 @@ fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
                 let p = mirror_path.clone();
                 move || Ok(TrustedPluginStore::open_shared(&p)?)
             }),
-            push: None,
             observe: None,
+            waker: waker.clone(),
         },
     );
     // Let the worker build the mirror first.
@@ -204,6 +206,7 @@ fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
             .unwrap();
         writer_conn.execute_batch("COMMIT").unwrap();
         commits.push((seq, Instant::now()));
+        waker.wake();
     }
     let achieved = total as f64 / start.elapsed().as_secs_f64();
     while backlog() > 0 {

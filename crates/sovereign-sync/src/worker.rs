@@ -2,21 +2,26 @@
 //! after they commit) or scheduled (every interval). A locked or unavailable mirror only
 //! delays it, with backoff; core writes never wait on it, because capture only appends
 //! to the outbox in `core.db`.
+//!
+//! The worker is the one writer of the mirror while the platform runs: it applies each
+//! batch with its watermark on its own trusted connection to the mirror store. The
+//! kernel wakes it after each of its commits ([`SyncWaker`]); commits by other processes
+//! (an operator's `sv users create`) are found by a slow poll.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sovereign_db::rusqlite::Connection;
 use sovereign_db_plugins::TrustedPluginStore;
-use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog};
 
 use crate::{Freshness, SyncError, SyncSettings, full, publish};
 
-/// How often the near-real-time worker looks for new changes.
-const POLL: Duration = Duration::from_millis(2);
+/// How often the near-real-time worker looks for changes nobody woke it for (commits
+/// by other processes).
+const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How often applied changes are pruned from the core outbox while changes keep coming.
 const ACK_EVERY: Duration = Duration::from_millis(250);
 /// How often the mirror is checked for needing a rebuild (and always after reopening it).
@@ -30,22 +35,42 @@ pub struct SyncTarget {
     pub core_path: PathBuf,
     /// Opens the mirror's trusted handle (the plugin store, or the mirror file).
     pub open_mirror: Box<dyn Fn() -> Result<TrustedPluginStore, SyncError> + Send>,
-    /// Applies a batch in another process (the running extension host); `None` when it
-    /// is not available, in which case the batch is applied here.
-    pub push: Option<Push>,
     /// Told about every batch applied: how many changes, how long the apply took.
     pub observe: Option<Observe>,
+    /// Wakes the worker when the core commits.
+    pub waker: SyncWaker,
 }
 
 /// Called after each applied batch with its number of changes and apply time.
 pub type Observe = Box<dyn Fn(usize, Duration) + Send>;
 
-/// Hands a batch to another process; `None` when that process is not available.
-pub type Push = Box<dyn Fn(&MirrorCatalog, &MirrorBatch) -> Option<Result<bool, SyncError>> + Send>;
+/// Wakes the sync worker: call [`SyncWaker::wake`] after a commit to `core.db`.
+#[derive(Clone, Default)]
+pub struct SyncWaker(Arc<(Mutex<bool>, Condvar)>);
+
+impl SyncWaker {
+    /// Tells the worker there may be new changes.
+    pub fn wake(&self) {
+        let (woken, signal) = &*self.0;
+        *woken.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        signal.notify_one();
+    }
+
+    /// Waits until woken or `timeout` passes; a wake that came before counts.
+    fn wait(&self, timeout: Duration) {
+        let (woken, signal) = &*self.0;
+        let guard = woken.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut guard, _) = signal
+            .wait_timeout_while(guard, timeout, |woken| !*woken)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard = false;
+    }
+}
 
 /// A running sync worker; stops when dropped.
 pub struct SyncWorker {
     stop: Arc<AtomicBool>,
+    waker: SyncWaker,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -54,12 +79,14 @@ impl SyncWorker {
     pub fn spawn(settings: SyncSettings, target: SyncTarget) -> SyncWorker {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let waker = target.waker.clone();
         let thread = std::thread::Builder::new()
             .name("sv-sync".into())
             .spawn(move || run(&settings, &target, &flag))
             .expect("spawning the sync thread");
         SyncWorker {
             stop,
+            waker,
             thread: Some(thread),
         }
     }
@@ -71,6 +98,7 @@ impl SyncWorker {
 
     fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.waker.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -157,14 +185,11 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
             let report =
                 publish::catch_up_with(core, mirror, catalog, settings.batch_size, &|batch| {
                     let started = Instant::now();
-                    let applied = match target.push.as_ref().and_then(|push| push(catalog, batch)) {
-                        Some(result) => result,
-                        None => Ok(mirror.apply_batch(catalog, batch, crate::now_ms())?),
-                    };
-                    if let (Ok(_), Some(observe)) = (&applied, &target.observe) {
+                    let applied = mirror.apply_batch(catalog, batch, crate::now_ms())?;
+                    if let Some(observe) = &target.observe {
                         observe(batch.changes.len(), started.elapsed());
                     }
-                    applied
+                    Ok(applied)
                 })?;
             seen_seq = report.watermark;
             // Pruning the outbox writes core.db; under a stream of core writes it is done
@@ -192,7 +217,7 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                 }
                 backoff = Duration::from_millis(100);
                 match settings.freshness {
-                    Freshness::NearRealTime if !worked => std::thread::sleep(POLL),
+                    Freshness::NearRealTime if !worked => target.waker.wait(IDLE_POLL),
                     Freshness::NearRealTime => {}
                     Freshness::Scheduled => next_scheduled = Instant::now() + settings.interval,
                 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use sovereign_config::Config;
+use sovereign_platform::App;
 
 #[derive(Args)]
 pub struct ConfigArgs {
@@ -12,10 +12,10 @@ pub struct ConfigArgs {
     json: bool,
 }
 
-pub fn run(config: &Config, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
-    // `[sync]` and `[mirror.*]` are read by the sync engine: check them here too, so a
-    // mistake there shows up before a start.
-    crate::plugin_support::sync_settings(config)?;
+/// Prints the configuration; `[sync]` and `[mirror.*]` were checked when `app` was
+/// made, so a mistake there shows up here before a start.
+pub fn run(app: &App, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    let config = app.config();
     let rows = [
         (
             "DATABASE_URL",

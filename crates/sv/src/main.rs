@@ -4,7 +4,6 @@
 mod config_cmd;
 mod migrate;
 mod ops_cmd;
-mod plugin_support;
 mod plugins_cmd;
 mod run;
 mod sync_cmd;
@@ -16,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use sovereign_config::{Config, Overrides};
+use sovereign_platform::App;
 
 /// Sovereign: a platform kernel whose plugins cannot reach core data.
 #[derive(Parser)]
@@ -136,7 +136,7 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line, leaving out a cause whose text the message
 /// before it already ends with (errors that print their source as part of themselves).
-fn report(error: &anyhow::Error) -> String {
+pub(crate) fn report(error: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in error.chain() {
         let text = cause.to_string();
@@ -171,32 +171,31 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if sovereign_ops::restore::finish_interrupted(&config.data_dir_path())? {
         eprintln!("warning: completed a restore that had been interrupted");
     }
+    let app = App::new(config)?;
     match cli.command {
-        Command::Config(args) => config_cmd::run(&config, &args),
-        Command::Dev(args) => run::dev(&config, &args),
-        Command::Serve(args) => run::serve(&config, &args.server),
-        Command::MigrateDeploy(args) => migrate::deploy(&config, &args),
-        Command::MigrateStatus(args) => migrate::status(&config, &args),
+        Command::Config(args) => config_cmd::run(&app, &args),
+        Command::Dev(args) => run::dev(&app, &args),
+        Command::Serve(args) => run::serve(&app, &args.server),
+        Command::MigrateDeploy(args) => migrate::deploy(&app, &args),
+        Command::MigrateStatus(args) => migrate::status(&app, &args),
         Command::Migrate { command } => match command {
-            migrate::MigrateCommand::Deploy(args) => migrate::deploy(&config, &args),
-            migrate::MigrateCommand::Status(args) => migrate::status(&config, &args),
+            migrate::MigrateCommand::Deploy(args) => migrate::deploy(&app, &args),
+            migrate::MigrateCommand::Status(args) => migrate::status(&app, &args),
         },
-        Command::Users { command } => users_cmd::run(&config, command),
-        Command::Plugins { command } => plugins_cmd::run(&config, command),
-        Command::SyncRun(args) => sync_cmd::dispatch(&config, sync_cmd::SyncCommand::Run(args)),
-        Command::SyncStatus(args) => {
-            sync_cmd::dispatch(&config, sync_cmd::SyncCommand::Status(args))
-        }
+        Command::Users { command } => users_cmd::run(&app, command),
+        Command::Plugins { command } => plugins_cmd::run(&app, command),
+        Command::SyncRun(args) => sync_cmd::dispatch(&app, sync_cmd::SyncCommand::Run(args)),
+        Command::SyncStatus(args) => sync_cmd::dispatch(&app, sync_cmd::SyncCommand::Status(args)),
         Command::SyncReconcile(args) => {
-            sync_cmd::dispatch(&config, sync_cmd::SyncCommand::Reconcile(args))
+            sync_cmd::dispatch(&app, sync_cmd::SyncCommand::Reconcile(args))
         }
-        Command::SyncPlan => sync_cmd::dispatch(&config, sync_cmd::SyncCommand::Plan),
-        Command::Sync { command } => sync_cmd::dispatch(&config, command),
-        Command::Backup(args) => ops_cmd::run_backup(&config, &args),
+        Command::SyncPlan => sync_cmd::dispatch(&app, sync_cmd::SyncCommand::Plan),
+        Command::Sync { command } => sync_cmd::dispatch(&app, command),
+        Command::Backup(args) => ops_cmd::run_backup(&app, &args),
         Command::BackupVerify(args) => ops_cmd::run_verify(&args),
-        Command::Restore(args) => ops_cmd::run_restore(&config, &args),
-        Command::MigrateSplit(args) => ops_cmd::run_split(&config, &args),
-        Command::Doctor => ops_cmd::doctor(&config),
+        Command::Restore(args) => ops_cmd::run_restore(&app, &args),
+        Command::MigrateSplit(args) => ops_cmd::run_split(&app, &args),
+        Command::Doctor => ops_cmd::run_doctor(&app),
         Command::Host(_) => unreachable!("handled before the configuration is read"),
     }
 }

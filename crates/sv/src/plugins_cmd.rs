@@ -4,16 +4,12 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
-use sovereign_config::Config;
 use sovereign_db::migrate::split_statements;
-use sovereign_db_core::plugins::{self as registry, PluginRecord};
-use sovereign_db_plugins::{
-    DatabaseMode, Manifest, Outcome, PluginDb, SqlValue, TrustedPluginStore,
-};
-
-use crate::plugin_support::{self, package_dir, store_location};
+use sovereign_db_core::plugins::LoadState;
+use sovereign_db_plugins::{DatabaseMode, Manifest, Outcome, SqlValue};
+use sovereign_platform::plugins::{self, Approval, Moved};
+use sovereign_platform::{App, PlatformError};
 
 #[derive(Subcommand)]
 pub enum PluginsCommand {
@@ -124,16 +120,16 @@ pub enum ModeArg {
     Isolated,
 }
 
-pub fn run(config: &Config, command: PluginsCommand) -> anyhow::Result<ExitCode> {
+pub fn run(app: &App, command: PluginsCommand) -> anyhow::Result<ExitCode> {
     match command {
-        PluginsCommand::Install { dir, yes } => install(config, &dir, yes),
-        PluginsCommand::List { json } => list(config, json),
-        PluginsCommand::Remove { id, purge } => remove(config, &id, purge),
-        PluginsCommand::Enable { id } => set_enabled(config, &id, true),
-        PluginsCommand::Disable { id } => set_enabled(config, &id, false),
-        PluginsCommand::Sql { id, sql, json } => run_sql(config, &id, &sql, json),
+        PluginsCommand::Install { dir, yes } => install(app, &dir, yes),
+        PluginsCommand::List { json } => list(app, json),
+        PluginsCommand::Remove { id, purge } => remove(app, &id, purge),
+        PluginsCommand::Enable { id } => set_enabled(app, &id, true),
+        PluginsCommand::Disable { id } => set_enabled(app, &id, false),
+        PluginsCommand::Sql { id, sql, json } => run_sql(app, &id, &sql, json),
         PluginsCommand::Move { id, to } => move_plugin(
-            config,
+            app,
             &id,
             match to {
                 ModeArg::Shared => DatabaseMode::Shared,
@@ -142,154 +138,47 @@ pub fn run(config: &Config, command: PluginsCommand) -> anyhow::Result<ExitCode>
         ),
         PluginsCommand::Host {
             command: HostCommand::Restart,
-        } => restart_host(config),
+        } => {
+            let pid = plugins::restart_host(app)?;
+            println!("asked the platform (pid {pid}) to restart its extension host");
+            Ok(ExitCode::SUCCESS)
+        }
         PluginsCommand::Db { command } => match command {
-            DbCommand::Shell { id } => shell(config, &id),
-            DbCommand::Inspect { id, json } => inspect(config, id.as_deref(), json),
-            DbCommand::Purge { id, yes, no_backup } => purge(config, &id, yes, no_backup),
-            DbCommand::Vacuum => vacuum(config),
+            DbCommand::Shell { id } => shell(app, &id),
+            DbCommand::Inspect { id, json } => inspect(app, id.as_deref(), json),
+            DbCommand::Purge { id, yes, no_backup } => purge(app, &id, yes, no_backup),
+            DbCommand::Vacuum => vacuum(app),
         },
     }
 }
 
-fn installed(conn: &sovereign_db::rusqlite::Connection, id: &str) -> anyhow::Result<PluginRecord> {
-    registry::get(conn, id)?
-        .with_context(|| format!("plugin {id:?} is not installed (see `sv plugins list`)"))
-}
-
-pub fn install(config: &Config, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {
-    let manifest = Manifest::load(dir, &plugin_support::mirror_catalog(config)?)?;
-    let id = manifest.id.clone();
-    sovereign_db_plugins::check_plugin_id(&id)?;
-    let core = crate::migrate::open_migrated_core(config)?;
-    if let Some(existing) = registry::list(&core)?
-        .into_iter()
-        .find(|p| p.id.eq_ignore_ascii_case(&id))
-    {
-        bail!(
-            "plugin {} {} is already installed; a package with the same id never replaces it. \
-             Remove it first (`sv plugins remove {}`; its data stays unless --purge) or upgrade it \
-             explicitly when upgrades are available",
-            existing.id,
-            existing.version,
-            existing.id
+fn install(app: &App, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {
+    let mut ask = |manifest: &Manifest| {
+        println!(
+            "plugin {} asks to read these mirrored core columns:",
+            manifest.id
         );
-    }
-    // The whole package is checked before anything is written: migrations that parse,
-    // and a component that compiles and fits the plugin API this host serves.
-    let migrations_dir = dir.join("migrations");
-    if !migrations_dir.is_dir() {
-        bail!(
-            "{} is missing: a plugin package needs a migrations directory (it may be empty); \
-             nothing was installed",
-            migrations_dir.display()
-        );
-    }
-    let component = sovereign_host::component::check_component(&dir.join("plugin.wasm"))
-        .context("nothing was installed")?;
-    let grants = manifest.requested_grants();
-    if !grants.is_empty() {
-        println!("plugin {id} asks to read these mirrored core columns:");
         for (slice, columns) in &manifest.reads {
             println!("  {slice}: {}", columns.join(", "));
         }
-        if !yes && !confirm("approve?")? {
-            bail!(
-                "grants not approved; nothing was installed (pass --yes to approve non-interactively)"
-            );
-        }
-    }
-
-    // Stage the package next to its final place, migrate from the staged copy, and only
-    // then swap it in and register it: a failure leaves the previous install as it was.
-    let target = package_dir(config, &id);
-    let in_place = same_dir(dir, &target);
-    let staged = if in_place {
-        None
-    } else {
-        let staging = config
-            .plugins_dir_path()
-            .join(format!(".{id}.staging-{}", std::process::id()));
-        copy_dir(dir, &staging)
-            .with_context(|| format!("copying {} into {}", dir.display(), staging.display()))?;
-        Some(staging)
+        yes || confirm("approve?").unwrap_or(false)
     };
-    let source = staged.clone().unwrap_or_else(|| target.clone());
-    let location = store_location(config)?;
-    let data_file = location.file_for(&id, manifest.database);
-    let file_existed = data_file.exists();
-    let result = (|| -> anyhow::Result<Vec<String>> {
-        let db_config = sovereign_db_plugins::PluginDbConfig {
-            plugin_id: id.clone(),
-            mode: manifest.database,
-            grants: grants.clone(),
-            limits: manifest.limits,
-        };
-        plugin_support::ensure_mirrors(config, &grants)?;
-        let set = sovereign_db::MigrationSet::from_dir(
-            &sovereign_db_plugins::migration_scope(&id),
-            &source.join("migrations"),
-        )?;
-        let db = PluginDb::open(&location, db_config)?;
-        // All of the package's migrations or none: a failed install leaves nothing.
-        Ok(db.migrate_all_or_nothing(&set)?)
-    })();
-    let applied = match result {
-        Ok(applied) => applied,
-        Err(e) => {
-            if let Some(staging) = &staged {
-                let _ = std::fs::remove_dir_all(staging);
-            }
-            if !file_existed && manifest.database == DatabaseMode::Isolated {
-                // The isolated file this install created holds nothing of value.
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", data_file.display()));
-                }
-            }
-            return Err(e.context(format!(
-                "installing plugin {id} failed; nothing was registered and nothing of it remains"
-            )));
-        }
-    };
-    if let Some(staging) = staged {
-        swap_in(&staging, &target)?;
-    }
-    registry::register(
-        &core,
-        &PluginRecord {
-            id: id.clone(),
-            name: manifest.name.clone(),
-            version: manifest.version.clone(),
-            database_mode: manifest.database.as_str().into(),
-            enabled: true,
-            manifest: serde_json::to_string(&manifest)?,
-            grants,
-            load: registry::LoadState::NotReported,
-        },
-    )?;
-    sovereign_db_core::audit::record(
-        &core,
-        None,
-        "plugin.install",
-        Some(&format!("plugin:{id}")),
-        Some(
-            &serde_json::json!({ "version": manifest.version, "database": manifest.database.as_str() }),
-        ),
-    )?;
-    for file in &applied {
-        println!("plugin:{id}: applied {file}");
+    let installed = plugins::install(app, dir, Approval::Ask(&mut ask))?;
+    for file in &installed.applied {
+        println!("plugin:{}: applied {file}", installed.id);
     }
     println!(
-        "installed {id} {} ({} mode, plugin API {}, data in {})",
-        manifest.version,
-        manifest.database.as_str(),
-        component.api_version,
-        data_file.display()
+        "installed {} {} ({} mode, plugin API {}, data in {})",
+        installed.id,
+        installed.version,
+        installed.mode.as_str(),
+        installed.api_version,
+        installed.data_file.display()
     );
     Ok(ExitCode::SUCCESS)
 }
 
-fn confirm(question: &str) -> anyhow::Result<bool> {
+fn confirm(question: &str) -> std::io::Result<bool> {
     if !std::io::stdin().is_terminal() {
         return Ok(false);
     }
@@ -300,68 +189,34 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-fn same_dir(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
+/// One row of `sv plugins list --json`.
+#[derive(serde::Serialize)]
+struct ListedPlugin<'a> {
+    id: &'a str,
+    name: &'a str,
+    version: &'a str,
+    database: DatabaseMode,
+    enabled: bool,
+    grants: Vec<String>,
+    load: &'a LoadState,
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let dest = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &dest)?;
-        } else {
-            std::fs::copy(entry.path(), dest)?;
-        }
-    }
-    Ok(())
-}
-
-/// Replaces `target` with `staging`, keeping the old package until the new one is in.
-fn swap_in(staging: &Path, target: &Path) -> anyhow::Result<()> {
-    let old = target.with_file_name(format!(
-        ".{}.old-{}",
-        target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("plugin"),
-        std::process::id()
-    ));
-    let had_old = target.exists();
-    if had_old {
-        std::fs::rename(target, &old)
-            .with_context(|| format!("moving {} aside", target.display()))?;
-    }
-    if let Err(e) = std::fs::rename(staging, target) {
-        if had_old {
-            let _ = std::fs::rename(&old, target);
-        }
-        return Err(e).with_context(|| format!("moving the new package into {}", target.display()));
-    }
-    if had_old {
-        std::fs::remove_dir_all(&old)
-            .with_context(|| format!("removing the previous package {}", old.display()))?;
-    }
-    Ok(())
-}
-
-fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let core = crate::migrate::open_migrated_core(config)?;
-    let plugins = registry::list(&core)?;
+fn list(app: &App, json: bool) -> anyhow::Result<ExitCode> {
+    let plugins = plugins::list(app)?;
+    let grants = |grants: &[(String, String)]| -> Vec<String> {
+        grants.iter().map(|(s, c)| format!("{s}.{c}")).collect()
+    };
     if json {
-        let rows: Vec<serde_json::Value> = plugins
+        let rows: Vec<ListedPlugin<'_>> = plugins
             .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "id": p.id, "name": p.name, "version": p.version, "database": p.database_mode,
-                    "enabled": p.enabled,
-                    "grants": p.grants.iter().map(|(s, c)| format!("{s}.{c}")).collect::<Vec<_>>(),
-                    "load": p.load,
-                })
+            .map(|p| ListedPlugin {
+                id: &p.id,
+                name: &p.manifest.name,
+                version: &p.manifest.version,
+                database: p.manifest.database,
+                enabled: p.enabled,
+                grants: grants(&p.grants),
+                load: &p.load,
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -371,64 +226,36 @@ fn list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         println!("no plugins installed");
     }
     for p in plugins {
-        let grants: Vec<String> = p.grants.iter().map(|(s, c)| format!("{s}.{c}")).collect();
+        let granted = grants(&p.grants);
         println!(
             "{:<20} {:<10} {:<9} {:<9} {:<10} {}",
             p.id,
-            p.version,
-            p.database_mode,
+            p.manifest.version,
+            p.manifest.database.as_str(),
             if p.enabled { "enabled" } else { "disabled" },
             match &p.load {
-                registry::LoadState::NotReported => "unreported",
-                registry::LoadState::Loaded { .. } => "loaded",
-                registry::LoadState::Failed { .. } => "FAILED",
+                LoadState::NotReported => "unreported",
+                LoadState::Loaded { .. } => "loaded",
+                LoadState::Failed { .. } => "FAILED",
             },
-            if grants.is_empty() {
+            if granted.is_empty() {
                 "-".to_owned()
             } else {
-                grants.join(",")
+                granted.join(",")
             }
         );
-        if let registry::LoadState::Failed { error, at } = &p.load {
+        if let LoadState::Failed { error, at } = &p.load {
             println!("    the extension host could not load it ({at}): {error}");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn remove(config: &Config, id: &str, purge: bool) -> anyhow::Result<ExitCode> {
-    let core = crate::migrate::open_migrated_core(config)?;
-    let record = installed(&core, id)?;
-    if purge {
-        let location = store_location(config)?;
-        match record.database_mode.parse::<DatabaseMode>()? {
-            DatabaseMode::Shared => {
-                let store = TrustedPluginStore::open_shared(&location.shared_store)?;
-                for dropped in store.drop_plugin_data(id)? {
-                    println!("dropped {dropped}");
-                }
-            }
-            DatabaseMode::Isolated => {
-                let file = location.file_for(id, DatabaseMode::Isolated);
-                for suffix in ["", "-wal", "-shm"] {
-                    let path = PathBuf::from(format!("{}{suffix}", file.display()));
-                    if path.exists() {
-                        std::fs::remove_file(&path)
-                            .with_context(|| format!("removing {}", path.display()))?;
-                        println!("removed {}", path.display());
-                    }
-                }
-            }
-        }
+fn remove(app: &App, id: &str, purge: bool) -> anyhow::Result<ExitCode> {
+    let removed = plugins::remove(app, id, purge)?;
+    for dropped in &removed.dropped {
+        println!("dropped {dropped}");
     }
-    registry::unregister(&core, id)?;
-    sovereign_db_core::audit::record(
-        &core,
-        None,
-        "plugin.remove",
-        Some(&format!("plugin:{id}")),
-        Some(&serde_json::json!({ "purge": purge })),
-    )?;
     println!(
         "removed {id}{}",
         if purge {
@@ -440,33 +267,14 @@ fn remove(config: &Config, id: &str, purge: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn set_enabled(config: &Config, id: &str, enabled: bool) -> anyhow::Result<ExitCode> {
-    let core = crate::migrate::open_migrated_core(config)?;
-    installed(&core, id)?;
-    registry::set_enabled(&core, id, enabled)?;
-    let action = if enabled {
-        "plugin.enable"
-    } else {
-        "plugin.disable"
-    };
-    sovereign_db_core::audit::record(&core, None, action, Some(&format!("plugin:{id}")), None)?;
+fn set_enabled(app: &App, id: &str, enabled: bool) -> anyhow::Result<ExitCode> {
+    plugins::set_enabled(app, id, enabled)?;
     println!("{id} {}", if enabled { "enabled" } else { "disabled" });
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the plugin's fenced connection, as the extension host would.
-fn open_fenced(config: &Config, id: &str) -> anyhow::Result<PluginDb> {
-    let db_config = plugin_support::plugin_db_config(config, id)?.with_context(|| {
-        format!(
-            "plugin {id:?} is not installed; run `sv plugins install {}`",
-            package_dir(config, id).display()
-        )
-    })?;
-    Ok(PluginDb::open(&store_location(config)?, db_config)?)
-}
-
-fn run_sql(config: &Config, id: &str, sql: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let db = open_fenced(config, id)?;
+fn run_sql(app: &App, id: &str, sql: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let db = plugins::open_fenced(app, id)?;
     let outcome = db.transaction(|db| db.execute(sql, &[]))?;
     print_outcome(&mut std::io::stdout().lock(), &outcome, json)?;
     Ok(ExitCode::SUCCESS)
@@ -504,11 +312,8 @@ fn print_outcome(out: &mut impl Write, outcome: &Outcome, json: bool) -> std::io
                     )
                 })
                 .collect();
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&objects).unwrap_or_default()
-            )
+            let text = serde_json::to_string_pretty(&objects).map_err(std::io::Error::other)?;
+            writeln!(out, "{text}")
         }
         Outcome::Rows { columns, rows } => {
             let cells: Vec<Vec<String>> = rows
@@ -564,8 +369,8 @@ fn print_outcome(out: &mut impl Write, outcome: &Outcome, json: bool) -> std::io
     }
 }
 
-fn shell(config: &Config, id: &str) -> anyhow::Result<ExitCode> {
-    let db = open_fenced(config, id)?;
+fn shell(app: &App, id: &str) -> anyhow::Result<ExitCode> {
+    let db = plugins::open_fenced(app, id)?;
     let interactive = std::io::stdin().is_terminal();
     let mut stdout = std::io::stdout().lock();
     if interactive {
@@ -597,12 +402,7 @@ fn shell(config: &Config, id: &str) -> anyhow::Result<ExitCode> {
             match line.trim() {
                 ".quit" | ".exit" => break,
                 ".tables" => {
-                    let path = store_location(config)?.file_for(id, plugin_mode(config, id)?);
-                    let store = match plugin_mode(config, id)? {
-                        DatabaseMode::Shared => TrustedPluginStore::open_shared(&path)?,
-                        DatabaseMode::Isolated => TrustedPluginStore::open_isolated(&path, id)?,
-                    };
-                    for (kind, name) in store.plugin_objects(id)? {
+                    for (kind, name) in plugins::objects(app, id)? {
                         writeln!(stdout, "{kind:<8} {name}")?;
                     }
                     continue;
@@ -638,65 +438,24 @@ fn shell(config: &Config, id: &str) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn plugin_mode(config: &Config, id: &str) -> anyhow::Result<DatabaseMode> {
-    Ok(plugin_support::plugin_db_config(config, id)?
-        .map(|c| c.mode)
-        .unwrap_or_default())
-}
-
-/// Moves an installed plugin's tables between the shared store and its own file: every
-/// table (schema and rows), view, index and trigger, plus its migration tracking rows,
-/// copied in one transaction on the destination, checked by row counts, and only then
-/// dropped from the source and the registry updated.
-fn move_plugin(config: &Config, id: &str, to: DatabaseMode) -> anyhow::Result<ExitCode> {
-    let core = crate::migrate::open_migrated_core(config)?;
-    let mut record = installed(&core, id)?;
-    let from: DatabaseMode = record.database_mode.parse()?;
-    if from == to {
-        println!("{id} is already in {} mode", to.as_str());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let location = store_location(config)?;
-    let open = |mode: DatabaseMode| match mode {
-        DatabaseMode::Shared => TrustedPluginStore::open_shared(&location.shared_store),
-        DatabaseMode::Isolated => {
-            TrustedPluginStore::open_isolated(&location.file_for(id, DatabaseMode::Isolated), id)
+fn move_plugin(app: &App, id: &str, to: DatabaseMode) -> anyhow::Result<ExitCode> {
+    match plugins::move_to(app, id, to)? {
+        Moved::AlreadyThere => println!("{id} is already in {} mode", to.as_str()),
+        Moved::Tables(moved) => {
+            for (table, rows) in moved {
+                println!("moved {table} ({rows} rows)");
+            }
+            println!(
+                "{id} is now in {} mode; update \"database\" in its plugin.json to match",
+                to.as_str()
+            );
         }
-    };
-    let source = open(from)?;
-    let destination = open(to)?;
-    let moved = destination.copy_plugin_from(&source, id)?;
-    source.drop_plugin_data(id)?;
-    record.database_mode = to.as_str().into();
-    let mut manifest: Manifest = serde_json::from_str(&record.manifest)?;
-    manifest.database = to;
-    record.manifest = serde_json::to_string(&manifest)?;
-    registry::register(&core, &record)?;
-    sovereign_db_core::audit::record(
-        &core,
-        None,
-        "plugin.move",
-        Some(&format!("plugin:{id}")),
-        Some(&serde_json::json!({ "from": from.as_str(), "to": to.as_str() })),
-    )?;
-    for (table, rows) in moved {
-        println!("moved {table} ({rows} rows)");
     }
-    println!(
-        "{id} is now in {} mode; update \"database\" in its plugin.json to match",
-        to.as_str()
-    );
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(config: &Config, only: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
-    let layout = plugin_support::layout(config)?;
-    let report = sovereign_ops::inspect::inspect(
-        &layout.plugins,
-        &layout.isolated_files()?,
-        layout.mirror_file.as_deref(),
-        only,
-    )?;
+fn inspect(app: &App, only: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let report = plugins::inspect(app, only)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -732,19 +491,9 @@ fn inspect(config: &Config, only: Option<&str>, json: bool) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-fn purge(config: &Config, id: &str, yes: bool, no_backup: bool) -> anyhow::Result<ExitCode> {
-    let layout = plugin_support::layout(config)?;
-    let mode = plugin_mode(config, id).unwrap_or_default();
-    let isolated = layout.isolated_dir.join(format!("{id}.db"));
-    let report = sovereign_ops::inspect::inspect(
-        &layout.plugins,
-        &layout.isolated_files()?,
-        None,
-        Some(id),
-    )?;
-    let Some(usage) = report.plugins.iter().find(|p| p.id == id) else {
-        bail!("plugin {id} has no data to purge");
-    };
+fn purge(app: &App, id: &str, yes: bool, no_backup: bool) -> anyhow::Result<ExitCode> {
+    let plan = plugins::plan_purge(app, id)?;
+    let usage = &plan.usage;
     println!(
         "plugin {id}: {} table(s), {} rows, {} bytes in {}",
         usage.tables.len(),
@@ -753,20 +502,9 @@ fn purge(config: &Config, id: &str, yes: bool, no_backup: bool) -> anyhow::Resul
         usage.file.display()
     );
     if !yes && !confirm(&format!("drop all data of plugin {id}?"))? {
-        bail!("not confirmed; nothing was dropped (pass --yes to purge non-interactively)");
+        return Err(PlatformError::NotConfirmed { what: "dropped" }.into());
     }
-    let backups = config.base_dir.join("backups");
-    let result = sovereign_ops::inspect::purge(
-        &layout.plugins,
-        Some(&isolated),
-        id,
-        if usage.file == isolated {
-            DatabaseMode::Isolated
-        } else {
-            mode
-        },
-        (!no_backup).then_some(backups.as_path()),
-    )?;
+    let result = plugins::purge(app, &plan, !no_backup)?;
     if let Some(backup) = &result.backup {
         println!("backed up {id}'s data to {}", backup.display());
     }
@@ -776,39 +514,21 @@ fn purge(config: &Config, id: &str, yes: bool, no_backup: bool) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-fn vacuum(config: &Config) -> anyhow::Result<ExitCode> {
-    let layout = plugin_support::layout(config)?;
-    let mut files = vec![layout.plugins.clone()];
-    files.extend(layout.isolated_files()?.into_iter().map(|(_, p)| p));
-    for file in files.iter().filter(|f| f.exists()) {
-        let (before, after, full) = sovereign_ops::inspect::vacuum(file)?;
-        if full {
+fn vacuum(app: &App) -> anyhow::Result<ExitCode> {
+    for v in plugins::vacuum(app)? {
+        if v.full {
             println!(
                 "warning: {} is not set up for incremental vacuum; a full VACUUM locked it while it ran",
-                file.display()
+                v.file.display()
             );
         }
         println!(
-            "{}: {before} -> {after} bytes ({} reclaimed)",
-            file.display(),
-            before.saturating_sub(after)
+            "{}: {} -> {} bytes ({} reclaimed)",
+            v.file.display(),
+            v.before,
+            v.after,
+            v.before.saturating_sub(v.after)
         );
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn restart_host(config: &Config) -> anyhow::Result<ExitCode> {
-    let lock = config.lock_file_path();
-    let Some(pid) = sovereign_kernel::RuntimeLock::holder(&lock) else {
-        bail!(
-            "the platform is not running (no process holds {})",
-            lock.display()
-        );
-    };
-    let pid: i32 = pid
-        .parse()
-        .with_context(|| format!("{} holds no pid", lock.display()))?;
-    crate::ops_cmd::signal(pid, rustix::process::Signal::USR1)?;
-    println!("asked the platform (pid {pid}) to restart its extension host");
     Ok(ExitCode::SUCCESS)
 }

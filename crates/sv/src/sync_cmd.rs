@@ -2,13 +2,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use sovereign_config::Config;
-use sovereign_sync::{SyncError, capture, full, publish, reconcile, status};
-
-use crate::plugin_support;
+use sovereign_platform::{App, PlatformError, sync};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -46,12 +42,17 @@ pub enum SyncCommand {
     Plan,
 }
 
-pub fn dispatch(config: &Config, command: SyncCommand) -> anyhow::Result<ExitCode> {
+pub fn dispatch(app: &App, command: SyncCommand) -> anyhow::Result<ExitCode> {
     match command {
-        SyncCommand::Run(args) => run(config, &args),
-        SyncCommand::Status(args) => show_status(config, &args),
-        SyncCommand::Reconcile(args) => run_reconcile(config, &args),
-        SyncCommand::Plan => plan(config),
+        SyncCommand::Run(args) => run(app, &args),
+        SyncCommand::Status(args) => show_status(app, &args),
+        SyncCommand::Reconcile(args) => run_reconcile(app, &args),
+        SyncCommand::Plan => {
+            for step in sync::plan(app)? {
+                println!("{step}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -66,72 +67,55 @@ fn bar(label: &'static str) -> ProgressBar {
     bar
 }
 
-pub fn run(config: &Config, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let settings = plugin_support::sync_settings(config)?;
-    let core = crate::migrate::open_migrated_core(config)?;
-    capture::install(&core, &settings.catalog)?;
-    let mirror = settings.open_mirror(config)?;
-    let rebuild = match publish::needs_rebuild(&core, &mirror, &settings.catalog) {
-        Ok(reason) => reason.map(|r| format!("{r:?}")),
-        Err(SyncError::ProjectionChanged(slice)) if !args.full => {
-            for step in full::plan(&mirror, &settings.catalog)? {
+fn run(app: &App, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let progress = bar("full resync");
+    let done = sync::run(app, args.full, &|done, total| {
+        progress.set_length(total);
+        progress.set_position(done);
+    });
+    progress.finish_and_clear();
+    let done = match done {
+        Err(PlatformError::ProjectionChanged { slice, plan }) => {
+            for step in &plan {
                 println!("plan: {step}");
             }
-            bail!(
-                "the projection of slice {slice} changed; review the plan above and run `sv sync:run --full`"
-            );
+            return Err(PlatformError::ProjectionChanged { slice, plan }.into());
         }
-        Err(SyncError::ProjectionChanged(_)) => None,
-        Err(e) => return Err(e.into()),
+        other => other?,
     };
-    if args.full || rebuild.is_some() {
-        if let Some(reason) = &rebuild {
-            println!("the mirror needs a full build ({reason})");
+    if let Some(rebuild) = &done.rebuild {
+        if let Some(reason) = &rebuild.reason {
+            println!("the mirror needs a full build ({reason:?})");
         }
-        for step in full::plan(&mirror, &settings.catalog)? {
+        for step in &rebuild.plan {
             println!("plan: {step}");
         }
-        let progress = bar("full resync");
-        let report = full::full_resync(
-            &core,
-            &config.core_db_path(),
-            &mirror,
-            &settings.catalog,
-            &|done, total| {
-                progress.set_length(total);
-                progress.set_position(done);
-            },
-        )?;
-        progress.finish_and_clear();
-        for (slice, rows) in &report.rows {
+        for (slice, rows) in &rebuild.report.rows {
             println!("rebuilt core__{slice}: {rows} rows");
         }
-        for slice in &report.dropped {
+        for slice in &rebuild.report.dropped {
             println!("dropped core__{slice}");
         }
-        println!("watermark {}", report.watermark);
+        println!("watermark {}", rebuild.report.watermark);
     }
-    let report = publish::catch_up(&core, &mirror, &settings.catalog, settings.batch_size)?;
+    let caught_up = &done.caught_up;
     println!(
         "caught up: {} change(s) in {} batch(es); watermark {}",
-        report.changes, report.batches, report.watermark
+        caught_up.changes, caught_up.batches, caught_up.watermark
     );
-    publish::set_state(&core, "last_error", "")?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn show_status(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let settings = plugin_support::sync_settings(config)?;
-    let core = crate::migrate::open_migrated_core_read_only(config)?;
-    let mirror = settings.open_mirror_read_only(config)?;
-    let status = status::status(&core, &mirror, &settings.catalog)?;
+fn show_status(app: &App, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let status = sync::status(app)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let settings = app.sync_settings();
     println!(
         "mirror: {} ({:?}, {:?})",
-        settings.mirror_store_path(config).display(),
+        settings.mirror_store_path(app.config()).display(),
         settings.layout,
         settings.freshness
     );
@@ -160,23 +144,14 @@ fn show_status(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_reconcile(config: &Config, args: &ReconcileArgs) -> anyhow::Result<ExitCode> {
-    let settings = plugin_support::sync_settings(config)?;
-    let core = crate::migrate::open_migrated_core(config)?;
-    capture::validate(&core, &settings.catalog)?;
-    let mirror = settings.open_mirror(config)?;
+fn run_reconcile(app: &App, args: &ReconcileArgs) -> anyhow::Result<ExitCode> {
     let progress = bar("reconcile");
-    let report = reconcile::reconcile(
-        &config.core_db_path(),
-        &mirror,
-        &settings.catalog,
-        args.repair,
-        &|done, total| {
-            progress.set_length(total);
-            progress.set_position(done);
-        },
-    )?;
+    let report = sync::reconcile(app, args.repair, &|done, total| {
+        progress.set_length(total);
+        progress.set_position(done);
+    });
     progress.finish_and_clear();
+    let report = report?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -205,15 +180,4 @@ fn run_reconcile(config: &Config, args: &ReconcileArgs) -> anyhow::Result<ExitCo
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn plan(config: &Config) -> anyhow::Result<ExitCode> {
-    let settings = plugin_support::sync_settings(config)?;
-    let core = crate::migrate::open_migrated_core(config)?;
-    capture::validate(&core, &settings.catalog)?;
-    let mirror = settings.open_mirror(config)?;
-    for step in full::plan(&mirror, &settings.catalog)? {
-        println!("{step}");
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use sovereign_config::Config;
-use sovereign_db_core::users::{self, NewUser, Role};
+use sovereign_platform::App;
+use sovereign_platform::users::{self, UserRequest};
 
 #[derive(Subcommand)]
 pub enum UsersCommand {
@@ -29,8 +29,7 @@ pub enum UsersCommand {
     List,
 }
 
-pub fn run(config: &Config, command: UsersCommand) -> anyhow::Result<ExitCode> {
-    let conn = crate::migrate::open_migrated_core(config)?;
+pub fn run(app: &App, command: UsersCommand) -> anyhow::Result<ExitCode> {
     match command {
         UsersCommand::Create {
             admin,
@@ -38,52 +37,38 @@ pub fn run(config: &Config, command: UsersCommand) -> anyhow::Result<ExitCode> {
             display_name,
             password_stdin,
         } => {
-            let (password, generated) = if password_stdin {
+            let password = if password_stdin {
                 let mut text = String::new();
                 std::io::stdin()
                     .read_to_string(&mut text)
                     .context("reading the password from standard input")?;
-                let password = text.trim_end_matches(['\r', '\n']).to_owned();
-                (password, false)
+                Some(text.trim_end_matches(['\r', '\n']).to_owned())
             } else {
-                (sovereign_db_core::password::generate(), true)
+                None
             };
-            users::validate_password(&password)?;
-            let email = users::validate_email(&email)?;
-            let display_name = users::validate_display_name(
-                &display_name
-                    .unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_owned()),
-            )?;
-            let user = users::create(
-                &conn,
-                &NewUser {
+            let created = users::create(
+                app,
+                &UserRequest {
                     email,
-                    password: password.clone(),
                     display_name,
-                    avatar_url: None,
-                    role: if admin { Role::Admin } else { Role::Member },
-                    tenant_id: 1,
+                    password,
+                    admin,
                 },
+                "sv users create",
             )?;
-            sovereign_db_core::audit::record(
-                &conn,
-                None,
-                "user.create",
-                Some(&format!("user:{}", user.id)),
-                Some(&serde_json::json!({ "via": "sv users create", "role": user.role })),
-            )?;
+            let user = &created.user;
             println!(
                 "created {} {} (id {})",
                 user.role.as_str(),
                 user.email,
                 user.id
             );
-            if generated {
+            if let Some(password) = created.generated_password {
                 println!("password (shown only once): {password}");
             }
         }
         UsersCommand::List => {
-            for u in users::list(&conn)? {
+            for u in users::list(app)? {
                 println!(
                     "{:>5}  {:<32} {:<7} {:<8} {}",
                     u.id,

@@ -111,7 +111,7 @@ fn backup_under_concurrent_writes_restores_everything_committed_before_it() {
         .map(|f| f["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["plugins.db", "plugins/notes.db", "core.db"]);
-    assert_eq!(manifest["schema_versions"]["core"], 4);
+    assert_eq!(manifest["schema_versions"]["core"], 5);
     assert_eq!(manifest["schema_versions"]["plugin:tasks"], 1);
     assert!(manifest["files"][0]["sha256"].as_str().unwrap().len() == 64);
     {
@@ -368,9 +368,9 @@ fn legacy_file(w: &Workdir) -> PathBuf {
          INSERT INTO users (id, email, display_name) VALUES (1, 'a@x.io', 'Ada'), (2, 'b@x.io', 'Bob'), (3, 'c@x.io', 'Cy');
          INSERT INTO credentials (user_id, password_hash) VALUES (1, 'h1'), (2, 'h2');
          INSERT INTO settings (key, value) VALUES ('site.name', '\"Acme\"');
-         INSERT INTO plugins (id, name, version, database_mode, manifest) VALUES
-           ('tasks', 'Tasks', '1.0.0', 'shared', '{\"id\":\"tasks\",\"name\":\"Tasks\",\"version\":\"1.0.0\"}'),
-           ('notes', 'Notes', '1.0.0', 'isolated', '{\"id\":\"notes\",\"name\":\"Notes\",\"version\":\"1.0.0\",\"database\":\"isolated\"}');
+         INSERT INTO plugins (id, manifest) VALUES
+           ('tasks', '{\"id\":\"tasks\",\"name\":\"Tasks\",\"version\":\"1.0.0\"}'),
+           ('notes', '{\"id\":\"notes\",\"name\":\"Notes\",\"version\":\"1.0.0\",\"database\":\"isolated\"}');
          CREATE TABLE tasks__items (id INTEGER PRIMARY KEY, title TEXT NOT NULL, assignee INTEGER);
          CREATE INDEX tasks__items_assignee ON tasks__items (assignee);
          CREATE TABLE notes__pages (id INTEGER PRIMARY KEY, body TEXT);

@@ -397,8 +397,8 @@ fn reserved_ids_are_refused_at_install_behind_the_fence_and_by_doctor() {
     // A registry written by an older version with a reserved id fails the doctor.
     common::raw(&w.core_db())
         .execute(
-            "INSERT INTO plugins (id, name, version, database_mode, enabled, manifest)
-             VALUES ('core', 'ghost', '1.0.0', 'shared', 1, '{}')",
+            "INSERT INTO plugins (id, enabled, manifest)
+             VALUES ('core', 1, '{\"id\": \"core\", \"name\": \"ghost\", \"version\": \"1.0.0\"}')",
             [],
         )
         .unwrap();

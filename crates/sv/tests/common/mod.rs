@@ -297,6 +297,11 @@ impl Server {
 }
 
 impl Server {
+    /// The platform's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM, waits for the exit and returns it with everything logged to stderr.
     pub fn stop_with_log(mut self) -> (std::process::ExitStatus, String) {
         use std::io::Read;

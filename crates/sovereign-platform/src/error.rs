@@ -1,0 +1,282 @@
+//! The application layer's errors: each refusal is a variant that says what is wrong and
+//! how to fix it; failures of the layers below keep their own type as the source.
+
+use std::path::PathBuf;
+
+/// The advice after a failed core check.
+const RESTORE_ADVICE: &str =
+    "run `sv doctor` for the details and `sv restore BACKUP` to restore the last good backup";
+
+/// What can go wrong in the application layer.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// The configuration.
+    #[error(transparent)]
+    Config(#[from] sovereign_config::ConfigError),
+    /// Opening a database file.
+    #[error(transparent)]
+    Open(#[from] sovereign_db::OpenError),
+    /// A migration.
+    #[error(transparent)]
+    Migration(#[from] sovereign_db::MigrationError),
+    /// The core store.
+    #[error(transparent)]
+    Core(#[from] sovereign_db_core::CoreError),
+    /// A field of a user.
+    #[error(transparent)]
+    InvalidField(#[from] sovereign_db_core::users::InvalidField),
+    /// The plugin store.
+    #[error(transparent)]
+    PluginStore(#[from] sovereign_db_plugins::PluginStoreError),
+    /// A plugin's manifest.
+    #[error(transparent)]
+    Manifest(#[from] sovereign_db_plugins::ManifestError),
+    /// A plugin's component.
+    #[error(transparent)]
+    Component(#[from] sovereign_host::component::ComponentError),
+    /// Sync.
+    #[error(transparent)]
+    Sync(#[from] sovereign_sync::SyncError),
+    /// Backups, restores, splits, inspection.
+    #[error(transparent)]
+    Ops(#[from] sovereign_ops::OpsError),
+    /// The runtime lock.
+    #[error(transparent)]
+    Lock(#[from] sovereign_kernel::RuntimeLockError),
+    /// Starting the kernel.
+    #[error(transparent)]
+    Start(#[from] sovereign_kernel::StartError),
+    /// SQLite, in this layer's own reads.
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] sovereign_db::rusqlite::Error),
+    /// A file system operation.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+
+    /// A bare package directory without migrations.
+    #[error("plugin {id:?} is not installed and {} has no migrations", dir.display())]
+    NoSuchPackage {
+        /// Plugin id.
+        id: String,
+        /// Its package directory.
+        dir: PathBuf,
+    },
+    /// A package with a manifest that is not installed.
+    #[error("plugin {id:?} is not installed; run `sv plugins install {}`", dir.display())]
+    NotInstalledPackage {
+        /// Plugin id.
+        id: String,
+        /// Its package directory.
+        dir: PathBuf,
+    },
+    /// No registry entry.
+    #[error("plugin {id:?} is not installed (see `sv plugins list`)")]
+    NotRegistered {
+        /// Plugin id.
+        id: String,
+    },
+    /// An install of an id that is installed.
+    #[error(
+        "plugin {id} {version} is already installed; a package with the same id never replaces it. \
+         Remove it first (`sv plugins remove {id}`; its data stays unless --purge) or upgrade it \
+         explicitly when upgrades are available"
+    )]
+    AlreadyInstalled {
+        /// The installed id.
+        id: String,
+        /// The installed version.
+        version: String,
+    },
+    /// A package without `migrations/`.
+    #[error(
+        "{} is missing: a plugin package needs a migrations directory (it may be empty); \
+         nothing was installed", dir.display()
+    )]
+    MissingMigrations {
+        /// The directory expected.
+        dir: PathBuf,
+    },
+    /// The package was checked and refused before anything was written.
+    #[error("nothing was installed")]
+    PackageRejected(#[source] Box<PlatformError>),
+    /// The operator did not approve the grants.
+    #[error("grants not approved; nothing was installed (pass --yes to approve non-interactively)")]
+    GrantsNotApproved,
+    /// An install failed and was undone.
+    #[error("installing plugin {id} failed; nothing was registered and nothing of it remains")]
+    InstallFailed {
+        /// Plugin id.
+        id: String,
+        /// Why.
+        source: Box<PlatformError>,
+    },
+    /// A purge of a plugin without data.
+    #[error("plugin {id} has no data to purge")]
+    NothingToPurge {
+        /// Plugin id.
+        id: String,
+    },
+    /// The operator did not confirm.
+    #[error("not confirmed; nothing was {what} (pass --yes to do it non-interactively)")]
+    NotConfirmed {
+        /// What did not happen (`dropped`, ...).
+        what: &'static str,
+    },
+
+    /// `--plugin` with the core scope.
+    #[error("--plugin limits the plugin scope; use it with --scope=plugins or --scope=all")]
+    PluginWithCoreScope,
+    /// `--plugin` naming no package with migrations.
+    #[error("no plugin {id:?} in {} (expected {}/{id}/migrations/)", plugins_dir.display(), plugins_dir.display())]
+    NoPluginMigrations {
+        /// Plugin id.
+        id: String,
+        /// The plugins directory.
+        plugins_dir: PathBuf,
+    },
+    /// No core store.
+    #[error("{} does not exist; run `sv migrate:deploy --scope=core` first", path.display())]
+    CoreMissing {
+        /// `core.db`.
+        path: PathBuf,
+    },
+    /// The core store is behind this build.
+    #[error(
+        "{} has core migrations that are not applied; run `sv migrate:deploy --scope=core` first",
+        path.display()
+    )]
+    CoreNotMigrated {
+        /// `core.db`.
+        path: PathBuf,
+    },
+    /// Migrating one file failed (that file's migration rolled back).
+    #[error("migrating {}", path.display())]
+    Migrating {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<PlatformError>,
+    },
+
+    /// A slice's projection changed: the mirror needs a full rebuild.
+    #[error(
+        "the projection of slice {slice} changed; review the plan and run `sv sync:run --full`"
+    )]
+    ProjectionChanged {
+        /// The slice.
+        slice: String,
+        /// What a full rebuild would do.
+        plan: Vec<String>,
+    },
+
+    /// A restore while the platform runs.
+    #[error(
+        "the platform is running (pid {pid}, lock {}); stop it first or pass --stop; nothing was changed",
+        lock.display()
+    )]
+    RunningRefusesRestore {
+        /// The running platform.
+        pid: String,
+        /// Its lock file.
+        lock: PathBuf,
+    },
+    /// The platform did not stop when asked.
+    #[error("the platform (pid {pid}) did not stop within 30 s; nothing was restored")]
+    DidNotStop {
+        /// Its pid.
+        pid: i32,
+    },
+    /// A bad `--map`.
+    #[error("--map {text:?}: {why}")]
+    BadMapping {
+        /// The argument.
+        text: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A file that should exist does not.
+    #[error("{} does not exist", path.display())]
+    NoSuchFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A split with unattributed tables.
+    #[error("{count} table(s) cannot be attributed; nothing was split")]
+    Unattributed {
+        /// How many.
+        count: usize,
+    },
+
+    /// `sv serve` without a core store.
+    #[error(
+        "{} does not exist; create and migrate it with `sv migrate:deploy` (or use `sv dev`)",
+        path.display()
+    )]
+    CoreMissingForServe {
+        /// `core.db`.
+        path: PathBuf,
+    },
+    /// `sv serve` with pending migrations.
+    #[error(
+        "refusing to start: {} migration(s) are not applied:\n  {}\nrun `sv migrate:deploy` (see `sv migrate:status`) and start again",
+        pending.len(), pending.join("\n  ")
+    )]
+    PendingMigrations {
+        /// `scope: file (state)` of each.
+        pending: Vec<String>,
+    },
+    /// An empty `core.db`.
+    #[error(
+        "{} exists but is empty (0 bytes), so it holds no core store. If it should hold your \
+         data, restore it (`sv restore BACKUP`); if this is a new install, start again with \
+         --init (or delete the file)", path.display()
+    )]
+    EmptyCore {
+        /// `core.db`.
+        path: PathBuf,
+    },
+    /// `core.db` could not be checked.
+    #[error("refusing to serve: cannot check {}; {RESTORE_ADVICE}", path.display())]
+    CoreUncheckable {
+        /// `core.db`.
+        path: PathBuf,
+        /// Why.
+        source: Box<PlatformError>,
+    },
+    /// `core.db` failed its integrity check.
+    #[error(
+        "refusing to serve: {} failed its integrity check (PRAGMA quick_check: {problems}); {RESTORE_ADVICE}",
+        path.display()
+    )]
+    CoreDamaged {
+        /// `core.db`.
+        path: PathBuf,
+        /// What quick_check reported.
+        problems: String,
+    },
+    /// No platform holds the lock.
+    #[error("the platform is not running (no process holds {})", lock.display())]
+    NotRunning {
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The lock file holds no pid.
+    #[error("the lock file {} holds no pid ({content:?})", lock.display())]
+    BadLockFile {
+        /// The lock file.
+        lock: PathBuf,
+        /// What it holds.
+        content: String,
+    },
+    /// Not a process id.
+    #[error("{pid} is not a process id")]
+    BadPid {
+        /// The number.
+        pid: i32,
+    },
+}

@@ -1,0 +1,174 @@
+//! Sovereign's application layer: installing and operating plugins, migrations, sync,
+//! backups, the doctor's report and starting the platform. The CLI (`sv`) and the HTTP
+//! API call these functions; they return data and leave printing to the caller.
+
+pub mod doctor;
+pub mod error;
+pub mod events;
+pub mod migrations;
+pub mod ops;
+pub mod plugins;
+pub mod run;
+pub mod sync;
+pub mod users;
+
+use std::path::PathBuf;
+
+use sovereign_config::Config;
+use sovereign_db::rusqlite::Connection;
+use sovereign_db_core::plugins::PluginRecord;
+use sovereign_db_plugins::mirror::MirrorCatalog;
+use sovereign_db_plugins::{
+    DatabaseMode, Limits, PluginDbConfig, StoreLocation, TrustedPluginStore,
+};
+use sovereign_sync::SyncSettings;
+
+pub use error::PlatformError;
+
+/// One installation: its configuration and the settings derived from it, parsed once.
+#[derive(Clone)]
+pub struct App {
+    config: Config,
+    sync: SyncSettings,
+    location: StoreLocation,
+}
+
+impl App {
+    /// Reads the sync settings (`[sync]`, `[mirror.*]`) of `config` and where the plugin
+    /// stores live.
+    pub fn new(config: Config) -> Result<App, PlatformError> {
+        let sync = SyncSettings::from_config(&config)?;
+        let location = StoreLocation {
+            shared_store: config.plugins_db_path(),
+            isolated_dir: config.data_dir_path().join("plugins"),
+            mirror_file: sync.mirror_file(&config),
+        };
+        Ok(App {
+            config,
+            sync,
+            location,
+        })
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The sync configuration.
+    pub fn sync_settings(&self) -> &SyncSettings {
+        &self.sync
+    }
+
+    /// The mirror slices this installation publishes.
+    pub fn mirror_catalog(&self) -> &MirrorCatalog {
+        &self.sync.catalog
+    }
+
+    /// Where the plugin stores (and, in the ATTACH layout, the mirror file) live.
+    pub fn store_location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// The database files of this installation.
+    pub fn layout(&self) -> sovereign_ops::Layout {
+        sovereign_ops::Layout {
+            core: self.config.core_db_path(),
+            plugins: self.location.shared_store.clone(),
+            isolated_dir: self.location.isolated_dir.clone(),
+            mirror_file: self.location.mirror_file.clone(),
+            data_dir: self.config.data_dir_path(),
+        }
+    }
+
+    /// The package directory of plugin `id`.
+    pub fn package_dir(&self, id: &str) -> PathBuf {
+        self.config.plugins_dir_path().join(id)
+    }
+
+    /// Opens the mirror's trusted handle (the plugin store, or the mirror file).
+    pub fn open_mirror(&self) -> Result<TrustedPluginStore, PlatformError> {
+        Ok(self.sync.open_mirror(&self.config)?)
+    }
+
+    /// Opens `core.db` for an operator command; it must exist with every core migration
+    /// applied.
+    pub fn open_migrated_core(&self) -> Result<Connection, PlatformError> {
+        migrations::open_migrated_core_with(self, sovereign_db_core::open_existing)
+    }
+
+    /// Like [`App::open_migrated_core`], read-only: for reports that must work on a
+    /// read-only data directory.
+    pub fn open_migrated_core_read_only(&self) -> Result<Connection, PlatformError> {
+        migrations::open_migrated_core_with(self, sovereign_db_core::open_existing_read_only)
+    }
+
+    /// The registry entry of `id`, if `core.db` exists and has a registry.
+    pub fn registered(&self, id: &str) -> Result<Option<PluginRecord>, PlatformError> {
+        let path = self.config.core_db_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn =
+            sovereign_db::open_database(&path, &sovereign_db::OpenOptions::core().read_only())?;
+        let has_registry: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'plugins'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_registry {
+            return Ok(None);
+        }
+        Ok(sovereign_db_core::plugins::get(&conn, id)?)
+    }
+
+    /// How plugin `id` runs: from the registry when it is installed; a bare package
+    /// directory with migrations but no `plugin.json` runs in shared mode with default
+    /// limits; `None` for a package with a manifest that is not installed.
+    pub fn plugin_db_config(&self, id: &str) -> Result<Option<PluginDbConfig>, PlatformError> {
+        if let Some(record) = self.registered(id)? {
+            return Ok(Some(fence_config(&record)));
+        }
+        let dir = self.package_dir(id);
+        if dir.join("plugin.json").exists() {
+            return Ok(None);
+        }
+        if !dir.join("migrations").is_dir() {
+            return Err(PlatformError::NoSuchPackage {
+                id: id.to_owned(),
+                dir,
+            });
+        }
+        Ok(Some(PluginDbConfig {
+            plugin_id: id.to_owned(),
+            mode: DatabaseMode::Shared,
+            grants: vec![],
+            limits: Limits::default(),
+        }))
+    }
+
+    /// Makes sure the mirror tables a plugin reads exist in the mirror store, so that its
+    /// views and queries on them compile before the first sync.
+    pub fn ensure_mirrors(&self, grants: &[(String, String)]) -> Result<(), PlatformError> {
+        if grants.is_empty() {
+            return Ok(());
+        }
+        let store = self.open_mirror()?;
+        for (slice, _) in grants {
+            if let Some(slice) = self.sync.catalog.slice(slice) {
+                store.ensure_mirror(slice)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fence configuration of a registered plugin.
+pub fn fence_config(record: &PluginRecord) -> PluginDbConfig {
+    PluginDbConfig {
+        plugin_id: record.id.clone(),
+        mode: record.manifest.database,
+        grants: record.grants.clone(),
+        limits: record.manifest.limits,
+    }
+}

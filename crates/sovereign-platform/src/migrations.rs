@@ -1,0 +1,231 @@
+//! Migrations of the core scope and the plugin scopes: what is pending, applying it,
+//! and opening the core store only when it is fully migrated.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sovereign_db::rusqlite::Connection;
+use sovereign_db::{MigrationSet, MigrationState, MigrationStatus, OpenOptions};
+use sovereign_db_plugins::{PluginDb, PluginDbConfig};
+
+use crate::{App, PlatformError};
+
+/// Which stores a migration command covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `core.db`, with the migrations built in.
+    Core,
+    /// The plugin stores, with each plugin's `migrations/` directory.
+    Plugins,
+    /// Both.
+    All,
+}
+
+/// Which store a migration set belongs to.
+enum Store {
+    Core,
+    /// A plugin's database, migrated behind that plugin's fence.
+    Plugin(PluginDbConfig),
+}
+
+/// One migration set and the file it applies to.
+pub struct Target {
+    set: MigrationSet,
+    store: Store,
+    path: PathBuf,
+}
+
+impl Target {
+    /// The scope name (`core`, `plugin:<id>`).
+    pub fn scope(&self) -> &str {
+        self.set.scope()
+    }
+
+    /// The file migrated.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies pending migrations, creating the file if needed. Plugin migrations run on
+    /// the plugin's fenced connection: they cannot create or touch anything outside the
+    /// plugin's namespace, and never reach a file marked as the core store.
+    pub fn apply(&self, app: &App) -> Result<Vec<String>, PlatformError> {
+        let applied = match &self.store {
+            Store::Core => {
+                let conn = sovereign_db_core::open(&self.path)?;
+                let applied = self.set.deploy(&conn)?;
+                // Change capture is derived from the configured projections.
+                sovereign_sync::capture::install(&conn, app.mirror_catalog())?;
+                applied
+            }
+            Store::Plugin(plugin) => {
+                app.ensure_mirrors(&plugin.grants)?;
+                let db = PluginDb::open(app.store_location(), plugin.clone())?;
+                db.migrate(&self.set)?
+            }
+        };
+        Ok(applied)
+    }
+
+    /// The migrations `apply` would run, by file name.
+    pub fn plan(&self) -> Result<Vec<String>, PlatformError> {
+        let conn = self.open_for_read()?;
+        Ok(self
+            .set
+            .plan(&conn)?
+            .iter()
+            .map(|m| m.file_name().to_owned())
+            .collect())
+    }
+
+    /// Every migration of the set and its state in the file.
+    pub fn status(&self) -> Result<Vec<MigrationStatus>, PlatformError> {
+        let conn = self.open_for_read()?;
+        Ok(self.set.status(&conn)?)
+    }
+
+    /// Opens the file read-only, or an empty in-memory database if it does not exist
+    /// (everything is then pending).
+    fn open_for_read(&self) -> Result<Connection, PlatformError> {
+        if !self.path.exists() {
+            return Ok(Connection::open_in_memory()?);
+        }
+        Ok(sovereign_db::open_database(
+            &self.path,
+            &OpenOptions::core().read_only(),
+        )?)
+    }
+}
+
+/// The migration sets of `scope` (or of one plugin), in the order they apply.
+pub fn targets(
+    app: &App,
+    scope: Scope,
+    plugin: Option<&str>,
+) -> Result<Vec<Target>, PlatformError> {
+    if plugin.is_some() && scope == Scope::Core {
+        return Err(PlatformError::PluginWithCoreScope);
+    }
+    let mut out = Vec::new();
+    if matches!(scope, Scope::Core | Scope::All) && plugin.is_none() {
+        out.push(Target {
+            set: sovereign_db_core::migrations(),
+            store: Store::Core,
+            path: app.config().core_db_path(),
+        });
+    }
+    if matches!(scope, Scope::Plugins | Scope::All) {
+        let plugins_dir = app.config().plugins_dir_path();
+        let discovered = sovereign_db_plugins::discover_plugins(&plugins_dir)?;
+        let ids = match plugin {
+            Some(id) if !discovered.iter().any(|p| p == id) => {
+                return Err(PlatformError::NoPluginMigrations {
+                    id: id.to_owned(),
+                    plugins_dir,
+                });
+            }
+            Some(id) => vec![id.to_owned()],
+            None => discovered,
+        };
+        for id in ids {
+            let Some(plugin_config) = app.plugin_db_config(&id)? else {
+                tracing::info!(plugin = %id, "skipping a plugin package that is not installed");
+                continue;
+            };
+            out.push(Target {
+                set: sovereign_db_plugins::plugin_migrations(&plugins_dir, &id)?,
+                path: app.store_location().file_for(&id, plugin_config.mode),
+                store: Store::Plugin(plugin_config),
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn open_migrated_core_with(
+    app: &App,
+    open: fn(&Path) -> Result<Connection, sovereign_db_core::CoreError>,
+) -> Result<Connection, PlatformError> {
+    let path = app.config().core_db_path();
+    if !path.exists() {
+        return Err(PlatformError::CoreMissing { path });
+    }
+    let conn = open(&path)?;
+    let pending = sovereign_db_core::migrations()
+        .status(&conn)?
+        .iter()
+        .any(|s| !matches!(s.state, MigrationState::Applied { .. }));
+    if pending {
+        return Err(PlatformError::CoreNotMigrated { path });
+    }
+    Ok(conn)
+}
+
+/// Applies every pending migration of the targets in order, telling `on_applied` about
+/// each target as it is done. With the plugin scope, the shared plugin store exists
+/// afterwards even with no plugins yet.
+pub fn deploy(
+    app: &App,
+    targets: &[Target],
+    scope: Scope,
+    on_applied: &mut dyn FnMut(&Applied),
+) -> Result<(), PlatformError> {
+    for target in targets {
+        let files = target.apply(app).map_err(|e| PlatformError::Migrating {
+            path: target.path.clone(),
+            source: Box::new(e),
+        })?;
+        on_applied(&Applied {
+            scope: target.scope().to_owned(),
+            path: target.path.clone(),
+            files,
+        });
+    }
+    if scope != Scope::Core {
+        sovereign_db_plugins::open_shared_store(&app.config().plugins_db_path())?;
+    }
+    Ok(())
+}
+
+/// What one target's deploy applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    /// Scope.
+    pub scope: String,
+    /// File migrated.
+    pub path: PathBuf,
+    /// Migration files applied (empty: it was up to date).
+    pub files: Vec<String>,
+}
+
+/// Applies every pending migration of every scope (`sv dev`), as `scope: file`.
+pub fn deploy_all(app: &App) -> Result<Vec<String>, PlatformError> {
+    let mut applied = Vec::new();
+    deploy(
+        app,
+        &targets(app, Scope::All, None)?,
+        Scope::All,
+        &mut |a| {
+            applied.extend(a.files.iter().map(|f| format!("{}: {f}", a.scope)));
+        },
+    )?;
+    Ok(applied)
+}
+
+/// Every migration that is not cleanly applied, as `scope: file (state)`; `sv serve`
+/// refuses to start while there are any.
+pub fn not_applied(app: &App) -> Result<Vec<String>, PlatformError> {
+    let mut out = Vec::new();
+    for target in targets(app, Scope::All, None)? {
+        for status in target.status()? {
+            let state = match status.state {
+                MigrationState::Applied { .. } => continue,
+                MigrationState::Pending => "pending",
+                MigrationState::Changed { .. } => "changed after it was applied",
+                MigrationState::Unknown { .. } => "applied but unknown to this build",
+            };
+            out.push(format!("{}: {} ({state})", status.scope, status.file_name));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,187 @@
+//! Operating the files: backups, their verification, restores and splitting a legacy
+//! single-file install.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sovereign_kernel::RuntimeLock;
+use sovereign_ops::backup::{BackupOptions, ByteProgress};
+use sovereign_ops::split::{CopiedTable, Mapping, SplitPlan};
+
+use crate::{App, PlatformError};
+
+/// What to back up.
+#[derive(Debug, Clone, Default)]
+pub struct BackupRequest {
+    /// The backup directory to create (default: `backups/sv-backup-<time>`).
+    pub out: Option<PathBuf>,
+    /// Back up `core.db` only.
+    pub core_only: bool,
+    /// Plugins whose data is left out.
+    pub exclude_plugins: Vec<String>,
+}
+
+/// A backup written.
+#[derive(Debug, Clone)]
+pub struct BackupDone {
+    /// Where.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: sovereign_ops::backup::Manifest,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// Takes an online backup of `core.db`, the plugin store and the isolated plugin files.
+pub fn backup(
+    app: &App,
+    request: &BackupRequest,
+    progress: ByteProgress<'_>,
+) -> Result<BackupDone, PlatformError> {
+    let dir = request.out.clone().unwrap_or_else(|| {
+        app.config()
+            .base_dir
+            .join("backups")
+            .join(format!("sv-backup-{}", sovereign_ops::stamp()))
+    });
+    let started = Instant::now();
+    let manifest = sovereign_ops::backup::backup(
+        &app.layout(),
+        &BackupOptions {
+            out: dir.clone(),
+            include_plugin_data: !request.core_only,
+            exclude_plugins: request.exclude_plugins.clone(),
+        },
+        progress,
+    )?;
+    Ok(BackupDone {
+        dir,
+        manifest,
+        took: started.elapsed(),
+    })
+}
+
+/// Verifies a backup: checksums, integrity, schema versions, manifest.
+pub fn verify(dir: &Path) -> Result<sovereign_ops::backup::Manifest, PlatformError> {
+    Ok(sovereign_ops::backup::verify(dir)?)
+}
+
+/// A restore done.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// What was restored and where the replaced files went.
+    pub report: sovereign_ops::restore::RestoreReport,
+    /// The running platform this restore stopped first.
+    pub stopped_pid: Option<i32>,
+}
+
+/// Restores a verified backup, moving the current files aside. A running platform is
+/// refused unless `stop`, in which case it is stopped (SIGTERM) and waited for (30 s).
+/// `before_swap` runs before each file is swapped in.
+pub fn restore(
+    app: &App,
+    backup_dir: &Path,
+    stop: bool,
+    before_swap: &mut dyn FnMut(usize),
+) -> Result<Restored, PlatformError> {
+    let layout = app.layout();
+    // Verify before anything else: a bad backup must not even stop the platform.
+    sovereign_ops::backup::verify(backup_dir)?;
+    let lock_path = app.config().lock_file_path();
+    let mut stopped_pid = None;
+    if let Some(pid) = RuntimeLock::holder(&lock_path) {
+        if !stop {
+            return Err(PlatformError::RunningRefusesRestore {
+                pid,
+                lock: lock_path,
+            });
+        }
+        let pid = crate::run::parse_pid(&lock_path, &pid)?;
+        crate::run::signal(pid, rustix::process::Signal::TERM)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while RuntimeLock::holder(&lock_path).is_some() {
+            if Instant::now() > deadline {
+                return Err(PlatformError::DidNotStop { pid });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stopped_pid = Some(pid);
+    }
+    let _lock = RuntimeLock::acquire(&lock_path)?;
+    let report = sovereign_ops::restore::restore(backup_dir, &layout, before_swap)?;
+    Ok(Restored {
+        report,
+        stopped_pid,
+    })
+}
+
+/// Reads one `TABLE=PLUGIN` or `TABLE=skip` attribution.
+pub fn parse_mapping(text: &str) -> Result<(String, Mapping), PlatformError> {
+    let bad = |why: &str| PlatformError::BadMapping {
+        text: text.to_owned(),
+        why: why.to_owned(),
+    };
+    let (table, target) = text
+        .split_once('=')
+        .ok_or_else(|| bad("expected TABLE=PLUGIN or TABLE=skip"))?;
+    let mapping = if target == "skip" {
+        Mapping::Skip
+    } else if sovereign_db_plugins::is_installable_plugin_id(target) {
+        Mapping::Plugin(target.to_owned())
+    } else {
+        return Err(bad(&format!(
+            "{target:?} is neither `skip` nor a valid, unreserved plugin id"
+        )));
+    };
+    Ok((table.to_owned(), mapping))
+}
+
+/// How a legacy single file would be split, table by table.
+pub fn plan_split(
+    from: &Path,
+    mappings: &BTreeMap<String, Mapping>,
+) -> Result<SplitPlan, PlatformError> {
+    if !from.exists() {
+        return Err(PlatformError::NoSuchFile {
+            path: from.to_owned(),
+        });
+    }
+    Ok(sovereign_ops::split::plan(from, mappings)?)
+}
+
+/// A split done.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// The tables copied.
+    pub copied: Vec<CopiedTable>,
+    /// The mirror built from the new core, rows per slice.
+    pub mirror_rows: Vec<(String, u64)>,
+}
+
+/// Splits a legacy single file by `plan` into `core.db` and the plugin stores (the
+/// source stays unchanged), then builds the mirror from the new core. Refused while a
+/// table is unattributed.
+pub fn split(app: &App, from: &Path, plan: &SplitPlan) -> Result<Split, PlatformError> {
+    if !plan.unattributed.is_empty() {
+        return Err(PlatformError::Unattributed {
+            count: plan.unattributed.len(),
+        });
+    }
+    let copied = sovereign_ops::split::split(from, plan, &app.layout())?;
+    let core_path = app.config().core_db_path();
+    let core = sovereign_db_core::open_existing(&core_path)?;
+    sovereign_sync::capture::install(&core, app.mirror_catalog())?;
+    let mirror = app.open_mirror()?;
+    let report = sovereign_sync::full::full_resync(
+        &core,
+        &core_path,
+        &mirror,
+        app.mirror_catalog(),
+        &|_, _| {},
+    )?;
+    Ok(Split {
+        copied,
+        mirror_rows: report.rows,
+    })
+}

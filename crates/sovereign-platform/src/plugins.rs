@@ -1,0 +1,491 @@
+//! Installing, listing, removing, enabling, moving and purging plugins, and running SQL
+//! behind a plugin's fence.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sovereign_db_core::plugins::{self as registry, PluginRecord};
+use sovereign_db_plugins::{DatabaseMode, Manifest, PluginDb, TrustedPluginStore};
+
+use crate::{App, PlatformError};
+
+/// Whether an install may grant the mirror columns a manifest asks for.
+pub enum Approval<'a> {
+    /// Granted up front (`--yes`, a development start).
+    Given,
+    /// Ask: called with the manifest when it asks for mirror columns.
+    Ask(&'a mut dyn FnMut(&Manifest) -> bool),
+}
+
+/// What an install did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Installed {
+    /// Plugin id.
+    pub id: String,
+    /// Installed version.
+    pub version: String,
+    /// Where its tables live.
+    pub mode: DatabaseMode,
+    /// The plugin API version its component uses.
+    pub api_version: String,
+    /// The file holding its data.
+    pub data_file: PathBuf,
+    /// The migration files applied.
+    pub applied: Vec<String>,
+}
+
+/// Validates a plugin package, approves its mirror grants, applies all its migrations
+/// (or none) and registers it. A failure leaves nothing behind: no registry entry, no
+/// tables, no isolated file, no package copy.
+pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installed, PlatformError> {
+    let manifest = Manifest::load(dir, app.mirror_catalog())?;
+    let id = manifest.id.clone();
+    sovereign_db_plugins::check_plugin_id(&id)?;
+    let core = app.open_migrated_core()?;
+    if let Some(existing) = registry::list(&core)?
+        .into_iter()
+        .find(|p| p.id.eq_ignore_ascii_case(&id))
+    {
+        return Err(PlatformError::AlreadyInstalled {
+            id: existing.id,
+            version: existing.manifest.version,
+        });
+    }
+    // The whole package is checked before anything is written: migrations that parse,
+    // and a component that compiles and fits the plugin API this host serves.
+    let migrations_dir = dir.join("migrations");
+    if !migrations_dir.is_dir() {
+        return Err(PlatformError::MissingMigrations {
+            dir: migrations_dir,
+        });
+    }
+    let component = sovereign_host::component::check_component(&dir.join("plugin.wasm"))
+        .map_err(|e| PlatformError::PackageRejected(Box::new(e.into())))?;
+    let grants = manifest.requested_grants();
+    if !grants.is_empty()
+        && let Approval::Ask(approve) = approval
+        && !approve(&manifest)
+    {
+        return Err(PlatformError::GrantsNotApproved);
+    }
+
+    // Stage the package next to its final place, migrate from the staged copy, and only
+    // then swap it in and register it: a failure leaves the previous install as it was.
+    let target = app.package_dir(&id);
+    let staged = if same_dir(dir, &target) {
+        None
+    } else {
+        let staging = app
+            .config()
+            .plugins_dir_path()
+            .join(format!(".{id}.staging-{}", std::process::id()));
+        copy_dir(dir, &staging).map_err(|source| PlatformError::Io {
+            what: format!("copying {} into {}", dir.display(), staging.display()),
+            source,
+        })?;
+        Some(staging)
+    };
+    let source = staged.clone().unwrap_or_else(|| target.clone());
+    let location = app.store_location();
+    let data_file = location.file_for(&id, manifest.database);
+    let file_existed = data_file.exists();
+    let result = (|| -> Result<Vec<String>, PlatformError> {
+        let db_config = sovereign_db_plugins::PluginDbConfig {
+            plugin_id: id.clone(),
+            mode: manifest.database,
+            grants: grants.clone(),
+            limits: manifest.limits,
+        };
+        app.ensure_mirrors(&grants)?;
+        let set = sovereign_db::MigrationSet::from_dir(
+            &sovereign_db_plugins::migration_scope(&id),
+            &source.join("migrations"),
+        )?;
+        let db = PluginDb::open(location, db_config)?;
+        // All of the package's migrations or none: a failed install leaves nothing.
+        Ok(db.migrate_all_or_nothing(&set)?)
+    })();
+    let applied = match result {
+        Ok(applied) => applied,
+        Err(e) => {
+            if let Some(staging) = &staged {
+                let _ = std::fs::remove_dir_all(staging);
+            }
+            if !file_existed && manifest.database == DatabaseMode::Isolated {
+                // The isolated file this install created holds nothing of value.
+                remove_database_files(&data_file, |_| {})?;
+            }
+            return Err(PlatformError::InstallFailed {
+                id,
+                source: Box::new(e),
+            });
+        }
+    };
+    if let Some(staging) = staged {
+        swap_in(&staging, &target)?;
+    }
+    registry::register(
+        &core,
+        &PluginRecord {
+            id: id.clone(),
+            enabled: true,
+            manifest: manifest.clone(),
+            grants,
+            load: registry::LoadState::NotReported,
+        },
+    )?;
+    sovereign_db_core::audit::record(
+        &core,
+        None,
+        "plugin.install",
+        Some(&format!("plugin:{id}")),
+        Some(
+            &serde_json::json!({ "version": manifest.version, "database": manifest.database.as_str() }),
+        ),
+    )?;
+    Ok(Installed {
+        id,
+        version: manifest.version,
+        mode: manifest.database,
+        api_version: component.api_version,
+        data_file,
+        applied,
+    })
+}
+
+/// The plugin packages of the plugins directory that have a manifest but are not
+/// installed yet.
+pub fn uninstalled_packages(app: &App) -> Result<Vec<PathBuf>, PlatformError> {
+    let dir = app.config().plugins_dir_path();
+    let mut out = Vec::new();
+    for id in sovereign_db_plugins::discover_plugins(&dir)? {
+        let package = dir.join(&id);
+        if package.join("plugin.json").exists() && app.registered(&id)?.is_none() {
+            out.push(package);
+        }
+    }
+    Ok(out)
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `target` with `staging`, keeping the old package until the new one is in.
+fn swap_in(staging: &Path, target: &Path) -> Result<(), PlatformError> {
+    let old = target.with_file_name(format!(
+        ".{}.old-{}",
+        target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("plugin"),
+        std::process::id()
+    ));
+    let had_old = target.exists();
+    if had_old {
+        std::fs::rename(target, &old).map_err(|source| PlatformError::Io {
+            what: format!("moving {} aside", target.display()),
+            source,
+        })?;
+    }
+    if let Err(source) = std::fs::rename(staging, target) {
+        if had_old {
+            let _ = std::fs::rename(&old, target);
+        }
+        return Err(PlatformError::Io {
+            what: format!("moving the new package into {}", target.display()),
+            source,
+        });
+    }
+    if had_old {
+        std::fs::remove_dir_all(&old).map_err(|source| PlatformError::Io {
+            what: format!("removing the previous package {}", old.display()),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Removes a database file with its `-wal` and `-shm`, telling `removed` each one.
+fn remove_database_files(
+    file: &Path,
+    mut removed: impl FnMut(PathBuf),
+) -> Result<(), PlatformError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", file.display()));
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|source| PlatformError::Io {
+                what: format!("removing {}", path.display()),
+                source,
+            })?;
+            removed(path);
+        }
+    }
+    Ok(())
+}
+
+/// Every installed plugin, by id.
+pub fn list(app: &App) -> Result<Vec<PluginRecord>, PlatformError> {
+    Ok(registry::list(&app.open_migrated_core()?)?)
+}
+
+fn installed(
+    conn: &sovereign_db::rusqlite::Connection,
+    id: &str,
+) -> Result<PluginRecord, PlatformError> {
+    registry::get(conn, id)?.ok_or_else(|| PlatformError::NotRegistered { id: id.to_owned() })
+}
+
+/// What removing a plugin dropped (with `purge`): tables or files.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Removed {
+    /// Tables dropped from the shared store, or files removed.
+    pub dropped: Vec<String>,
+}
+
+/// Unregisters a plugin; with `purge` its tables (or its isolated file) go too.
+pub fn remove(app: &App, id: &str, purge: bool) -> Result<Removed, PlatformError> {
+    let core = app.open_migrated_core()?;
+    let record = installed(&core, id)?;
+    let mut removed = Removed::default();
+    if purge {
+        let location = app.store_location();
+        match record.manifest.database {
+            DatabaseMode::Shared => {
+                let store = TrustedPluginStore::open_shared(&location.shared_store)?;
+                removed.dropped = store.drop_plugin_data(id)?;
+            }
+            DatabaseMode::Isolated => {
+                remove_database_files(&location.file_for(id, DatabaseMode::Isolated), |p| {
+                    removed.dropped.push(p.display().to_string())
+                })?;
+            }
+        }
+    }
+    registry::unregister(&core, id)?;
+    sovereign_db_core::audit::record(
+        &core,
+        None,
+        "plugin.remove",
+        Some(&format!("plugin:{id}")),
+        Some(&serde_json::json!({ "purge": purge })),
+    )?;
+    Ok(removed)
+}
+
+/// Serves (or stops serving) a plugin's routes; its data stays.
+pub fn set_enabled(app: &App, id: &str, enabled: bool) -> Result<(), PlatformError> {
+    let core = app.open_migrated_core()?;
+    installed(&core, id)?;
+    registry::set_enabled(&core, id, enabled)?;
+    let action = if enabled {
+        "plugin.enable"
+    } else {
+        "plugin.disable"
+    };
+    sovereign_db_core::audit::record(&core, None, action, Some(&format!("plugin:{id}")), None)?;
+    Ok(())
+}
+
+/// Opens the plugin's fenced connection, as the extension host would.
+pub fn open_fenced(app: &App, id: &str) -> Result<PluginDb, PlatformError> {
+    let db_config =
+        app.plugin_db_config(id)?
+            .ok_or_else(|| PlatformError::NotInstalledPackage {
+                id: id.to_owned(),
+                dir: app.package_dir(id),
+            })?;
+    Ok(PluginDb::open(app.store_location(), db_config)?)
+}
+
+/// The plugin's own tables, views, indexes and triggers as `(kind, name)`.
+pub fn objects(app: &App, id: &str) -> Result<Vec<(String, String)>, PlatformError> {
+    let mode = plugin_mode(app, id)?;
+    let path = app.store_location().file_for(id, mode);
+    let store = match mode {
+        DatabaseMode::Shared => TrustedPluginStore::open_shared(&path)?,
+        DatabaseMode::Isolated => TrustedPluginStore::open_isolated(&path, id)?,
+    };
+    Ok(store.plugin_objects(id)?)
+}
+
+fn plugin_mode(app: &App, id: &str) -> Result<DatabaseMode, PlatformError> {
+    Ok(app
+        .plugin_db_config(id)?
+        .ok_or_else(|| PlatformError::NotInstalledPackage {
+            id: id.to_owned(),
+            dir: app.package_dir(id),
+        })?
+        .mode)
+}
+
+/// What a move did.
+#[derive(Debug, Clone, Serialize)]
+pub enum Moved {
+    /// The plugin was already in that mode.
+    AlreadyThere,
+    /// Tables moved, with their row counts.
+    Tables(Vec<(String, u64)>),
+}
+
+/// Moves an installed plugin's tables between the shared store and its own file: every
+/// table (schema and rows), view, index and trigger, plus its migration tracking rows,
+/// copied in one transaction on the destination, checked by row counts, and only then
+/// dropped from the source and the registry updated.
+pub fn move_to(app: &App, id: &str, to: DatabaseMode) -> Result<Moved, PlatformError> {
+    let core = app.open_migrated_core()?;
+    let mut record = installed(&core, id)?;
+    let from = record.manifest.database;
+    if from == to {
+        return Ok(Moved::AlreadyThere);
+    }
+    let location = app.store_location();
+    let open = |mode: DatabaseMode| match mode {
+        DatabaseMode::Shared => TrustedPluginStore::open_shared(&location.shared_store),
+        DatabaseMode::Isolated => {
+            TrustedPluginStore::open_isolated(&location.file_for(id, DatabaseMode::Isolated), id)
+        }
+    };
+    let source = open(from)?;
+    let destination = open(to)?;
+    let moved = destination.copy_plugin_from(&source, id)?;
+    source.drop_plugin_data(id)?;
+    record.manifest.database = to;
+    registry::register(&core, &record)?;
+    sovereign_db_core::audit::record(
+        &core,
+        None,
+        "plugin.move",
+        Some(&format!("plugin:{id}")),
+        Some(&serde_json::json!({ "from": from.as_str(), "to": to.as_str() })),
+    )?;
+    Ok(Moved::Tables(moved))
+}
+
+/// Per plugin: tables, rows, bytes; per file: size and free pages; the mirror's size.
+pub fn inspect(
+    app: &App,
+    only: Option<&str>,
+) -> Result<sovereign_ops::inspect::InspectReport, PlatformError> {
+    let layout = app.layout();
+    Ok(sovereign_ops::inspect::inspect(
+        &layout.plugins,
+        &layout.isolated_files()?,
+        layout.mirror_file.as_deref(),
+        only,
+    )?)
+}
+
+/// What a purge would drop, for the operator to confirm.
+#[derive(Debug, Clone, Serialize)]
+pub struct PurgePlan {
+    /// Plugin id.
+    pub id: String,
+    /// Its usage now.
+    pub usage: sovereign_ops::inspect::PluginUsage,
+    mode: DatabaseMode,
+}
+
+/// Looks at what purging plugin `id` would drop.
+pub fn plan_purge(app: &App, id: &str) -> Result<PurgePlan, PlatformError> {
+    let layout = app.layout();
+    let report = sovereign_ops::inspect::inspect(
+        &layout.plugins,
+        &layout.isolated_files()?,
+        None,
+        Some(id),
+    )?;
+    let usage = report
+        .plugins
+        .into_iter()
+        .find(|p| p.id == id)
+        .ok_or_else(|| PlatformError::NothingToPurge { id: id.to_owned() })?;
+    let isolated = app.store_location().file_for(id, DatabaseMode::Isolated);
+    let mode = if usage.file == isolated {
+        DatabaseMode::Isolated
+    } else {
+        DatabaseMode::Shared
+    };
+    Ok(PurgePlan {
+        id: id.to_owned(),
+        usage,
+        mode,
+    })
+}
+
+/// Drops one plugin's data, after writing a backup of it under `backups/` (unless
+/// `backup` is false).
+pub fn purge(
+    app: &App,
+    plan: &PurgePlan,
+    backup: bool,
+) -> Result<sovereign_ops::inspect::PurgeReport, PlatformError> {
+    let layout = app.layout();
+    let isolated = app
+        .store_location()
+        .file_for(&plan.id, DatabaseMode::Isolated);
+    let backups = app.config().base_dir.join("backups");
+    Ok(sovereign_ops::inspect::purge(
+        &layout.plugins,
+        Some(&isolated),
+        &plan.id,
+        plan.mode,
+        backup.then_some(backups.as_path()),
+    )?)
+}
+
+/// One file vacuumed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Vacuumed {
+    /// The file.
+    pub file: PathBuf,
+    /// Bytes before.
+    pub before: u64,
+    /// Bytes after.
+    pub after: u64,
+    /// A full VACUUM ran (the file was not set up for incremental vacuum).
+    pub full: bool,
+}
+
+/// Reclaims free pages of the plugin store and the isolated files.
+pub fn vacuum(app: &App) -> Result<Vec<Vacuumed>, PlatformError> {
+    let layout = app.layout();
+    let mut files = vec![layout.plugins.clone()];
+    files.extend(layout.isolated_files()?.into_iter().map(|(_, p)| p));
+    let mut out = Vec::new();
+    for file in files.into_iter().filter(|f| f.exists()) {
+        let (before, after, full) = sovereign_ops::inspect::vacuum(&file)?;
+        out.push(Vacuumed {
+            file,
+            before,
+            after,
+            full,
+        });
+    }
+    Ok(out)
+}
+
+/// Asks the running platform to restart its extension host (also out of a crash loop);
+/// returns the platform's pid.
+pub fn restart_host(app: &App) -> Result<i32, PlatformError> {
+    let pid = crate::run::running_pid(app)?;
+    crate::run::signal(pid, rustix::process::Signal::USR1)?;
+    Ok(pid)
+}
