@@ -350,13 +350,6 @@ impl Config {
         absolute(&self.base_dir, &self.plugins_dir.value)
     }
 
-    /// The isolated database file of plugin `id`.
-    pub fn isolated_plugin_db_path(&self, id: &str) -> PathBuf {
-        self.data_dir_path()
-            .join("plugins")
-            .join(format!("{id}.db"))
-    }
-
     /// The lock file held by a running platform (`sv dev` / `sv serve`).
     pub fn lock_file_path(&self) -> PathBuf {
         self.data_dir_path().join("sv.lock")
@@ -582,10 +575,6 @@ mod tests {
         let c = load(dir.path(), &flags, &[]).unwrap();
         assert_eq!(c.core_db_path(), PathBuf::from("/srv/sv/core.db"));
         assert_eq!(c.plugins_db_path(), PathBuf::from("/srv/sv/plugins.db"));
-        assert_eq!(
-            c.isolated_plugin_db_path("notes"),
-            PathBuf::from("/srv/sv/plugins/notes.db")
-        );
     }
 
     #[test]

@@ -179,11 +179,13 @@ pub fn validate_avatar_url(url: &str) -> Result<String, InvalidField> {
     }
 }
 
+/// Maps a UNIQUE violation of a statement writing `users` to [`CoreError::EmailTaken`]:
+/// `email` is the table's only UNIQUE column (the id is its rowid, whose conflicts are
+/// SQLITE_CONSTRAINT_PRIMARYKEY), so the extended code alone tells.
 fn map_unique_email(email: &str) -> impl FnOnce(rusqlite::Error) -> CoreError + '_ {
     move |e| match &e {
-        rusqlite::Error::SqliteFailure(f, Some(msg))
-            if f.code == rusqlite::ErrorCode::ConstraintViolation
-                && msg.contains("users.email") =>
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
         {
             CoreError::EmailTaken(email.to_owned())
         }

@@ -8,6 +8,7 @@ mod functions;
 pub mod manifest;
 pub mod mirror;
 mod plugin_db;
+pub mod system;
 mod trusted;
 pub mod value;
 
@@ -169,6 +170,7 @@ pub fn migration_scope(id: &str) -> String {
 pub fn open_shared_store(path: &Path) -> Result<Connection, PluginStoreError> {
     let conn = sovereign_db::open_database(path, &OpenOptions::plugins())?;
     sovereign_db::store::claim(&conn, &StoreKind::Plugins)?;
+    system::prepare(&conn)?;
     Ok(conn)
 }
 
@@ -199,11 +201,10 @@ pub fn discover_plugins(plugins_dir: &Path) -> Result<Vec<String>, PluginStoreEr
         if !(path.join("plugin.json").is_file() || path.join("migrations").is_dir()) {
             continue;
         }
-        let id = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
+        // A directory whose name is not UTF-8 cannot be a plugin id: say so.
+        let Some(id) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            return Err(PluginStoreError::BadId(path.display().to_string()));
+        };
         check_plugin_id(&id)?;
         ids.push(id);
     }

@@ -18,8 +18,6 @@ use crate::{PluginStoreError, check_plugin_id, migration_scope};
 pub struct TrustedPluginStore {
     conn: Connection,
     path: PathBuf,
-    /// Opened read-only (inspection on a read-only data directory): nothing is created.
-    read_only: bool,
 }
 
 /// Makes a trusted connection run no plugin-authored SQL as a side effect (triggers,
@@ -53,10 +51,10 @@ impl TrustedPluginStore {
         let conn = sovereign_db::open_database(path, &OpenOptions::plugins())?;
         sovereign_db::store::claim(&conn, kind)?;
         ignore_plugin_code(&conn)?;
+        crate::system::prepare(&conn)?;
         Ok(TrustedPluginStore {
             conn,
             path: path.to_owned(),
-            read_only: false,
         })
     }
 
@@ -83,14 +81,14 @@ impl TrustedPluginStore {
         if !has_state {
             // Empty stand-ins in the (writable, in-memory) temp schema.
             conn.execute_batch(
-                &crate::mirror::MIRROR_STATE_SQL.replace("CREATE TABLE", "CREATE TEMP TABLE"),
+                &include_str!("../system_migrations/0002_mirror_state.sql")
+                    .replace("CREATE TABLE", "CREATE TEMP TABLE"),
             )
             .map_err(sqlite)?;
         }
         Ok(TrustedPluginStore {
             conn,
             path: path.to_owned(),
-            read_only: true,
         })
     }
 
@@ -281,18 +279,8 @@ impl TrustedPluginStore {
         Self::open(path, &StoreKind::Mirror)
     }
 
-    fn ensure_mirror_state(&self) -> Result<(), PluginStoreError> {
-        if self.read_only {
-            return Ok(());
-        }
-        self.conn
-            .execute_batch(crate::mirror::MIRROR_STATE_SQL)
-            .map_err(PluginStoreError::Sqlite)
-    }
-
     /// The last outbox sequence number applied to this mirror (0 if none).
     pub fn mirror_watermark(&self) -> Result<i64, PluginStoreError> {
-        self.ensure_mirror_state()?;
         self.conn
             .query_row(
                 "SELECT coalesce((SELECT value FROM _sv_mirror_state WHERE key = 'watermark'), 0)",
@@ -304,7 +292,6 @@ impl TrustedPluginStore {
 
     /// When the mirror last applied a batch (unix ms, 0 if never).
     pub fn mirror_applied_at_ms(&self) -> Result<i64, PluginStoreError> {
-        self.ensure_mirror_state()?;
         self.conn
             .query_row(
                 "SELECT coalesce((SELECT value FROM _sv_mirror_state WHERE key = 'applied_at_ms'), 0)",
@@ -316,7 +303,6 @@ impl TrustedPluginStore {
 
     /// The projection a mirror table was built with (JSON of [`MirrorSlice`]).
     pub fn mirror_spec(&self, slice: &str) -> Result<Option<MirrorSlice>, PluginStoreError> {
-        self.ensure_mirror_state()?;
         let text: Option<String> = self
             .conn
             .query_row(
@@ -331,7 +317,6 @@ impl TrustedPluginStore {
 
     /// Every slice this mirror holds, with its spec.
     pub fn mirror_specs(&self) -> Result<Vec<MirrorSlice>, PluginStoreError> {
-        self.ensure_mirror_state()?;
         let run = || -> rusqlite::Result<Vec<String>> {
             self.conn
                 .prepare("SELECT spec FROM _sv_mirror_slices ORDER BY slice")?
@@ -357,7 +342,6 @@ impl TrustedPluginStore {
         batch: &MirrorBatch,
         now_ms: i64,
     ) -> Result<bool, PluginStoreError> {
-        self.ensure_mirror_state()?;
         let run = || -> rusqlite::Result<bool> {
             let tx = rusqlite::Transaction::new_unchecked(
                 &self.conn,
@@ -401,7 +385,11 @@ impl TrustedPluginStore {
         watermark: &mut dyn FnMut(&Connection) -> rusqlite::Result<i64>,
         fill: &mut dyn FnMut(&Connection, &MirrorSlice) -> rusqlite::Result<u64>,
     ) -> Result<(i64, Vec<(String, u64)>), PluginStoreError> {
-        self.ensure_mirror_state()?;
+        // Each slice's spec as stored (a `MirrorSlice` is plain data: it always serializes).
+        let specs: Vec<String> = slices
+            .iter()
+            .map(|slice| serde_json::to_string(slice).expect("a mirror slice serializes"))
+            .collect();
         let mut run = || -> rusqlite::Result<(i64, Vec<(String, u64)>)> {
             let tx = rusqlite::Transaction::new_unchecked(
                 &self.conn,
@@ -413,14 +401,14 @@ impl TrustedPluginStore {
                 tx.execute_batch(&format!("DROP TABLE IF EXISTS \"{MIRROR_PREFIX}{name}\""))?;
                 tx.execute("DELETE FROM _sv_mirror_slices WHERE slice = ?1", [name])?;
             }
-            for slice in slices {
+            for (slice, spec) in slices.iter().zip(&specs) {
                 tx.execute_batch(&format!("DROP TABLE IF EXISTS \"{}\"", slice.table_name()))?;
                 tx.execute_batch(&slice.create_table_sql())?;
                 let rows = fill(&tx, slice)?;
                 tx.execute(
                     "INSERT INTO _sv_mirror_slices (slice, spec) VALUES (?1, ?2)
                      ON CONFLICT (slice) DO UPDATE SET spec = excluded.spec",
-                    rusqlite::params![slice.name, serde_json::to_string(slice).unwrap_or_default()],
+                    rusqlite::params![slice.name, spec],
                 )?;
                 counts.push((slice.name.clone(), rows));
             }

@@ -69,11 +69,6 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    /// 409: the request conflicts with current state.
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
-    }
-
     /// 503: a dependency is temporarily unavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {
@@ -90,11 +85,6 @@ impl ApiError {
     /// Whether this error came from a database failure (for the metrics).
     pub fn is_database_error(&self) -> bool {
         self.database
-    }
-
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
-        self.status
     }
 }
 

@@ -396,14 +396,12 @@ async fn record_loads(inner: &Inner, loads: &[PluginLoad]) {
     }
 }
 
+/// Reads one frame from the host (the async twin of `sovereign_protocol::read_frame`);
+/// `None` at the end of the stream or on a malformed frame, which ends the connection.
 async fn read_message(stream: &mut tokio::net::unix::OwnedReadHalf) -> Option<HostToKernel> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.ok()?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > sovereign_protocol::MAX_FRAME {
-        return None;
-    }
-    let mut body = vec![0u8; len];
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await.ok()?;
+    let mut body = vec![0u8; sovereign_protocol::body_len(prefix).ok()?];
     stream.read_exact(&mut body).await.ok()?;
     sovereign_protocol::decode(&body).ok()
 }

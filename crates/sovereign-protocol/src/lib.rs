@@ -225,6 +225,16 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
     Ok(frame)
 }
 
+/// The body length a frame's 4-byte prefix announces, refused past [`MAX_FRAME`]. Both
+/// readers (the host's blocking one below, the kernel's async one) use it.
+pub fn body_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
 /// Decodes a frame body.
 pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
     Ok(postcard::from_bytes(body)?)
@@ -247,11 +257,7 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
-    }
-    let mut body = vec![0u8; len];
+    let mut body = vec![0u8; body_len(len)?];
     r.read_exact(&mut body)?;
     decode(&body).map(Some)
 }
