@@ -221,12 +221,10 @@ pub fn create(conn: &Connection, new: &NewUser) -> Result<User, CoreError> {
 
 /// A user by id.
 pub fn get(conn: &Connection, id: i64) -> Result<Option<User>, CoreError> {
+    // Every authenticated request looks its caller up: the statement is cached.
     Ok(conn
-        .query_row(
-            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
-            [id],
-            user_from_row,
-        )
+        .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+        .query_row([id], user_from_row)
         .optional()?)
 }
 

@@ -87,7 +87,8 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
     }
     let stream = UnixStream::connect(&options.socket)
         .with_context(|| format!("connecting to the kernel at {}", options.socket.display()))?;
-    let mut reader = stream.try_clone()?;
+    // Buffered: under load several frames arrive per read.
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
     let writer: Writer = Arc::new(Mutex::new(stream));
 
     let Some(KernelToHost::Configure { version, plugins }) = read_frame(&mut reader)? else {
@@ -189,7 +190,7 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
     // Plugin requests go through the fair scheduler; the platform's own work (event
     // acknowledgements) has a thread of its own and never queues behind
     // a plugin.
-    let scheduler: Arc<Scheduler<PluginJob>> = Arc::new(Scheduler::default());
+    let scheduler: Arc<Scheduler<PluginJob>> = Arc::new(Scheduler::new(scheduler::REQUEST_LANES));
     for n in 0..options.workers.max(1) {
         let scheduler = scheduler.clone();
         let runtime = runtime.clone();

@@ -242,15 +242,22 @@ impl context::Host for RequestState {
     }
 }
 
-/// A loaded plugin: its compiled component and its fenced connection.
+/// A loaded plugin: its compiled component and its fenced connections.
 pub struct LoadedPlugin {
     id: String,
     manifest: Manifest,
     pre: bindings::PluginPre<RequestState>,
-    /// `None` while a request has the connection.
-    db: Mutex<Option<PluginDb>>,
+    /// One connection per request lane; a running request takes one out.
+    lanes: Mutex<Vec<PluginDb>>,
+    /// The platform's own connection (event relay and acknowledgements), so that its
+    /// work never waits for a plugin request.
+    platform: Mutex<PluginDb>,
     event_window: Arc<Mutex<VecDeque<Instant>>>,
 }
+
+/// Bytes of each pooled linear memory kept resident between requests (a Rust guest's
+/// shadow stack and first heap pages sit in its first 2 MiB).
+const KEEP_RESIDENT: usize = 2 << 20;
 
 /// The runtime: the engine and every loaded plugin.
 pub struct Runtime {
@@ -272,7 +279,11 @@ impl Runtime {
             .total_core_instances(POOL_SLOTS * 16)
             .total_memories(POOL_SLOTS * 2)
             .total_tables(POOL_SLOTS * 8)
-            .total_stacks(POOL_SLOTS);
+            .total_stacks(POOL_SLOTS)
+            // Reset a slot's first pages with memset instead of madvise: the next request's
+            // instance then finds its stack and heap resident instead of faulting them in.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         Ok(Engine::new(&config)?)
     }
@@ -327,22 +338,24 @@ impl Runtime {
             manifest.id,
             spec.id
         );
-        let db = PluginDb::open(
-            location,
-            PluginDbConfig {
-                plugin_id: spec.id.clone(),
-                mode: manifest.database,
-                grants: spec.grants.clone(),
-                limits: manifest.limits,
-            },
-        )?;
+        let config = PluginDbConfig {
+            plugin_id: spec.id.clone(),
+            mode: manifest.database,
+            grants: spec.grants.clone(),
+            limits: manifest.limits,
+        };
+        let lanes = (0..crate::scheduler::REQUEST_LANES)
+            .map(|_| PluginDb::open(location, config.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let platform = PluginDb::open(location, config)?;
         let wasm = packages.join(&spec.id).join("plugin.wasm");
         let (pre, _) = crate::component::compile_checked(engine, &wasm)?;
         Ok(LoadedPlugin {
             id: spec.id.clone(),
             manifest,
             pre,
-            db: Mutex::new(Some(db)),
+            lanes: Mutex::new(lanes),
+            platform: Mutex::new(platform),
             event_window: Arc::default(),
         })
     }
@@ -392,14 +405,22 @@ impl Runtime {
             // It waited its whole budget in the queue; the kernel has answered 504.
             return (Err(HostError::Deadline), vec![]);
         }
-        let mut slot = loaded.db.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(db) = slot.take() else {
+        // The scheduler runs at most one request per lane: a connection is free.
+        let taken = loaded.lanes.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let Some(db) = taken else {
             return (
                 Err(HostError::Internal(
-                    "the plugin's connection is missing".into(),
+                    "no free connection for the plugin's request".into(),
                 )),
                 vec![],
             );
+        };
+        let give_back = |db: PluginDb| {
+            loaded
+                .lanes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(db)
         };
         db.set_request_deadline(Some(deadline));
         // Reads (GET/HEAD) need no write lock up front; everything else takes it at once,
@@ -411,7 +432,7 @@ impl Runtime {
         };
         if let Err(e) = begun {
             db.set_request_deadline(None);
-            *slot = Some(db);
+            give_back(db);
             return (Err(HostError::Internal(e.to_string())), vec![]);
         }
         let state = RequestState {
@@ -499,7 +520,7 @@ impl Runtime {
         } else {
             vec![]
         };
-        *slot = Some(db);
+        give_back(db);
         (result, events)
     }
 
@@ -507,10 +528,8 @@ impl Runtime {
     pub fn pending_events(&self) -> Vec<PluginEvent> {
         let mut out = Vec::new();
         for loaded in self.plugins.values() {
-            let slot = loaded.db.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(db) = slot.as_ref() {
-                out.extend(pending(db, &loaded.id));
-            }
+            let db = loaded.platform.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(pending(&db, &loaded.id));
         }
         out
     }
@@ -519,10 +538,8 @@ impl Runtime {
     pub fn mark_delivered(&self, event_ids: &[String], now_ms: i64) {
         const RETAIN_MS: i64 = 7 * 24 * 3600 * 1000;
         for loaded in self.plugins.values() {
-            let slot = loaded.db.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(db) = slot.as_ref()
-                && let Err(e) = db.mark_delivered(event_ids, now_ms, RETAIN_MS)
-            {
+            let db = loaded.platform.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = db.mark_delivered(event_ids, now_ms, RETAIN_MS) {
                 tracing::warn!(plugin = %loaded.id, error = %e, "cannot mark events delivered");
             }
         }

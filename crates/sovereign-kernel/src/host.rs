@@ -398,7 +398,9 @@ async fn record_loads(inner: &Inner, loads: &[PluginLoad]) {
 
 /// Reads one frame from the host (the async twin of `sovereign_protocol::read_frame`);
 /// `None` at the end of the stream or on a malformed frame, which ends the connection.
-async fn read_message(stream: &mut tokio::net::unix::OwnedReadHalf) -> Option<HostToKernel> {
+async fn read_message(
+    stream: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> Option<HostToKernel> {
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix).await.ok()?;
     let mut body = vec![0u8; sovereign_protocol::body_len(prefix).ok()?];
@@ -496,7 +498,9 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
         Ok(Err(e)) => return Ending::Failed(format!("accepting the host's connection: {e}")),
         Err(_) => return Ending::Failed("the host did not connect in time".into()),
     };
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
+    // Buffered: under load several frames arrive per read.
+    let mut reader = tokio::io::BufReader::new(reader);
     let specs = plugin_specs(&inner.core).await.unwrap_or_else(|e| {
         tracing::error!(error = ?e, "cannot read the plugin registry; starting the host without plugins");
         vec![]
@@ -597,10 +601,18 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
 
     let write_task = tokio::spawn(async move {
         while let Some(message) = rx.recv().await {
-            let Ok(frame) = sovereign_protocol::encode(&message) else {
-                continue;
-            };
-            if writer.write_all(&frame).await.is_err() {
+            // Everything queued meanwhile goes out in the same write.
+            let mut frames = Vec::new();
+            let queued = std::iter::from_fn(|| rx.try_recv().ok()).take(63);
+            for message in std::iter::once(message).chain(queued) {
+                match sovereign_protocol::encode(&message) {
+                    Ok(frame) => frames.extend_from_slice(&frame),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a message to the host could not be encoded")
+                    }
+                }
+            }
+            if writer.write_all(&frames).await.is_err() {
                 break;
             }
         }

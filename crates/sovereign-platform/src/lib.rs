@@ -126,6 +126,7 @@ impl App {
     /// directory with migrations but no `plugin.json` runs in shared mode with default
     /// limits; `None` for a package with a manifest that is not installed.
     pub fn plugin_db_config(&self, id: &str) -> Result<Option<PluginDbConfig>, PlatformError> {
+        sovereign_db_plugins::check_plugin_id(id)?;
         if let Some(record) = self.registered(id)? {
             return Ok(Some(fence_config(&record)));
         }
