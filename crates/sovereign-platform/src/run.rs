@@ -249,7 +249,7 @@ fn start_sync(
         settings,
         SyncTarget {
             core_path: app.config().core_db_path(),
-            open_mirror: Box::new(move || mirror_settings.open_mirror(&mirror_config)),
+            open_mirror: Arc::new(move || mirror_settings.open_mirror(&mirror_config)),
             observe: Some(Box::new(move |changes, took| {
                 metrics.observe_sync_batch(changes, took.as_secs_f64())
             })),

@@ -128,7 +128,7 @@ fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
         settings.clone(),
         SyncTarget {
             core_path: core_path.to_owned(),
-            open_mirror: Box::new({
+            open_mirror: std::sync::Arc::new({
                 let p = mirror_path.clone();
                 move || Ok(TrustedPluginStore::open_shared(&p)?)
             }),

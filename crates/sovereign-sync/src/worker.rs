@@ -8,7 +8,7 @@
 //! kernel wakes it after each of its commits ([`SyncWaker`]); commits by other processes
 //! (an operator's `sv users create`) are found by a slow poll.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -22,8 +22,9 @@ use crate::{Freshness, SyncError, SyncSettings, full, publish};
 /// How often the near-real-time worker looks for changes nobody woke it for (commits
 /// by other processes).
 const IDLE_POLL: Duration = Duration::from_millis(100);
-/// How often applied changes are pruned from the core outbox while changes keep coming.
-const ACK_EVERY: Duration = Duration::from_millis(250);
+/// How often the housekeeping thread prunes applied changes from the core outbox and
+/// checkpoints the mirror store.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
 /// How often the mirror is checked for needing a rebuild (and always after reopening it).
 const REBUILD_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait after repeated failures.
@@ -34,12 +35,15 @@ pub struct SyncTarget {
     /// `core.db`.
     pub core_path: PathBuf,
     /// Opens the mirror's trusted handle (the plugin store, or the mirror file).
-    pub open_mirror: Box<dyn Fn() -> Result<TrustedPluginStore, SyncError> + Send>,
+    pub open_mirror: OpenMirror,
     /// Told about every batch applied: how many changes, how long the apply took.
     pub observe: Option<Observe>,
     /// Wakes the worker when the core commits.
     pub waker: SyncWaker,
 }
+
+/// Opens a trusted handle on the mirror store.
+pub type OpenMirror = Arc<dyn Fn() -> Result<TrustedPluginStore, SyncError> + Send + Sync>;
 
 /// Called after each applied batch with its number of changes and apply time.
 pub type Observe = Box<dyn Fn(usize, Duration) + Send>;
@@ -72,6 +76,7 @@ pub struct SyncWorker {
     stop: Arc<AtomicBool>,
     waker: SyncWaker,
     thread: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 impl SyncWorker {
@@ -80,14 +85,22 @@ impl SyncWorker {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let waker = target.waker.clone();
+        let open = target.open_mirror.clone();
+        let core_path = target.core_path.clone();
         let thread = std::thread::Builder::new()
             .name("sv-sync".into())
             .spawn(move || run(&settings, &target, &flag))
             .expect("spawning the sync thread");
+        let flag = stop.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("sv-sync-housekeeping".into())
+            .spawn(move || housekeeping(&core_path, &open, &flag))
+            .expect("spawning the sync housekeeping thread");
         SyncWorker {
             stop,
             waker,
             thread: Some(thread),
+            checkpointer: Some(checkpointer),
         }
     }
 
@@ -99,7 +112,10 @@ impl SyncWorker {
     fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.waker.wake();
-        if let Some(t) = self.thread.take() {
+        for t in [self.thread.take(), self.checkpointer.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
     }
@@ -118,13 +134,49 @@ fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) {
     }
 }
 
+/// Off the worker's path, so that its batches never wait for either: prunes the core
+/// outbox up to what the mirror has applied (a write to `core.db`, which competes with
+/// the kernel's writers for its lock), and checkpoints the mirror store's WAL (PASSIVE:
+/// it blocks neither the worker nor readers).
+fn housekeeping(core_path: &Path, open: &OpenMirror, stop: &AtomicBool) {
+    let mut core: Option<Connection> = None;
+    let mut mirror: Option<TrustedPluginStore> = None;
+    let mut acked = -1i64;
+    while !stop.load(Ordering::SeqCst) {
+        sleep_unless_stopped(stop, HOUSEKEEPING_EVERY);
+        let round = (|| -> Result<(), SyncError> {
+            if core.is_none() {
+                core = Some(sovereign_db_core::open_existing(core_path)?);
+            }
+            if mirror.is_none() {
+                mirror = Some(open()?);
+            }
+            let (core, mirror) = (
+                core.as_ref().expect("opened above"),
+                mirror.as_ref().expect("opened above"),
+            );
+            let applied = mirror.mirror_watermark()?;
+            if applied > acked {
+                publish::acknowledge(core, applied)?;
+                acked = applied;
+            }
+            mirror
+                .connection()
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(SyncError::Sqlite)
+        })();
+        if let Err(e) = round {
+            tracing::debug!(error = %e, "sync housekeeping failed; reopening");
+            (core, mirror) = (None, None);
+        }
+    }
+}
+
 fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
     let mut backoff = Duration::from_millis(100);
     let mut core: Option<Connection> = None;
     let mut mirror: Option<TrustedPluginStore> = None;
     let mut seen_seq = -1i64;
-    let mut acked_seq = -1i64;
-    let mut last_ack = Instant::now();
     let mut last_rebuild_check: Option<Instant> = None;
     let mut next_scheduled = Instant::now();
     while !stop.load(Ordering::SeqCst) {
@@ -142,18 +194,14 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
             }
             let core = core.as_ref().expect("opened above");
             if settings.freshness == Freshness::NearRealTime {
-                let newest: i64 = core.query_row(
-                    "SELECT coalesce(max(seq), 0) FROM _sv_change_outbox",
-                    [],
-                    |r| r.get(0),
-                )?;
+                // The newest sequence number ever issued (the outbox itself is pruned).
+                let newest: i64 = core
+                    .prepare_cached(
+                        "SELECT coalesce((SELECT seq FROM sqlite_sequence
+                                          WHERE name = '_sv_change_outbox'), 0)",
+                    )?
+                    .query_row([], |r| r.get(0))?;
                 if newest == seen_seq && mirror.is_some() {
-                    // Idle: prune what was applied.
-                    if acked_seq < seen_seq {
-                        publish::acknowledge(core, seen_seq)?;
-                        acked_seq = seen_seq;
-                        last_ack = Instant::now();
-                    }
                     return Ok(false);
                 }
                 // Coalesce: let a burst of commits land in one batch.
@@ -161,9 +209,11 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
             }
             if mirror.is_none() {
                 let opened = (target.open_mirror)()?;
-                opened
-                    .connection()
-                    .busy_timeout(Duration::from_millis(200))
+                let conn = opened.connection();
+                conn.busy_timeout(Duration::from_millis(200))
+                    .map_err(SyncError::Sqlite)?;
+                // The checkpoint thread checkpoints; this connection's commits never do.
+                conn.pragma_update(None, "wal_autocheckpoint", 0)
                     .map_err(SyncError::Sqlite)?;
                 mirror = Some(opened);
             }
@@ -191,14 +241,9 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                     }
                     Ok(applied)
                 })?;
+            // The housekeeping thread prunes what was applied.
             seen_seq = report.watermark;
-            // Pruning the outbox writes core.db; under a stream of core writes it is done
-            // a few times a second, not after every batch.
-            if acked_seq < seen_seq && last_ack.elapsed() >= ACK_EVERY {
-                publish::acknowledge(core, seen_seq)?;
-                acked_seq = seen_seq;
-                last_ack = Instant::now();
-            }
+            let worked = report.batches > 0;
             if report.changes > 0 {
                 tracing::debug!(
                     changes = report.changes,
@@ -206,7 +251,7 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                     "mirror synced"
                 );
             }
-            Ok(true)
+            Ok(worked)
         })();
         match step {
             Ok(worked) => {
