@@ -7,9 +7,20 @@ use std::time::{Duration, Instant};
 
 use sovereign_kernel::RuntimeLock;
 use sovereign_ops::backup::{BackupOptions, ByteProgress};
+pub use sovereign_ops::split::Destination;
 use sovereign_ops::split::{CopiedTable, Mapping, SplitPlan};
 
 use crate::{App, PlatformError};
+
+/// Completes a restore that died half-way (from its journal) before anything touches
+/// the data; `true` if there was one. Every `sv` command runs it first.
+pub fn finish_interrupted_restore(
+    config: &sovereign_config::Config,
+) -> Result<bool, PlatformError> {
+    Ok(sovereign_ops::restore::finish_interrupted(
+        &config.data_dir_path(),
+    )?)
+}
 
 /// What to back up.
 #[derive(Debug, Clone, Default)]

@@ -304,36 +304,35 @@ pub fn set_enabled(app: &App, id: &str, enabled: bool) -> Result<(), PlatformErr
     Ok(())
 }
 
+/// How plugin `id` runs; a package with a manifest that is not installed is refused.
+fn runnable_config(
+    app: &App,
+    id: &str,
+) -> Result<sovereign_db_plugins::PluginDbConfig, PlatformError> {
+    app.plugin_db_config(id)?
+        .ok_or_else(|| PlatformError::NotInstalledPackage {
+            id: id.to_owned(),
+            dir: app.package_dir(id),
+        })
+}
+
 /// Opens the plugin's fenced connection, as the extension host would.
 pub fn open_fenced(app: &App, id: &str) -> Result<PluginDb, PlatformError> {
-    let db_config =
-        app.plugin_db_config(id)?
-            .ok_or_else(|| PlatformError::NotInstalledPackage {
-                id: id.to_owned(),
-                dir: app.package_dir(id),
-            })?;
-    Ok(PluginDb::open(app.store_location(), db_config)?)
+    Ok(PluginDb::open(
+        app.store_location(),
+        runnable_config(app, id)?,
+    )?)
 }
 
 /// The plugin's own tables, views, indexes and triggers as `(kind, name)`.
 pub fn objects(app: &App, id: &str) -> Result<Vec<(String, String)>, PlatformError> {
-    let mode = plugin_mode(app, id)?;
+    let mode = runnable_config(app, id)?.mode;
     let path = app.store_location().file_for(id, mode);
     let store = match mode {
         DatabaseMode::Shared => TrustedPluginStore::open_shared(&path)?,
         DatabaseMode::Isolated => TrustedPluginStore::open_isolated(&path, id)?,
     };
     Ok(store.plugin_objects(id)?)
-}
-
-fn plugin_mode(app: &App, id: &str) -> Result<DatabaseMode, PlatformError> {
-    Ok(app
-        .plugin_db_config(id)?
-        .ok_or_else(|| PlatformError::NotInstalledPackage {
-            id: id.to_owned(),
-            dir: app.package_dir(id),
-        })?
-        .mode)
 }
 
 /// What a move did.

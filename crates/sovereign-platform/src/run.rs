@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sovereign_db_core::users::{self, NewUser, Role};
+pub use sovereign_kernel::RuntimeLock;
 use sovereign_kernel::host::HostCommand;
-use sovereign_kernel::{Kernel, KernelOptions, RuntimeLock};
+use sovereign_kernel::{Kernel, KernelOptions};
 use sovereign_sync::worker::{SyncTarget, SyncWaker, SyncWorker};
 
 use crate::plugins::{Approval, Installed};

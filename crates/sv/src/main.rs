@@ -168,7 +168,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let config = load_config(&cli.global, port, bind)?;
     // A restore that died half-way is completed before anything touches the data.
-    if sovereign_ops::restore::finish_interrupted(&config.data_dir_path())? {
+    if sovereign_platform::ops::finish_interrupted_restore(&config)? {
         eprintln!("warning: completed a restore that had been interrupted");
     }
     let app = App::new(config)?;

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use sovereign_ops::split::Destination;
+use sovereign_platform::App;
 use sovereign_platform::doctor::{self, Level};
-use sovereign_platform::{App, ops};
+use sovereign_platform::ops::{self, Destination};
 
 #[derive(Args)]
 pub struct BackupArgs {

@@ -120,7 +120,7 @@ pub fn serve(app: &App, args: &ServerArgs) -> anyhow::Result<ExitCode> {
 fn start(
     app: &App,
     listen: SocketAddr,
-    lock: sovereign_kernel::RuntimeLock,
+    lock: run::RuntimeLock,
     require_sandbox: bool,
 ) -> anyhow::Result<ExitCode> {
     let options = ServeOptions {
