@@ -17,8 +17,9 @@ use sovereign_db_core::{audit, sessions, settings, users};
 use crate::extract::{AdminUser, ApiJson, ApiPath, CurrentUser, bearer_token};
 use crate::{ApiError, AppState, health, metrics};
 
-pub(crate) fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState, routes: Router<AppState>) -> Router {
     Router::new()
+        .merge(routes)
         .route("/health", get(health::health))
         .route("/metrics", get(metrics_text))
         .route("/api/auth/login", post(login))

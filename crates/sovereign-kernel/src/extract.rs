@@ -12,7 +12,7 @@ use crate::{ApiError, AppState};
 /// Path parameters whose rejections use the API's error shape.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub(crate) struct ApiPath<T>(pub(crate) T);
+pub struct ApiPath<T>(pub T);
 
 /// A JSON body whose rejections use the API's error shape.
 #[derive(FromRequest)]
@@ -38,7 +38,7 @@ impl FromRequestParts<AppState> for CurrentUser {
 }
 
 /// The authenticated caller, who must be an admin.
-pub(crate) struct AdminUser(pub(crate) User);
+pub struct AdminUser(pub User);
 
 impl FromRequestParts<AppState> for AdminUser {
     type Rejection = ApiError;

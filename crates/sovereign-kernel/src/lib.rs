@@ -6,7 +6,7 @@
 mod api;
 mod error;
 pub mod events;
-mod extract;
+pub mod extract;
 pub mod health;
 pub mod host;
 mod metrics;
@@ -43,6 +43,9 @@ pub struct KernelOptions {
     /// Called after each piece of kernel work that changed `core.db` (wakes the sync
     /// worker).
     pub on_core_commit: Option<CommitHook>,
+    /// Routes the application layer serves beside the kernel's own (its operator
+    /// endpoints under `/api/admin/`), behind the same limits, metrics and error shape.
+    pub routes: axum::Router<AppState>,
 }
 
 /// Shared state of every request handler.
@@ -56,14 +59,15 @@ pub struct AppState {
     pub(crate) logins: Arc<throttle::LoginThrottle>,
 }
 
-/// The HTTP router with every route and middleware.
-pub fn router(state: AppState) -> axum::Router {
-    api::router(state)
+/// The HTTP router with every route (the kernel's and `routes`) and middleware.
+pub fn router(state: AppState, routes: axum::Router<AppState>) -> axum::Router {
+    api::router(state, routes)
 }
 
 /// A bound, not yet serving kernel.
 pub struct Kernel {
     listener: tokio::net::TcpListener,
+    routes: axum::Router<AppState>,
     state: AppState,
 }
 
@@ -88,6 +92,7 @@ impl Kernel {
         };
         Ok(Kernel {
             listener,
+            routes: options.routes.clone(),
             state: AppState {
                 core,
                 plugins_db: options.plugins_db.clone(),
@@ -121,7 +126,7 @@ impl Kernel {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = router(self.state);
+        let app = router(self.state, self.routes);
         server::serve(self.listener, app, shutdown).await
     }
 }

@@ -5,6 +5,7 @@
 pub mod doctor;
 pub mod error;
 pub mod events;
+pub mod http;
 pub mod migrations;
 pub mod ops;
 pub mod plugins;

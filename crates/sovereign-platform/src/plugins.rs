@@ -290,8 +290,14 @@ pub fn remove(app: &App, id: &str, purge: bool) -> Result<Removed, PlatformError
     Ok(removed)
 }
 
-/// Serves (or stops serving) a plugin's routes; its data stays.
-pub fn set_enabled(app: &App, id: &str, enabled: bool) -> Result<(), PlatformError> {
+/// Serves (or stops serving) a plugin's routes; its data stays. `actor` is the
+/// administrator doing it (`None` for an operator command), for the audit log.
+pub fn set_enabled(
+    app: &App,
+    id: &str,
+    enabled: bool,
+    actor: Option<i64>,
+) -> Result<(), PlatformError> {
     let core = app.open_migrated_core()?;
     installed(&core, id)?;
     registry::set_enabled(&core, id, enabled)?;
@@ -300,7 +306,7 @@ pub fn set_enabled(app: &App, id: &str, enabled: bool) -> Result<(), PlatformErr
     } else {
         "plugin.disable"
     };
-    sovereign_db_core::audit::record(&core, None, action, Some(&format!("plugin:{id}")), None)?;
+    sovereign_db_core::audit::record(&core, actor, action, Some(&format!("plugin:{id}")), None)?;
     Ok(())
 }
 

@@ -190,6 +190,7 @@ pub fn serve(
             host: Some(host),
             event_handlers: crate::events::handlers(),
             on_core_commit: Some(Arc::new(move || wake.wake())),
+            routes: crate::http::routes(Arc::new(app.clone())),
         })
         .await?;
         let signals = |source| PlatformError::Io {

@@ -268,7 +268,7 @@ fn remove(app: &App, id: &str, purge: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn set_enabled(app: &App, id: &str, enabled: bool) -> anyhow::Result<ExitCode> {
-    plugins::set_enabled(app, id, enabled)?;
+    plugins::set_enabled(app, id, enabled, None)?;
     println!("{id} {}", if enabled { "enabled" } else { "disabled" });
     Ok(ExitCode::SUCCESS)
 }

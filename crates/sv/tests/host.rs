@@ -686,3 +686,90 @@ fn metrics_show_plugins_the_host_sync_and_events() {
         assert!(text.contains(expected), "{expected} missing:\n{text}");
     }
 }
+
+#[test]
+fn operators_manage_plugins_over_http_with_the_functions_the_cli_calls() {
+    let (w, server, token) = platform(false);
+    let listed = server.get("/api/admin/plugins", Some(&token));
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let ids: Vec<&str> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["notes", "tasks"]);
+    let cli: serde_json::Value =
+        serde_json::from_str(&w.sv_ok(&["plugins", "list", "--json"])).unwrap();
+    assert_eq!(cli.as_array().unwrap().len(), ids.len());
+
+    // Disabling over HTTP is what `sv plugins disable` does: the route goes, the CLI
+    // sees it, the audit log names the administrator.
+    let off = server.send(
+        "POST",
+        "/api/admin/plugins/tasks/disable",
+        Some(&token),
+        None,
+    );
+    assert_eq!(off.status, 200, "{}", off.text);
+    assert_eq!(off.body["enabled"], false);
+    assert_eq!(
+        server.get("/api/plugins/tasks/tasks", Some(&token)).status,
+        404
+    );
+    assert!(w.sv_ok(&["plugins", "list"]).contains("disabled"));
+    let actor: Option<i64> = common::raw(&w.core_db())
+        .query_row(
+            "SELECT actor_user_id FROM audit_log WHERE action = 'plugin.disable'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(actor.is_some());
+    let on = server.send(
+        "POST",
+        "/api/admin/plugins/tasks/enable",
+        Some(&token),
+        None,
+    );
+    assert_eq!(on.status, 200, "{}", on.text);
+    assert_eq!(
+        server.get("/api/plugins/tasks/tasks", Some(&token)).status,
+        200
+    );
+
+    let missing = server.send(
+        "POST",
+        "/api/admin/plugins/ghost/disable",
+        Some(&token),
+        None,
+    );
+    assert_eq!(missing.status, 404, "{}", missing.text);
+    assert!(
+        missing.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ghost")
+    );
+    let sync = server.get("/api/admin/sync", Some(&token));
+    assert_eq!(sync.status, 200, "{}", sync.text);
+    assert_eq!(sync.body["slices"][0]["slice"], "users");
+    let storage = server.get("/api/admin/storage", Some(&token));
+    assert_eq!(storage.status, 200, "{}", storage.text);
+    assert!(
+        storage.body["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "tasks"),
+        "{}",
+        storage.text
+    );
+
+    // Members and anonymous callers are refused.
+    w.create_user("member@example.com", "member password 1", false);
+    let member = server.login("member@example.com", "member password 1");
+    assert_eq!(server.get("/api/admin/plugins", Some(&member)).status, 403);
+    assert_eq!(server.get("/api/admin/plugins", None).status, 401);
+}
