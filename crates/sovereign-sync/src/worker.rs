@@ -6,7 +6,8 @@
 //! The worker is the one writer of the mirror while the platform runs: it applies each
 //! batch with its watermark on its own trusted connection to the mirror store. The
 //! kernel wakes it after each of its commits ([`SyncWaker`]); commits by other processes
-//! (an operator's `sv users create`) are found by a slow poll.
+//! (an operator's `sv users create`) are found by a slow poll. A housekeeping thread
+//! prunes the core outbox and checkpoints the mirror, so batches never wait for either.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,7 +77,7 @@ pub struct SyncWorker {
     stop: Arc<AtomicBool>,
     waker: SyncWaker,
     thread: Option<JoinHandle<()>>,
-    checkpointer: Option<JoinHandle<()>>,
+    housekeeping: Option<JoinHandle<()>>,
 }
 
 impl SyncWorker {
@@ -92,7 +93,7 @@ impl SyncWorker {
             .spawn(move || run(&settings, &target, &flag))
             .expect("spawning the sync thread");
         let flag = stop.clone();
-        let checkpointer = std::thread::Builder::new()
+        let housekeeping = std::thread::Builder::new()
             .name("sv-sync-housekeeping".into())
             .spawn(move || housekeeping(&core_path, &open, &flag))
             .expect("spawning the sync housekeeping thread");
@@ -100,7 +101,7 @@ impl SyncWorker {
             stop,
             waker,
             thread: Some(thread),
-            checkpointer: Some(checkpointer),
+            housekeeping: Some(housekeeping),
         }
     }
 
@@ -112,7 +113,7 @@ impl SyncWorker {
     fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.waker.wake();
-        for t in [self.thread.take(), self.checkpointer.take()]
+        for t in [self.thread.take(), self.housekeeping.take()]
             .into_iter()
             .flatten()
         {
@@ -212,7 +213,7 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                 let conn = opened.connection();
                 conn.busy_timeout(Duration::from_millis(200))
                     .map_err(SyncError::Sqlite)?;
-                // The checkpoint thread checkpoints; this connection's commits never do.
+                // The housekeeping thread checkpoints; this connection's commits never do.
                 conn.pragma_update(None, "wal_autocheckpoint", 0)
                     .map_err(SyncError::Sqlite)?;
                 mirror = Some(opened);
