@@ -128,6 +128,35 @@ pub enum PlatformError {
         what: &'static str,
     },
 
+    /// `sv plugins new` into a directory with files in it.
+    #[error("{} is not empty; choose a new directory for the plugin package (--dir)", dir.display())]
+    DirectoryNotEmpty {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// No Rust toolchain.
+    #[error(
+        "cannot run `rustc`: install Rust (https://rustup.rs), then `rustup target add wasm32-wasip2`"
+    )]
+    NoToolchain,
+    /// The WebAssembly target is missing.
+    #[error(
+        "the wasm32-wasip2 target is not installed for this toolchain; run `rustup target add wasm32-wasip2`"
+    )]
+    NoWasmTarget,
+    /// cargo failed (its diagnostics were printed).
+    #[error("building {} failed (cargo's errors are above); nothing was written", dir.display())]
+    BuildFailed {
+        /// The package.
+        dir: PathBuf,
+    },
+    /// cargo built no component.
+    #[error("cargo built no WebAssembly component for {}: its Cargo.toml needs `[lib] crate-type = [\"cdylib\"]`", dir.display())]
+    NoComponent {
+        /// The package.
+        dir: PathBuf,
+    },
+
     /// `--plugin` with the core scope.
     #[error("--plugin limits the plugin scope; use it with --scope=plugins or --scope=all")]
     PluginWithCoreScope,

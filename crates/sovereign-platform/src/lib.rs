@@ -2,6 +2,7 @@
 //! backups, the doctor's report and starting the platform. The CLI (`sv`) and the HTTP
 //! API call these functions; they return data and leave printing to the caller.
 
+pub mod authoring;
 pub mod doctor;
 pub mod error;
 pub mod events;

@@ -8,11 +8,25 @@ use clap::{Subcommand, ValueEnum};
 use sovereign_db::migrate::split_statements;
 use sovereign_db_core::plugins::LoadState;
 use sovereign_db_plugins::{DatabaseMode, Manifest, Outcome, SqlValue};
+use sovereign_platform::authoring;
 use sovereign_platform::plugins::{self, Approval, Moved};
 use sovereign_platform::{App, PlatformError};
 
 #[derive(Subcommand)]
 pub enum PluginsCommand {
+    /// Start a new plugin package (its own Cargo project, with the SDK in `sdk/`).
+    New {
+        /// The plugin id (lowercase letters, digits, single underscores).
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a plugin package into its plugin.wasm and validate it as install would.
+    Build {
+        /// The package directory (default: the current directory).
+        dir: Option<PathBuf>,
+    },
     /// Validate a plugin package, approve its mirror grants, apply its migrations and
     /// register it.
     Install {
@@ -122,6 +136,8 @@ pub enum ModeArg {
 
 pub fn run(app: &App, command: PluginsCommand) -> anyhow::Result<ExitCode> {
     match command {
+        PluginsCommand::New { name, dir } => new_package(&name, dir),
+        PluginsCommand::Build { dir } => build(app, &dir.unwrap_or_else(|| PathBuf::from("."))),
         PluginsCommand::Install { dir, yes } => install(app, &dir, yes),
         PluginsCommand::List { json } => list(app, json),
         PluginsCommand::Remove { id, purge } => remove(app, &id, purge),
@@ -150,6 +166,33 @@ pub fn run(app: &App, command: PluginsCommand) -> anyhow::Result<ExitCode> {
             DbCommand::Vacuum => vacuum(app),
         },
     }
+}
+
+fn new_package(name: &str, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    authoring::new_package(name, &dir)?;
+    println!("created plugin package {name} in {}", dir.display());
+    println!(
+        "next: `sv plugins build {}`, then `sv plugins install {} --yes`",
+        dir.display(),
+        dir.display()
+    );
+    println!("its route: GET /api/plugins/{name}/hello");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build(app: &App, dir: &Path) -> anyhow::Result<ExitCode> {
+    let built = authoring::build_package(app, dir)?;
+    println!(
+        "built {} {}: {} ({} bytes, plugin API {}), {} migration(s); the package is valid",
+        built.manifest.id,
+        built.manifest.version,
+        built.component.display(),
+        built.bytes,
+        built.api_version,
+        built.migrations.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn install(app: &App, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {

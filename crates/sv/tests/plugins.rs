@@ -523,3 +523,65 @@ fn a_failed_install_leaves_nothing_behind() {
         w.sv_ok(&["plugins", "install", path_str(&pkg), "--yes"]);
     }
 }
+
+#[test]
+fn a_new_package_builds_validates_installs_and_answers() {
+    let w = Workdir::new();
+    w.sv_ok(&["migrate:deploy"]);
+    let pkg = w.path().join("authoring/hello");
+    let out = w.sv_ok(&["plugins", "new", "hello", "--dir", path_str(&pkg)]);
+    assert!(out.contains("GET /api/plugins/hello/hello"), "{out}");
+    for file in [
+        "Cargo.toml",
+        "plugin.json",
+        "migrations/0001_init.sql",
+        "src/lib.rs",
+        "sdk/wit/plugin.wit",
+    ] {
+        assert!(pkg.join(file).is_file(), "{file} was not written");
+    }
+    let again = w.sv_err(&["plugins", "new", "hello", "--dir", path_str(&pkg)]);
+    assert!(again.contains("is not empty"), "{again}");
+    let reserved = w.sv_err(&["plugins", "new", "core"]);
+    assert!(reserved.contains("cannot be a plugin id"), "{reserved}");
+
+    // The example plugins' target directory holds the compiled dependencies already.
+    let shared_target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm-plugins");
+    let no_rustc = w
+        .command(&["plugins", "build", path_str(&pkg)])
+        .env("RUSTC", "/nonexistent/rustc")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&no_rustc.stderr);
+    assert!(
+        !no_rustc.status.success() && stderr.contains("install Rust"),
+        "{stderr}"
+    );
+    let built = w
+        .command(&["plugins", "build", path_str(&pkg)])
+        .env("CARGO_TARGET_DIR", &shared_target)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    assert!(
+        built.status.success() && stdout.contains("the package is valid"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    assert!(pkg.join("plugin.wasm").is_file());
+
+    w.sv_ok(&["plugins", "install", path_str(&pkg), "--yes"]);
+    w.create_user("root@example.com", "root password 1", true);
+    let server = w.start(&["serve"]);
+    let token = server.login("root@example.com", "root password 1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let reply = loop {
+        let reply = server.get("/api/plugins/hello/hello", Some(&token));
+        if reply.status != 503 || std::time::Instant::now() > deadline {
+            break reply;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["text"], "Hello from hello");
+}

@@ -1,0 +1,224 @@
+//! For plugin authors: a new plugin package that builds on its own (`new_package`), and
+//! building and validating a package into its `plugin.wasm` (`build_package`).
+//!
+//! A new package carries a copy of the SDK and the WIT contract this `sv` was built with
+//! (`sdk/`), the dependency versions the example plugins are built with (`Cargo.lock`)
+//! and the toolchain they need (`rust-toolchain.toml`), so it builds offline once those
+//! dependencies are in the cargo cache, wherever it is.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+use sovereign_db_plugins::Manifest;
+
+use crate::{App, PlatformError};
+
+const SDK_LIB: &str = include_str!("../../../sovereign-plugin-sdk/src/lib.rs");
+const SDK_MANIFEST: &str = include_str!("../../../sovereign-plugin-sdk/Cargo.toml");
+const WIT: &str = include_str!("../../../../wit/plugin.wit");
+const LOCK: &str = include_str!("../../../../plugins/Cargo.lock");
+const TOOLCHAIN: &str = include_str!("../../../../rust-toolchain.toml");
+const PLUGIN_LIB: &str = include_str!("plugin_lib.rs.tmpl");
+const PLUGIN_MANIFEST: &str = include_str!("Cargo.toml.tmpl");
+const MIGRATION: &str = include_str!("migration.sql.tmpl");
+
+/// The Rust target plugins are built for.
+pub const TARGET: &str = "wasm32-wasip2";
+
+/// Writes a new plugin package `id` into `dir` (which must not exist or be empty): its
+/// `Cargo.toml`, `plugin.json`, `migrations/0001_init.sql`, `src/lib.rs` with a
+/// `GET /hello` route reading its own table and a test, and `sdk/`. Returns the files
+/// written.
+pub fn new_package(id: &str, dir: &Path) -> Result<Vec<PathBuf>, PlatformError> {
+    sovereign_db_plugins::check_plugin_id(id)?;
+    let occupied = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied {
+        return Err(PlatformError::DirectoryNotEmpty {
+            dir: dir.to_owned(),
+        });
+    }
+    let fill = |template: &str| {
+        template
+            .replace("{{id}}", id)
+            .replace("{{crate}}", &format!("{}-plugin", id.replace('_', "-")))
+    };
+    let manifest = serde_json::to_string_pretty(&serde_json::json!({
+        "id": id,
+        "name": id,
+        "version": "0.1.0",
+    }))
+    .expect("a JSON value serializes");
+    let files: [(&str, String); 10] = [
+        ("Cargo.toml", fill(PLUGIN_MANIFEST)),
+        ("Cargo.lock", LOCK.to_owned()),
+        ("rust-toolchain.toml", TOOLCHAIN.to_owned()),
+        (".gitignore", "/target\n/plugin.wasm\n".to_owned()),
+        ("plugin.json", format!("{manifest}\n")),
+        ("migrations/0001_init.sql", fill(MIGRATION)),
+        ("src/lib.rs", fill(PLUGIN_LIB)),
+        ("sdk/Cargo.toml", SDK_MANIFEST.to_owned()),
+        // The SDK finds the contract next to it instead of in this repository.
+        (
+            "sdk/src/lib.rs",
+            SDK_LIB.replace("path: \"../../wit\"", "path: \"wit\""),
+        ),
+        ("sdk/wit/plugin.wit", WIT.to_owned()),
+    ];
+    let mut written = Vec::new();
+    for (name, content) in files {
+        let path = dir.join(name);
+        let parent = path.parent().expect("a file in the package has a parent");
+        std::fs::create_dir_all(parent)
+            .and_then(|()| std::fs::write(&path, content))
+            .map_err(|source| PlatformError::Io {
+                what: format!("writing {}", path.display()),
+                source,
+            })?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// A package built and validated.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// The plugin API version its component uses.
+    pub api_version: String,
+    /// `<dir>/plugin.wasm`.
+    pub component: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its migration files.
+    pub migrations: Vec<String>,
+}
+
+/// Builds the package in `dir` for [`TARGET`] in release mode (cargo's diagnostics go to
+/// this process's stderr), copies the component to `dir/plugin.wasm` and validates the
+/// package as an install would: the manifest, the migrations, and the component (it
+/// compiles, uses a plugin API version this host serves, exports the handler).
+pub fn build_package(app: &App, dir: &Path) -> Result<Built, PlatformError> {
+    let manifest_path = dir.join("Cargo.toml");
+    if !manifest_path.is_file() {
+        return Err(PlatformError::NoSuchFile {
+            path: manifest_path,
+        });
+    }
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| PlatformError::Io { what, source }
+    };
+    let package_root = dir
+        .canonicalize()
+        .map_err(io(&format!("reading {}", dir.display())))?;
+    check_toolchain(&package_root)?;
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .current_dir(&package_root)
+        .args(["build", "--release", "--target", TARGET])
+        .args([
+            "--message-format",
+            "json-render-diagnostics",
+            "--manifest-path",
+        ])
+        .arg(package_root.join("Cargo.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // What an outer cargo set for its own build must not leak into this one.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WRAPPER",
+    ] {
+        cargo.env_remove(var);
+    }
+    let mut child = cargo.spawn().map_err(io("running cargo"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut wasm: Option<PathBuf> = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.map_err(io("reading cargo's output"))?;
+        // One JSON message per line; other lines (none expected) are ignored.
+        if let Ok(CargoMessage::CompilerArtifact { target, filenames }) =
+            serde_json::from_str::<CargoMessage>(&line)
+            && target.kind.iter().any(|k| k == "cdylib")
+            && target.src_path.starts_with(&package_root)
+        {
+            wasm = filenames
+                .into_iter()
+                .find(|f| f.extension().is_some_and(|e| e == "wasm"));
+        }
+    }
+    let status = child.wait().map_err(io("waiting for cargo"))?;
+    if !status.success() {
+        return Err(PlatformError::BuildFailed {
+            dir: dir.to_owned(),
+        });
+    }
+    let built = wasm.ok_or_else(|| PlatformError::NoComponent {
+        dir: dir.to_owned(),
+    })?;
+    let component = dir.join("plugin.wasm");
+    std::fs::copy(&built, &component).map_err(io(&format!(
+        "copying {} to {}",
+        built.display(),
+        component.display()
+    )))?;
+    let manifest = Manifest::load(dir, app.mirror_catalog())?;
+    let migrations = sovereign_db::MigrationSet::from_dir(
+        &sovereign_db_plugins::migration_scope(&manifest.id),
+        &dir.join("migrations"),
+    )?
+    .migrations()
+    .iter()
+    .map(|m| m.file_name())
+    .collect();
+    let checked = sovereign_host::component::check_component(&component)?;
+    let bytes = std::fs::metadata(&component)
+        .map_err(io("reading the component's size"))?
+        .len();
+    Ok(Built {
+        manifest,
+        api_version: checked.api_version,
+        component,
+        bytes,
+        migrations,
+    })
+}
+
+/// Checks that `cargo` runs and the [`TARGET`] standard library is installed for the
+/// toolchain `dir` builds with, naming the command that fixes it.
+fn check_toolchain(dir: &Path) -> Result<(), PlatformError> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc)
+        .current_dir(dir)
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output()
+        .map_err(|_| PlatformError::NoToolchain)?;
+    let libdir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    if !output.status.success() || !libdir.is_dir() {
+        return Err(PlatformError::NoWasmTarget);
+    }
+    Ok(())
+}
+
+/// The cargo JSON messages this reads (`--message-format json`).
+#[derive(Deserialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+enum CargoMessage {
+    CompilerArtifact {
+        target: CargoTarget,
+        filenames: Vec<PathBuf>,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct CargoTarget {
+    kind: Vec<String>,
+    src_path: PathBuf,
+}
