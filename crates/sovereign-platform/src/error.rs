@@ -115,6 +115,45 @@ pub enum PlatformError {
         /// Why.
         source: Box<PlatformError>,
     },
+    /// An upgrade to a version that is not newer.
+    #[error(
+        "plugin {id} {installed} is installed; {offered} is not newer (raise \"version\" in plugin.json)"
+    )]
+    NotNewer {
+        /// Plugin id.
+        id: String,
+        /// The installed version.
+        installed: String,
+        /// The package's version.
+        offered: String,
+    },
+    /// A version that is not `MAJOR.MINOR.PATCH`.
+    #[error("version {version:?} is not MAJOR.MINOR.PATCH (for example 1.2.0)")]
+    NotSemver {
+        /// The version.
+        version: String,
+    },
+    /// An upgrade that changes the database mode.
+    #[error(
+        "plugin {id} is installed in {} mode and the package asks for {}; move it first with \
+         `sv plugins move {id} --to {}`, then upgrade", from.as_str(), to.as_str(), to.as_str()
+    )]
+    ModeChangeNeedsMove {
+        /// Plugin id.
+        id: String,
+        /// The installed mode.
+        from: sovereign_db_plugins::DatabaseMode,
+        /// The package's mode.
+        to: sovereign_db_plugins::DatabaseMode,
+    },
+    /// An upgrade failed and was undone.
+    #[error("upgrading plugin {id} failed; the installed version is unchanged")]
+    UpgradeFailed {
+        /// Plugin id.
+        id: String,
+        /// Why.
+        source: Box<PlatformError>,
+    },
     /// A purge of a plugin without data.
     #[error("plugin {id} has no data to purge")]
     NothingToPurge {

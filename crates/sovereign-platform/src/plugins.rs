@@ -51,16 +51,7 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
             version: existing.manifest.version,
         });
     }
-    // The whole package is checked before anything is written: migrations that parse,
-    // and a component that compiles and fits the plugin API this host serves.
-    let migrations_dir = dir.join("migrations");
-    if !migrations_dir.is_dir() {
-        return Err(PlatformError::MissingMigrations {
-            dir: migrations_dir,
-        });
-    }
-    let component = sovereign_host::component::check_component(&dir.join("plugin.wasm"))
-        .map_err(|e| PlatformError::PackageRejected(Box::new(e.into())))?;
+    let component = check_package(dir)?;
     let grants = manifest.requested_grants();
     if !grants.is_empty()
         && let Approval::Ask(approve) = approval
@@ -72,19 +63,7 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
     // Stage the package next to its final place, migrate from the staged copy, and only
     // then swap it in and register it: a failure leaves the previous install as it was.
     let target = app.package_dir(&id);
-    let staged = if same_dir(dir, &target) {
-        None
-    } else {
-        let staging = app
-            .config()
-            .plugins_dir_path()
-            .join(format!(".{id}.staging-{}", std::process::id()));
-        copy_dir(dir, &staging).map_err(|source| PlatformError::Io {
-            what: format!("copying {} into {}", dir.display(), staging.display()),
-            source,
-        })?;
-        Some(staging)
-    };
+    let staged = stage(app, dir, &id)?;
     let source = staged.clone().unwrap_or_else(|| target.clone());
     let location = app.store_location();
     let data_file = location.file_for(&id, manifest.database);
@@ -151,6 +130,199 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
         data_file,
         applied,
     })
+}
+
+/// Checks a package before anything is written: a migrations directory, and a
+/// component that compiles and fits the plugin API this host serves.
+fn check_package(dir: &Path) -> Result<sovereign_host::component::ComponentInfo, PlatformError> {
+    let migrations_dir = dir.join("migrations");
+    if !migrations_dir.is_dir() {
+        return Err(PlatformError::MissingMigrations {
+            dir: migrations_dir,
+        });
+    }
+    sovereign_host::component::check_component(&dir.join("plugin.wasm"))
+        .map_err(|e| PlatformError::PackageRejected(Box::new(e.into())))
+}
+
+/// Copies the package in `dir` next to its final place, unless it is that place.
+fn stage(app: &App, dir: &Path, id: &str) -> Result<Option<PathBuf>, PlatformError> {
+    if same_dir(dir, &app.package_dir(id)) {
+        return Ok(None);
+    }
+    let staging = app
+        .config()
+        .plugins_dir_path()
+        .join(format!(".{id}.staging-{}", std::process::id()));
+    copy_dir(dir, &staging).map_err(|source| PlatformError::Io {
+        what: format!("copying {} into {}", dir.display(), staging.display()),
+        source,
+    })?;
+    Ok(Some(staging))
+}
+
+/// What an upgrade did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Upgraded {
+    /// Plugin id.
+    pub id: String,
+    /// The version before.
+    pub from_version: String,
+    /// The version now.
+    pub to_version: String,
+    /// What changed in the manifest, one line each.
+    pub changes: Vec<String>,
+    /// The new migration files applied.
+    pub applied: Vec<String>,
+}
+
+/// Upgrades an installed plugin to the package in `dir`: same id, a newer version
+/// (`allow_same_version` for a development loop), the same database mode (a move is
+/// `move_to`). The manifest's changes are listed; when it asks for more mirror columns,
+/// `approve` must approve them. The new migrations apply all or none behind the fence
+/// (an applied migration whose file changed is refused); only then is the package
+/// swapped in and the registry updated. A failure leaves the installed version as it was.
+pub fn upgrade(
+    app: &App,
+    dir: &Path,
+    allow_same_version: bool,
+    approve: &mut dyn FnMut(&[String]) -> bool,
+) -> Result<Upgraded, PlatformError> {
+    let manifest = Manifest::load(dir, app.mirror_catalog())?;
+    let id = manifest.id.clone();
+    let core = app.open_migrated_core()?;
+    let mut record = installed(&core, &id)?;
+    let old = record.manifest.clone();
+    match compare_versions(&manifest.version, &old.version)? {
+        std::cmp::Ordering::Greater => {}
+        std::cmp::Ordering::Equal if allow_same_version => {}
+        _ => {
+            return Err(PlatformError::NotNewer {
+                id,
+                installed: old.version,
+                offered: manifest.version,
+            });
+        }
+    }
+    if manifest.database != old.database {
+        return Err(PlatformError::ModeChangeNeedsMove {
+            id,
+            from: old.database,
+            to: manifest.database,
+        });
+    }
+    check_package(dir)?;
+    let grants = manifest.requested_grants();
+    let changes = manifest_changes(&old, &manifest);
+    let widened = grants.iter().any(|g| !record.grants.contains(g));
+    if widened && !approve(&changes) {
+        return Err(PlatformError::GrantsNotApproved);
+    }
+    let staged = stage(app, dir, &id)?;
+    let source = staged.clone().unwrap_or_else(|| app.package_dir(&id));
+    let applied = (|| -> Result<Vec<String>, PlatformError> {
+        app.ensure_mirrors(&grants)?;
+        let set = sovereign_db::MigrationSet::from_dir(
+            &sovereign_db_plugins::migration_scope(&id),
+            &source.join("migrations"),
+        )?;
+        let db = PluginDb::open(
+            app.store_location(),
+            sovereign_db_plugins::PluginDbConfig {
+                plugin_id: id.clone(),
+                mode: manifest.database,
+                grants: grants.clone(),
+                limits: manifest.limits,
+            },
+        )?;
+        Ok(db.migrate_all_or_nothing(&set)?)
+    })();
+    let applied = match applied {
+        Ok(applied) => applied,
+        Err(e) => {
+            if let Some(staging) = &staged {
+                let _ = std::fs::remove_dir_all(staging);
+            }
+            return Err(PlatformError::UpgradeFailed {
+                id,
+                source: Box::new(e),
+            });
+        }
+    };
+    if let Some(staging) = staged {
+        swap_in(&staging, &app.package_dir(&id))?;
+    }
+    let from_version = old.version.clone();
+    record.manifest = manifest.clone();
+    record.grants = grants;
+    record.load = registry::LoadState::NotReported;
+    registry::register(&core, &record)?;
+    sovereign_db_core::audit::record(
+        &core,
+        None,
+        "plugin.upgrade",
+        Some(&format!("plugin:{id}")),
+        Some(&serde_json::json!({ "from": from_version, "to": manifest.version })),
+    )?;
+    Ok(Upgraded {
+        id,
+        from_version,
+        to_version: manifest.version,
+        changes,
+        applied,
+    })
+}
+
+/// Orders two `MAJOR.MINOR.PATCH` versions.
+fn compare_versions(a: &str, b: &str) -> Result<std::cmp::Ordering, PlatformError> {
+    let parse = |v: &str| -> Result<Vec<u64>, PlatformError> {
+        v.split('.')
+            .map(|part| part.parse::<u64>())
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+            .filter(|parts| parts.len() == 3)
+            .ok_or_else(|| PlatformError::NotSemver {
+                version: v.to_owned(),
+            })
+    };
+    Ok(parse(a)?.cmp(&parse(b)?))
+}
+
+/// The differences between two manifests an operator should see, one line each.
+fn manifest_changes(old: &Manifest, new: &Manifest) -> Vec<String> {
+    let mut changes = vec![format!("version {} -> {}", old.version, new.version)];
+    if old.name != new.name {
+        changes.push(format!("name {:?} -> {:?}", old.name, new.name));
+    }
+    for (slice, columns) in &new.reads {
+        let before = old.reads.get(slice);
+        let added: Vec<&String> = columns
+            .iter()
+            .filter(|c| before.is_none_or(|b| !b.contains(c)))
+            .collect();
+        if !added.is_empty() {
+            let added: Vec<&str> = added.iter().map(|c| c.as_str()).collect();
+            changes.push(format!("reads more of {slice}: {}", added.join(", ")));
+        }
+    }
+    for (slice, columns) in &old.reads {
+        let now = new.reads.get(slice);
+        let dropped: Vec<&str> = columns
+            .iter()
+            .filter(|c| now.is_none_or(|n| !n.contains(c)))
+            .map(String::as_str)
+            .collect();
+        if !dropped.is_empty() {
+            changes.push(format!("no longer reads {slice}: {}", dropped.join(", ")));
+        }
+    }
+    if old.emits != new.emits {
+        changes.push(format!("emits {:?} -> {:?}", old.emits, new.emits));
+    }
+    if old.limits != new.limits {
+        changes.push(format!("limits {:?} -> {:?}", old.limits, new.limits));
+    }
+    changes
 }
 
 /// The plugin packages of the plugins directory that have a manifest but are not

@@ -27,6 +27,21 @@ pub enum PluginsCommand {
         /// The package directory (default: the current directory).
         dir: Option<PathBuf>,
     },
+    /// Upgrade an installed plugin to a newer version of its package (new migrations
+    /// applied behind the fence; manifest changes shown).
+    Upgrade {
+        /// The package directory.
+        dir: PathBuf,
+        /// Approve mirror columns the new version asks for without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Build, install (or upgrade) and reload a package on every change to its sources,
+    /// for a running `sv dev` (development only: it approves what the package asks for).
+    Dev {
+        /// The package directory.
+        dir: PathBuf,
+    },
     /// Validate a plugin package, approve its mirror grants, apply its migrations and
     /// register it.
     Install {
@@ -138,6 +153,8 @@ pub fn run(app: &App, command: PluginsCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginsCommand::New { name, dir } => new_package(&name, dir),
         PluginsCommand::Build { dir } => build(app, &dir.unwrap_or_else(|| PathBuf::from("."))),
+        PluginsCommand::Upgrade { dir, yes } => upgrade(app, &dir, yes),
+        PluginsCommand::Dev { dir } => dev(app, &dir),
         PluginsCommand::Install { dir, yes } => install(app, &dir, yes),
         PluginsCommand::List { json } => list(app, json),
         PluginsCommand::Remove { id, purge } => remove(app, &id, purge),
@@ -193,6 +210,74 @@ fn build(app: &App, dir: &Path) -> anyhow::Result<ExitCode> {
         built.migrations.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn upgrade(app: &App, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {
+    let mut approve = |changes: &[String]| {
+        println!("the new version asks for more mirrored core columns:");
+        for change in changes {
+            println!("  {change}");
+        }
+        yes || confirm("approve?").unwrap_or(false)
+    };
+    let upgraded = plugins::upgrade(app, dir, false, &mut approve)?;
+    for change in &upgraded.changes {
+        println!("{}: {change}", upgraded.id);
+    }
+    for file in &upgraded.applied {
+        println!("plugin:{}: applied {file}", upgraded.id);
+    }
+    println!(
+        "upgraded {} {} -> {}; a running platform reloads it within a few seconds",
+        upgraded.id, upgraded.from_version, upgraded.to_version
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How often `sv plugins dev` looks at the sources.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(300);
+
+fn dev(app: &App, dir: &Path) -> anyhow::Result<ExitCode> {
+    let mut seen = authoring::source_stamp(dir)?;
+    loop {
+        // A failed round is reported and the watch goes on: the next save may fix it.
+        if let Err(e) = dev_round(app, dir) {
+            eprintln!("error: {}", crate::report(&e));
+        }
+        println!("watching {} for changes (Ctrl-C stops)", dir.display());
+        loop {
+            std::thread::sleep(WATCH_EVERY);
+            let now = authoring::source_stamp(dir)?;
+            if now != seen {
+                seen = now;
+                break;
+            }
+        }
+    }
+}
+
+/// One build -> install or upgrade -> reload of `sv plugins dev`.
+fn dev_round(app: &App, dir: &Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let built = authoring::build_package(app, dir)?;
+    let id = built.manifest.id.clone();
+    if app.registered(&id)?.is_none() {
+        plugins::install(app, dir, Approval::Given)?;
+        println!("installed {id} {}", built.manifest.version);
+    } else {
+        let upgraded = plugins::upgrade(app, dir, true, &mut |_| true)?;
+        for file in &upgraded.applied {
+            println!("plugin:{id}: applied {file}");
+        }
+        // Same manifest, new component: the host reloads only when told.
+        match plugins::restart_host(app) {
+            Ok(_) | Err(PlatformError::NotRunning { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        println!("reloaded {id} {}", upgraded.to_version);
+    }
+    println!("ready in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn install(app: &App, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {

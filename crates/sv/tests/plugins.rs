@@ -584,4 +584,71 @@ fn a_new_package_builds_validates_installs_and_answers() {
     };
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.body["text"], "Hello from hello");
+
+    // Waits until the route answers `text` (the host reloads after a change).
+    let answers = |text: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let reply = server.get("/api/plugins/hello/hello", Some(&token));
+            if reply.status == 200 && reply.body["text"] == text {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the route never answered {text:?}: {} {}",
+                reply.status,
+                reply.text
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+
+    // An upgrade: a newer version with a second migration, applied behind the fence.
+    std::fs::write(
+        pkg.join("migrations/0002_again.sql"),
+        "UPDATE hello__greetings SET text = 'Hello again';",
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(pkg.join("plugin.json")).unwrap();
+    std::fs::write(
+        pkg.join("plugin.json"),
+        manifest.replace("\"0.1.0\"", "\"0.2.0\""),
+    )
+    .unwrap();
+    let out = w.sv_ok(&["plugins", "upgrade", path_str(&pkg), "--yes"]);
+    assert!(
+        out.contains("applied 0002_again.sql") && out.contains("0.1.0 -> 0.2.0"),
+        "{out}"
+    );
+    answers("Hello again");
+    let same = w.sv_err(&["plugins", "upgrade", path_str(&pkg)]);
+    assert!(same.contains("is not newer"), "{same}");
+
+    // The development loop: an edit to the source is built, installed and reloaded.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _dev = KillOnDrop(
+        w.command(&["plugins", "dev", path_str(&pkg)])
+            .env("CARGO_TARGET_DIR", &shared_target)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let source = std::fs::read_to_string(pkg.join("src/lib.rs")).unwrap();
+    std::fs::write(
+        pkg.join("src/lib.rs"),
+        source.replace(
+            "SELECT id, text FROM",
+            "SELECT id, upper(text) AS text FROM",
+        ),
+    )
+    .unwrap();
+    answers("HELLO AGAIN");
 }

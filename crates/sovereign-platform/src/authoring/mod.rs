@@ -189,6 +189,39 @@ pub fn build_package(app: &App, dir: &Path) -> Result<Built, PlatformError> {
     })
 }
 
+/// A fingerprint of a package's sources (`src/`, `migrations/`, `sdk/`, `plugin.json`,
+/// `Cargo.toml`): their paths, sizes and modification times. It changes when any of them
+/// does; `target/` and `plugin.wasm` are not part of it.
+pub fn source_stamp(
+    dir: &Path,
+) -> Result<Vec<(PathBuf, u64, std::time::SystemTime)>, PlatformError> {
+    let mut stamp = Vec::new();
+    let mut pending: Vec<PathBuf> = ["src", "migrations", "sdk", "plugin.json", "Cargo.toml"]
+        .iter()
+        .map(|name| dir.join(name))
+        .collect();
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(&path).map_err(|source| PlatformError::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            })?;
+            pending.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+        } else {
+            let modified = meta.modified().map_err(|source| PlatformError::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            })?;
+            stamp.push((path, meta.len(), modified));
+        }
+    }
+    stamp.sort();
+    Ok(stamp)
+}
+
 /// Checks that `cargo` runs and the [`TARGET`] standard library is installed for the
 /// toolchain `dir` builds with, naming the command that fixes it.
 fn check_toolchain(dir: &Path) -> Result<(), PlatformError> {
