@@ -773,3 +773,45 @@ fn operators_manage_plugins_over_http_with_the_functions_the_cli_calls() {
     assert_eq!(server.get("/api/admin/plugins", Some(&member)).status, 403);
     assert_eq!(server.get("/api/admin/plugins", None).status, 401);
 }
+
+#[test]
+fn the_tasks_list_pages_through_more_rows_than_one_answer_may_hold() {
+    let (w, server, token) = platform(false);
+    // More tasks than the 10,000 rows one query may return.
+    w.sv_ok(&[
+        "plugins",
+        "sql",
+        "tasks",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10050)
+         INSERT INTO tasks__tasks (title, created_by) SELECT 'task ' || i, 1 FROM n",
+    ]);
+    let first = server.get("/api/plugins/tasks/tasks", Some(&token));
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(
+        first.body.as_array().unwrap().len(),
+        100,
+        "a page by default"
+    );
+    let (mut after, mut seen, mut pages) = (0i64, 0usize, 0);
+    loop {
+        let page = server.get(
+            &format!("/api/plugins/tasks/tasks?limit=1000&after={after}"),
+            Some(&token),
+        );
+        assert_eq!(page.status, 200, "{}", page.text);
+        let rows = page.body.as_array().unwrap();
+        pages += 1;
+        seen += rows.len();
+        if let Some(last) = rows.last() {
+            let id = last["id"].as_i64().unwrap();
+            assert!(id > after, "pages go forward");
+            after = id;
+        }
+        if rows.len() < 1000 {
+            break;
+        }
+    }
+    assert_eq!((seen, pages), (10_050, 11));
+    let too_big = server.get("/api/plugins/tasks/tasks?limit=5000", Some(&token));
+    assert_eq!(too_big.status, 400, "{}", too_big.text);
+}

@@ -53,18 +53,45 @@ fn one_task(id: i64) -> Result<Task, Error> {
         .ok_or_else(|| Error::NotFound(format!("no task {id}")))
 }
 
+/// Tasks per page unless `?limit=` says otherwise, and the most one page may hold.
+const PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
+
+/// `GET /tasks?assignee=&limit=&after=`: a page of tasks in id order, after the task id
+/// `after` (keyset paging: ask for the next page with `after=<last id>`; a page shorter
+/// than `limit` is the last). Any number of tasks can be listed this way.
 fn list_tasks(req: &Request) -> Result<Response, Error> {
+    let number = |name: &str, default: i64| -> Result<i64, Error> {
+        match req.query_param(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| Error::BadRequest(format!("{name} must be a whole number"))),
+        }
+    };
+    let limit = number("limit", PAGE)?;
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Error::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let after = number("after", 0)?;
     let tasks: Vec<Task> = match req.query_param("assignee") {
         Some(a) => {
             let a: i64 = a
                 .parse()
                 .map_err(|_| Error::BadRequest("assignee must be a user id".into()))?;
             db::query_as(
-                &format!("{SELECT_TASKS} WHERE t.assignee = ?1 ORDER BY t.id"),
-                &params![a],
+                &format!(
+                    "{SELECT_TASKS} WHERE t.assignee = ?1 AND t.id > ?2 ORDER BY t.id LIMIT ?3"
+                ),
+                &params![a, after, limit],
             )?
         }
-        None => db::query_as(&format!("{SELECT_TASKS} ORDER BY t.id"), &[])?,
+        None => db::query_as(
+            &format!("{SELECT_TASKS} WHERE t.id > ?1 ORDER BY t.id LIMIT ?2"),
+            &params![after, limit],
+        )?,
     };
     Response::json(200, &tasks)
 }
