@@ -127,6 +127,50 @@ pub fn activity(conn: &Connection, user_id: i64, limit: u32) -> Result<Vec<Activ
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// An event as the core stored it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    /// The id the plugin's outbox gave it.
+    pub event_id: String,
+    /// The emitting plugin.
+    pub plugin: String,
+    /// Topic.
+    pub topic: String,
+    /// Payload (JSON).
+    pub payload: serde_json::Value,
+    /// When the core received it.
+    pub received_at: String,
+    /// Its handler's error, if it failed.
+    pub error: Option<String>,
+}
+
+/// The newest `limit` events of `plugin` in the inbox, newest first.
+pub fn list(conn: &Connection, plugin: &str, limit: u32) -> Result<Vec<StoredEvent>, CoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT event_id, plugin, topic, payload, received_at, error FROM event_inbox
+         WHERE plugin = ?1 ORDER BY received_at DESC, event_id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![plugin, limit], |r| {
+        let payload: String = r.get(3)?;
+        Ok(StoredEvent {
+            event_id: r.get(0)?,
+            plugin: r.get(1)?,
+            topic: r.get(2)?,
+            // The inbox only holds valid JSON (CHECK json_valid).
+            payload: serde_json::from_str(&payload).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    3,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?,
+            received_at: r.get(4)?,
+            error: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Deletes handled inbox rows older than `days` (their effects stay).
 pub fn prune(conn: &Connection, days: u32) -> Result<usize, CoreError> {
     Ok(conn.execute(

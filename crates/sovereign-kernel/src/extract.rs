@@ -17,7 +17,7 @@ pub struct ApiPath<T>(pub T);
 /// A JSON body whose rejections use the API's error shape.
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
-pub(crate) struct ApiJson<T>(pub(crate) T);
+pub struct ApiJson<T>(pub T);
 
 /// The authenticated caller.
 pub(crate) struct CurrentUser(pub(crate) User);

@@ -28,6 +28,9 @@ pub enum PlatformError {
     /// The plugin store.
     #[error(transparent)]
     PluginStore(#[from] sovereign_db_plugins::PluginStoreError),
+    /// A statement run as a plugin.
+    #[error(transparent)]
+    Fence(#[from] sovereign_db_plugins::FenceError),
     /// A plugin's manifest.
     #[error(transparent)]
     Manifest(#[from] sovereign_db_plugins::ManifestError),
@@ -195,6 +198,10 @@ pub enum PlatformError {
         /// The package.
         dir: PathBuf,
     },
+
+    /// The throwaway platform of `sv plugins test` did not come up.
+    #[error("the test platform did not start (its log is above)")]
+    TestPlatformDidNotStart,
 
     /// `--plugin` with the core scope.
     #[error("--plugin limits the plugin scope; use it with --scope=plugins or --scope=all")]

@@ -4,16 +4,19 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::Query;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use serde::Serialize;
-use sovereign_kernel::extract::{AdminUser, ApiPath};
+use serde::{Deserialize, Serialize};
+use sovereign_kernel::extract::{AdminUser, ApiJson, ApiPath};
 use sovereign_kernel::{ApiError, AppState};
 
 use crate::{App, PlatformError, plugins, sync};
 
 /// `GET /api/admin/plugins`, `POST /api/admin/plugins/{id}/enable|disable`,
-/// `GET /api/admin/storage`, `GET /api/admin/sync`.
+/// `POST /api/admin/plugins/{id}/sql` (`{"sql": "..."}`: one statement behind the
+/// plugin's fence), `GET /api/admin/plugins/{id}/events?limit=`, `GET /api/admin/storage`,
+/// `GET /api/admin/sync`.
 pub fn routes(app: Arc<App>) -> axum::Router<AppState> {
     let on = |enabled: bool| {
         let app = app.clone();
@@ -38,6 +41,27 @@ pub fn routes(app: Arc<App>) -> axum::Router<AppState> {
                 }
             }),
         )
+        .route(
+            "/api/admin/plugins/{id}/sql",
+            post({
+                let app = app.clone();
+                move |_: AdminUser, ApiPath(id): ApiPath<String>, ApiJson(body): ApiJson<SqlBody>| async move {
+                    blocking(move || plugins::sql(&app, &id, &body.sql)).await
+                }
+            }),
+        )
+        .route(
+            "/api/admin/plugins/{id}/events",
+            get({
+                let app = app.clone();
+                move |_: AdminUser,
+                      ApiPath(id): ApiPath<String>,
+                      Query(page): Query<EventsQuery>| async move {
+                    blocking(move || plugins::events(&app, &id, page.limit.unwrap_or(100).min(1000)))
+                        .await
+                }
+            }),
+        )
         .route("/api/admin/plugins/{id}/enable", post(on(true)))
         .route("/api/admin/plugins/{id}/disable", post(on(false)))
         .route(
@@ -53,6 +77,19 @@ pub fn routes(app: Arc<App>) -> axum::Router<AppState> {
             "/api/admin/sync",
             get(move |_: AdminUser| async move { blocking(move || sync::status(&app)).await }),
         )
+}
+
+/// The body of `POST /api/admin/plugins/{id}/sql`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlBody {
+    sql: String,
+}
+
+/// The query of `GET /api/admin/plugins/{id}/events`.
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    limit: Option<u32>,
 }
 
 /// The answer to enabling or disabling a plugin.
@@ -82,6 +119,10 @@ fn api_error(e: &PlatformError) -> ApiError {
             sovereign_db_plugins::PluginStoreError::BadId(_)
             | sovereign_db_plugins::PluginStoreError::ReservedId { .. },
         ) => ApiError::bad_request(message),
+        PlatformError::Fence(sovereign_db_plugins::FenceError::Denied { .. }) => {
+            ApiError::forbidden(message)
+        }
+        PlatformError::Fence(_) => ApiError::bad_request(message),
         PlatformError::CoreMissing { .. } | PlatformError::CoreNotMigrated { .. } => {
             ApiError::unavailable(message)
         }

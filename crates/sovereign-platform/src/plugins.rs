@@ -502,6 +502,65 @@ pub fn open_fenced(app: &App, id: &str) -> Result<PluginDb, PlatformError> {
     )?)
 }
 
+/// The answer to one statement run as a plugin.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum SqlAnswer {
+    /// Rows, as JSON values by column name.
+    Rows {
+        /// The rows.
+        rows: Vec<serde_json::Map<String, serde_json::Value>>,
+    },
+    /// A change.
+    Changed {
+        /// Rows inserted, updated or deleted.
+        rows_affected: u64,
+        /// `last_insert_rowid()` after it.
+        last_insert_id: i64,
+    },
+}
+
+/// Runs one statement exactly as plugin `id` would (same fence, same limits), in a
+/// transaction of its own.
+pub fn sql(app: &App, id: &str, statement: &str) -> Result<SqlAnswer, PlatformError> {
+    let db = open_fenced(app, id)?;
+    let outcome = db.transaction(|db| db.execute(statement, &[]))?;
+    Ok(match outcome {
+        sovereign_db_plugins::Outcome::Rows { columns, rows } => SqlAnswer::Rows {
+            rows: rows
+                .iter()
+                .map(|row| {
+                    columns
+                        .iter()
+                        .cloned()
+                        .zip(row.iter().map(sovereign_db_plugins::SqlValue::to_json))
+                        .collect()
+                })
+                .collect(),
+        },
+        sovereign_db_plugins::Outcome::Changed {
+            rows_affected,
+            last_insert_id,
+        } => SqlAnswer::Changed {
+            rows_affected,
+            last_insert_id,
+        },
+    })
+}
+
+/// The newest `limit` events of plugin `id` the core stored, newest first.
+pub fn events(
+    app: &App,
+    id: &str,
+    limit: u32,
+) -> Result<Vec<sovereign_db_core::events::StoredEvent>, PlatformError> {
+    Ok(sovereign_db_core::events::list(
+        &app.open_migrated_core_read_only()?,
+        id,
+        limit,
+    )?)
+}
+
 /// The plugin's own tables, views, indexes and triggers as `(kind, name)`.
 pub fn objects(app: &App, id: &str) -> Result<Vec<(String, String)>, PlatformError> {
     let mode = runnable_config(app, id)?.mode;

@@ -27,6 +27,12 @@ pub enum PluginsCommand {
         /// The package directory (default: the current directory).
         dir: Option<PathBuf>,
     },
+    /// Build a package, install it into a throwaway platform and run its tests against it
+    /// (`cargo test` with `sovereign-plugin-testkit` connected to that platform).
+    Test {
+        /// The package directory (default: the current directory).
+        dir: Option<PathBuf>,
+    },
     /// Upgrade an installed plugin to a newer version of its package (new migrations
     /// applied behind the fence; manifest changes shown).
     Upgrade {
@@ -153,6 +159,7 @@ pub fn run(app: &App, command: PluginsCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginsCommand::New { name, dir } => new_package(&name, dir),
         PluginsCommand::Build { dir } => build(app, &dir.unwrap_or_else(|| PathBuf::from("."))),
+        PluginsCommand::Test { dir } => test(app, &dir.unwrap_or_else(|| PathBuf::from("."))),
         PluginsCommand::Upgrade { dir, yes } => upgrade(app, &dir, yes),
         PluginsCommand::Dev { dir } => dev(app, &dir),
         PluginsCommand::Install { dir, yes } => install(app, &dir, yes),
@@ -210,6 +217,18 @@ fn build(app: &App, dir: &Path) -> anyhow::Result<ExitCode> {
         built.migrations.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn test(app: &App, dir: &Path) -> anyhow::Result<ExitCode> {
+    let run = authoring::TestRun {
+        sv_executable: std::env::current_exe()?,
+    };
+    Ok(if authoring::test_package(app, dir, &run)? {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: the plugin's tests failed (cargo's report is above)");
+        ExitCode::FAILURE
+    })
 }
 
 fn upgrade(app: &App, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {

@@ -570,6 +570,39 @@ fn a_new_package_builds_validates_installs_and_answers() {
     );
     assert!(pkg.join("plugin.wasm").is_file());
 
+    // The package's own tests run against a throwaway platform with the real host.
+    let tested = w
+        .command(&["plugins", "test", path_str(&pkg)])
+        .env("CARGO_TARGET_DIR", &shared_target)
+        .output()
+        .unwrap();
+    assert!(
+        tested.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&tested.stdout),
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&tested.stdout)
+            .contains("hello_answers_the_greeting_in_its_table ... ok")
+    );
+    std::fs::write(
+        pkg.join("tests/wrong.rs"),
+        "#[test]\nfn expects_another_greeting() {\n    let p = sovereign_plugin_testkit::TestPlatform::connect();\n    assert_eq!(p.get(\"/hello\").body[\"text\"], \"Goodbye\");\n}\n",
+    )
+    .unwrap();
+    let failed = w
+        .command(&["plugins", "test", path_str(&pkg)])
+        .env("CARGO_TARGET_DIR", &shared_target)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        !failed.status.success() && stderr.contains("the plugin's tests failed"),
+        "{stderr}"
+    );
+    std::fs::remove_file(pkg.join("tests/wrong.rs")).unwrap();
+
     w.sv_ok(&["plugins", "install", path_str(&pkg), "--yes"]);
     w.create_user("root@example.com", "root password 1", true);
     let server = w.start(&["serve"]);

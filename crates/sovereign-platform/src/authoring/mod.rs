@@ -20,7 +20,10 @@ const SDK_MANIFEST: &str = include_str!("../../../sovereign-plugin-sdk/Cargo.tom
 const WIT: &str = include_str!("../../../../wit/plugin.wit");
 const LOCK: &str = include_str!("../../../../plugins/Cargo.lock");
 const TOOLCHAIN: &str = include_str!("../../../../rust-toolchain.toml");
+const TESTKIT_LIB: &str = include_str!("../../../sovereign-plugin-testkit/src/lib.rs");
+const TESTKIT_MANIFEST: &str = include_str!("../../../sovereign-plugin-testkit/Cargo.toml");
 const PLUGIN_LIB: &str = include_str!("plugin_lib.rs.tmpl");
+const ROUTES_TEST: &str = include_str!("routes_test.rs.tmpl");
 const PLUGIN_MANIFEST: &str = include_str!("Cargo.toml.tmpl");
 const MIGRATION: &str = include_str!("migration.sql.tmpl");
 
@@ -29,8 +32,8 @@ pub const TARGET: &str = "wasm32-wasip2";
 
 /// Writes a new plugin package `id` into `dir` (which must not exist or be empty): its
 /// `Cargo.toml`, `plugin.json`, `migrations/0001_init.sql`, `src/lib.rs` with a
-/// `GET /hello` route reading its own table and a test, and `sdk/`. Returns the files
-/// written.
+/// `GET /hello` route reading its own table, `tests/routes.rs` for `sv plugins test`,
+/// `sdk/` and `testkit/`. Returns the files written.
 pub fn new_package(id: &str, dir: &Path) -> Result<Vec<PathBuf>, PlatformError> {
     sovereign_db_plugins::check_plugin_id(id)?;
     let occupied = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
@@ -50,7 +53,7 @@ pub fn new_package(id: &str, dir: &Path) -> Result<Vec<PathBuf>, PlatformError> 
         "version": "0.1.0",
     }))
     .expect("a JSON value serializes");
-    let files: [(&str, String); 10] = [
+    let files: [(&str, String); 13] = [
         ("Cargo.toml", fill(PLUGIN_MANIFEST)),
         ("Cargo.lock", LOCK.to_owned()),
         ("rust-toolchain.toml", TOOLCHAIN.to_owned()),
@@ -65,6 +68,9 @@ pub fn new_package(id: &str, dir: &Path) -> Result<Vec<PathBuf>, PlatformError> 
             SDK_LIB.replace("path: \"../../wit\"", "path: \"wit\""),
         ),
         ("sdk/wit/plugin.wit", WIT.to_owned()),
+        ("tests/routes.rs", fill(ROUTES_TEST)),
+        ("testkit/Cargo.toml", TESTKIT_MANIFEST.to_owned()),
+        ("testkit/src/lib.rs", TESTKIT_LIB.to_owned()),
     ];
     let mut written = Vec::new();
     for (name, content) in files {
@@ -187,6 +193,203 @@ pub fn build_package(app: &App, dir: &Path) -> Result<Built, PlatformError> {
         bytes,
         migrations,
     })
+}
+
+/// How `sv plugins test` runs a package's tests.
+#[derive(Debug, Clone)]
+pub struct TestRun {
+    /// The `sv` executable (the throwaway platform is `<sv> serve`).
+    pub sv_executable: PathBuf,
+}
+
+/// Builds the package in `dir`, installs it into a throwaway platform (fresh stores in a
+/// temporary directory, a real `sv serve` with its sandboxed extension host, an
+/// administrator) and runs the package's own tests (`cargo test`) against it, with
+/// `SV_TEST_URL`, `SV_TEST_TOKEN` and `SV_TEST_PLUGIN` set for
+/// `sovereign_plugin_testkit::TestPlatform`. Returns whether the tests passed; the
+/// platform and its files are gone afterwards.
+pub fn test_package(app: &App, dir: &Path, run: &TestRun) -> Result<bool, PlatformError> {
+    let built = build_package(app, dir)?;
+    let id = built.manifest.id.clone();
+    let scratch = Scratch::new()?;
+    let config = sovereign_config::Config::load(
+        &scratch.0,
+        &sovereign_config::Overrides {
+            data_dir: Some(scratch.0.join("data")),
+            plugins_dir: Some(scratch.0.join("plugins")),
+            ..Default::default()
+        },
+        &|_| None,
+    )?;
+    let throwaway = App::new(config)?;
+    crate::migrations::deploy_all(&throwaway)?;
+    crate::plugins::install(&throwaway, dir, crate::plugins::Approval::Given)?;
+    let password = sovereign_db_core::password::generate();
+    let admin = "tests@sovereign.local";
+    crate::users::create(
+        &throwaway,
+        &crate::users::UserRequest {
+            email: admin.into(),
+            display_name: Some("Tests".into()),
+            password: Some(password.clone()),
+            admin: true,
+        },
+        "sv plugins test",
+    )?;
+    let server = Server::start(run, &scratch.0)?;
+    let token = server.login(admin, &password)?;
+    server.wait_for_host()?;
+    let package_root = dir.canonicalize().map_err(|source| PlatformError::Io {
+        what: format!("reading {}", dir.display()),
+        source,
+    })?;
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&package_root)
+        .args(["test", "--manifest-path"])
+        .arg(package_root.join("Cargo.toml"))
+        .env("SV_TEST_URL", format!("http://{}", server.address))
+        .env("SV_TEST_TOKEN", token)
+        .env("SV_TEST_PLUGIN", &id)
+        .status()
+        .map_err(|source| PlatformError::Io {
+            what: "running cargo test".into(),
+            source,
+        })?;
+    drop(server);
+    Ok(status.success())
+}
+
+/// A temporary directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch, PlatformError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("sv-plugin-test-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| PlatformError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A throwaway `sv serve`, stopped (SIGTERM, then waited for) when dropped.
+struct Server {
+    child: std::process::Child,
+    address: String,
+}
+
+impl Server {
+    fn start(run: &TestRun, dir: &Path) -> Result<Server, PlatformError> {
+        let mut command = Command::new(&run.sv_executable);
+        command
+            .current_dir(dir)
+            .args([
+                "--data-dir",
+                "data",
+                "--plugins-dir",
+                "plugins",
+                "serve",
+                "--port",
+                "0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for var in [
+            "DATABASE_URL",
+            "PLUGIN_DATABASE_URL",
+            "SV_DATA_DIR",
+            "SV_PLUGINS_DIR",
+            "SV_PORT",
+            "SV_BIND",
+            "SV_CONFIG",
+        ] {
+            command.env_remove(var);
+        }
+        let mut child = command.spawn().map_err(|source| PlatformError::Io {
+            what: format!("starting {} serve", run.sv_executable.display()),
+            source,
+        })?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let address = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                line.strip_prefix("Sovereign is running at http://")
+                    .map(str::to_owned)
+            });
+        let mut server = Server {
+            child,
+            address: String::new(),
+        };
+        server.address = address.ok_or(PlatformError::TestPlatformDidNotStart)?;
+        Ok(server)
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
+    fn login(&self, email: &str, password: &str) -> Result<String, PlatformError> {
+        #[derive(Deserialize)]
+        struct Session {
+            token: String,
+        }
+        Self::agent()
+            .post(format!("http://{}/api/auth/login", self.address))
+            .send_json(serde_json::json!({ "email": email, "password": password }))
+            .ok()
+            .and_then(|mut r| r.body_mut().read_json::<Session>().ok())
+            .map(|s| s.token)
+            .ok_or(PlatformError::TestPlatformDidNotStart)
+    }
+
+    /// Waits (up to 60 s) until the extension host runs.
+    fn wait_for_host(&self) -> Result<(), PlatformError> {
+        use sovereign_kernel::health::{ExtensionHost, Health};
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let health = Self::agent()
+                .get(format!("http://{}/health", self.address))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_json::<Health>().ok());
+            if let Some(Health {
+                extension_host:
+                    ExtensionHost::Watched(sovereign_kernel::host::HostState::Running { .. }),
+                ..
+            }) = health
+            {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Err(PlatformError::TestPlatformDidNotStart)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
 }
 
 /// A fingerprint of a package's sources (`src/`, `migrations/`, `sdk/`, `plugin.json`,
