@@ -506,11 +506,8 @@ pub fn open_fenced(app: &App, id: &str) -> Result<PluginDb, PlatformError> {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum SqlAnswer {
-    /// Rows, as JSON values by column name.
-    Rows {
-        /// The rows.
-        rows: Vec<serde_json::Map<String, serde_json::Value>>,
-    },
+    /// Rows, each a JSON object by column name (an array in JSON).
+    Rows(Vec<serde_json::Map<String, serde_json::Value>>),
     /// A change.
     Changed {
         /// Rows inserted, updated or deleted.
@@ -526,9 +523,8 @@ pub fn sql(app: &App, id: &str, statement: &str) -> Result<SqlAnswer, PlatformEr
     let db = open_fenced(app, id)?;
     let outcome = db.transaction(|db| db.execute(statement, &[]))?;
     Ok(match outcome {
-        sovereign_db_plugins::Outcome::Rows { columns, rows } => SqlAnswer::Rows {
-            rows: rows
-                .iter()
+        sovereign_db_plugins::Outcome::Rows { columns, rows } => SqlAnswer::Rows(
+            rows.iter()
                 .map(|row| {
                     columns
                         .iter()
@@ -537,7 +533,7 @@ pub fn sql(app: &App, id: &str, statement: &str) -> Result<SqlAnswer, PlatformEr
                         .collect()
                 })
                 .collect(),
-        },
+        ),
         sovereign_db_plugins::Outcome::Changed {
             rows_affected,
             last_insert_id,

@@ -21,7 +21,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+pub use serde_json::{self, Value, json};
 
 /// The password of users [`TestPlatform::add_user`] creates.
 pub const USER_PASSWORD: &str = "test password 1";
@@ -92,7 +92,8 @@ impl TestPlatform {
     }
 
     /// Runs one SQL statement exactly as the plugin would (same fence, same limits):
-    /// to seed its tables or to look at them. Rows come back as JSON objects.
+    /// to seed its tables or to look at them. A query answers an array of rows (JSON
+    /// objects by column name); a change answers `{"rows_affected", "last_insert_id"}`.
     ///
     /// # Panics
     /// When the statement fails; the message says why.
@@ -115,6 +116,25 @@ impl TestPlatform {
         );
         assert_eq!(reply.status, 200, "{}", reply.text);
         reply.body.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits (up to 10 s) until the core has stored an event of `topic` from this
+    /// plugin, and returns the newest one. Events travel after their request commits, so
+    /// a test that just made one waits for it here rather than reading [`events`].
+    ///
+    /// [`events`]: TestPlatform::events
+    pub fn wait_for_event(&self, topic: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(event) = self.events().into_iter().find(|e| e["topic"] == topic) {
+                return event;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {topic} event reached the core"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Creates a core user (password [`USER_PASSWORD`]) and waits until the core's

@@ -305,7 +305,15 @@ impl Server {
                 "0",
             ])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::inherit())
+            // The platform's own log stays quiet unless asked for; plugin errors show.
+            .env(
+                "SV_LOG",
+                std::env::var("SV_LOG")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "warn".into()),
+            );
         for var in [
             "DATABASE_URL",
             "PLUGIN_DATABASE_URL",
