@@ -109,6 +109,10 @@ pub struct Manifest {
     /// Resource limits.
     #[serde(default)]
     pub limits: Limits,
+    /// The plugin API (`sovereign:plugin@<version>`) the package is built against; when
+    /// given, its component must use exactly that version.
+    #[serde(default)]
+    pub plugin_api: Option<String>,
 }
 
 /// One problem in a manifest: where (a JSON path such as `$.limits.storage_mb`), what is
@@ -233,6 +237,14 @@ impl Manifest {
             problem(
                 "$.version".into(),
                 format!("{:?} is not a semantic version such as 1.2.3", self.version),
+            );
+        }
+        if let Some(api) = &self.plugin_api
+            && semver::Version::parse(api).is_err()
+        {
+            problem(
+                "$.plugin_api".into(),
+                format!("{api:?} is not a plugin API version such as 0.1.0"),
             );
         }
         for (slice, columns) in &self.reads {

@@ -107,6 +107,28 @@ pub enum PlatformError {
     /// The package was checked and refused before anything was written.
     #[error("nothing was installed")]
     PackageRejected(#[source] Box<PlatformError>),
+    /// The manifest states a plugin API this host does not serve.
+    #[error(
+        "the package is for plugin API {declared}; this host serves {supported}; \
+         nothing was installed"
+    )]
+    UnsupportedPluginApi {
+        /// The manifest's `plugin_api`.
+        declared: String,
+        /// What the host serves.
+        supported: String,
+    },
+    /// The component was built against another plugin API than the manifest states.
+    #[error(
+        "plugin.json states plugin API {declared} but plugin.wasm was built against {built}; \
+         rebuild it (`sv plugins build`) or correct \"plugin_api\"; nothing was installed"
+    )]
+    PluginApiMismatch {
+        /// The manifest's `plugin_api`.
+        declared: String,
+        /// The component's.
+        built: String,
+    },
     /// The operator did not approve the grants.
     #[error("grants not approved; nothing was installed (pass --yes to approve non-interactively)")]
     GrantsNotApproved,
@@ -130,8 +152,8 @@ pub enum PlatformError {
         /// The package's version.
         offered: String,
     },
-    /// A version that is not `MAJOR.MINOR.PATCH`.
-    #[error("version {version:?} is not MAJOR.MINOR.PATCH (for example 1.2.0)")]
+    /// A version that is not a semantic version.
+    #[error("version {version:?} is not a semantic version (for example 1.2.0)")]
     NotSemver {
         /// The version.
         version: String,

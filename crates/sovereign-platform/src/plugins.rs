@@ -51,7 +51,7 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
             version: existing.manifest.version,
         });
     }
-    let component = check_package(dir)?;
+    let component = check_package(dir, &manifest)?;
     let grants = manifest.requested_grants();
     if !grants.is_empty()
         && let Approval::Ask(approve) = approval
@@ -133,16 +133,36 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
 }
 
 /// Checks a package before anything is written: a migrations directory, and a
-/// component that compiles and fits the plugin API this host serves.
-fn check_package(dir: &Path) -> Result<sovereign_host::component::ComponentInfo, PlatformError> {
+/// component that compiles, fits the plugin API this host serves and is the version the
+/// manifest states.
+pub(crate) fn check_package(
+    dir: &Path,
+    manifest: &Manifest,
+) -> Result<sovereign_host::component::ComponentInfo, PlatformError> {
     let migrations_dir = dir.join("migrations");
     if !migrations_dir.is_dir() {
         return Err(PlatformError::MissingMigrations {
             dir: migrations_dir,
         });
     }
-    sovereign_host::component::check_component(&dir.join("plugin.wasm"))
-        .map_err(|e| PlatformError::PackageRejected(Box::new(e.into())))
+    let component = sovereign_host::component::check_component(&dir.join("plugin.wasm"))
+        .map_err(|e| PlatformError::PackageRejected(Box::new(e.into())))?;
+    if let Some(declared) = &manifest.plugin_api {
+        let supported = sovereign_host::component::SUPPORTED_API_VERSIONS;
+        if !supported.contains(&declared.as_str()) {
+            return Err(PlatformError::UnsupportedPluginApi {
+                declared: declared.clone(),
+                supported: supported.join(", "),
+            });
+        }
+        if *declared != component.api_version {
+            return Err(PlatformError::PluginApiMismatch {
+                declared: declared.clone(),
+                built: component.api_version,
+            });
+        }
+    }
+    Ok(component)
 }
 
 /// Copies the package in `dir` next to its final place, unless it is that place.
@@ -211,7 +231,7 @@ pub fn upgrade(
             to: manifest.database,
         });
     }
-    check_package(dir)?;
+    check_package(dir, &manifest)?;
     let grants = manifest.requested_grants();
     let changes = manifest_changes(&old, &manifest);
     let widened = grants.iter().any(|g| !record.grants.contains(g));
@@ -273,17 +293,12 @@ pub fn upgrade(
     })
 }
 
-/// Orders two `MAJOR.MINOR.PATCH` versions.
+/// Orders two semantic versions.
 fn compare_versions(a: &str, b: &str) -> Result<std::cmp::Ordering, PlatformError> {
-    let parse = |v: &str| -> Result<Vec<u64>, PlatformError> {
-        v.split('.')
-            .map(|part| part.parse::<u64>())
-            .collect::<Result<Vec<_>, _>>()
-            .ok()
-            .filter(|parts| parts.len() == 3)
-            .ok_or_else(|| PlatformError::NotSemver {
-                version: v.to_owned(),
-            })
+    let parse = |v: &str| {
+        semver::Version::parse(v).map_err(|_| PlatformError::NotSemver {
+            version: v.to_owned(),
+        })
     };
     Ok(parse(a)?.cmp(&parse(b)?))
 }

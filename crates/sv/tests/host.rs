@@ -36,6 +36,27 @@ fn platform(with_hostile: bool) -> (Workdir, Server, String) {
     (w, server, token)
 }
 
+/// Every task, page by page (the list answers at most 1,000 per request).
+fn all_tasks(server: &Server, token: &str) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    loop {
+        let after = all
+            .last()
+            .map_or(0, |t: &serde_json::Value| t["id"].as_i64().unwrap());
+        let page = server.get(
+            &format!("/api/plugins/tasks/tasks?limit=1000&after={after}"),
+            Some(token),
+        );
+        assert_eq!(page.status, 200, "{}", page.text);
+        let rows = page.body.as_array().unwrap().clone();
+        let done = rows.len() < 1000;
+        all.extend(rows);
+        if done {
+            return all;
+        }
+    }
+}
+
 fn host_state(server: &Server) -> serde_json::Value {
     server.get("/health", None).body["extension_host"].clone()
 }
@@ -357,11 +378,8 @@ fn killing_the_host_fails_no_core_request_and_loses_no_acknowledged_write() {
             .collect::<Vec<_>>()
     );
     assert!(statuses.contains(&503), "the kill was not observed");
-    let listed = server.get("/api/plugins/tasks/tasks", Some(&token));
+    let listed = all_tasks(&server, &token);
     let titles: Vec<&str> = listed
-        .body
-        .as_array()
-        .unwrap()
         .iter()
         .map(|t| t["title"].as_str().unwrap())
         .collect();

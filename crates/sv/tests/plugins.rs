@@ -570,6 +570,20 @@ fn a_new_package_builds_validates_installs_and_answers() {
     );
     assert!(pkg.join("plugin.wasm").is_file());
 
+    // A manifest stating a plugin API this host does not serve is refused, naming both.
+    let manifest = std::fs::read_to_string(pkg.join("plugin.json")).unwrap();
+    std::fs::write(
+        pkg.join("plugin.json"),
+        manifest.replace("\"plugin_api\": \"0.1.0\"", "\"plugin_api\": \"9.0.0\""),
+    )
+    .unwrap();
+    let wrong_api = w.sv_err(&["plugins", "install", path_str(&pkg), "--yes"]);
+    assert!(
+        wrong_api.contains("plugin API 9.0.0") && wrong_api.contains("serves 0.1.0"),
+        "{wrong_api}"
+    );
+    std::fs::write(pkg.join("plugin.json"), &manifest).unwrap();
+
     // The package's own tests run against a throwaway platform with the real host.
     let tested = w
         .command(&["plugins", "test", path_str(&pkg)])
@@ -645,7 +659,7 @@ fn a_new_package_builds_validates_installs_and_answers() {
     let manifest = std::fs::read_to_string(pkg.join("plugin.json")).unwrap();
     std::fs::write(
         pkg.join("plugin.json"),
-        manifest.replace("\"0.1.0\"", "\"0.2.0\""),
+        manifest.replace("\"version\": \"0.1.0\"", "\"version\": \"0.2.0\""),
     )
     .unwrap();
     let out = w.sv_ok(&["plugins", "upgrade", path_str(&pkg), "--yes"]);

@@ -47,10 +47,14 @@ pub fn new_package(id: &str, dir: &Path) -> Result<Vec<PathBuf>, PlatformError> 
             .replace("{{id}}", id)
             .replace("{{crate}}", &format!("{}-plugin", id.replace('_', "-")))
     };
+    let newest_api = sovereign_host::component::SUPPORTED_API_VERSIONS
+        .last()
+        .expect("the host serves a plugin API");
     let manifest = serde_json::to_string_pretty(&serde_json::json!({
         "id": id,
         "name": id,
         "version": "0.1.0",
+        "plugin_api": newest_api,
     }))
     .expect("a JSON value serializes");
     let files: [(&str, String); 13] = [
@@ -182,7 +186,7 @@ pub fn build_package(app: &App, dir: &Path) -> Result<Built, PlatformError> {
     .iter()
     .map(|m| m.file_name())
     .collect();
-    let checked = sovereign_host::component::check_component(&component)?;
+    let checked = crate::plugins::check_package(dir, &manifest)?;
     let bytes = std::fs::metadata(&component)
         .map_err(io("reading the component's size"))?
         .len();
