@@ -45,8 +45,10 @@ pub fn routes(app: Arc<App>) -> axum::Router<AppState> {
             "/api/admin/plugins/{id}/sql",
             post({
                 let app = app.clone();
-                move |_: AdminUser, ApiPath(id): ApiPath<String>, ApiJson(body): ApiJson<SqlBody>| async move {
-                    blocking(move || plugins::sql(&app, &id, &body.sql)).await
+                move |AdminUser(admin): AdminUser,
+                      ApiPath(id): ApiPath<String>,
+                      ApiJson(body): ApiJson<SqlBody>| async move {
+                    blocking(move || plugins::sql(&app, &id, &body.sql, Some(admin.id))).await
                 }
             }),
         )

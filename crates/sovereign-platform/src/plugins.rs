@@ -533,9 +533,24 @@ pub enum SqlAnswer {
 }
 
 /// Runs one statement exactly as plugin `id` would (same fence, same limits), in a
-/// transaction of its own.
-pub fn sql(app: &App, id: &str, statement: &str) -> Result<SqlAnswer, PlatformError> {
+/// transaction of its own. An administrator doing it over HTTP (`actor`) is audited.
+pub fn sql(
+    app: &App,
+    id: &str,
+    statement: &str,
+    actor: Option<i64>,
+) -> Result<SqlAnswer, PlatformError> {
     let db = open_fenced(app, id)?;
+    if let Some(actor) = actor {
+        let text: String = statement.chars().take(500).collect();
+        sovereign_db_core::audit::record(
+            &app.open_migrated_core()?,
+            Some(actor),
+            "plugin.sql",
+            Some(&format!("plugin:{id}")),
+            Some(&serde_json::json!({ "statement": text })),
+        )?;
+    }
     let outcome = db.transaction(|db| db.execute(statement, &[]))?;
     Ok(match outcome {
         sovereign_db_plugins::Outcome::Rows { columns, rows } => SqlAnswer::Rows(

@@ -757,6 +757,31 @@ fn operators_manage_plugins_over_http_with_the_functions_the_cli_calls() {
         200
     );
 
+    // SQL as the plugin, behind its fence, audited with the administrator's id.
+    let counted = server.send(
+        "POST",
+        "/api/admin/plugins/tasks/sql",
+        Some(&token),
+        Some(serde_json::json!({ "sql": "SELECT count(*) AS n FROM tasks__tasks" })),
+    );
+    assert_eq!(counted.status, 200, "{}", counted.text);
+    assert!(counted.body[0]["n"].is_i64(), "{}", counted.text);
+    let fenced = server.send(
+        "POST",
+        "/api/admin/plugins/tasks/sql",
+        Some(&token),
+        Some(serde_json::json!({ "sql": "SELECT * FROM notes__notes" })),
+    );
+    assert_eq!(fenced.status, 403, "{}", fenced.text);
+    let audited: i64 = common::raw(&w.core_db())
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE action = 'plugin.sql' AND actor_user_id IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audited, 2);
+
     let missing = server.send(
         "POST",
         "/api/admin/plugins/ghost/disable",
