@@ -21,7 +21,9 @@ impl r2d2::ManageConnection for CoreConnections {
     type Error = CoreError;
 
     fn connect(&self) -> Result<Connection, CoreError> {
-        sovereign_db_core::open_existing(&self.path)
+        let conn = sovereign_db_core::open_existing(&self.path)?;
+        conn.busy_handler(Some(wait_for_write_lock))?;
+        Ok(conn)
     }
 
     fn is_valid(&self, conn: &mut Connection) -> Result<(), CoreError> {
@@ -32,6 +34,22 @@ impl r2d2::ManageConnection for CoreConnections {
     fn has_broken(&self, _conn: &mut Connection) -> bool {
         false
     }
+}
+
+/// Waits for `core.db`'s write lock in short sleeps and gives up after about 5 s.
+/// SQLite's own handler (`busy_timeout`) sleeps up to 100 ms between retries, which
+/// under many concurrent writers leaves the lock free while everyone sleeps.
+fn wait_for_write_lock(retries: i32) -> bool {
+    /// Longest sleep between two tries.
+    const MAX_SLEEP_US: u64 = 2_000;
+    /// Tries before giving up (about 5 s of sleeping).
+    const MAX_RETRIES: i32 = 2_500;
+    if retries >= MAX_RETRIES {
+        return false;
+    }
+    let sleep_us = (100u64 << retries.clamp(0, 5)).min(MAX_SLEEP_US);
+    std::thread::sleep(Duration::from_micros(sleep_us));
+    true
 }
 
 /// Called after work on a pooled connection changed rows in `core.db`.
