@@ -275,25 +275,19 @@ fn dev(app: &App, dir: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// One build -> install or upgrade -> reload of `sv plugins dev`.
+/// One round of `sv plugins dev`, printed.
 fn dev_round(app: &App, dir: &Path) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let built = authoring::build_package(app, dir)?;
-    let id = built.manifest.id.clone();
-    if app.registered(&id)?.is_none() {
-        plugins::install(app, dir, Approval::Given)?;
-        println!("installed {id} {}", built.manifest.version);
-    } else {
-        let upgraded = plugins::upgrade(app, dir, true, &mut |_| true)?;
-        for file in &upgraded.applied {
-            println!("plugin:{id}: applied {file}");
+    match authoring::deploy_for_development(app, dir)? {
+        authoring::Deployed::Installed(installed) => {
+            println!("installed {} {}", installed.id, installed.version)
         }
-        // Same manifest, new component: the host reloads only when told.
-        match plugins::restart_host(app) {
-            Ok(_) | Err(PlatformError::NotRunning { .. }) => {}
-            Err(e) => return Err(e.into()),
+        authoring::Deployed::Reloaded(upgraded) => {
+            for file in &upgraded.applied {
+                println!("plugin:{}: applied {file}", upgraded.id);
+            }
+            println!("reloaded {} {}", upgraded.id, upgraded.to_version);
         }
-        println!("reloaded {id} {}", upgraded.to_version);
     }
     println!("ready in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())

@@ -199,6 +199,32 @@ pub fn build_package(app: &App, dir: &Path) -> Result<Built, PlatformError> {
     })
 }
 
+/// What one round of the development loop did.
+#[derive(Debug, Clone)]
+pub enum Deployed {
+    /// The package was not installed: it is now.
+    Installed(crate::plugins::Installed),
+    /// It was: upgraded in place (the same version allowed) and the host reloaded.
+    Reloaded(crate::plugins::Upgraded),
+}
+
+/// One round of `sv plugins dev`: builds the package, installs it (approving what it
+/// asks for: development only) or upgrades it in place, and asks a running platform to
+/// reload its extension host (the manifest may be unchanged while the component is new).
+pub fn deploy_for_development(app: &App, dir: &Path) -> Result<Deployed, PlatformError> {
+    let built = build_package(app, dir)?;
+    if app.registered(&built.manifest.id)?.is_none() {
+        let installed = crate::plugins::install(app, dir, crate::plugins::Approval::Given)?;
+        return Ok(Deployed::Installed(installed));
+    }
+    let upgraded = crate::plugins::upgrade(app, dir, true, &mut |_| true)?;
+    match crate::plugins::restart_host(app) {
+        Ok(_) | Err(PlatformError::NotRunning { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(Deployed::Reloaded(upgraded))
+}
+
 /// How `sv plugins test` runs a package's tests.
 #[derive(Debug, Clone)]
 pub struct TestRun {
