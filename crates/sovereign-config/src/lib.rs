@@ -47,6 +47,19 @@ pub struct Sourced<T> {
     pub source: Source,
 }
 
+/// The environment variables the configuration reads (`SV_LOG`, the log filter, is not
+/// one of them). A child `sv` that must not inherit this process's configuration has
+/// them removed.
+pub const VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "PLUGIN_DATABASE_URL",
+    "SV_DATA_DIR",
+    "SV_PLUGINS_DIR",
+    "SV_PORT",
+    "SV_BIND",
+    "SV_CONFIG",
+];
+
 /// Values given on the command line; `None` means "not given".
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {

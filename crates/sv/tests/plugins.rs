@@ -557,9 +557,12 @@ fn a_new_package_builds_validates_installs_and_answers() {
         !no_rustc.status.success() && stderr.contains("install Rust"),
         "{stderr}"
     );
-    let built = w
-        .command(&["plugins", "build", path_str(&pkg)])
-        .env("CARGO_TARGET_DIR", &shared_target)
+    let with_cached_deps = |args: &[&str]| {
+        let mut command = w.command(args);
+        command.env("CARGO_TARGET_DIR", &shared_target);
+        command
+    };
+    let built = with_cached_deps(&["plugins", "build", path_str(&pkg)])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&built.stdout);
@@ -585,9 +588,7 @@ fn a_new_package_builds_validates_installs_and_answers() {
     std::fs::write(pkg.join("plugin.json"), &manifest).unwrap();
 
     // The package's own tests run against a throwaway platform with the real host.
-    let tested = w
-        .command(&["plugins", "test", path_str(&pkg)])
-        .env("CARGO_TARGET_DIR", &shared_target)
+    let tested = with_cached_deps(&["plugins", "test", path_str(&pkg)])
         .output()
         .unwrap();
     assert!(
@@ -605,9 +606,7 @@ fn a_new_package_builds_validates_installs_and_answers() {
         "#[test]\nfn expects_another_greeting() {\n    let p = sovereign_plugin_testkit::TestPlatform::connect();\n    assert_eq!(p.get(\"/hello\").body[\"text\"], \"Goodbye\");\n}\n",
     )
     .unwrap();
-    let failed = w
-        .command(&["plugins", "test", path_str(&pkg)])
-        .env("CARGO_TARGET_DIR", &shared_target)
+    let failed = with_cached_deps(&["plugins", "test", path_str(&pkg)])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&failed.stderr);
@@ -680,8 +679,7 @@ fn a_new_package_builds_validates_installs_and_answers() {
         }
     }
     let _dev = KillOnDrop(
-        w.command(&["plugins", "dev", path_str(&pkg)])
-            .env("CARGO_TARGET_DIR", &shared_target)
+        with_cached_deps(&["plugins", "dev", path_str(&pkg)])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -344,15 +344,7 @@ impl Server {
                     .filter(|v| !v.is_empty())
                     .unwrap_or_else(|| "warn".into()),
             );
-        for var in [
-            "DATABASE_URL",
-            "PLUGIN_DATABASE_URL",
-            "SV_DATA_DIR",
-            "SV_PLUGINS_DIR",
-            "SV_PORT",
-            "SV_BIND",
-            "SV_CONFIG",
-        ] {
+        for var in sovereign_config::VARIABLES {
             command.env_remove(var);
         }
         let mut child = command.spawn().map_err(|source| PlatformError::Io {

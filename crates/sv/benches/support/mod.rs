@@ -14,14 +14,7 @@ pub const PASSWORD: &str = "bench password 1";
 pub fn sv(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sv"));
     c.current_dir(dir).env("SV_LOG", "error");
-    for var in [
-        "DATABASE_URL",
-        "PLUGIN_DATABASE_URL",
-        "SV_DATA_DIR",
-        "SV_PLUGINS_DIR",
-        "SV_PORT",
-        "SV_CONFIG",
-    ] {
+    for var in sovereign_config::VARIABLES {
         c.env_remove(var);
     }
     c

@@ -9,15 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// Variables that would leak the developer's configuration into a test.
-const CONFIG_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "PLUGIN_DATABASE_URL",
-    "SV_DATA_DIR",
-    "SV_PLUGINS_DIR",
-    "SV_PORT",
-    "SV_BIND",
-    "SV_CONFIG",
-];
+const CONFIG_VARS: &[&str] = sovereign_config::VARIABLES;
 
 /// A temporary working directory for `sv`.
 pub struct Workdir {
