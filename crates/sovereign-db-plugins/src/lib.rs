@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 pub use manifest::{DatabaseMode, Limits, Manifest, ManifestError};
 pub use plugin_db::{
-    FenceError, MAX_NESTING, MAX_RESULT_ROWS, Outcome, PluginDb, PluginDbConfig, StoreLocation,
-    denial_counts, limit_sqlite_heap,
+    CursorId, FenceError, MAX_NESTING, MAX_OPEN_CURSORS, MAX_RESULT_ROWS, Outcome, PluginDb,
+    PluginDbConfig, StoreLocation, denial_counts, limit_sqlite_heap,
 };
 pub use trusted::TrustedPluginStore;
 pub use value::SqlValue;

@@ -911,3 +911,185 @@ fn foreign_keys_into_the_mirror_are_refused_and_cannot_block_the_mirror_writer()
         .unwrap();
     assert_eq!(names, ["Robert"]);
 }
+
+/// Fills `tasks__items` with `n` rows whose title is `width` bytes.
+fn fill_items(db: &PluginDb, n: i64, width: i64) {
+    db.execute(
+        "INSERT INTO tasks__items (title) WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < ?1) SELECT printf('%.*c', ?2, 'x') FROM r",
+        &[SqlValue::Integer(n), SqlValue::Integer(width)],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_cursor_reads_any_number_of_rows_a_capped_batch_at_a_time() {
+    let f = Fixture::new();
+    let db = f.tasks();
+    // 25,000 rows of 1 KiB: past the row cap and three times the default byte cap.
+    fill_items(&db, 25_000, 1024);
+    // One query may not return them all ...
+    assert!(matches!(
+        db.execute("SELECT id, title FROM tasks__items", &[]),
+        Err(FenceError::ResultTooLarge { .. })
+    ));
+    // ... a cursor reads them all, no batch past the row or byte cap.
+    db.begin_deferred().unwrap();
+    let cursor = db
+        .open_cursor("SELECT id, title FROM tasks__items ORDER BY id", &[])
+        .unwrap();
+    assert_eq!(&*db.cursor_columns(cursor).unwrap(), ["id", "title"]);
+    let (mut read, mut batches, mut last_id) = (0, 0, 0);
+    loop {
+        let batch = db.cursor_next(cursor, 50_000).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        let bytes: usize = batch.iter().flatten().map(SqlValue::size).sum();
+        assert!(batch.len() <= sovereign_db_plugins::MAX_RESULT_ROWS);
+        assert!(bytes <= db.max_result_bytes(), "{bytes} bytes in one batch");
+        for row in &batch {
+            let SqlValue::Integer(id) = row[0] else {
+                panic!("{row:?}")
+            };
+            assert_eq!(id, last_id + 1, "no row skipped or repeated across batches");
+            last_id = id;
+        }
+        read += batch.len();
+        batches += 1;
+    }
+    assert_eq!(read, 25_000);
+    assert!(
+        batches > 3,
+        "the byte cap split the result: {batches} batches"
+    );
+    assert!(db.max_result_bytes() < 25_000 * 1024);
+    // Read to the end, it stays ended.
+    assert!(db.cursor_next(cursor, 10).unwrap().is_empty());
+    db.rollback().unwrap();
+}
+
+#[test]
+fn a_cursor_is_fenced_limited_and_ends_with_its_request() {
+    let f = Fixture::new();
+    let db = f.tasks();
+    fill_items(&db, 10, 8);
+    db.begin().unwrap();
+    for (sql, expect) in [
+        ("SELECT * FROM notes__secret", "denied"),
+        ("SELECT * FROM core__users", "denied"),
+        ("SELECT id, display_name FROM core__users", "allowed"),
+        (
+            "INSERT INTO tasks__items (title) VALUES ('x') RETURNING id",
+            "not a query",
+        ),
+        ("DELETE FROM tasks__items", "not a query"),
+        ("CREATE TABLE tasks__more (x)", "not a query"),
+        ("SELECT 1; SELECT 2", "multiple"),
+        ("VACUUM", "denied"),
+    ] {
+        let outcome = db.open_cursor(sql, &[]);
+        match (expect, &outcome) {
+            ("denied", Err(FenceError::Denied { .. }))
+            | ("not a query", Err(FenceError::NotAQuery { .. }))
+            | ("multiple", Err(FenceError::MultipleStatements { .. })) => {}
+            ("allowed", Ok(id)) => db.close_cursor(*id),
+            _ => panic!("{sql}: expected {expect}, got {outcome:?}"),
+        }
+    }
+    // Nothing was written by the refused ones.
+    let Outcome::Rows { rows, .. } = db
+        .execute("SELECT count(*) FROM tasks__items", &[])
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(rows, vec![vec![SqlValue::Integer(10)]]);
+
+    // A request holds at most MAX_OPEN_CURSORS; closing one makes room.
+    let open: Vec<_> = (0..sovereign_db_plugins::MAX_OPEN_CURSORS)
+        .map(|_| db.open_cursor("SELECT id FROM tasks__items", &[]).unwrap())
+        .collect();
+    assert!(matches!(
+        db.open_cursor("SELECT id FROM tasks__items", &[]),
+        Err(FenceError::Limit { .. })
+    ));
+    db.close_cursor(open[0]);
+    let last = db.open_cursor("SELECT id FROM tasks__items", &[]).unwrap();
+    assert_eq!(db.cursor_next(last, 3).unwrap().len(), 3);
+
+    // The connection moves to another thread with its cursors and goes on reading.
+    let db = std::thread::spawn(move || {
+        assert_eq!(db.cursor_next(last, 100).unwrap().len(), 7);
+        db
+    })
+    .join()
+    .unwrap();
+
+    // Every cursor ends with the request's transaction.
+    db.commit().unwrap();
+    assert!(matches!(
+        db.cursor_next(open[1], 1),
+        Err(FenceError::CursorClosed { .. })
+    ));
+    db.begin().unwrap();
+    db.open_cursor("SELECT id FROM tasks__items", &[]).unwrap();
+    db.rollback().unwrap();
+}
+
+#[test]
+fn a_cursor_that_runs_too_long_or_meets_a_row_too_large_stops_with_a_typed_error() {
+    let f = Fixture::new();
+    let db = f.tasks();
+    db.begin_deferred().unwrap();
+    let runaway = db
+        .open_cursor(
+            "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r",
+            &[],
+        )
+        .unwrap();
+    assert!(matches!(
+        db.cursor_next(runaway, 1),
+        Err(FenceError::Deadline { limit_ms: 300, .. })
+    ));
+    // Nine values of just under 1 MiB (the value cap): one row past the 8 MiB result cap.
+    let columns = ["printf('%.*c', 1000000, 'x')"; 9].join(", ");
+    let wide = db.open_cursor(&format!("SELECT {columns}"), &[]).unwrap();
+    let too_large = db.cursor_next(wide, 1);
+    assert!(
+        matches!(too_large, Err(FenceError::ResultTooLarge { .. })),
+        "{too_large:?}"
+    );
+    db.rollback().unwrap();
+}
+
+#[test]
+fn constraint_failures_and_a_busy_database_are_told_apart() {
+    let f = Fixture::new();
+    let db = f.tasks();
+    db.execute("CREATE TABLE tasks__tags (name TEXT UNIQUE NOT NULL)", &[])
+        .unwrap();
+    db.execute("INSERT INTO tasks__tags VALUES ('a')", &[])
+        .unwrap();
+    for sql in [
+        "INSERT INTO tasks__tags VALUES ('a')",
+        "INSERT INTO tasks__tags VALUES (NULL)",
+    ] {
+        assert!(
+            matches!(db.execute(sql, &[]), Err(FenceError::Constraint { .. })),
+            "{sql}"
+        );
+    }
+    // Another connection holds the write lock: a read transaction that tries to write
+    // cannot wait for it (its snapshot would be stale) and is told the store is busy.
+    let other = f.tasks();
+    other.begin().unwrap();
+    other
+        .execute("INSERT INTO tasks__tags VALUES ('b')", &[])
+        .unwrap();
+    db.begin_deferred().unwrap();
+    db.execute("SELECT count(*) FROM tasks__tags", &[]).unwrap();
+    let busy = db.execute("INSERT INTO tasks__tags VALUES ('c')", &[]);
+    assert!(matches!(busy, Err(FenceError::Busy { .. })), "{busy:?}");
+    db.rollback().unwrap();
+    other.rollback().unwrap();
+}

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-use crate::runtime::{RequestState, Runtime, bindings};
+use crate::api::PluginPre;
+use crate::runtime::{RequestState, Runtime};
+
+pub use crate::api::SUPPORTED_API_VERSIONS;
 
 /// The WIT package plugins are built against.
 pub const API_PACKAGE: &str = "sovereign:plugin";
-/// The plugin API versions this host serves.
-pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.1.0"];
 
 /// Why a component cannot be installed.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +77,7 @@ pub fn check_component(wasm: &Path) -> Result<ComponentInfo, ComponentError> {
 pub(crate) fn compile_checked(
     engine: &Engine,
     wasm: &Path,
-) -> Result<(bindings::PluginPre<RequestState>, ComponentInfo), ComponentError> {
+) -> Result<(PluginPre, ComponentInfo), ComponentError> {
     if !wasm.is_file() {
         return Err(ComponentError::Missing {
             path: wasm.to_owned(),
@@ -121,7 +122,7 @@ pub(crate) fn compile_checked(
     };
     let linker: Linker<RequestState> = Runtime::linker(engine).map_err(not_a_plugin)?;
     let pre = linker.instantiate_pre(&component).map_err(not_a_plugin)?;
-    let pre = bindings::PluginPre::new(pre).map_err(not_a_plugin)?;
+    let pre = PluginPre::new(version, pre).map_err(not_a_plugin)?;
     Ok((
         pre,
         ComponentInfo {

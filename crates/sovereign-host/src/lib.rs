@@ -3,6 +3,7 @@
 //! and packages, and then serves plugin requests. It never receives a path to
 //! `core.db`, and depends on nothing that knows the core schema.
 
+mod api;
 pub mod component;
 pub mod runtime;
 pub mod sandbox;

@@ -7,26 +7,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sovereign_db_plugins::{
-    FenceError, Limits, Manifest, Outcome, PluginDb, PluginDbConfig, SqlValue, StoreLocation,
-};
+use sovereign_db_plugins::{Limits, Manifest, PluginDb, PluginDbConfig, StoreLocation};
 use sovereign_protocol::{Caller, HostError, HttpRequest, HttpResponse, PluginEvent, PluginSpec};
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable};
+
+use crate::api::PluginPre;
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-pub(crate) mod bindings {
-    wasmtime::component::bindgen!({
-        world: "plugin",
-        path: "../../wit",
-        // The handler runs as a future so that a request can be stopped at its deadline
-        // even while the guest waits (a WASI sleep or poll); the plugin API imports stay
-        // blocking host calls, each bounded by the statement deadline.
-        exports: { default: async },
-    });
-}
-
-use bindings::sovereign::plugin::{context, database, events, log, types};
 
 /// Requests that can hold an instance at once (the workers, with room to spare); the
 /// pooling allocator reserves address space, not memory, for each.
@@ -61,105 +48,30 @@ impl WasiView for RequestState {
     }
 }
 
-/// The guest's values and the plugin store's are the same five SQLite types; this is
-/// the one place they convert.
-impl From<types::SqlValue> for SqlValue {
-    fn from(v: types::SqlValue) -> SqlValue {
-        match v {
-            types::SqlValue::Null => SqlValue::Null,
-            types::SqlValue::Integer(i) => SqlValue::Integer(i),
-            types::SqlValue::Real(f) => SqlValue::Real(f),
-            types::SqlValue::Text(t) => SqlValue::Text(t),
-            types::SqlValue::Blob(b) => SqlValue::Blob(b),
-        }
-    }
-}
-
-impl From<SqlValue> for types::SqlValue {
-    fn from(v: SqlValue) -> types::SqlValue {
-        match v {
-            SqlValue::Null => types::SqlValue::Null,
-            SqlValue::Integer(i) => types::SqlValue::Integer(i),
-            SqlValue::Real(f) => types::SqlValue::Real(f),
-            SqlValue::Text(t) => types::SqlValue::Text(t),
-            SqlValue::Blob(b) => types::SqlValue::Blob(b),
-        }
-    }
-}
-
-fn db_error(e: FenceError) -> types::DbError {
-    let message = e.to_string();
-    match e {
-        FenceError::Denied { .. } => types::DbError::Denied(message),
-        FenceError::Deadline { .. }
-        | FenceError::Quota { .. }
-        | FenceError::ResultTooLarge { .. }
-        | FenceError::Limit { .. } => types::DbError::Limit(message),
-        FenceError::MultipleStatements { .. }
-        | FenceError::EmptyStatement { .. }
-        | FenceError::TransactionEnded { .. }
-        | FenceError::Sql { .. } => types::DbError::Sql(message),
-    }
-}
-
-impl types::Host for RequestState {}
-
-impl database::Host for RequestState {
-    fn execute(
-        &mut self,
-        sql: String,
-        params: Vec<types::SqlValue>,
-    ) -> Result<types::ExecResult, types::DbError> {
-        let params: Vec<SqlValue> = params.into_iter().map(SqlValue::from).collect();
-        match self.db.execute(&sql, &params).map_err(db_error)? {
-            Outcome::Changed {
-                rows_affected,
-                last_insert_id,
-            } => Ok(types::ExecResult {
-                rows_affected,
-                last_insert_id,
-            }),
-            Outcome::Rows { .. } => Ok(types::ExecResult {
-                rows_affected: 0,
-                last_insert_id: 0,
-            }),
-        }
+impl RequestState {
+    /// The plugin's fenced connection, in the request's transaction.
+    pub(crate) fn db(&self) -> &PluginDb {
+        &self.db
     }
 
-    fn query(
-        &mut self,
-        sql: String,
-        params: Vec<types::SqlValue>,
-    ) -> Result<types::Rows, types::DbError> {
-        let params: Vec<SqlValue> = params.into_iter().map(SqlValue::from).collect();
-        match self.db.execute(&sql, &params).map_err(db_error)? {
-            Outcome::Rows { columns, rows } => Ok(types::Rows {
-                columns: columns.to_vec(),
-                rows: rows
-                    .into_iter()
-                    .map(|r| r.into_iter().map(types::SqlValue::from).collect())
-                    .collect(),
-            }),
-            Outcome::Changed { .. } => Ok(types::Rows {
-                columns: vec![],
-                rows: vec![],
-            }),
-        }
+    /// The store's resources (the guest's cursors).
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 
-    fn batch(
-        &mut self,
-        statements: Vec<(String, Vec<types::SqlValue>)>,
-    ) -> Result<Vec<types::ExecResult>, types::DbError> {
-        statements
-            .into_iter()
-            .map(|(sql, params)| database::Host::execute(self, sql, params))
-            .collect()
+    /// Who is calling.
+    pub(crate) fn caller(&self) -> &Caller {
+        &self.caller
     }
-}
 
-impl events::Host for RequestState {
-    fn emit(&mut self, topic: String, payload_json: String) -> Result<(), String> {
+    /// The plugin's id.
+    pub(crate) fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// Emits an event for the core into the request's outbox, within the manifest's
+    /// topics and the event limits (going past a limit rolls the request back).
+    pub(crate) fn emit_event(&mut self, topic: String, payload_json: String) -> Result<(), String> {
         if !self.emits.contains(&topic) {
             tracing::warn!(plugin = %self.plugin, topic, "event topic not declared in the manifest; rejected");
             return Err(format!(
@@ -212,33 +124,18 @@ impl events::Host for RequestState {
         self.emitted += 1;
         Ok(())
     }
-}
 
-impl log::Host for RequestState {
-    fn log(&mut self, level: log::Level, message: String) {
+    /// Writes one of the plugin's log lines (at most 4,096 characters) to the host's log.
+    pub(crate) fn write_log(&mut self, level: tracing::Level, message: String) {
         let message: String = message.chars().take(4096).collect();
         let plugin = &self.plugin;
         match level {
-            log::Level::Trace => tracing::trace!(plugin, "{message}"),
-            log::Level::Debug => tracing::debug!(plugin, "{message}"),
-            log::Level::Info => tracing::info!(plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin, "{message}"),
-            log::Level::Error => tracing::error!(plugin, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(plugin, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
+            tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
         }
-    }
-}
-
-impl context::Host for RequestState {
-    fn current_caller(&mut self) -> types::Caller {
-        types::Caller {
-            user_id: self.caller.user_id,
-            tenant_id: self.caller.tenant_id,
-            roles: self.caller.roles.clone(),
-        }
-    }
-
-    fn plugin_id(&mut self) -> String {
-        self.plugin.clone()
     }
 }
 
@@ -246,7 +143,7 @@ impl context::Host for RequestState {
 pub struct LoadedPlugin {
     id: String,
     manifest: Manifest,
-    pre: bindings::PluginPre<RequestState>,
+    pre: PluginPre,
     /// One connection per request lane; a running request takes one out.
     lanes: Mutex<Vec<PluginDb>>,
     /// The platform's own connection (event relay and acknowledgements), so that its
@@ -293,7 +190,7 @@ impl Runtime {
     pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<RequestState>> {
         let mut linker: Linker<RequestState> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        bindings::Plugin::add_to_linker::<RequestState, HasSelf<RequestState>>(&mut linker, |s| s)?;
+        crate::api::add_to_linker(&mut linker)?;
         Ok(linker)
     }
 
@@ -460,25 +357,8 @@ impl Runtime {
         let ticks = (u64::from(limits.request_ms) / EPOCH_TICK.as_millis() as u64).max(1);
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        let wit_request = types::Request {
-            method: request.method,
-            path: request.path,
-            query: request.query,
-            headers: request
-                .headers
-                .into_iter()
-                .map(|(name, value)| types::Header { name, value })
-                .collect(),
-            body: request.body,
-        };
         let outcome = executor.block_on(async {
-            let call = async {
-                let instance = loaded.pre.instantiate_async(&mut store).await?;
-                instance
-                    .sovereign_plugin_handler()
-                    .call_handle(&mut store, &wit_request)
-                    .await
-            };
+            let call = loaded.pre.handle(&mut store, request);
             // On the deadline the call is dropped: the guest stops wherever it waited.
             tokio::time::timeout_at(deadline.into(), call).await
         });
@@ -498,7 +378,7 @@ impl Runtime {
                 Err(HostError::LimitExceeded(limit))
             }
             (Ok(response), None) if response.status < 500 => match db.commit() {
-                Ok(()) => Ok(to_http(response)),
+                Ok(()) => Ok(response),
                 Err(e) => {
                     let _ = db.rollback();
                     Err(HostError::Internal(format!("commit failed: {e}")))
@@ -507,7 +387,7 @@ impl Runtime {
             // A 5xx answer is the plugin saying it failed: nothing of it is kept.
             (Ok(response), None) => {
                 let _ = db.rollback();
-                Ok(to_http(response))
+                Ok(response)
             }
             (Err(error), None) => {
                 let _ = db.rollback();
@@ -543,18 +423,6 @@ impl Runtime {
                 tracing::warn!(plugin = %loaded.id, error = %e, "cannot mark events delivered");
             }
         }
-    }
-}
-
-fn to_http(response: types::Response) -> HttpResponse {
-    HttpResponse {
-        status: response.status,
-        headers: response
-            .headers
-            .into_iter()
-            .map(|h| (h.name, h.value))
-            .collect(),
-        body: response.body,
     }
 }
 

@@ -11,19 +11,20 @@
 //!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` is the
 //! component that goes into the package as `plugin.wasm`. The plugin only reaches what
-//! the WIT contract (`wit/plugin.wit`) gives it: no files, no network, no environment.
+//! the WIT contract (`wit/0.2/plugin.wit`, plugin API 0.2.0) gives it: no files, no
+//! network, no environment.
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Bindings generated from `wit/plugin.wit` (`sovereign:plugin@0.1.0`).
+/// Bindings generated from `wit/0.2/plugin.wit` (`sovereign:plugin@0.2.0`).
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "plugin",
-        path: "../../wit",
+        path: "../../wit/0.2",
         pub_export_macro: true,
         export_macro_name: "export_world",
         default_bindings_module: "sovereign_plugin_sdk::bindings",
@@ -163,28 +164,42 @@ pub enum Error {
     Conflict(String),
     /// 415: the body is not of a type the handler takes.
     UnsupportedMediaType(String),
-    /// A database error: 403 when the fence denied it, 409 for constraint violations,
-    /// 507 when the storage quota is full, 500 otherwise.
+    /// A database error; its kind decides the status (see [`DbError`]).
     Db(DbError),
     /// 500.
     Internal(String),
 }
 
-/// A database error as the host reports it.
-#[derive(Debug, Clone)]
+/// A database error as the host reports it: one kind per way a statement can fail,
+/// each with a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DbError {
-    /// The fence refused the statement.
+    /// The fence refused the statement (403).
     Denied(String),
-    /// An SQL error in the plugin's own statement.
-    Sql(String),
-    /// A limit (deadline, quota, result size).
+    /// A UNIQUE, NOT NULL, CHECK or FOREIGN KEY constraint failed (409).
+    Constraint(String),
+    /// The plugin's storage quota is full (507).
+    QuotaExceeded(String),
+    /// A size limit: result cap, SQLite limits, too many open cursors (500).
     Limit(String),
+    /// The database stayed locked by another writer (503: retry later).
+    Busy(String),
+    /// The statement ran past its deadline or the request's (504).
+    Deadline(String),
+    /// Any other SQL error in the plugin's statement (500).
+    Sql(String),
 }
 
 impl std::fmt::Display for DbError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DbError::Denied(m) | DbError::Sql(m) | DbError::Limit(m) => f.write_str(m),
+            DbError::Denied(m)
+            | DbError::Constraint(m)
+            | DbError::QuotaExceeded(m)
+            | DbError::Limit(m)
+            | DbError::Busy(m)
+            | DbError::Deadline(m)
+            | DbError::Sql(m) => f.write_str(m),
         }
     }
 }
@@ -193,8 +208,12 @@ impl From<types::DbError> for Error {
     fn from(e: types::DbError) -> Self {
         Error::Db(match e {
             types::DbError::Denied(m) => DbError::Denied(m),
-            types::DbError::Sql(m) => DbError::Sql(m),
+            types::DbError::Constraint(m) => DbError::Constraint(m),
+            types::DbError::QuotaExceeded(m) => DbError::QuotaExceeded(m),
             types::DbError::Limit(m) => DbError::Limit(m),
+            types::DbError::Busy(m) => DbError::Busy(m),
+            types::DbError::Deadline(m) => DbError::Deadline(m),
+            types::DbError::Sql(m) => DbError::Sql(m),
         })
     }
 }
@@ -208,10 +227,12 @@ impl Error {
             Error::Conflict(m) => (409, "conflict", m),
             Error::UnsupportedMediaType(m) => (415, "unsupported_media_type", m),
             Error::Db(DbError::Denied(m)) => (403, "denied", m),
-            Error::Db(DbError::Sql(m)) if m.contains("constraint failed") => (409, "conflict", m),
-            Error::Db(DbError::Sql(m)) => (500, "database", m),
-            Error::Db(DbError::Limit(m)) if m.contains("quota") => (507, "quota", m),
+            Error::Db(DbError::Constraint(m)) => (409, "conflict", m),
+            Error::Db(DbError::QuotaExceeded(m)) => (507, "quota", m),
             Error::Db(DbError::Limit(m)) => (500, "limit", m),
+            Error::Db(DbError::Busy(m)) => (503, "busy", m),
+            Error::Db(DbError::Deadline(m)) => (504, "deadline", m),
+            Error::Db(DbError::Sql(m)) => (500, "database", m),
             Error::Internal(m) => (500, "internal", m),
         };
         let body = serde_json::json!({ "error": { "code": code, "message": message } });
@@ -383,22 +404,106 @@ pub mod db {
         Ok(database::query(sql, params)?)
     }
 
-    /// Runs a query and deserializes each row (columns by name) into `T`.
+    /// Runs a query and deserializes each row (columns by name) into `T`. The whole
+    /// result must fit the result cap (`limits.result_kb`, 10,000 rows): use LIMIT and
+    /// paging, or [`query_iter`] to go through any number of rows.
     pub fn query_as<T: DeserializeOwned>(sql: &str, params: &[Value]) -> Result<Vec<T>, Error> {
         let rows = query(sql, params)?;
         rows.rows
             .into_iter()
-            .map(|row| {
-                let object: serde_json::Map<String, serde_json::Value> = rows
-                    .columns
-                    .iter()
-                    .cloned()
-                    .zip(row.into_iter().map(to_json))
-                    .collect();
-                serde_json::from_value(serde_json::Value::Object(object))
-                    .map_err(|e| Error::Internal(format!("a row does not fit the type: {e}")))
-            })
+            .map(|row| row_as(&rows.columns, row))
             .collect()
+    }
+
+    fn row_as<T: DeserializeOwned>(columns: &[String], row: Vec<Value>) -> Result<T, Error> {
+        let object: serde_json::Map<String, serde_json::Value> = columns
+            .iter()
+            .cloned()
+            .zip(row.into_iter().map(to_json))
+            .collect();
+        serde_json::from_value(serde_json::Value::Object(object))
+            .map_err(|e| Error::Internal(format!("a row does not fit the type: {e}")))
+    }
+
+    /// Rows read per [`Cursor::next_batch`] unless [`Cursor::batch_size`] says otherwise.
+    pub const BATCH: u32 = 256;
+
+    /// The rows of one query, read a batch at a time: only one batch is held in the
+    /// plugin's memory, so any number of rows can be gone through. Dropping it frees it;
+    /// it ends with the request in any case.
+    pub struct Cursor {
+        inner: database::Cursor,
+        batch: u32,
+    }
+
+    impl Cursor {
+        /// The result's column names.
+        pub fn columns(&self) -> Vec<String> {
+            self.inner.columns()
+        }
+
+        /// Rows per batch (1 to 10,000; the host also caps a batch's bytes).
+        pub fn batch_size(mut self, rows: u32) -> Cursor {
+            self.batch = rows.clamp(1, 10_000);
+            self
+        }
+
+        /// The next rows; an empty batch once every row was read.
+        pub fn next_batch(&mut self) -> Result<Vec<Vec<Value>>, Error> {
+            Ok(self.inner.next(self.batch)?)
+        }
+    }
+
+    /// Opens a [`Cursor`] over a query (changes are refused: use [`execute`]).
+    pub fn cursor(sql: &str, params: &[Value]) -> Result<Cursor, Error> {
+        Ok(Cursor {
+            inner: database::open_cursor(sql, params)?,
+            batch: BATCH,
+        })
+    }
+
+    /// Goes through a query's rows as `T` (columns by name), a batch at a time.
+    pub fn query_iter<T: DeserializeOwned>(sql: &str, params: &[Value]) -> Result<RowIter<T>, Error> {
+        let cursor = cursor(sql, params)?;
+        Ok(RowIter {
+            columns: cursor.columns(),
+            cursor,
+            batch: Vec::new().into_iter(),
+            done: false,
+            _row: std::marker::PhantomData,
+        })
+    }
+
+    /// The rows of [`query_iter`]; a database error ends it.
+    pub struct RowIter<T> {
+        cursor: Cursor,
+        columns: Vec<String>,
+        batch: std::vec::IntoIter<Vec<Value>>,
+        done: bool,
+        _row: std::marker::PhantomData<fn() -> T>,
+    }
+
+    impl<T: DeserializeOwned> Iterator for RowIter<T> {
+        type Item = Result<T, Error>;
+
+        fn next(&mut self) -> Option<Result<T, Error>> {
+            loop {
+                if let Some(row) = self.batch.next() {
+                    return Some(row_as(&self.columns, row));
+                }
+                if self.done {
+                    return None;
+                }
+                match self.cursor.next_batch() {
+                    Ok(rows) if rows.is_empty() => self.done = true,
+                    Ok(rows) => self.batch = rows.into_iter(),
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
     }
 
     /// The first row as `T`, if any.

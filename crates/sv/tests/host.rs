@@ -243,7 +243,7 @@ fn a_hostile_plugin_gets_errors_while_tasks_keeps_answering() {
         ("/api/plugins/hostile/spin", &[504]),
         ("/api/plugins/hostile/hog", &[500]),
         ("/api/plugins/hostile/trap", &[500]),
-        ("/api/plugins/hostile/runaway-sql", &[500]),
+        ("/api/plugins/hostile/runaway-sql", &[504]),
     ] {
         let r = server.get(path, Some(&token));
         assert!(
@@ -857,4 +857,116 @@ fn the_tasks_list_pages_through_more_rows_than_one_answer_may_hold() {
     assert_eq!((seen, pages), (10_050, 11));
     let too_big = server.get("/api/plugins/tasks/tasks?limit=5000", Some(&token));
     assert_eq!(too_big.status, 400, "{}", too_big.text);
+    // The export reads them all in one request through a cursor (plugin API 0.2).
+    let export = server.get("/api/plugins/tasks/tasks/export", Some(&token));
+    assert_eq!(
+        export.status,
+        200,
+        "{}",
+        &export.text[..export.text.len().min(300)]
+    );
+    let ids: Vec<i64> = export
+        .text
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 10_050);
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "every task once, in order"
+    );
+}
+
+#[test]
+fn plugins_built_against_api_0_1_and_0_2_run_side_by_side_in_one_host() {
+    let w = Workdir::new();
+    w.sv_ok(&["migrate:deploy"]);
+    // `tasks` exactly as it was built against 0.1.0 (never rebuilt); `notes` and the
+    // hostile fixture built today against 0.2.0.
+    for package in ["prebuilt/tasks-api-0.1", "notes", "fixtures/hostile"] {
+        let out = w.sv_ok(&[
+            "plugins",
+            "install",
+            repo_plugin(package).to_str().unwrap(),
+            "--yes",
+        ]);
+        assert!(out.contains("installed"), "{out}");
+    }
+    w.create_user("root@example.com", "root password 1", true);
+    let server = w.start(&["serve"]);
+    wait_running(&server);
+    let token = server.login("root@example.com", "root password 1");
+
+    for round in 0..3 {
+        // The 0.1 plugin: its routes, its error mapping, its events.
+        let created = server.send(
+            "POST",
+            "/api/plugins/tasks/tasks",
+            Some(&token),
+            Some(json!({ "title": format!("old api {round}") })),
+        );
+        assert_eq!(created.status, 201, "{}", created.text);
+        let id = created.body["id"].as_i64().unwrap();
+        let done = server.send(
+            "POST",
+            &format!("/api/plugins/tasks/tasks/{id}/complete"),
+            Some(&token),
+            None,
+        );
+        assert_eq!(done.status, 200, "{}", done.text);
+        let missing = server.get("/api/plugins/tasks/tasks/999999", Some(&token));
+        assert_eq!(missing.status, 404, "{}", missing.text);
+        // The export (a cursor) is 0.2's: the 0.1 build does not have the route.
+        let export = server.get("/api/plugins/tasks/tasks/export", Some(&token));
+        assert_ne!(export.status, 200, "{}", export.text);
+
+        // The 0.2 plugins, in the same host, between the 0.1 plugin's requests.
+        let note = server.send(
+            "POST",
+            "/api/plugins/notes/notes",
+            Some(&token),
+            Some(json!({ "title": format!("new api {round}"), "body": "side by side" })),
+        );
+        assert_eq!(note.status, 201, "{}", note.text);
+        for (probe, kind) in [
+            ("steal", json!("denied")),
+            ("write", json!("sql")),
+            ("runaway", json!("deadline")),
+            ("hoard", json!(sovereign_db_plugins::MAX_OPEN_CURSORS)),
+        ] {
+            let r = server.get(
+                &format!("/api/plugins/hostile/cursor/{probe}"),
+                Some(&token),
+            );
+            assert_eq!((r.status, &r.body), (200, &kind), "{probe}: {}", r.text);
+        }
+    }
+    let completed = || -> i64 {
+        common::raw(&w.core_db())
+            .query_row(
+                "SELECT count(*) FROM event_inbox WHERE plugin = 'tasks' AND topic = 'task.completed'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while completed() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the 0.1 plugin's events never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        completed(),
+        3,
+        "the 0.1 plugin's events reach the core once"
+    );
+    assert_eq!(host_state(&server)["restarts"], 0);
+    server.stop();
 }

@@ -444,7 +444,7 @@ fn a_broken_package_installs_nothing_and_says_why() {
 
     // A component of a plugin API this host does not serve.
     let mut bytes = std::fs::read(common::example_component()).unwrap();
-    let (from, to) = (b"@0.1.0", b"@9.9.0");
+    let (from, to) = (b"@0.2.0", b"@9.9.0");
     let mut patched = 0;
     for at in 0..bytes.len() - from.len() {
         if &bytes[at..at + from.len()] == from {
@@ -577,12 +577,12 @@ fn a_new_package_builds_validates_installs_and_answers() {
     let manifest = std::fs::read_to_string(pkg.join("plugin.json")).unwrap();
     std::fs::write(
         pkg.join("plugin.json"),
-        manifest.replace("\"plugin_api\": \"0.1.0\"", "\"plugin_api\": \"9.0.0\""),
+        manifest.replace("\"plugin_api\": \"0.2.0\"", "\"plugin_api\": \"9.0.0\""),
     )
     .unwrap();
     let wrong_api = w.sv_err(&["plugins", "install", path_str(&pkg), "--yes"]);
     assert!(
-        wrong_api.contains("plugin API 9.0.0") && wrong_api.contains("serves 0.1.0"),
+        wrong_api.contains("plugin API 9.0.0") && wrong_api.contains("serves 0.1.0, 0.2.0"),
         "{wrong_api}"
     );
     std::fs::write(pkg.join("plugin.json"), &manifest).unwrap();

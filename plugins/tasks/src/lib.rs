@@ -96,6 +96,22 @@ fn list_tasks(req: &Request) -> Result<Response, Error> {
     Response::json(200, &tasks)
 }
 
+/// `GET /tasks/export`: every task as newline-delimited JSON, read through a cursor a
+/// batch at a time (however many tasks there are, only one batch of rows is held
+/// besides the body being written).
+fn export_tasks(_req: &Request) -> Result<Response, Error> {
+    let mut body = Vec::new();
+    for task in db::query_iter::<Task>(&format!("{SELECT_TASKS} ORDER BY t.id"), &[])? {
+        serde_json::to_writer(&mut body, &task?).map_err(|e| Error::Internal(e.to_string()))?;
+        body.push(b'\n');
+    }
+    Ok(Response {
+        status: 200,
+        headers: vec![("content-type".into(), "application/x-ndjson".into())],
+        body,
+    })
+}
+
 fn create_task(req: &Request) -> Result<Response, Error> {
     let new: NewTask = req.json()?;
     let title = new.title.trim();
@@ -206,6 +222,7 @@ fn router() -> Router {
     Router::new()
         .get("/tasks", list_tasks)
         .post("/tasks", create_task)
+        .get("/tasks/export", export_tasks)
         .get("/tasks/{id}", get_task)
         .put("/tasks/{id}/assignee", assign_task)
         .post("/tasks/{id}/complete", complete_task)

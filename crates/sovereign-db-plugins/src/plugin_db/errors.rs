@@ -87,6 +87,18 @@ impl PluginDb {
                     quota_bytes,
                 };
             }
+            Some(ErrorCode::ConstraintViolation) => {
+                return FenceError::Constraint {
+                    plugin: self.plugin.clone(),
+                    message,
+                };
+            }
+            Some(ErrorCode::DatabaseBusy) => {
+                return FenceError::Busy {
+                    plugin: self.plugin.clone(),
+                    message,
+                };
+            }
             Some(ErrorCode::TooBig) => {
                 return FenceError::Limit {
                     plugin: self.plugin.clone(),

@@ -13,6 +13,28 @@ impl PluginDb {
         if let Some(columns) = self.checked.get(sql) {
             return self.execute_prepared(sql, params, true, Some(columns));
         }
+        let text = self.single_statement(sql)?;
+        let keyword = first_keyword(text);
+        if matches!(keyword.as_str(), "CREATE" | "DROP" | "ALTER") {
+            // The schema changes: names remembered as safe may now resolve differently.
+            self.checked.clear();
+            self.execute_ddl(text, params)
+        } else {
+            let outcome = self.execute_checked(text, params, true)?;
+            if text == sql {
+                let columns = match &outcome {
+                    Outcome::Rows { columns, .. } => columns.clone(),
+                    Outcome::Changed { .. } => Arc::from([]),
+                };
+                self.checked.insert(sql, columns);
+            }
+            Ok(outcome)
+        }
+    }
+
+    /// The one statement `sql` holds, checked for nesting depth; the statements no
+    /// plugin may run at all (VACUUM, ANALYZE) are denied here.
+    pub(super) fn single_statement<'s>(&self, sql: &'s str) -> Result<&'s str, FenceError> {
         let statements = split_statements(sql);
         let text = match statements.as_slice() {
             [] => {
@@ -44,21 +66,7 @@ impl PluginDb {
             self.reset_denial();
             return Err(self.denied(action.into(), object.into()));
         }
-        if matches!(keyword.as_str(), "CREATE" | "DROP" | "ALTER") {
-            // The schema changes: names remembered as safe may now resolve differently.
-            self.checked.clear();
-            self.execute_ddl(text, params)
-        } else {
-            let outcome = self.execute_checked(text, params, true)?;
-            if text == sql {
-                let columns = match &outcome {
-                    Outcome::Rows { columns, .. } => columns.clone(),
-                    Outcome::Changed { .. } => Arc::from([]),
-                };
-                self.checked.insert(sql, columns);
-            }
-            Ok(outcome)
-        }
+        Ok(text)
     }
 
     /// Prepares and runs one statement; `cached` reuses prepared statements (safe: the
@@ -108,22 +116,9 @@ impl PluginDb {
         } else {
             None
         };
-        // A statement stops at its own deadline or at its request's, whichever is first:
-        // the request's budget covers its SQL too.
-        let now = self.guard.epoch.elapsed().as_millis() as u64;
-        let mut deadline = now + u64::from(self.limits.statement_ms);
-        if let Some(request) = self.request_deadline.get() {
-            let left = request
-                .saturating_duration_since(Instant::now())
-                .as_millis() as u64;
-            deadline = deadline.min(now + left);
-        }
-        self.guard.timed_out.store(false, Ordering::Relaxed);
-        self.guard
-            .deadline_ms
-            .store(deadline.max(1), Ordering::Relaxed);
+        self.arm_deadline();
         let result = self.run_prepared(stmt.get_mut(), params, columns);
-        self.guard.deadline_ms.store(0, Ordering::Relaxed);
+        self.disarm_deadline();
         drop(stmt);
         let result = result
             .map_err(|e| match e {
@@ -162,6 +157,28 @@ impl PluginDb {
             }
         }
         result
+    }
+
+    /// Starts the statement deadline: `limits.statement_ms` from now, or the request's
+    /// deadline if that comes first (the request's budget covers its SQL too).
+    pub(super) fn arm_deadline(&self) {
+        let now = self.guard.epoch.elapsed().as_millis() as u64;
+        let mut deadline = now + u64::from(self.limits.statement_ms);
+        if let Some(request) = self.request_deadline.get() {
+            let left = request
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64;
+            deadline = deadline.min(now + left);
+        }
+        self.guard.timed_out.store(false, Ordering::Relaxed);
+        self.guard
+            .deadline_ms
+            .store(deadline.max(1), Ordering::Relaxed);
+    }
+
+    /// Ends the statement deadline.
+    pub(super) fn disarm_deadline(&self) {
+        self.guard.deadline_ms.store(0, Ordering::Relaxed);
     }
 
     /// Most bytes of values one query may return (`limits.result_kb`).

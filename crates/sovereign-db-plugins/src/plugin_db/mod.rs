@@ -2,6 +2,7 @@
 //! Opening and configuring here; statement execution, DDL checks, the quota, the event
 //! outbox, the request transaction, fenced migrations and error mapping in the parts.
 
+mod cursor;
 mod ddl;
 mod errors;
 mod events;
@@ -28,6 +29,8 @@ use crate::fence::{Decision, MIRROR_SCHEMA, Policy, lex};
 use crate::manifest::{DatabaseMode, Limits};
 use crate::value::SqlValue;
 use crate::{PluginStoreError, check_plugin_id};
+
+pub use cursor::{CursorId, MAX_OPEN_CURSORS};
 
 /// Most rows one query may return.
 pub const MAX_RESULT_ROWS: usize = 10_000;
@@ -175,7 +178,35 @@ pub enum FenceError {
         /// Plugin id.
         plugin: String,
     },
-    /// An ordinary SQL error in the plugin's own statement (syntax, constraint, ...).
+    /// A UNIQUE, NOT NULL, CHECK or FOREIGN KEY constraint failed.
+    #[error("plugin {plugin}: {message}")]
+    Constraint {
+        /// Plugin id.
+        plugin: String,
+        /// SQLite's message (names the constraint).
+        message: String,
+    },
+    /// The database stayed locked by another connection past the busy wait.
+    #[error("plugin {plugin}: the database is busy ({message}); retry later")]
+    Busy {
+        /// Plugin id.
+        plugin: String,
+        /// SQLite's message.
+        message: String,
+    },
+    /// A cursor was asked to run a statement that changes data or schema.
+    #[error("plugin {plugin}: a cursor reads the rows of a query; run changes with execute")]
+    NotAQuery {
+        /// Plugin id.
+        plugin: String,
+    },
+    /// The cursor was closed (dropped, or its request ended).
+    #[error("plugin {plugin}: the cursor is closed (dropped, or its request ended)")]
+    CursorClosed {
+        /// Plugin id.
+        plugin: String,
+    },
+    /// An ordinary SQL error in the plugin's own statement (syntax, no such column, ...).
     #[error("plugin {plugin}: {message}")]
     Sql {
         /// Plugin id.
@@ -281,7 +312,10 @@ impl CheckedTexts {
 /// A plugin's fenced connection. There is no way to get the underlying connection out
 /// of it, and no conversion to or from the trusted handle.
 pub struct PluginDb {
-    conn: Connection,
+    /// Open cursors borrow `conn`: declared first, so they are dropped first.
+    cursors: cursor::Cursors,
+    /// Boxed: cursors' statements point at it, so it must not move with the `PluginDb`.
+    conn: Box<Connection>,
     plugin: String,
     mode: DatabaseMode,
     limits: Limits,
@@ -419,7 +453,8 @@ impl PluginDb {
             .map_err(sqlite)?;
         }
         let db = PluginDb {
-            conn,
+            cursors: cursor::Cursors::default(),
+            conn: Box::new(conn),
             plugin: id,
             mode: config.mode,
             limits: config.limits,

@@ -19,6 +19,7 @@ impl PluginDb {
     }
 
     pub(super) fn start_request(&self) {
+        self.close_cursors();
         self.in_request.set(true);
         self.request_ended.set(false);
     }
@@ -36,6 +37,7 @@ impl PluginDb {
                 plugin: self.plugin.clone(),
             });
         }
+        self.close_cursors();
         self.internal_exec("COMMIT")?;
         self.in_request.set(false);
         Ok(())
@@ -43,6 +45,7 @@ impl PluginDb {
 
     /// Rolls the request's transaction back (if one is open).
     pub fn rollback(&self) -> Result<(), FenceError> {
+        self.close_cursors();
         self.in_request.set(false);
         self.request_ended.set(false);
         if self.conn.is_autocommit() {

@@ -17,7 +17,7 @@ use crate::{App, PlatformError};
 
 const SDK_LIB: &str = include_str!("../../../sovereign-plugin-sdk/src/lib.rs");
 const SDK_MANIFEST: &str = include_str!("../../../sovereign-plugin-sdk/Cargo.toml");
-const WIT: &str = include_str!("../../../../wit/plugin.wit");
+const WIT: &str = include_str!("../../../../wit/0.2/plugin.wit");
 const LOCK: &str = include_str!("../../../../plugins/Cargo.lock");
 const TOOLCHAIN: &str = include_str!("../../../../rust-toolchain.toml");
 const TESTKIT_LIB: &str = include_str!("../../../sovereign-plugin-testkit/src/lib.rs");
@@ -69,7 +69,7 @@ pub fn new_package(id: &str, dir: &Path) -> Result<Vec<PathBuf>, PlatformError> 
         // The SDK finds the contract next to it instead of in this repository.
         (
             "sdk/src/lib.rs",
-            SDK_LIB.replace("path: \"../../wit\"", "path: \"wit\""),
+            SDK_LIB.replace("path: \"../../wit/0.2\"", "path: \"wit\""),
         ),
         ("sdk/wit/plugin.wit", WIT.to_owned()),
         ("tests/routes.rs", fill(ROUTES_TEST)),
