@@ -7,7 +7,7 @@
 //! `serve_version!`; what differs (the database errors, cursors) is written per version.
 
 use sovereign_db_plugins::{CursorId, FenceError, Outcome, SqlValue};
-use sovereign_protocol::{HttpRequest, HttpResponse};
+use sovereign_protocol::{HttpRequest, HttpResponse, LogLevel};
 use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker, Resource};
 
@@ -235,11 +235,11 @@ macro_rules! serve_version {
             fn log(&mut self, level: $v::sovereign::plugin::log::Level, message: String) {
                 use $v::sovereign::plugin::log::Level;
                 let level = match level {
-                    Level::Trace => tracing::Level::TRACE,
-                    Level::Debug => tracing::Level::DEBUG,
-                    Level::Info => tracing::Level::INFO,
-                    Level::Warn => tracing::Level::WARN,
-                    Level::Error => tracing::Level::ERROR,
+                    Level::Trace => LogLevel::Trace,
+                    Level::Debug => LogLevel::Debug,
+                    Level::Info => LogLevel::Info,
+                    Level::Warn => LogLevel::Warn,
+                    Level::Error => LogLevel::Error,
                 };
                 self.write_log(level, message);
             }

@@ -211,12 +211,31 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
                     }
                 };
                 while let Some((plugin, job)) = scheduler.next() {
-                    let (result, events) =
+                    let handled =
                         runtime.handle(&executor, &plugin, job.request, job.caller, job.received);
                     scheduler.done(&plugin);
-                    send(&writer, &HostToKernel::Response { id: job.id, result });
-                    if !events.is_empty() {
-                        send(&writer, &HostToKernel::Events { events });
+                    send(
+                        &writer,
+                        &HostToKernel::Response {
+                            id: job.id,
+                            result: handled.result,
+                        },
+                    );
+                    if !handled.events.is_empty() {
+                        send(
+                            &writer,
+                            &HostToKernel::Events {
+                                events: handled.events,
+                            },
+                        );
+                    }
+                    if !handled.logs.is_empty() {
+                        send(
+                            &writer,
+                            &HostToKernel::Logs {
+                                lines: handled.logs,
+                            },
+                        );
                     }
                 }
             })?;
@@ -229,11 +248,7 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
             .name("sv-host-platform".into())
             .spawn(move || {
                 while let Ok(event_ids) = delivered_queue.recv() {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as i64)
-                        .unwrap_or(0);
-                    runtime.mark_delivered(&event_ids, now);
+                    runtime.mark_delivered(&event_ids, runtime::now_ms());
                 }
             })?;
     }

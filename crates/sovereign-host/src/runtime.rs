@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sovereign_db_plugins::{Limits, Manifest, PluginDb, PluginDbConfig, StoreLocation};
-use sovereign_protocol::{Caller, HostError, HttpRequest, HttpResponse, PluginEvent, PluginSpec};
+use sovereign_protocol::{
+    Caller, HostError, HttpRequest, HttpResponse, LogLevel, PluginEvent, PluginLogLine, PluginSpec,
+};
 use wasmtime::component::{Linker, ResourceTable};
 
 use crate::api::PluginPre;
@@ -37,6 +39,10 @@ pub(crate) struct RequestState {
     event_window: Arc<Mutex<VecDeque<Instant>>>,
     /// Set when an emit went past a limit: the request is rolled back.
     over_limit: Option<String>,
+    /// What the plugin logged in this request (for the kernel's per-plugin log).
+    logs: Vec<PluginLogLine>,
+    /// Log lines past [`MAX_LOG_LINES`], dropped.
+    logs_dropped: u32,
 }
 
 impl WasiView for RequestState {
@@ -125,18 +131,59 @@ impl RequestState {
         Ok(())
     }
 
-    /// Writes one of the plugin's log lines (at most 4,096 characters) to the host's log.
-    pub(crate) fn write_log(&mut self, level: tracing::Level, message: String) {
+    /// Writes one of the plugin's log lines (at most 4,096 characters) to the host's log
+    /// and keeps it for the kernel's per-plugin log (at most [`MAX_LOG_LINES`] a request).
+    pub(crate) fn write_log(&mut self, level: LogLevel, message: String) {
         let message: String = message.chars().take(4096).collect();
         let plugin = &self.plugin;
         match level {
-            tracing::Level::TRACE => tracing::trace!(plugin, "{message}"),
-            tracing::Level::DEBUG => tracing::debug!(plugin, "{message}"),
-            tracing::Level::INFO => tracing::info!(plugin, "{message}"),
-            tracing::Level::WARN => tracing::warn!(plugin, "{message}"),
-            tracing::Level::ERROR => tracing::error!(plugin, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+        if self.logs.len() >= MAX_LOG_LINES {
+            self.logs_dropped += 1;
+            return;
+        }
+        self.logs.push(PluginLogLine {
+            plugin: self.plugin.clone(),
+            at_ms: now_ms(),
+            level,
+            message,
+        });
+    }
+}
+
+/// Most log lines one request keeps for the kernel; the rest are counted.
+pub const MAX_LOG_LINES: usize = 200;
+
+/// What serving one request produced.
+pub struct Handled {
+    /// The plugin's response, or why there is none.
+    pub result: Result<HttpResponse, HostError>,
+    /// The events it committed.
+    pub events: Vec<PluginEvent>,
+    /// What it logged.
+    pub logs: Vec<PluginLogLine>,
+}
+
+impl Handled {
+    fn failed(error: HostError) -> Handled {
+        Handled {
+            result: Err(error),
+            events: vec![],
+            logs: vec![],
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A loaded plugin: its compiled component and its fenced connections.
@@ -288,29 +335,26 @@ impl Runtime {
         request: HttpRequest,
         caller: Caller,
         received: Instant,
-    ) -> (Result<HttpResponse, HostError>, Vec<PluginEvent>) {
+    ) -> Handled {
         let Some(loaded) = self.plugins.get(plugin) else {
             let error = match self.failed.get(plugin) {
                 Some(e) => HostError::NotLoaded(e.clone()),
                 None => HostError::UnknownPlugin(plugin.to_owned()),
             };
-            return (Err(error), vec![]);
+            return Handled::failed(error);
         };
         let limits = loaded.manifest.limits;
         let deadline = received + Duration::from_millis(u64::from(limits.request_ms));
         if Instant::now() >= deadline {
             // It waited its whole budget in the queue; the kernel has answered 504.
-            return (Err(HostError::Deadline), vec![]);
+            return Handled::failed(HostError::Deadline);
         }
         // The scheduler runs at most one request per lane: a connection is free.
         let taken = loaded.lanes.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let Some(db) = taken else {
-            return (
-                Err(HostError::Internal(
-                    "no free connection for the plugin's request".into(),
-                )),
-                vec![],
-            );
+            return Handled::failed(HostError::Internal(
+                "no free connection for the plugin's request".into(),
+            ));
         };
         let give_back = |db: PluginDb| {
             loaded
@@ -330,7 +374,7 @@ impl Runtime {
         if let Err(e) = begun {
             db.set_request_deadline(None);
             give_back(db);
-            return (Err(HostError::Internal(e.to_string())), vec![]);
+            return Handled::failed(HostError::Internal(e.to_string()));
         }
         let state = RequestState {
             wasi: WasiCtx::builder().build(),
@@ -351,6 +395,8 @@ impl Runtime {
             limits,
             event_window: loaded.event_window.clone(),
             over_limit: None,
+            logs: Vec::new(),
+            logs_dropped: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.store_limits);
@@ -401,7 +447,23 @@ impl Runtime {
             vec![]
         };
         give_back(db);
-        (result, events)
+        let mut logs = state.logs;
+        if state.logs_dropped > 0 {
+            logs.push(PluginLogLine {
+                plugin: loaded.id.clone(),
+                at_ms: now_ms(),
+                level: LogLevel::Warn,
+                message: format!(
+                    "{} more lines of this request were dropped (at most {MAX_LOG_LINES} per request)",
+                    state.logs_dropped
+                ),
+            });
+        }
+        Handled {
+            result,
+            events,
+            logs,
+        }
     }
 
     /// Every plugin's committed, undelivered events (after a restart, or unacknowledged).

@@ -152,6 +152,9 @@ struct Connection {
 /// already there), which the host then marks delivered.
 pub type EventSink = Arc<dyn Fn(Vec<PluginEvent>) -> Vec<String> + Send + Sync>;
 
+/// Receives what plugins logged (for the per-plugin logs the platform keeps).
+pub type PluginLogSink = Arc<dyn Fn(Vec<sovereign_protocol::PluginLogLine>) + Send + Sync>;
+
 struct Inner {
     command: HostCommand,
     core: CorePool,
@@ -164,6 +167,7 @@ struct Inner {
     shutting_down: AtomicBool,
     shutdown_now: Notify,
     events: EventSink,
+    logs: Option<PluginLogSink>,
     /// Fence denials per plugin, as the running host last reported them.
     denials: Mutex<Vec<(String, u64)>>,
 }
@@ -180,6 +184,7 @@ impl HostHandle {
         command: HostCommand,
         core: CorePool,
         events: EventSink,
+        logs: Option<PluginLogSink>,
     ) -> std::io::Result<HostHandle> {
         let _ = std::fs::remove_file(&command.socket);
         if let Some(parent) = command.socket.parent() {
@@ -201,6 +206,7 @@ impl HostHandle {
             shutting_down: AtomicBool::new(false),
             shutdown_now: Notify::new(),
             events,
+            logs,
             denials: Mutex::new(Vec::new()),
         });
         tokio::spawn(supervise(inner.clone(), listener));
@@ -623,6 +629,7 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
     let last_alive = Arc::new(Mutex::new(Instant::now()));
     let alive = last_alive.clone();
     let denial_counts = inner.clone();
+    let logs = inner.logs.clone();
     if !early_events.is_empty() {
         store_events(&sink, &ack_tx, early_events);
     }
@@ -630,6 +637,11 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
         while let Some(message) = read_message(&mut reader).await {
             match message {
                 HostToKernel::Events { events } => store_events(&sink, &ack_tx, events),
+                HostToKernel::Logs { lines } => {
+                    if let Some(logs) = &logs {
+                        logs(lines);
+                    }
+                }
                 HostToKernel::Alive { denials, .. } => {
                     *alive.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                     *denial_counts

@@ -46,6 +46,8 @@ pub struct KernelOptions {
     /// Routes the application layer serves beside the kernel's own (its operator
     /// endpoints under `/api/admin/`), behind the same limits, metrics and error shape.
     pub routes: axum::Router<AppState>,
+    /// Where the lines plugins log go (besides the host's own log).
+    pub on_plugin_log: Option<host::PluginLogSink>,
 }
 
 /// Shared state of every request handler.
@@ -85,6 +87,7 @@ impl Kernel {
                     command.clone(),
                     core.clone(),
                     events::event_sink(core.clone(), options.event_handlers.clone()),
+                    options.on_plugin_log.clone(),
                 )
                 .map_err(|e| StartError::Host(command.socket.clone(), e))?,
             ),

@@ -58,9 +58,21 @@ pub fn routes(app: Arc<App>) -> axum::Router<AppState> {
                 let app = app.clone();
                 move |_: AdminUser,
                       ApiPath(id): ApiPath<String>,
-                      Query(page): Query<EventsQuery>| async move {
+                      Query(page): Query<LimitQuery>| async move {
                     blocking(move || plugins::events(&app, &id, page.limit.unwrap_or(100).min(1000)))
                         .await
+                }
+            }),
+        )
+        .route(
+            "/api/admin/plugins/{id}/logs",
+            get({
+                let app = app.clone();
+                move |_: AdminUser,
+                      ApiPath(id): ApiPath<String>,
+                      Query(page): Query<LimitQuery>| async move {
+                    let count = page.limit.unwrap_or(100).min(1000) as usize;
+                    blocking(move || crate::plugin_logs::recent(&app, &id, count)).await
                 }
             }),
         )
@@ -88,9 +100,10 @@ struct SqlBody {
     sql: String,
 }
 
-/// The query of `GET /api/admin/plugins/{id}/events`.
+/// The query of `GET /api/admin/plugins/{id}/events` and `.../logs`: how many (the
+/// newest; 100 unless given, at most 1,000).
 #[derive(Debug, Deserialize)]
-struct EventsQuery {
+struct LimitQuery {
     limit: Option<u32>,
 }
 

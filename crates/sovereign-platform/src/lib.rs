@@ -9,6 +9,7 @@ pub mod events;
 pub mod http;
 pub mod migrations;
 pub mod ops;
+pub mod plugin_logs;
 pub mod plugins;
 pub mod run;
 pub mod sync;

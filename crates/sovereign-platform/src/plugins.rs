@@ -433,6 +433,11 @@ pub fn list(app: &App) -> Result<Vec<PluginRecord>, PlatformError> {
     Ok(registry::list(&app.open_migrated_core()?)?)
 }
 
+/// The installed plugin `id`.
+pub fn get(app: &App, id: &str) -> Result<PluginRecord, PlatformError> {
+    installed(&app.open_migrated_core_read_only()?, id)
+}
+
 fn installed(
     conn: &sovereign_db::rusqlite::Connection,
     id: &str,

@@ -191,6 +191,10 @@ pub fn serve(
             event_handlers: crate::events::handlers(),
             on_core_commit: Some(Arc::new(move || wake.wake())),
             routes: crate::http::routes(Arc::new(app.clone())),
+            on_plugin_log: {
+                let writer = crate::plugin_logs::LogWriter::new(crate::plugin_logs::log_dir(app));
+                Some(Arc::new(move |lines| writer.append(lines)))
+            },
         })
         .await?;
         let signals = |source| PlatformError::Io {

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version; kernel and host refuse to talk across versions.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 32 * 1024 * 1024;
@@ -50,6 +50,35 @@ pub struct HttpResponse {
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Vec<u8>,
+}
+
+/// How severe a plugin's log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Trace.
+    Trace,
+    /// Debug.
+    Debug,
+    /// Info.
+    Info,
+    /// Warning.
+    Warn,
+    /// Error.
+    Error,
+}
+
+/// A line a plugin logged while serving a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginLogLine {
+    /// Plugin id.
+    pub plugin: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// Severity.
+    pub level: LogLevel,
+    /// The message (at most 4,096 characters).
+    pub message: String,
 }
 
 /// Who is calling.
@@ -196,6 +225,11 @@ pub enum HostToKernel {
     Events {
         /// The events, oldest first.
         events: Vec<PluginEvent>,
+    },
+    /// What plugins logged while serving a request (whether it committed or not).
+    Logs {
+        /// The lines, oldest first.
+        lines: Vec<PluginLogLine>,
     },
 }
 

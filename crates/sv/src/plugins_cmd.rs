@@ -8,9 +8,9 @@ use clap::{Subcommand, ValueEnum};
 use sovereign_db::migrate::split_statements;
 use sovereign_db_core::plugins::LoadState;
 use sovereign_db_plugins::{DatabaseMode, Manifest, Outcome, SqlValue};
-use sovereign_platform::authoring;
 use sovereign_platform::plugins::{self, Approval, Moved};
 use sovereign_platform::{App, PlatformError};
+use sovereign_platform::{authoring, plugin_logs};
 
 #[derive(Subcommand)]
 pub enum PluginsCommand {
@@ -47,6 +47,17 @@ pub enum PluginsCommand {
     Dev {
         /// The package directory.
         dir: PathBuf,
+    },
+    /// What a plugin logged while serving requests (written by the running platform).
+    Logs {
+        /// Plugin id.
+        id: String,
+        /// How many of the last lines to show.
+        #[arg(long, default_value_t = 50)]
+        lines: usize,
+        /// Keep printing new lines as they are written (Ctrl-C stops).
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Validate a plugin package, approve its mirror grants, apply its migrations and
     /// register it.
@@ -162,6 +173,7 @@ pub fn run(app: &App, command: PluginsCommand) -> anyhow::Result<ExitCode> {
         PluginsCommand::Test { dir } => test(app, &dir.unwrap_or_else(|| PathBuf::from("."))),
         PluginsCommand::Upgrade { dir, yes } => upgrade(app, &dir, yes),
         PluginsCommand::Dev { dir } => dev(app, &dir),
+        PluginsCommand::Logs { id, lines, follow } => logs(app, &id, lines, follow),
         PluginsCommand::Install { dir, yes } => install(app, &dir, yes),
         PluginsCommand::List { json } => list(app, json),
         PluginsCommand::Remove { id, purge } => remove(app, &id, purge),
@@ -258,14 +270,21 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(300);
 
 fn dev(app: &App, dir: &Path) -> anyhow::Result<ExitCode> {
     let mut seen = authoring::source_stamp(dir)?;
+    // The plugin's log lines, printed as the running platform writes them.
+    let mut log: Option<plugin_logs::LogFollower> = None;
     loop {
         // A failed round is reported and the watch goes on: the next save may fix it.
-        if let Err(e) = dev_round(app, dir) {
-            eprintln!("error: {}", crate::report(&e));
+        match dev_round(app, dir) {
+            Ok(id) if log.is_none() => log = Some(plugin_logs::LogFollower::new(app, &id)),
+            Ok(_) => {}
+            Err(e) => eprintln!("error: {}", crate::report(&e)),
         }
         println!("watching {} for changes (Ctrl-C stops)", dir.display());
         loop {
             std::thread::sleep(WATCH_EVERY);
+            if let Some(follower) = &mut log {
+                print_log_lines(follower)?;
+            }
             let now = authoring::source_stamp(dir)?;
             if now != seen {
                 seen = now;
@@ -275,22 +294,59 @@ fn dev(app: &App, dir: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// One round of `sv plugins dev`, printed.
-fn dev_round(app: &App, dir: &Path) -> anyhow::Result<()> {
+/// One round of `sv plugins dev`, printed; returns the plugin's id.
+fn dev_round(app: &App, dir: &Path) -> anyhow::Result<String> {
     let started = std::time::Instant::now();
-    match authoring::deploy_for_development(app, dir)? {
+    let id = match authoring::deploy_for_development(app, dir)? {
         authoring::Deployed::Installed(installed) => {
-            println!("installed {} {}", installed.id, installed.version)
+            println!("installed {} {}", installed.id, installed.version);
+            installed.id
         }
         authoring::Deployed::Reloaded(upgraded) => {
             for file in &upgraded.applied {
                 println!("plugin:{}: applied {file}", upgraded.id);
             }
             println!("reloaded {} {}", upgraded.id, upgraded.to_version);
+            upgraded.id
         }
-    }
+    };
     println!("ready in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(id)
+}
+
+fn logs(app: &App, id: &str, lines: usize, follow: bool) -> anyhow::Result<ExitCode> {
+    let mut follower = plugin_logs::LogFollower::new(app, id);
+    for entry in plugin_logs::recent(app, id, lines)? {
+        print_log_entry(id, &entry);
+    }
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        std::thread::sleep(WATCH_EVERY);
+        print_log_lines(&mut follower)?;
+    }
+}
+
+fn print_log_lines(follower: &mut plugin_logs::LogFollower) -> anyhow::Result<()> {
+    for entry in follower.read_new()? {
+        print_log_entry(follower.plugin(), &entry);
+    }
     Ok(())
+}
+
+/// `[id] HH:MM:SS.mmm LEVEL message` (UTC).
+fn print_log_entry(id: &str, entry: &plugin_logs::LogEntry) {
+    let ms = entry.at_ms.rem_euclid(86_400_000);
+    let level = format!("{:?}", entry.level).to_ascii_uppercase();
+    println!(
+        "[{id}] {:02}:{:02}:{:02}.{:03} {level:5} {}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000,
+        entry.message
+    );
 }
 
 fn install(app: &App, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {

@@ -795,6 +795,37 @@ fn operators_manage_plugins_over_http_with_the_functions_the_cli_calls() {
             .unwrap()
             .contains("ghost")
     );
+    // What a plugin logs while serving is kept per plugin, for operators.
+    let created = server.send(
+        "POST",
+        "/api/plugins/tasks/tasks",
+        Some(&token),
+        Some(serde_json::json!({ "title": "logged" })),
+    );
+    let id = created.body["id"].as_i64().unwrap();
+    let path = format!("/api/plugins/tasks/tasks/{id}/complete");
+    assert_eq!(server.send("POST", &path, Some(&token), None).status, 200);
+    let expected = format!("task {id} completed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = server.get("/api/admin/plugins/tasks/logs?limit=5", Some(&token));
+        assert_eq!(logs.status, 200, "{}", logs.text);
+        let lines = logs.body.as_array().unwrap();
+        if lines
+            .iter()
+            .any(|l| l["level"] == "info" && l["message"].as_str().unwrap().starts_with(&expected))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not in the plugin's log: {}",
+            logs.text
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let missing_log = server.get("/api/admin/plugins/ghost/logs", Some(&token));
+    assert_eq!(missing_log.status, 404, "{}", missing_log.text);
     let sync = server.get("/api/admin/sync", Some(&token));
     assert_eq!(sync.status, 200, "{}", sync.text);
     assert_eq!(sync.body["slices"][0]["slice"], "users");

@@ -678,9 +678,10 @@ fn a_new_package_builds_validates_installs_and_answers() {
             let _ = self.0.wait();
         }
     }
+    let dev_output = w.path().join("dev.out");
     let _dev = KillOnDrop(
         with_cached_deps(&["plugins", "dev", path_str(&pkg)])
-            .stdout(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&dev_output).unwrap())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
@@ -696,4 +697,24 @@ fn a_new_package_builds_validates_installs_and_answers() {
     )
     .unwrap();
     answers("HELLO AGAIN");
+    // The plugin's log lines show in the same terminal, and in `sv plugins logs`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let printed = std::fs::read_to_string(&dev_output).unwrap();
+        if printed.contains("[hello]") && printed.contains("INFO  answered greeting") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line in the dev loop's output: {printed}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let logs = w.sv_ok(&["plugins", "logs", "hello", "--lines", "1"]);
+    assert!(
+        logs.contains("answered greeting") && logs.lines().count() == 1,
+        "{logs}"
+    );
+    let unknown = w.sv_err(&["plugins", "logs", "nope"]);
+    assert!(unknown.contains("not installed"), "{unknown}");
 }

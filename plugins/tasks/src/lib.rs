@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use sovereign_plugin_sdk::{
-    Error, Request, Response, Router, caller, db, events, export_plugin, params,
+    Error, Request, Response, Router, caller, db, events, export_plugin, log, params,
 };
 
 #[derive(Serialize, Deserialize)]
@@ -166,6 +166,7 @@ fn complete_task(req: &Request) -> Result<Response, Error> {
     )?;
     let task = one_task(id)?;
     if changed.rows_affected == 1 {
+        log::info(&format!("task {id} completed by user {}", caller().user_id));
         #[derive(Serialize)]
         struct Completed<'a> {
             task_id: i64,
