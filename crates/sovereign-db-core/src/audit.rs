@@ -1,6 +1,7 @@
 //! The audit log: who did what, append-only.
 
-use sovereign_db::rusqlite::{Connection, params};
+use serde::Serialize;
+use sovereign_db::rusqlite::{self, Connection, params};
 
 use crate::CoreError;
 
@@ -22,4 +23,58 @@ pub fn record(
         detail.map(|d| d.to_string())
     ])?;
     Ok(())
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    /// Its number (newer entries have larger numbers).
+    pub id: i64,
+    /// When (UTC, RFC 3339).
+    pub at: String,
+    /// Who, if a user did it.
+    pub actor_user_id: Option<i64>,
+    /// What (`plugin.disable`, `auth.login`, ...).
+    pub action: String,
+    /// On what (`plugin:tasks`, `user:3`, ...).
+    pub target: Option<String>,
+    /// Details (JSON).
+    pub detail: Option<serde_json::Value>,
+}
+
+/// A page of the audit log, newest first: entries older than `before` (all if `None`),
+/// with exactly `target` if given.
+pub fn page(
+    conn: &Connection,
+    target: Option<&str>,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<AuditEntry>, CoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at, actor_user_id, action, target, detail FROM audit_log
+         WHERE (?1 IS NULL OR target = ?1) AND (?2 IS NULL OR id < ?2)
+         ORDER BY id DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![target, before, limit], |r| {
+        let detail: Option<String> = r.get(5)?;
+        Ok(AuditEntry {
+            id: r.get(0)?,
+            at: r.get(1)?,
+            actor_user_id: r.get(2)?,
+            action: r.get(3)?,
+            target: r.get(4)?,
+            // The log only holds valid JSON (CHECK json_valid).
+            detail: detail
+                .map(|d| serde_json::from_str(&d))
+                .transpose()
+                .map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        5,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

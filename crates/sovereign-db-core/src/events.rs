@@ -130,6 +130,8 @@ pub fn activity(conn: &Connection, user_id: i64, limit: u32) -> Result<Vec<Activ
 /// An event as the core stored it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredEvent {
+    /// Its position in the inbox (for paging: newer events have larger numbers).
+    pub seq: i64,
     /// The id the plugin's outbox gave it.
     pub event_id: String,
     /// The emitting plugin.
@@ -144,30 +146,63 @@ pub struct StoredEvent {
     pub error: Option<String>,
 }
 
+/// Which events to list.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this plugin's.
+    pub plugin: Option<String>,
+    /// Only this topic.
+    pub topic: Option<String>,
+    /// Only events older than this `seq` (the next page after a page ending there).
+    pub before: Option<i64>,
+}
+
 /// The newest `limit` events of `plugin` in the inbox, newest first.
 pub fn list(conn: &Connection, plugin: &str, limit: u32) -> Result<Vec<StoredEvent>, CoreError> {
+    page(
+        conn,
+        &EventFilter {
+            plugin: Some(plugin.to_owned()),
+            ..EventFilter::default()
+        },
+        limit,
+    )
+}
+
+/// A page of the inbox, newest first, filtered.
+pub fn page(
+    conn: &Connection,
+    filter: &EventFilter,
+    limit: u32,
+) -> Result<Vec<StoredEvent>, CoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT event_id, plugin, topic, payload, received_at, error FROM event_inbox
-         WHERE plugin = ?1 ORDER BY received_at DESC, event_id DESC LIMIT ?2",
+        "SELECT rowid, event_id, plugin, topic, payload, received_at, error FROM event_inbox
+         WHERE (?1 IS NULL OR plugin = ?1) AND (?2 IS NULL OR topic = ?2)
+           AND (?3 IS NULL OR rowid < ?3)
+         ORDER BY rowid DESC LIMIT ?4",
     )?;
-    let rows = stmt.query_map(params![plugin, limit], |r| {
-        let payload: String = r.get(3)?;
-        Ok(StoredEvent {
-            event_id: r.get(0)?,
-            plugin: r.get(1)?,
-            topic: r.get(2)?,
-            // The inbox only holds valid JSON (CHECK json_valid).
-            payload: serde_json::from_str(&payload).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    3,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })?,
-            received_at: r.get(4)?,
-            error: r.get(5)?,
-        })
-    })?;
+    let rows = stmt.query_map(
+        params![filter.plugin, filter.topic, filter.before, limit],
+        |r| {
+            let payload: String = r.get(4)?;
+            Ok(StoredEvent {
+                seq: r.get(0)?,
+                event_id: r.get(1)?,
+                plugin: r.get(2)?,
+                topic: r.get(3)?,
+                // The inbox only holds valid JSON (CHECK json_valid).
+                payload: serde_json::from_str(&payload).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        4,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?,
+                received_at: r.get(5)?,
+                error: r.get(6)?,
+            })
+        },
+    )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

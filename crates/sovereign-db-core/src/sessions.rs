@@ -14,6 +14,12 @@ fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The anti-CSRF token of a session: derived from the session token (which only its
+/// holder knows), so it needs no storage and dies with the session.
+pub fn csrf_token(token: &str) -> String {
+    hex::encode(Sha256::digest(format!("sv-csrf:{token}").as_bytes()))
+}
+
 /// Creates a session for `user_id` valid for `ttl_seconds`; returns the bearer token,
 /// which exists nowhere else afterwards.
 pub fn create(conn: &Connection, user_id: i64, ttl_seconds: i64) -> Result<String, CoreError> {

@@ -20,6 +20,7 @@ use crate::{ApiError, AppState, health, metrics};
 pub(crate) fn router(state: AppState, routes: Router<AppState>) -> Router {
     Router::new()
         .merge(routes)
+        .merge(crate::console::routes())
         .route("/health", get(health::health))
         .route("/metrics", get(metrics_text))
         .route("/api/auth/login", post(login))
@@ -57,6 +58,7 @@ pub(crate) fn router(state: AppState, routes: Router<AppState>) -> Router {
                 format!("{method} is not allowed on this route"),
             )
         })
+        .layer(axum::middleware::from_fn(crate::console::console_headers))
         .layer(axum::middleware::from_fn(crate::server::bounded_request))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -91,8 +93,25 @@ async fn login(
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Json<Value>, ApiError> {
     let ttl = state.session_ttl_seconds;
-    let address = crate::server::peer(&parts).map(|p| p.ip());
-    let email = body.email.trim().to_owned();
+    let (token, user) = open_session(&state, &parts, body.email, body.password, None).await?;
+    Ok(Json(
+        json!({ "token": token, "expires_in": ttl, "user": user }),
+    ))
+}
+
+/// Checks an e-mail address and password under the login throttle and opens a session
+/// (audited); returns its token and the user. With `required_role`, a user of another
+/// role is refused and gets no session.
+pub(crate) async fn open_session(
+    state: &AppState,
+    parts: &Parts,
+    email: String,
+    password: String,
+    required_role: Option<Role>,
+) -> Result<(String, User), ApiError> {
+    let ttl = state.session_ttl_seconds;
+    let address = crate::server::peer(parts).map(|p| p.ip());
+    let email = email.trim().to_owned();
     // Locked keys are refused before any password is verified.
     let locks = state.logins.attempt(&email, address).map_err(|wait| {
         ApiError::too_many_requests(wait, "too many failed logins; wait before trying again")
@@ -101,7 +120,7 @@ async fn login(
     state
         .core
         .run(&state.metrics, move |conn| {
-            let Some(user) = users::authenticate(conn, &email, &body.password)? else {
+            let Some(user) = users::authenticate(conn, &email, &password)? else {
                 for lock in &locks {
                     tracing::warn!(key = %lock.key, seconds = lock.duration.as_secs(), "login throttled");
                     audit::record(
@@ -118,6 +137,9 @@ async fn login(
                 return Err(ApiError::unauthorized("wrong e-mail address or password"));
             };
             logins.succeeded(&email, address);
+            if required_role.is_some_and(|role| role != user.role) {
+                return Err(ApiError::forbidden("this is for administrators only"));
+            }
             let token = sessions::create(conn, user.id, ttl)?;
             audit::record(
                 conn,
@@ -126,9 +148,7 @@ async fn login(
                 Some(&format!("user:{}", user.id)),
                 None,
             )?;
-            Ok(Json(
-                json!({ "token": token, "expires_in": ttl, "user": user }),
-            ))
+            Ok((token, user))
         })
         .await
 }

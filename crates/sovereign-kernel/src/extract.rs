@@ -19,6 +19,16 @@ pub struct ApiPath<T>(pub T);
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
+/// The cookie holding a console session (`Path=/console`, `HttpOnly`,
+/// `SameSite=Strict`): the browser sends it to the console only, and no script reads it.
+pub const CONSOLE_COOKIE: &str = "sv_console";
+
+/// The header a console page sends its session's anti-CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Where the console's routes live; the console cookie counts nowhere else.
+pub const CONSOLE_PREFIX: &str = "/console/";
+
 /// The authenticated caller.
 pub(crate) struct CurrentUser(pub(crate) User);
 
@@ -26,7 +36,7 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts)?;
+        let token = session_token(parts)?;
         let user = state
             .core
             .run(&state.metrics, move |conn| {
@@ -54,6 +64,50 @@ impl FromRequestParts<AppState> for AdminUser {
 
 pub(crate) fn bearer_token(parts: &Parts) -> Result<String, ApiError> {
     bearer_token_from(&parts.headers)
+}
+
+/// The session of a request: `Authorization: Bearer`, or under [`CONSOLE_PREFIX`] the
+/// console cookie, in which case a request that changes anything must also carry the
+/// session's anti-CSRF token (a cookie is sent by the browser whoever built the request;
+/// the token only by the console's own page).
+pub(crate) fn session_token(parts: &Parts) -> Result<String, ApiError> {
+    // A nested router sees its own part of the path; the whole one decides.
+    let path = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(parts.uri.path(), |original| original.0.path());
+    if parts.headers.contains_key(header::AUTHORIZATION) || !path.starts_with(CONSOLE_PREFIX) {
+        return bearer_token(parts);
+    }
+    let token = console_cookie(&parts.headers).ok_or_else(|| {
+        ApiError::unauthorized("not logged in to the console; log in at /console")
+    })?;
+    if !parts.method.is_safe() {
+        let sent = parts
+            .headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if sent != sessions::csrf_token(&token) {
+            return Err(ApiError::forbidden(
+                "the request lacks the console's anti-CSRF token; reload the console and try again",
+            ));
+        }
+    }
+    Ok(token)
+}
+
+/// The console session token of the request's cookies, if any.
+pub(crate) fn console_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == CONSOLE_COOKIE)
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
 }
 
 /// The session token of `Authorization: Bearer <token>`.

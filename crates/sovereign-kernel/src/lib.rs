@@ -3,7 +3,9 @@
 //! It owns `core.db` (through a small connection pool) and only ever *looks* at the
 //! plugin store, read-only and under a deadline, for `/health`.
 
+pub mod activity;
 mod api;
+pub mod console;
 mod error;
 pub mod events;
 pub mod extract;
@@ -59,6 +61,18 @@ pub struct AppState {
     pub(crate) session_ttl_seconds: i64,
     pub(crate) host: Option<host::HostHandle>,
     pub(crate) logins: Arc<throttle::LoginThrottle>,
+}
+
+impl AppState {
+    /// The kernel's metrics (with each plugin's recent traffic).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The supervised extension host, when the platform runs one.
+    pub fn host(&self) -> Option<&host::HostHandle> {
+        self.host.as_ref()
+    }
 }
 
 /// The HTTP router with every route (the kernel's and `routes`) and middleware.

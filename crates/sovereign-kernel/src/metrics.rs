@@ -77,6 +77,8 @@ pub struct Metrics {
     sync_batch_seconds: Histogram,
     sync_changes: Counter,
     event_inbox_unhandled: Gauge,
+    /// Each plugin's recent requests, for the console.
+    activity: crate::activity::ActivityLog,
 }
 
 impl Default for Metrics {
@@ -187,6 +189,7 @@ impl Metrics {
             sync_batch_seconds,
             sync_changes,
             event_inbox_unhandled,
+            activity: Default::default(),
         }
     }
 
@@ -212,6 +215,12 @@ impl Metrics {
                 plugin: plugin.to_owned(),
             })
             .observe(seconds);
+        self.activity.observe(plugin, status, seconds);
+    }
+
+    /// Each plugin's recent traffic (requests per minute, error rate, p95, last error).
+    pub fn plugin_activity(&self) -> Vec<crate::activity::PluginActivity> {
+        self.activity.summary()
     }
 
     /// Records one applied mirror batch.

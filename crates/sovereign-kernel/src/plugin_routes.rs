@@ -130,6 +130,13 @@ async fn forward(
         Ok(response) => {
             let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
             let mut out = (status, response.body).into_response();
+            // Whatever a plugin answers is a document of its own origin, never ours.
+            out.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(crate::console::PLUGIN_CSP),
+            );
+            out.headers_mut()
+                .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
             for (name, value) in response.headers {
                 let lower = name.to_ascii_lowercase();
                 if RETURNED_HEADERS.contains(&lower.as_str())

@@ -190,7 +190,7 @@ pub fn inspect(
 }
 
 /// What a purge did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct PurgeReport {
     /// The backup of the plugin's data, if one was written.
     pub backup: Option<PathBuf>,

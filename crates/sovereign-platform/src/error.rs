@@ -77,6 +77,21 @@ pub enum PlatformError {
         /// Its package directory.
         dir: PathBuf,
     },
+    /// A backup was asked for while the console's backup job runs.
+    #[error("a backup is already running; wait for it to finish")]
+    BackupRunning,
+    /// No backup of that name under `backups/`.
+    #[error("there is no backup {name:?} under backups/")]
+    NoSuchBackup {
+        /// The name asked for.
+        name: String,
+    },
+    /// A purge whose confirmation is not the plugin's id.
+    #[error("to purge plugin {id}'s data, type its id ({id}) as the confirmation")]
+    PurgeNotConfirmed {
+        /// Plugin id.
+        id: String,
+    },
     /// No registry entry.
     #[error("plugin {id:?} is not installed (see `sv plugins list`)")]
     NotRegistered {

@@ -3,6 +3,7 @@
 //! API call these functions; they return data and leave printing to the caller.
 
 pub mod authoring;
+pub mod console;
 pub mod doctor;
 pub mod error;
 pub mod events;

@@ -38,7 +38,7 @@ pub struct Installed {
 /// (or none) and registers it. A failure leaves nothing behind: no registry entry, no
 /// tables, no isolated file, no package copy.
 pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installed, PlatformError> {
-    let manifest = Manifest::load(dir, app.mirror_catalog())?;
+    let mut manifest = Manifest::load(dir, app.mirror_catalog())?;
     let id = manifest.id.clone();
     sovereign_db_plugins::check_plugin_id(&id)?;
     let core = app.open_migrated_core()?;
@@ -52,6 +52,10 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
         });
     }
     let component = check_package(dir, &manifest)?;
+    // The registry records the API the component was checked against, stated or not.
+    manifest
+        .plugin_api
+        .get_or_insert_with(|| component.api_version.clone());
     let grants = manifest.requested_grants();
     if !grants.is_empty()
         && let Approval::Ask(approve) = approval
@@ -208,7 +212,7 @@ pub fn upgrade(
     allow_same_version: bool,
     approve: &mut dyn FnMut(&[String]) -> bool,
 ) -> Result<Upgraded, PlatformError> {
-    let manifest = Manifest::load(dir, app.mirror_catalog())?;
+    let mut manifest = Manifest::load(dir, app.mirror_catalog())?;
     let id = manifest.id.clone();
     let core = app.open_migrated_core()?;
     let mut record = installed(&core, &id)?;
@@ -231,7 +235,8 @@ pub fn upgrade(
             to: manifest.database,
         });
     }
-    check_package(dir, &manifest)?;
+    let component = check_package(dir, &manifest)?;
+    manifest.plugin_api.get_or_insert(component.api_version);
     let grants = manifest.requested_grants();
     let changes = manifest_changes(&old, &manifest);
     let widened = grants.iter().any(|g| !record.grants.contains(g));
@@ -333,6 +338,14 @@ fn manifest_changes(old: &Manifest, new: &Manifest) -> Vec<String> {
     }
     if old.emits != new.emits {
         changes.push(format!("emits {:?} -> {:?}", old.emits, new.emits));
+    }
+    if old.plugin_api != new.plugin_api {
+        let api = |v: &Option<String>| v.clone().unwrap_or_else(|| "not recorded".into());
+        changes.push(format!(
+            "plugin API {} -> {}",
+            api(&old.plugin_api),
+            api(&new.plugin_api)
+        ));
     }
     if old.limits != new.limits {
         changes.push(format!("limits {:?} -> {:?}", old.limits, new.limits));

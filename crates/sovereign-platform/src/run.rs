@@ -182,6 +182,13 @@ pub fn serve(
     runtime.block_on(async {
         let waker = SyncWaker::default();
         let wake = waker.clone();
+        let console = crate::console::Console::new();
+        console
+            .start_sampler(app.clone())
+            .map_err(|source| PlatformError::Io {
+                what: "starting the console's sync sampler".into(),
+                source,
+            })?;
         let kernel = Kernel::bind(&KernelOptions {
             core_db: app.config().core_db_path(),
             plugins_db: app.config().plugins_db_path(),
@@ -190,7 +197,7 @@ pub fn serve(
             host: Some(host),
             event_handlers: crate::events::handlers(),
             on_core_commit: Some(Arc::new(move || wake.wake())),
-            routes: crate::http::routes(Arc::new(app.clone())),
+            routes: crate::http::routes(Arc::new(app.clone()), console.clone()),
             on_plugin_log: {
                 let writer = crate::plugin_logs::LogWriter::new(crate::plugin_logs::log_dir(app));
                 Some(Arc::new(move |lines| writer.append(lines)))
