@@ -30,8 +30,9 @@ pub const CONSOLE_CSS: &str = include_str!("console/console.css");
 /// How often the sync lag is sampled, and how much history is kept (one hour).
 pub const LAG_EVERY: Duration = Duration::from_secs(2);
 const LAG_SAMPLES: usize = 1800;
-/// How long a storage report (`dbstat` over every file, slow on big files) is reused.
-pub const STORAGE_CACHE: Duration = Duration::from_secs(30);
+/// How often the storage report (`dbstat` over every file: seconds on big files) is
+/// measured again, in the background: panels read the last one and never wait for it.
+pub const STORAGE_EVERY: Duration = Duration::from_secs(30);
 
 /// What the console keeps while the platform runs.
 #[derive(Default)]
@@ -40,6 +41,22 @@ pub struct Console {
     backup: Mutex<Option<BackupJob>>,
     verified: Mutex<HashMap<String, Verification>>,
     storage: Mutex<Option<(Instant, Arc<InspectReport>)>>,
+    /// The last integrity check of each store file, by path.
+    integrity: Mutex<HashMap<PathBuf, IntegrityCheck>>,
+}
+
+/// How often every store file's integrity is checked (`PRAGMA quick_check`, read-only).
+pub const INTEGRITY_EVERY: Duration = Duration::from_secs(600);
+
+/// The result of a store file's last integrity check.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntegrityCheck {
+    /// Whether `quick_check` answered `ok`.
+    pub ok: bool,
+    /// Its answer (the first problems when not ok).
+    pub message: String,
+    /// When (ms since the Unix epoch).
+    pub at_ms: i64,
 }
 
 /// The sync picture at one moment.
@@ -95,9 +112,25 @@ impl Console {
         Arc::default()
     }
 
-    /// Samples the sync picture every [`LAG_EVERY`] on a thread of its own, for as long as
-    /// the console lives.
+    /// Samples the sync picture every [`LAG_EVERY`] and measures the storage report every
+    /// [`STORAGE_EVERY`], each on a thread of its own, for as long as the console lives.
     pub fn start_sampler(self: &Arc<Self>, app: App) -> std::io::Result<()> {
+        let console: Weak<Console> = Arc::downgrade(self);
+        let storage_app = app.clone();
+        std::thread::Builder::new()
+            .name("sv-console-storage".into())
+            .spawn(move || {
+                let mut checked: Option<Instant> = None;
+                while let Some(console) = console.upgrade() {
+                    console.measure_storage(&storage_app);
+                    if checked.is_none_or(|at| at.elapsed() >= INTEGRITY_EVERY) {
+                        console.check_integrity(&storage_app);
+                        checked = Some(Instant::now());
+                    }
+                    drop(console);
+                    std::thread::sleep(STORAGE_EVERY);
+                }
+            })?;
         let console: Weak<Console> = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("sv-console-sampler".into())
@@ -139,22 +172,84 @@ impl Console {
             .collect()
     }
 
-    /// The storage report, measured at most every [`STORAGE_CACHE`].
+    /// The last storage report (measured now if there is none yet).
     pub fn storage(&self, app: &App) -> Result<Arc<InspectReport>, PlatformError> {
-        let mut cached = self.storage.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, report)) = &*cached
-            && at.elapsed() < STORAGE_CACHE
-        {
+        if let Some((_, report)) = &*self.storage.lock().unwrap_or_else(|e| e.into_inner()) {
             return Ok(report.clone());
         }
         let report = Arc::new(crate::plugins::inspect(app, None)?);
-        *cached = Some((Instant::now(), report.clone()));
+        *self.storage.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), report.clone()));
         Ok(report)
     }
 
-    /// Forgets the cached storage report (after a change to the plugins' data).
-    pub fn storage_changed(&self) {
-        *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    fn measure_storage(&self, app: &App) {
+        match crate::plugins::inspect(app, None) {
+            Ok(report) => {
+                *self.storage.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), Arc::new(report)))
+            }
+            Err(e) => tracing::warn!(error = %e, "console: cannot measure the plugins' storage"),
+        }
+    }
+
+    fn check_integrity(&self, app: &App) {
+        let layout = app.layout();
+        let mut files = vec![layout.core.clone(), layout.plugins.clone()];
+        files.extend(layout.mirror_file.clone());
+        files.extend(
+            layout
+                .isolated_files()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, path)| path),
+        );
+        for file in files.into_iter().filter(|f| f.exists()) {
+            let answer = sovereign_db::open_database(
+                &file,
+                &sovereign_db::OpenOptions::plugins().read_only(),
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|conn| {
+                let mut stmt = conn
+                    .prepare("PRAGMA quick_check(5)")
+                    .map_err(|e| e.to_string())?;
+                let rows = stmt
+                    .query_map([], |r| r.get::<_, String>(0))
+                    .map_err(|e| e.to_string())?;
+                rows.collect::<Result<Vec<String>, _>>()
+                    .map_err(|e| e.to_string())
+            });
+            let check = match answer {
+                Ok(lines) if lines == ["ok"] => IntegrityCheck {
+                    ok: true,
+                    message: "ok".into(),
+                    at_ms: now_ms(),
+                },
+                Ok(lines) => IntegrityCheck {
+                    ok: false,
+                    message: lines.join("; "),
+                    at_ms: now_ms(),
+                },
+                Err(e) => IntegrityCheck {
+                    ok: false,
+                    message: format!("cannot check: {e}"),
+                    at_ms: now_ms(),
+                },
+            };
+            if !check.ok {
+                tracing::error!(file = %file.display(), problem = %check.message, "a store failed its integrity check");
+            }
+            self.integrity
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(file, check);
+        }
+    }
+
+    /// Measures the storage report again now (after a change to the plugins' data).
+    pub fn storage_changed(&self, app: &App) {
+        self.measure_storage(app);
     }
 
     /// Starts a backup and its verification on a thread of its own; refused while one runs.
@@ -308,7 +403,7 @@ pub struct PluginOverview {
     /// The plugin API its component uses, as checked at install (`null`: installed
     /// before installs recorded it).
     pub api_version: Option<String>,
-    /// Bytes its tables take (from the storage report, at most 30 s old).
+    /// Bytes its tables take (from the storage report, measured every 30 s).
     pub used_bytes: u64,
     /// Its storage quota.
     pub quota_bytes: u64,
@@ -384,6 +479,8 @@ pub struct StoreFile {
     pub bytes: u64,
     /// Its write-ahead log's size.
     pub wal_bytes: u64,
+    /// Its last integrity check (every 10 minutes while the platform runs).
+    pub integrity: Option<IntegrityCheck>,
 }
 
 /// One migration and where it stands.
@@ -406,7 +503,7 @@ pub struct StoresPanel {
     pub schema_versions: BTreeMap<String, u32>,
     /// Migrations not cleanly applied.
     pub pending: Vec<MigrationRow>,
-    /// The storage report's age in seconds (it is measured at most every 30 s).
+    /// The storage report's age in seconds (it is measured every 30 s).
     pub storage_age_s: u64,
 }
 
@@ -419,6 +516,7 @@ fn file_sizes(role: String, path: &Path) -> StoreFile {
         bytes: size(path),
         wal_bytes: size(Path::new(&wal)),
         path: path.to_owned(),
+        integrity: None,
     }
 }
 
@@ -434,6 +532,12 @@ pub fn stores(app: &App, console: &Console) -> Result<StoresPanel, PlatformError
     }
     for (id, path) in layout.isolated_files()? {
         files.push(file_sizes(format!("plugin:{id}"), &path));
+    }
+    {
+        let checks = console.integrity.lock().unwrap_or_else(|e| e.into_inner());
+        for file in &mut files {
+            file.integrity = checks.get(&file.path).cloned();
+        }
     }
     let mut schema_versions = BTreeMap::new();
     let mut pending = Vec::new();
@@ -481,8 +585,23 @@ pub struct HostPanel {
     pub sandbox: Option<String>,
     /// What the host answered when asked to open `core.db` (while running).
     pub core_db_probe: Option<String>,
+    /// The host process's resident memory, KiB (while running).
+    pub memory_kib: Option<u64>,
     /// Statements the fence denied per plugin since the host started.
     pub denials: Vec<(String, u64)>,
+}
+
+/// A process's resident memory from `/proc/<pid>/status`, KiB.
+fn resident_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The host panel (no host: the platform runs without plugins).
@@ -507,7 +626,12 @@ pub fn host(state: &AppState) -> HostPanel {
         ),
         _ => (None, None),
     };
+    let memory_kib = match &host {
+        Some(HostState::Running { pid, .. }) => resident_kib(*pid),
+        _ => None,
+    };
     HostPanel {
+        memory_kib,
         summary: host
             .as_ref()
             .map_or("none: this platform runs without plugins".to_owned(), |h| {

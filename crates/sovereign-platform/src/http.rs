@@ -138,7 +138,7 @@ fn admin_routes(app: Arc<App>, console: Arc<Console>) -> axum::Router<AppState> 
                             Some(&format!("plugin:{id}")),
                             None,
                         )?;
-                        console.storage_changed();
+                        console.storage_changed(&app);
                         Ok(report)
                     })
                     .await

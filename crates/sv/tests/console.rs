@@ -360,7 +360,8 @@ fn an_operator_runs_the_platform_from_the_console_in_a_real_browser() {
         b.wait(
             "the host back after one restart",
             "return document.getElementById('host-status').dataset.status === 'running'
-                    && document.getElementById('host-restarts').innerText === '1'",
+                    && document.getElementById('host-restarts').innerText === '1'
+                    && document.getElementById('host-memory').innerText.includes('MiB')",
         )
         .await;
         b.shot("host").await;
@@ -381,7 +382,8 @@ fn an_operator_runs_the_platform_from_the_console_in_a_real_browser() {
         b.tab("stores").await;
         b.wait(
             "the stores",
-            "return document.getElementById('stores-body').innerText.includes('core')
+            "const core = document.querySelector('#stores-body tr[data-key=core]');
+             return core !== null && core.innerText.includes('ok (')
                     && document.getElementById('pending-migrations').innerText.includes('none')",
         )
         .await;

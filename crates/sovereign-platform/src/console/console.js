@@ -291,6 +291,7 @@ async function renderHost() {
   status.dataset.status = host ? host.status : "none";
   $("host-restarts").textContent = host && host.restarts !== undefined ? host.restarts : "-";
   $("host-pid").textContent = host && host.pid ? `pid ${host.pid}` : "-";
+  $("host-memory").textContent = panel.memory_kib ? bytes(panel.memory_kib * 1024) : "-";
   $("host-sandbox").textContent = panel.sandbox || "-";
   $("host-probe").textContent = panel.core_db_probe || "-";
   $("host-denials").textContent = panel.denials.length === 0 ? "none" : panel.denials.map(([id, n]) => `${id}: ${n}`).join(", ");
@@ -337,8 +338,13 @@ async function startBackup() {
 
 async function renderStores() {
   const panel = await api("/stores");
-  syncRows($("stores-body"), panel.files, (f) => f.role, () => el("tr", {}, el("th", { scope: "row" }), el("td"), el("td"), el("td")),
-    (row, f) => cells(row, [f.role, f.path, bytes(f.bytes), bytes(f.wal_bytes)]));
+  syncRows($("stores-body"), panel.files, (f) => f.role, () => el("tr", {}, el("th", { scope: "row" }), el("td"), el("td"), el("td"), el("td")),
+    (row, f) => {
+      const check = f.integrity;
+      cells(row, [f.role, f.path, bytes(f.bytes), bytes(f.wal_bytes),
+        check ? `${check.ok ? "ok" : `FAILED: ${check.message}`} (${when(check.at_ms)})` : "not checked yet"]);
+      row.children[4].className = check ? (check.ok ? "status good" : "status bad") : "";
+    });
   $("schema-versions").replaceChildren(...Object.entries(panel.schema_versions).map(([scope, v]) => el("li", {}, `${scope}: ${v}`)));
   $("pending-migrations").replaceChildren(...(panel.pending.length === 0 ? [el("li", {}, "none: every migration is applied")]
     : panel.pending.map((m) => el("li", { class: "status warn" }, `${m.scope}: ${m.file} (${m.state})`))));
