@@ -290,6 +290,34 @@ fn an_operator_runs_the_platform_from_the_console_in_a_real_browser() {
         assert_eq!(b.js("return document.cookie").await, "");
         b.shot("plugins").await;
 
+        // Refreshing moves nothing on the page: no layout shift over three refreshes.
+        b.js(
+            "window.__shift = 0;
+             new PerformanceObserver((list) => {
+               for (const e of list.getEntries()) if (!e.hadRecentInput) window.__shift += e.value;
+             }).observe({ type: 'layout-shift' });
+             return true",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(6500)).await;
+        let shift = b.js("return window.__shift").await.as_f64().unwrap();
+        assert!(shift < 0.01, "the page shifted by {shift} while refreshing");
+
+        // Keyboard only: a tab is reached and opened with the keyboard.
+        b.js("document.querySelector(\".tab[data-panel='stores']\").focus(); return true")
+            .await;
+        let focused = b.client().active_element().await.unwrap();
+        focused
+            .send_keys(&fantoccini::key::Key::Enter.to_string())
+            .await
+            .unwrap();
+        b.wait(
+            "the stores panel opened from the keyboard",
+            "return !document.getElementById('panel-stores').hidden",
+        )
+        .await;
+        b.tab("plugins").await;
+
         // Disable (confirmed) -> the route answers 404; enable -> 200.
         b.click("tr[data-plugin=tasks] button.toggle").await;
         b.wait("the confirmation", "return document.getElementById('confirm').open").await;
@@ -342,6 +370,12 @@ fn an_operator_runs_the_platform_from_the_console_in_a_real_browser() {
             &format!(
                 "return Number(document.getElementById('lag-chart').dataset.watermark) >= {before} + 100"
             ),
+        )
+        .await;
+        b.click("#reconcile").await;
+        b.wait(
+            "the reconcile's result",
+            "return document.getElementById('reconcile-result').innerText.includes('0 rows differ')",
         )
         .await;
         b.shot("sync").await;

@@ -276,7 +276,9 @@ async function renderSync() {
 async function reconcile() {
   $("reconcile-result").textContent = "reconciling...";
   const report = await act("Reconcile", () => api("/sync/reconcile", { method: "POST" }));
-  $("reconcile-result").textContent = report ? `done: ${JSON.stringify(report)}` : "failed";
+  $("reconcile-result").textContent = report
+    ? `compared ${report.chunks} chunks: ${report.differences.length} rows differ, ${report.pending} still waiting to be applied`
+    : "failed (see the message above)";
 }
 
 // ------------------------------------------------------------------ host
