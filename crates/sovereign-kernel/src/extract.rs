@@ -88,13 +88,22 @@ pub(crate) fn session_token(parts: &Parts) -> Result<String, ApiError> {
             .get(CSRF_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if sent != sessions::csrf_token(&token) {
+        if !same_secret(sent, &sessions::csrf_token(&token)) {
             return Err(ApiError::forbidden(
                 "the request lacks the console's anti-CSRF token; reload the console and try again",
             ));
         }
     }
     Ok(token)
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |differ, (x, y)| differ | (x ^ y))
+            == 0
 }
 
 /// The console session token of the request's cookies, if any.

@@ -463,7 +463,10 @@ pub mod db {
     }
 
     /// Goes through a query's rows as `T` (columns by name), a batch at a time.
-    pub fn query_iter<T: DeserializeOwned>(sql: &str, params: &[Value]) -> Result<RowIter<T>, Error> {
+    pub fn query_iter<T: DeserializeOwned>(
+        sql: &str,
+        params: &[Value],
+    ) -> Result<RowIter<T>, Error> {
         let cursor = cursor(sql, params)?;
         Ok(RowIter {
             columns: cursor.columns(),
