@@ -5,6 +5,7 @@ mod config_cmd;
 mod migrate;
 mod ops_cmd;
 mod plugins_cmd;
+mod postgres_cmd;
 mod run;
 mod sync_cmd;
 mod users_cmd;
@@ -104,6 +105,10 @@ enum Command {
     /// Run the extension host (started by `sv dev`/`sv serve`, not by hand).
     #[command(hide = true)]
     Host(run::HostArgs),
+    /// PostgreSQL: create the databases, roles and grants `DATABASE_URL` and
+    /// `PLUGIN_DATABASE_URL` name (`--apply`), or print the SQL for a DBA (`--print`).
+    #[command(name = "postgres:roles")]
+    PostgresRoles(postgres_cmd::RolesArgs),
     /// Manage users.
     Users {
         #[command(subcommand)]
@@ -157,6 +162,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Host(args) = &cli.command {
         return run::host(args);
     }
+    // The stores' configuration does not take postgres:// URLs yet; this command needs
+    // only the two URLs.
+    if let Command::PostgresRoles(args) = &cli.command {
+        return postgres_cmd::roles(
+            args,
+            cli.global.database_url.clone(),
+            cli.global.plugin_database_url.clone(),
+        );
+    }
     let bind = match &cli.command {
         Command::Serve(args) => args.bind,
         _ => None,
@@ -196,7 +210,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(args) => ops_cmd::run_restore(&app, &args),
         Command::MigrateSplit(args) => ops_cmd::run_split(&app, &args),
         Command::Doctor => ops_cmd::run_doctor(&app),
-        Command::Host(_) => unreachable!("handled before the configuration is read"),
+        Command::Host(_) | Command::PostgresRoles(_) => {
+            unreachable!("handled before the configuration is read")
+        }
     }
 }
 

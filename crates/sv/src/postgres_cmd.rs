@@ -1,0 +1,51 @@
+//! `sv postgres:roles`: the PostgreSQL roles, databases and grants the two store URLs
+//! name (RFC-0003), printed for a DBA or applied as an administrator.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use sovereign_postgres::RolePlan;
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["print", "apply"])))]
+pub struct RolesArgs {
+    /// A superuser's (or CREATEROLE + CREATEDB role's) URL, used only with --apply.
+    #[arg(long, value_name = "URL")]
+    admin_url: Option<String>,
+    /// Print the SQL (for `psql -v ON_ERROR_STOP=1 -f`); it holds the passwords.
+    #[arg(long)]
+    print: bool,
+    /// Create or update the roles, databases and grants now.
+    #[arg(long)]
+    apply: bool,
+}
+
+/// The store URLs come from `--database-url` / `--plugin-database-url` or the
+/// environment (`DATABASE_URL`, `PLUGIN_DATABASE_URL`).
+pub fn roles(
+    args: &RolesArgs,
+    database_url: Option<String>,
+    plugin_database_url: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let named = |flag: Option<String>, var: &str| {
+        flag.or_else(|| std::env::var(var).ok()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{var} is not set: give the store's postgres:// URL with its role and password"
+            )
+        })
+    };
+    let core = named(database_url, "DATABASE_URL")?;
+    let plugins = named(plugin_database_url, "PLUGIN_DATABASE_URL")?;
+    let plan = RolePlan::new(&core, &plugins, vec![])?;
+    if args.print {
+        print!("{}", plan.print());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let admin = args
+        .admin_url
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--apply needs --admin-url"))?;
+    let ran = plan.apply(admin)?;
+    println!("applied {ran} statements: the core and plugin databases, their roles and grants");
+    Ok(ExitCode::SUCCESS)
+}
