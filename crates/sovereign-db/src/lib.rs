@@ -10,7 +10,9 @@ pub mod open;
 pub mod store;
 pub mod url;
 
-pub use migrate::{Migration, MigrationError, MigrationSet, MigrationState, MigrationStatus};
+pub use migrate::{
+    AppliedRow, Migration, MigrationError, MigrationSet, MigrationState, MigrationStatus,
+};
 pub use open::{OpenError, OpenOptions, open_database};
 pub use store::{StoreError, StoreKind};
 pub use url::{DatabaseUrl, UrlError};

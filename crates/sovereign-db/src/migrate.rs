@@ -302,7 +302,12 @@ impl MigrationSet {
     /// The state of every migration of this set (and of applied ones it lacks) in `conn`.
     /// Reads only; a database without a tracking table has everything pending.
     pub fn status(&self, conn: &Connection) -> Result<Vec<MigrationStatus>, MigrationError> {
-        let applied = self.applied(conn)?;
+        Ok(self.status_of(&self.applied(conn)?))
+    }
+
+    /// The state of every migration of this set against `applied`, the rows of a
+    /// database's tracking table (SQLite's or another backend's).
+    pub fn status_of(&self, applied: &[AppliedRow]) -> Vec<MigrationStatus> {
         let mut out: Vec<MigrationStatus> = self
             .migrations
             .iter()
@@ -325,7 +330,7 @@ impl MigrationSet {
                 }
             })
             .collect();
-        for a in &applied {
+        for a in applied {
             if !self.migrations.iter().any(|m| m.version == a.version) {
                 out.push(MigrationStatus {
                     scope: self.scope.clone(),
@@ -338,12 +343,19 @@ impl MigrationSet {
             }
         }
         out.sort_by_key(|s| s.version);
-        Ok(out)
+        out
     }
 
     /// The migrations that [`deploy`](Self::deploy) would apply, after the same checks.
     pub fn plan(&self, conn: &Connection) -> Result<Vec<&Migration>, MigrationError> {
-        let status = self.status(conn)?;
+        self.plan_of(&self.applied(conn)?)
+    }
+
+    /// The migrations to apply against `applied` (a tracking table's rows), after the
+    /// checks every deploy makes: none changed after it was applied, none unknown, none
+    /// pending before an applied one.
+    pub fn plan_of(&self, applied: &[AppliedRow]) -> Result<Vec<&Migration>, MigrationError> {
+        let status = self.status_of(applied);
         self.check_consistency(&status)?;
         Ok(self
             .migrations
@@ -533,11 +545,17 @@ impl MigrationSet {
     }
 }
 
-struct AppliedRow {
-    version: u32,
-    name: String,
-    checksum: String,
-    applied_at: String,
+/// A migration as a database's tracking table records it (whatever the database).
+#[derive(Debug, Clone)]
+pub struct AppliedRow {
+    /// Its version.
+    pub version: u32,
+    /// Its name.
+    pub name: String,
+    /// The checksum of its text when it was applied.
+    pub checksum: String,
+    /// When (UTC, ISO 8601).
+    pub applied_at: String,
 }
 
 /// Splits SQL text into complete statements (as SQLite's own shell does, with

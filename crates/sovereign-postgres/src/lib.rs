@@ -13,6 +13,7 @@
 //! script, `apply` runs it as an administrator. Both are idempotent.
 
 mod cluster;
+pub mod migrate;
 mod roles;
 
 pub use cluster::Cluster;

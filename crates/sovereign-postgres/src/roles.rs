@@ -44,6 +44,9 @@ pub enum PgError {
         #[source]
         source: postgres::Error,
     },
+    /// A migration set refused (changed, unknown, out of order) or failed.
+    #[error(transparent)]
+    Migration(#[from] sovereign_db::MigrationError),
     /// Connecting failed.
     #[error("cannot connect to {target}: {source}")]
     Connect {

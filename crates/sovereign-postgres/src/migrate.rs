@@ -1,0 +1,137 @@
+//! The scoped migration runner on PostgreSQL: the same sets, checks and tracking as on
+//! SQLite (`sovereign_db::MigrationSet`: checksums, changed and unknown migrations
+//! refused, one transaction per migration), with PostgreSQL's transactional DDL and an
+//! advisory lock per scope so that two deployers never apply one migration twice.
+
+use postgres::{Client, GenericClient};
+use sovereign_db::{AppliedRow, MigrationError, MigrationSet, MigrationStatus};
+
+use crate::PgError;
+
+const TRACKING_TABLE: &str = "CREATE TABLE IF NOT EXISTS _sv_migrations (
+    scope      text        NOT NULL,
+    version    integer     NOT NULL,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, version)
+)";
+
+fn bookkeeping(statement: &str) -> impl FnOnce(postgres::Error) -> PgError + '_ {
+    move |source| PgError::Statement {
+        statement: statement.to_owned(),
+        source,
+    }
+}
+
+/// The tracking table's rows of `scope`.
+fn rows_of(client: &mut impl GenericClient, scope: &str) -> Result<Vec<AppliedRow>, PgError> {
+    let query = "SELECT version, name, checksum,
+                        to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')
+                 FROM _sv_migrations WHERE scope = $1 ORDER BY version";
+    Ok(client
+        .query(query, &[&scope])
+        .map_err(bookkeeping(query))?
+        .into_iter()
+        .map(|row| AppliedRow {
+            version: row.get::<_, i32>(0) as u32,
+            name: row.get(1),
+            checksum: row.get(2),
+            applied_at: row.get(3),
+        })
+        .collect())
+}
+
+/// The tracking table's rows of `scope` (none if there is no table yet).
+fn applied(client: &mut Client, scope: &str) -> Result<Vec<AppliedRow>, PgError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('_sv_migrations') IS NOT NULL", &[])
+        .map_err(bookkeeping("SELECT to_regclass('_sv_migrations')"))?
+        .get(0);
+    if !exists {
+        return Ok(vec![]);
+    }
+    rows_of(client, scope)
+}
+
+/// Every migration of `set` and where it stands in the database `client` is connected to.
+pub fn status(client: &mut Client, set: &MigrationSet) -> Result<Vec<MigrationStatus>, PgError> {
+    Ok(set.status_of(&applied(client, set.scope())?))
+}
+
+/// The 1-based line of character `position` (1-based) of `text`.
+fn line_of(text: &str, position: usize) -> usize {
+    text.chars()
+        .take(position.saturating_sub(1))
+        .filter(|c| *c == '\n')
+        .count()
+        + 1
+}
+
+/// Applies every pending migration of `set`, each in its own transaction (its DDL
+/// included), and returns the files applied. Stops at the first failure, which leaves
+/// nothing of that migration behind.
+pub fn deploy(client: &mut Client, set: &MigrationSet) -> Result<Vec<String>, PgError> {
+    let scope = set.scope();
+    client
+        .batch_execute(TRACKING_TABLE)
+        .map_err(bookkeeping("CREATE TABLE _sv_migrations"))?;
+    let mut done = Vec::new();
+    loop {
+        let mut tx = client.transaction().map_err(bookkeeping("BEGIN"))?;
+        // One deployer of a scope at a time; the lock ends with the transaction.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('sv-migrations:' || $1, 0))",
+            &[&scope],
+        )
+        .map_err(bookkeeping("SELECT pg_advisory_xact_lock(...)"))?;
+        let applied = rows_of(&mut tx, scope)?;
+        let Some(migration) = set.plan_of(&applied)?.into_iter().next().cloned() else {
+            return Ok(done);
+        };
+        if let Err(e) = tx.batch_execute(&migration.sql) {
+            let (line, message) = match e.as_db_error() {
+                Some(db) => (
+                    match db.position() {
+                        Some(postgres::error::ErrorPosition::Original(at)) => {
+                            line_of(&migration.sql, *at as usize)
+                        }
+                        _ => 1,
+                    },
+                    db.message().to_owned(),
+                ),
+                None => (1, e.to_string()),
+            };
+            // Dropping the transaction rolls every statement of the migration back.
+            return Err(MigrationError::Failed {
+                scope: scope.to_owned(),
+                file: migration.file_name(),
+                line,
+                statement: migration
+                    .sql
+                    .lines()
+                    .nth(line - 1)
+                    .unwrap_or_default()
+                    .trim()
+                    .chars()
+                    .take(200)
+                    .collect(),
+                message,
+            }
+            .into());
+        }
+        tx.execute(
+            "INSERT INTO _sv_migrations (scope, version, name, checksum) VALUES ($1, $2, $3, $4)",
+            &[
+                &scope,
+                &(migration.version as i32),
+                &migration.name,
+                &migration.checksum(),
+            ],
+        )
+        .map_err(bookkeeping("INSERT INTO _sv_migrations"))?;
+        tx.commit().map_err(bookkeeping("COMMIT"))?;
+        tracing::debug!(scope, file = %migration.file_name(), "migration applied (PostgreSQL)");
+        done.push(migration.file_name());
+    }
+}
