@@ -393,6 +393,8 @@ struct ListedPlugin<'a> {
     name: &'a str,
     version: &'a str,
     database: DatabaseMode,
+    /// The plugin API its component uses (`null`: installed before installs recorded it).
+    plugin_api: Option<&'a str>,
     enabled: bool,
     grants: Vec<String>,
     load: &'a LoadState,
@@ -411,6 +413,7 @@ fn list(app: &App, json: bool) -> anyhow::Result<ExitCode> {
                 name: &p.manifest.name,
                 version: &p.manifest.version,
                 database: p.manifest.database,
+                plugin_api: p.manifest.plugin_api.as_deref(),
                 enabled: p.enabled,
                 grants: grants(&p.grants),
                 load: &p.load,
@@ -425,10 +428,14 @@ fn list(app: &App, json: bool) -> anyhow::Result<ExitCode> {
     for p in plugins {
         let granted = grants(&p.grants);
         println!(
-            "{:<20} {:<10} {:<9} {:<9} {:<10} {}",
+            "{:<20} {:<10} {:<9} {:<8} {:<9} {:<10} {}",
             p.id,
             p.manifest.version,
             p.manifest.database.as_str(),
+            p.manifest
+                .plugin_api
+                .as_deref()
+                .map_or("api ?".to_owned(), |v| format!("api {v}")),
             if p.enabled { "enabled" } else { "disabled" },
             match &p.load {
                 LoadState::NotReported => "unreported",

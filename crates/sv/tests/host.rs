@@ -927,6 +927,20 @@ fn plugins_built_against_api_0_1_and_0_2_run_side_by_side_in_one_host() {
         ]);
         assert!(out.contains("installed"), "{out}");
     }
+    // Each plugin's API version is recorded at install and listed.
+    let listed: serde_json::Value =
+        serde_json::from_str(&w.sv_ok(&["plugins", "list", "--json"])).unwrap();
+    let api = |id: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .map(|p| p["plugin_api"].clone())
+    };
+    assert_eq!(api("tasks"), Some(json!("0.1.0")));
+    assert_eq!(api("notes"), Some(json!("0.2.0")));
+    assert!(w.sv_ok(&["plugins", "list"]).contains("api 0.1.0"));
     w.create_user("root@example.com", "root password 1", true);
     let server = w.start(&["serve"]);
     wait_running(&server);
