@@ -439,7 +439,7 @@ pub fn plugins(
                 .and_then(|p| p.error.clone()),
             _ => None,
         };
-        let last_problem = crate::plugin_logs::recent(app, &manifest.id, 200)?
+        let last_problem = crate::plugin_logs::recent_of_installed(app, &manifest.id, 200)?
             .into_iter()
             .rev()
             .find(|e| e.level >= sovereign_protocol::LogLevel::Warn);

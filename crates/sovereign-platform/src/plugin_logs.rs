@@ -120,6 +120,15 @@ fn open_for_append(dir: &Path, path: &Path) -> std::io::Result<File> {
 /// oldest first. A plugin that never logged has none.
 pub fn recent(app: &App, id: &str, count: usize) -> Result<Vec<LogEntry>, PlatformError> {
     crate::plugins::get(app, id)?;
+    recent_of_installed(app, id, count)
+}
+
+/// [`recent`] for an id the caller took from the registry (no second look-up).
+pub(crate) fn recent_of_installed(
+    app: &App,
+    id: &str,
+    count: usize,
+) -> Result<Vec<LogEntry>, PlatformError> {
     let current = log_file(app, id);
     let mut entries = Vec::new();
     for path in [current.with_extension("log.1"), current] {

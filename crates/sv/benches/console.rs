@@ -12,11 +12,9 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{PASSWORD, agent, sv, sv_ok, wait_running};
+use support::{PASSWORD, Platform, agent, sv_ok};
 
 const PLUGINS: usize = 50;
 const MIRRORED_ROWS: i64 = 1_000_000;
@@ -27,11 +25,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Platform::prepare(&["tasks", "notes"], &[("bench@example.com", true)]);
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let component = root.join("plugins/tasks/plugin.wasm");
-    sv_ok(dir.path(), &["migrate:deploy"]);
-
     // 48 small plugins of their own (a table each, a few hundred rows) besides the two
     // examples: 50 in all.
     let started = Instant::now();
@@ -60,31 +56,6 @@ fn main() {
             &["plugins", "install", pkg.to_str().unwrap(), "--yes"],
         );
     }
-    for p in ["tasks", "notes"] {
-        let pkg = root.join("plugins").join(p);
-        sv_ok(
-            dir.path(),
-            &["plugins", "install", pkg.to_str().unwrap(), "--yes"],
-        );
-    }
-    let mut create = sv(dir.path());
-    create.args([
-        "users",
-        "create",
-        "--email",
-        "bench@example.com",
-        "--password-stdin",
-        "--admin",
-    ]);
-    let mut child = create.stdin(Stdio::piped()).spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-
     // A million core users, written straight into core.db (as an import would), then
     // mirrored by a full resync.
     {
@@ -122,27 +93,15 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let mut server = sv(dir.path())
-        .args(["serve", "--port", "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = {
-        use std::io::BufRead;
-        std::io::BufReader::new(server.stdout.take().unwrap())
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("Sovereign is running at ").map(String::from))
-            .unwrap()
-    };
+    let platform = Platform::serve(dir);
+    let base = platform.base.clone();
     let agent = agent();
-    wait_running(&agent, &base);
-    let (_, token) = support::login(&agent, &base, "bench@example.com", PASSWORD);
+    let (_, token) = platform.login(&agent, "bench@example.com", PASSWORD);
 
     // The storage report the panels read, measured once here the way the background
     // thread does.
     let storage_started = Instant::now();
-    sv_ok(dir.path(), &["plugins", "db", "inspect", "--json"]);
+    sv_ok(platform.dir.path(), &["plugins", "db", "inspect", "--json"]);
     let storage_s = storage_started.elapsed().as_secs_f64();
 
     // 1. Page weight, and the page's first load over HTTP (its three files, then the
@@ -227,6 +186,4 @@ fn main() {
     println!(
         "storage report (dbstat over every file, measured in the background every 30 s): {storage_s:.2} s"
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }

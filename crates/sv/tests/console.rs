@@ -207,11 +207,7 @@ fn platform() -> (Workdir, Server, String) {
     w.create_user(ADMIN.0, ADMIN.1, true);
     w.create_user(MEMBER.0, MEMBER.1, false);
     let server = w.start(&["serve"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.get("/health", None).body["extension_host"]["status"] != "running" {
-        assert!(Instant::now() < deadline, "the host never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_host_running();
     let token = server.login(ADMIN.0, ADMIN.1);
     (w, server, token)
 }

@@ -31,7 +31,7 @@ fn platform(with_hostile: bool) -> (Workdir, Server, String) {
     }
     w.create_user("root@example.com", "root password 1", true);
     let server = w.start(&["serve"]);
-    wait_running(&server);
+    server.wait_host_running();
     let token = server.login("root@example.com", "root password 1");
     (w, server, token)
 }
@@ -57,22 +57,6 @@ fn all_tasks(server: &Server, token: &str) -> Vec<serde_json::Value> {
     }
 }
 
-fn host_state(server: &Server) -> serde_json::Value {
-    server.get("/health", None).body["extension_host"].clone()
-}
-
-fn wait_running(server: &Server) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let state = host_state(server);
-        if state["status"] == "running" {
-            return state;
-        }
-        assert!(Instant::now() < deadline, "the host never ran: {state}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn kill9(pid: i64) {
     // SAFETY: kill(2) on the host's pid as reported by /health.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -81,7 +65,7 @@ fn kill9(pid: i64) {
 #[test]
 fn tasks_and_notes_serve_logged_in_users_and_events_reach_the_core_once() {
     let (w, server, token) = platform(false);
-    let state = host_state(&server);
+    let state = server.host_state();
     assert_eq!(state["plugins"].as_array().unwrap().len(), 2, "{state}");
     assert!(
         state["plugins"]
@@ -206,7 +190,7 @@ fn tasks_and_notes_serve_logged_in_users_and_events_reach_the_core_once() {
 #[test]
 fn the_running_host_is_sandboxed_away_from_core_db() {
     let (w, server, _token) = platform(false);
-    let state = host_state(&server);
+    let state = server.host_state();
     if state["sandbox"] != "Enforced" && std::env::var_os("SV_TEST_ALLOW_NO_LANDLOCK").is_some() {
         eprintln!("skipping: no Landlock on this kernel ({state})");
         return;
@@ -295,7 +279,7 @@ fn a_hostile_plugin_gets_errors_while_tasks_keeps_answering() {
     let hog = server.get("/api/plugins/hostile/hog", Some(&token));
     assert!(hog.text.contains("memory cap of 16 MiB"), "{}", hog.text);
     assert_eq!(
-        host_state(&server)["restarts"],
+        server.host_state()["restarts"],
         0,
         "misbehaving plugins do not bring the host down"
     );
@@ -353,10 +337,10 @@ fn killing_the_host_fails_no_core_request_and_loses_no_acknowledged_write() {
     }
     std::thread::sleep(Duration::from_millis(500));
     for _ in 0..2 {
-        let pid = wait_running(&server)["pid"].as_i64().unwrap();
+        let pid = server.wait_host_running()["pid"].as_i64().unwrap();
         kill9(pid);
         std::thread::sleep(Duration::from_millis(300));
-        wait_running(&server);
+        server.wait_host_running();
         std::thread::sleep(Duration::from_millis(300));
     }
     stop.store(true, Ordering::SeqCst);
@@ -389,20 +373,20 @@ fn killing_the_host_fails_no_core_request_and_loses_no_acknowledged_write() {
             "acknowledged write {title} is missing"
         );
     }
-    assert_eq!(host_state(&server)["restarts"], 2);
+    assert_eq!(server.host_state()["restarts"], 2);
 }
 
 #[test]
 fn a_crash_loop_stops_restarts_until_an_operator_restarts_the_host() {
     let (w, server, token) = platform(false);
     for _ in 0..3 {
-        let pid = wait_running(&server)["pid"].as_i64().unwrap();
+        let pid = server.wait_host_running()["pid"].as_i64().unwrap();
         kill9(pid);
         std::thread::sleep(Duration::from_millis(200));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while host_state(&server)["status"] != "crash_loop" {
-        assert!(Instant::now() < deadline, "{}", host_state(&server));
+    while server.host_state()["status"] != "crash_loop" {
+        assert!(Instant::now() < deadline, "{}", server.host_state());
         std::thread::sleep(Duration::from_millis(50));
     }
     let r = server.get("/api/plugins/tasks/tasks", Some(&token));
@@ -412,7 +396,7 @@ fn a_crash_loop_stops_restarts_until_an_operator_restarts_the_host() {
     assert_eq!(h.body["core"]["status"], "ok");
     let out = w.sv_ok(&["plugins", "host", "restart"]);
     assert!(out.contains("asked the platform"), "{out}");
-    wait_running(&server);
+    server.wait_host_running();
     assert_eq!(
         server.get("/api/plugins/tasks/tasks", Some(&token)).status,
         200
@@ -431,7 +415,7 @@ fn a_plugin_installed_while_the_platform_runs_is_served_without_a_manual_restart
     ]);
     w.create_user("u@example.com", "user password 1", false);
     let server = w.start(&["serve"]);
-    wait_running(&server);
+    server.wait_host_running();
     let token = server.login("u@example.com", "user password 1");
     assert_eq!(
         server.get("/api/plugins/notes/notes", Some(&token)).status,
@@ -562,7 +546,7 @@ fn attacks_on_the_shared_store_do_not_fail_the_neighbour() {
         flooded, 0,
         "no event of the rolled-back flood reached the core"
     );
-    let state = host_state(&server);
+    let state = server.host_state();
     assert_eq!(state["restarts"], 0, "{state}");
     let peak_mib = peak_rss_kib(state["pid"].as_i64().unwrap()) / 1024;
     // SQLite's heap limit (256 MiB) + WebAssembly memory caps + the runtime: far from the
@@ -585,7 +569,7 @@ fn a_plugin_that_fails_to_load_shows_in_health_list_and_doctor() {
     // The installed component is damaged afterwards (a bad copy, a disk error).
     std::fs::write(w.path().join("plugins/notes/plugin.wasm"), b"garbage").unwrap();
     let server = w.start(&["serve"]);
-    let state = wait_running(&server);
+    let state = server.wait_host_running();
     let failed = state["plugins"]
         .as_array()
         .unwrap()
@@ -638,7 +622,7 @@ fn events_pending_at_host_start_do_not_fail_the_sandbox_probe() {
         }
     }
     let server = w.start(&["serve"]);
-    let state = wait_running(&server);
+    let state = server.wait_host_running();
     assert_eq!(state["restarts"], 0, "{state}");
     assert_eq!(state["core_db_probe"]["result"], "refused", "{state}");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -943,7 +927,7 @@ fn plugins_built_against_api_0_1_and_0_2_run_side_by_side_in_one_host() {
     assert!(w.sv_ok(&["plugins", "list"]).contains("api 0.1.0"));
     w.create_user("root@example.com", "root password 1", true);
     let server = w.start(&["serve"]);
-    wait_running(&server);
+    server.wait_host_running();
     let token = server.login("root@example.com", "root password 1");
 
     for round in 0..3 {
@@ -1012,6 +996,6 @@ fn plugins_built_against_api_0_1_and_0_2_run_side_by_side_in_one_host() {
         3,
         "the 0.1 plugin's events reach the core once"
     );
-    assert_eq!(host_state(&server)["restarts"], 0);
+    assert_eq!(server.host_state()["restarts"], 0);
     server.stop();
 }

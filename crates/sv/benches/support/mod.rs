@@ -102,6 +102,12 @@ impl Platform {
     /// Migrates, installs the repository's `plugins` (paths under `plugins/`), creates
     /// `users` (`(email, admin)`, password [`PASSWORD`]) and serves, with the host running.
     pub fn start(plugins: &[&str], users: &[(&str, bool)]) -> Platform {
+        Platform::serve(Platform::prepare(plugins, users))
+    }
+
+    /// What [`start`](Self::start) does before serving: a scratch directory, migrated,
+    /// with `plugins` installed and `users` created, for a benchmark to add to.
+    pub fn prepare(plugins: &[&str], users: &[(&str, bool)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
         sv_ok(dir.path(), &["migrate:deploy"]);
@@ -131,6 +137,11 @@ impl Platform {
                 .unwrap();
             assert!(child.wait().unwrap().success());
         }
+        dir
+    }
+
+    /// Serves `dir` with `sv serve` and waits until the extension host runs.
+    pub fn serve(dir: tempfile::TempDir) -> Platform {
         let mut server = sv(dir.path())
             .args(["serve", "--port", "0"])
             .stdout(Stdio::piped())

@@ -179,6 +179,24 @@ pub struct Reply {
 }
 
 impl Server {
+    /// The extension host's part of `/health`.
+    pub fn host_state(&self) -> Value {
+        self.get("/health", None).body["extension_host"].clone()
+    }
+
+    /// Waits until the extension host runs; returns its part of `/health`.
+    pub fn wait_host_running(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let state = self.host_state();
+            if state["status"] == "running" {
+                return state;
+            }
+            assert!(Instant::now() < deadline, "the host never ran: {state}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
