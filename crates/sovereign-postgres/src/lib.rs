@@ -14,8 +14,11 @@
 
 mod cluster;
 pub mod migrate;
+mod plugin_db;
 mod roles;
+pub mod sql_text;
 
 pub use cluster::Cluster;
+pub use plugin_db::{PgPluginConfig, PgPluginDb};
 
 pub use roles::{PgError, PluginRole, RolePlan, Step, StoreUrl, Target, plugin_role_name};

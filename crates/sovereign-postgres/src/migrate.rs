@@ -17,6 +17,19 @@ const TRACKING_TABLE: &str = "CREATE TABLE IF NOT EXISTS _sv_migrations (
     PRIMARY KEY (scope, version)
 )";
 
+/// The plugin database's own bookkeeping (the event outbox, `sv_lastval`), scope
+/// `system`, applied by its owner (`svc_plugins`) before the role plan grants on it.
+pub fn plugin_store_system() -> MigrationSet {
+    MigrationSet::embedded(
+        "system",
+        &[(
+            "0001_event_outbox.sql",
+            include_str!("../migrations/plugins/0001_event_outbox.sql"),
+        )],
+    )
+    .expect("embedded PostgreSQL system migrations are well-formed")
+}
+
 fn bookkeeping(statement: &str) -> impl FnOnce(postgres::Error) -> PgError + '_ {
     move |source| PgError::Statement {
         statement: statement.to_owned(),

@@ -47,6 +47,14 @@ pub enum PgError {
     /// A migration set refused (changed, unknown, out of order) or failed.
     #[error(transparent)]
     Migration(#[from] sovereign_db::MigrationError),
+    /// A plugin's connection would not be fenced by its role.
+    #[error("plugin {plugin}'s database connection is refused: {message}")]
+    UnsafeRole {
+        /// Plugin id.
+        plugin: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
     /// Connecting failed.
     #[error("cannot connect to {target}: {source}")]
     Connect {
@@ -352,6 +360,24 @@ impl RolePlan {
             steps.push(sql(
                 Plugins,
                 format!("GRANT USAGE ON SCHEMA \"{id}\" TO \"{plugins_role}\""),
+            ));
+            // Its own events in the outbox (row-level security) and its last insert id;
+            // nothing else of `public` (made by the `system` migrations: the plan runs
+            // again after them).
+            steps.push(sql(
+                Plugins,
+                format!("GRANT USAGE ON SCHEMA public TO \"{role}\""),
+            ));
+            steps.push(sql(
+                Plugins,
+                format!(
+                    "DO $$ BEGIN IF to_regclass('public._sv_event_outbox') IS NOT NULL THEN \
+                     EXECUTE 'GRANT SELECT, INSERT, DELETE, UPDATE (delivered_at_ms) \
+                     ON public._sv_event_outbox TO \"{role}\"'; END IF; \
+                     IF to_regprocedure('public.sv_lastval()') IS NOT NULL THEN \
+                     EXECUTE 'GRANT EXECUTE ON FUNCTION public.sv_lastval() TO \"{role}\"'; \
+                     END IF; END $$"
+                ),
             ));
             // Mirror columns: exactly the approved ones, of the mirror tables built so far
             // (the mirror writer creates them; the plan runs again after it does).

@@ -21,6 +21,18 @@ pub const MAX_OPEN_CURSORS: usize = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CursorId(u64);
 
+impl CursorId {
+    /// A cursor id from its number (for other backends' connections).
+    pub fn from_raw(number: u64) -> CursorId {
+        CursorId(number)
+    }
+
+    /// The id's number.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+}
+
 /// The open cursors of a connection.
 #[derive(Default)]
 pub(super) struct Cursors {
