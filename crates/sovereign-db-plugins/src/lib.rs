@@ -4,6 +4,7 @@
 //! checks that through `cargo metadata`.
 
 pub mod fence;
+mod fenced;
 mod functions;
 pub mod manifest;
 pub mod mirror;
@@ -14,7 +15,8 @@ pub mod value;
 
 use std::path::{Path, PathBuf};
 
-pub use manifest::{DatabaseMode, Limits, Manifest, ManifestError};
+pub use fenced::{FencedConnection, OutboxEvent};
+pub use manifest::{Backend, DatabaseMode, Limits, Manifest, ManifestError};
 pub use plugin_db::{
     CursorId, FenceError, MAX_NESTING, MAX_OPEN_CURSORS, MAX_RESULT_ROWS, Outcome, PluginDb,
     PluginDbConfig, StoreLocation, denial_counts, limit_sqlite_heap,
@@ -176,11 +178,22 @@ pub fn open_shared_store(path: &Path) -> Result<Connection, PluginStoreError> {
 
 /// The migrations of plugin `id`, read from `<plugins_dir>/<id>/migrations/`.
 pub fn plugin_migrations(plugins_dir: &Path, id: &str) -> Result<MigrationSet, PluginStoreError> {
+    plugin_migrations_for(plugins_dir, id, Backend::Sqlite)
+}
+
+/// The migrations of plugin `id` for `backend`: `<plugins_dir>/<id>/migrations/`, or its
+/// backend's subdirectory (`migrations/postgres/`).
+pub fn plugin_migrations_for(
+    plugins_dir: &Path,
+    id: &str,
+    backend: Backend,
+) -> Result<MigrationSet, PluginStoreError> {
     check_plugin_id(id)?;
-    Ok(MigrationSet::from_dir(
-        &migration_scope(id),
-        &plugins_dir.join(id).join("migrations"),
-    )?)
+    let mut dir = plugins_dir.join(id).join("migrations");
+    if let Some(subdir) = backend.migrations_subdir() {
+        dir.push(subdir);
+    }
+    Ok(MigrationSet::from_dir(&migration_scope(id), &dir)?)
 }
 
 /// The plugin packages found in `plugins_dir`: every subdirectory with a `plugin.json` or

@@ -29,6 +29,39 @@ impl DatabaseMode {
     }
 }
 
+/// A database server a plugin store can live on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// SQLite files (`data/plugins.db`, `data/plugins/<id>.db`).
+    Sqlite,
+    /// A PostgreSQL database (a schema and a role per plugin).
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite` or `postgres`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// Where a package keeps this backend's migrations, below its `migrations/`
+    /// (`None`: `migrations/` itself).
+    pub fn migrations_subdir(self) -> Option<&'static str> {
+        match self {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some("postgres"),
+        }
+    }
+}
+
+fn sqlite_only() -> Vec<Backend> {
+    vec![Backend::Sqlite]
+}
+
 /// A database mode that is neither `shared` nor `isolated` (for example in a damaged
 /// registry): an error, never silently `shared`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,6 +146,11 @@ pub struct Manifest {
     /// given, its component must use exactly that version.
     #[serde(default)]
     pub plugin_api: Option<String>,
+    /// The plugin store backends the package supports, with migrations for each
+    /// (`migrations/*.sql` for SQLite, `migrations/postgres/*.sql` for PostgreSQL);
+    /// SQLite only when absent.
+    #[serde(default = "sqlite_only")]
+    pub backends: Vec<Backend>,
 }
 
 /// One problem in a manifest: where (a JSON path such as `$.limits.storage_mb`), what is
@@ -245,6 +283,12 @@ impl Manifest {
             problem(
                 "$.plugin_api".into(),
                 format!("{api:?} is not a plugin API version such as 0.1.0"),
+            );
+        }
+        if self.backends.is_empty() {
+            problem(
+                "$.backends".into(),
+                "name at least one backend: \"sqlite\", \"postgres\"".into(),
             );
         }
         for (slice, columns) in &self.reads {

@@ -7,7 +7,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sovereign_db_plugins::{Limits, Manifest, PluginDb, PluginDbConfig, StoreLocation};
+use sovereign_db_plugins::{
+    FencedConnection, Limits, Manifest, PluginDb, PluginDbConfig, StoreLocation,
+};
+use sovereign_postgres::{PgPluginConfig, PgPluginDb};
 use sovereign_protocol::{
     Caller, HostError, HttpRequest, HttpResponse, LogLevel, PluginEvent, PluginLogLine, PluginSpec,
 };
@@ -29,7 +32,7 @@ pub(crate) struct RequestState {
     wasi: WasiCtx,
     table: ResourceTable,
     store_limits: RequestLimits,
-    db: PluginDb,
+    db: Box<dyn FencedConnection>,
     plugin: String,
     emits: Vec<String>,
     caller: Caller,
@@ -56,8 +59,8 @@ impl WasiView for RequestState {
 
 impl RequestState {
     /// The plugin's fenced connection, in the request's transaction.
-    pub(crate) fn db(&self) -> &PluginDb {
-        &self.db
+    pub(crate) fn db(&mut self) -> &mut dyn FencedConnection {
+        &mut *self.db
     }
 
     /// The store's resources (the guest's cursors).
@@ -192,10 +195,10 @@ pub struct LoadedPlugin {
     manifest: Manifest,
     pre: PluginPre,
     /// One connection per request lane; a running request takes one out.
-    lanes: Mutex<Vec<PluginDb>>,
+    lanes: Mutex<Vec<Box<dyn FencedConnection>>>,
     /// The platform's own connection (event relay and acknowledgements), so that its
     /// work never waits for a plugin request.
-    platform: Mutex<PluginDb>,
+    platform: Mutex<Box<dyn FencedConnection>>,
     event_window: Arc<Mutex<VecDeque<Instant>>>,
 }
 
@@ -282,16 +285,28 @@ impl Runtime {
             manifest.id,
             spec.id
         );
-        let config = PluginDbConfig {
-            plugin_id: spec.id.clone(),
-            mode: manifest.database,
-            grants: spec.grants.clone(),
-            limits: manifest.limits,
+        let open = || -> anyhow::Result<Box<dyn FencedConnection>> {
+            Ok(match &spec.postgres {
+                Some(login) => Box::new(PgPluginDb::open(&PgPluginConfig {
+                    plugin_id: spec.id.clone(),
+                    url: login.url.clone(),
+                    limits: manifest.limits,
+                })?),
+                None => Box::new(PluginDb::open(
+                    location,
+                    PluginDbConfig {
+                        plugin_id: spec.id.clone(),
+                        mode: manifest.database,
+                        grants: spec.grants.clone(),
+                        limits: manifest.limits,
+                    },
+                )?),
+            })
         };
         let lanes = (0..crate::scheduler::REQUEST_LANES)
-            .map(|_| PluginDb::open(location, config.clone()))
+            .map(|_| open())
             .collect::<Result<Vec<_>, _>>()?;
-        let platform = PluginDb::open(location, config)?;
+        let platform = open()?;
         let wasm = packages.join(&spec.id).join("plugin.wasm");
         let (pre, _) = crate::component::compile_checked(engine, &wasm)?;
         Ok(LoadedPlugin {
@@ -351,12 +366,12 @@ impl Runtime {
         }
         // The scheduler runs at most one request per lane: a connection is free.
         let taken = loaded.lanes.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let Some(db) = taken else {
+        let Some(mut db) = taken else {
             return Handled::failed(HostError::Internal(
                 "no free connection for the plugin's request".into(),
             ));
         };
-        let give_back = |db: PluginDb| {
+        let give_back = |db: Box<dyn FencedConnection>| {
             loaded
                 .lanes
                 .lock()
@@ -366,11 +381,7 @@ impl Runtime {
         db.set_request_deadline(Some(deadline));
         // Reads (GET/HEAD) need no write lock up front; everything else takes it at once,
         // so a request never fails half-way on a lock upgrade.
-        let begun = if matches!(request.method.as_str(), "GET" | "HEAD") {
-            db.begin_deferred()
-        } else {
-            db.begin()
-        };
+        let begun = db.begin(!matches!(request.method.as_str(), "GET" | "HEAD"));
         if let Err(e) = begun {
             db.set_request_deadline(None);
             give_back(db);
@@ -415,7 +426,7 @@ impl Runtime {
             }),
             Err(_) => Err(HostError::Deadline),
         };
-        let db = state.db;
+        let mut db = state.db;
         db.set_request_deadline(None);
         let result = match (outcome, state.over_limit) {
             (_, Some(limit)) => {
@@ -442,7 +453,7 @@ impl Runtime {
             }
         };
         let events = if state.emitted > 0 && result.is_ok() {
-            pending(&db, &loaded.id)
+            pending(&mut *db, &loaded.id)
         } else {
             vec![]
         };
@@ -470,8 +481,8 @@ impl Runtime {
     pub fn pending_events(&self) -> Vec<PluginEvent> {
         let mut out = Vec::new();
         for loaded in self.plugins.values() {
-            let db = loaded.platform.lock().unwrap_or_else(|e| e.into_inner());
-            out.extend(pending(&db, &loaded.id));
+            let mut db = loaded.platform.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(pending(&mut **db, &loaded.id));
         }
         out
     }
@@ -480,7 +491,7 @@ impl Runtime {
     pub fn mark_delivered(&self, event_ids: &[String], now_ms: i64) {
         const RETAIN_MS: i64 = 7 * 24 * 3600 * 1000;
         for loaded in self.plugins.values() {
-            let db = loaded.platform.lock().unwrap_or_else(|e| e.into_inner());
+            let mut db = loaded.platform.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = db.mark_delivered(event_ids, now_ms, RETAIN_MS) {
                 tracing::warn!(plugin = %loaded.id, error = %e, "cannot mark events delivered");
             }
@@ -488,7 +499,7 @@ impl Runtime {
     }
 }
 
-fn pending(db: &PluginDb, plugin: &str) -> Vec<PluginEvent> {
+fn pending(db: &mut dyn FencedConnection, plugin: &str) -> Vec<PluginEvent> {
     match db.pending_events(500) {
         Ok(rows) => rows
             .into_iter()

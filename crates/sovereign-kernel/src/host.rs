@@ -357,6 +357,7 @@ async fn plugin_specs(core: &CorePool) -> Result<Vec<PluginSpec>, CoreError> {
                 id: p.id,
                 grants: p.grants,
                 manifest: p.manifest,
+                postgres: None,
             })
             .collect())
     })

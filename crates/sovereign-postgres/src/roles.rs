@@ -55,6 +55,14 @@ pub enum PgError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The thread that holds a plugin's connection could not start.
+    #[error("cannot start the database connection thread of plugin {plugin}: {source}")]
+    Thread {
+        /// Plugin id.
+        plugin: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Connecting failed.
     #[error("cannot connect to {target}: {source}")]
     Connect {

@@ -8,7 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{HOSTILE, Stores, connect};
-use sovereign_db_plugins::{FenceError, Limits, MAX_OPEN_CURSORS, Outcome, SqlValue};
+use sovereign_db_plugins::{
+    FenceError, FencedConnection, Limits, MAX_OPEN_CURSORS, Outcome, SqlValue,
+};
 use sovereign_postgres::{PgError, PgPluginConfig, PgPluginDb};
 
 fn open(url: &str, id: &str, limits: Limits) -> PgPluginDb {
@@ -55,7 +57,7 @@ const TASKS: &str = "CREATE TABLE tasks__tasks (
 fn portable_statements_run_in_the_request_transaction_with_typed_values() {
     let stores = Stores::start();
     let mut db = open(&stores.tasks_url, "tasks", Limits::default());
-    db.begin().unwrap();
+    db.begin(true).unwrap();
     db.execute(TASKS, &[]).unwrap();
     let insert = "INSERT INTO tasks__tasks (title, done, weight, body, meta, assignee) \
                   VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -95,7 +97,7 @@ fn portable_statements_run_in_the_request_transaction_with_typed_values() {
     );
     db.commit().unwrap();
 
-    db.begin().unwrap();
+    db.begin(true).unwrap();
     let got = rows(
         db.execute(
             "SELECT t.id, t.title, t.done, t.weight, t.body, t.meta, u.display_name, \
@@ -211,7 +213,7 @@ fn deadlines_are_kept_from_outside_and_quota_and_caps_hold() {
         ..Limits::default()
     };
     let mut db = open(&stores.tasks_url, "tasks", limits);
-    db.begin().unwrap();
+    db.begin(true).unwrap();
     db.execute(TASKS, &[]).unwrap();
     db.execute("INSERT INTO tasks__tasks (title) VALUES ('kept')", &[])
         .unwrap();
@@ -256,7 +258,7 @@ fn deadlines_are_kept_from_outside_and_quota_and_caps_hold() {
             ..Limits::default()
         },
     );
-    slow.begin().unwrap();
+    slow.begin(true).unwrap();
     slow.set_request_deadline(Some(Instant::now() + Duration::from_millis(200)));
     assert!(matches!(
         slow.execute("SELECT pg_sleep(5)", &[]),
@@ -283,7 +285,7 @@ fn cursors_read_every_row_once_in_capped_batches() {
             ..Limits::default()
         },
     );
-    db.begin().unwrap();
+    db.begin(true).unwrap();
     db.execute(
         "CREATE TABLE tasks__lines (n bigint PRIMARY KEY, body text)",
         &[],
@@ -296,7 +298,7 @@ fn cursors_read_every_row_once_in_capped_batches() {
     .unwrap();
     db.commit().unwrap();
 
-    db.begin().unwrap();
+    db.begin(true).unwrap();
     let cursor = db
         .open_cursor(
             "SELECT n, body FROM tasks__lines WHERE n > ?1 ORDER BY n",
@@ -363,11 +365,11 @@ fn events_are_each_plugins_own_and_exist_only_once_committed() {
     let stores = Stores::start();
     let mut tasks = open(&stores.tasks_url, "tasks", Limits::default());
     let mut notes = open(&stores.notes_url, "notes", Limits::default());
-    tasks.begin().unwrap();
+    tasks.begin(true).unwrap();
     tasks.emit_event("task.completed", r#"{"id": 1}"#).unwrap();
     tasks.rollback().unwrap();
     assert!(tasks.pending_events(10).unwrap().is_empty(), "rolled back");
-    tasks.begin().unwrap();
+    tasks.begin(true).unwrap();
     let id = tasks.emit_event("task.completed", r#"{"id": 2}"#).unwrap();
     tasks.commit().unwrap();
     let pending = tasks.pending_events(10).unwrap();
@@ -408,7 +410,7 @@ fn the_hostile_corpus_is_refused_with_typed_errors_and_the_request_goes_on() {
             ..Limits::default()
         },
     );
-    db.begin().unwrap();
+    db.begin(true).unwrap();
     db.execute(TASKS, &[]).unwrap();
     db.execute("INSERT INTO tasks__tasks (title) VALUES ('mine')", &[])
         .unwrap();

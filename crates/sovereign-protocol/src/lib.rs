@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version; kernel and host refuse to talk across versions.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 32 * 1024 * 1024;
@@ -24,6 +24,23 @@ pub struct PluginSpec {
     pub grants: Vec<(String, String)>,
     /// The manifest as installed (its database mode, limits and events).
     pub manifest: sovereign_db_plugins::Manifest,
+    /// Where its data lives when the plugin store is on PostgreSQL (`None`: the SQLite
+    /// files the host was started with).
+    pub postgres: Option<PostgresLogin>,
+}
+
+/// A plugin role's connection URL (`postgres://svp_<id>:PASSWORD@HOST:PORT/DB`), handed
+/// to the host only; never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresLogin {
+    /// The URL, with the role's password.
+    pub url: String,
+}
+
+impl std::fmt::Debug for PostgresLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostgresLogin { url: <secret> }")
+    }
 }
 
 /// An HTTP request for a plugin.

@@ -18,15 +18,19 @@ mod values;
 mod watchdog;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Statement};
 use sovereign_db_plugins::{
-    CursorId, FenceError, Limits, MAX_OPEN_CURSORS, MAX_RESULT_ROWS, Outcome, SqlValue,
+    CursorId, FenceError, FencedConnection, Limits, MAX_OPEN_CURSORS, MAX_RESULT_ROWS, OutboxEvent,
+    Outcome, SqlValue,
 };
+
+use sovereign_db::{MigrationSet, MigrationStatus};
 
 use crate::sql_text::{self, TextError};
 use crate::{PgError, plugin_role_name};
@@ -109,8 +113,194 @@ struct OpenCursor {
     exhausted: bool,
 }
 
-/// A plugin's fenced connection to the plugin database on PostgreSQL.
+/// Work for the connection's thread.
+type Job = Box<dyn FnOnce(&mut Session) + Send>;
+
+/// A plugin's fenced connection to the plugin database on PostgreSQL (see the module
+/// documentation). The session lives on a thread of its own: the `postgres` driver
+/// blocks on a runtime of its own, which code running inside an async runtime (the
+/// extension host calls the database from a plugin's async call) must not do.
 pub struct PgPluginDb {
+    plugin: String,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PgPluginDb {
+    /// Connects as the plugin's role and checks that it is one: the role of the URL must
+    /// be `svp_<id>`, hold no privilege beyond LOGIN (no superuser, CREATEROLE, CREATEDB,
+    /// BYPASSRLS, REPLICATION) and own the schema `<id>`.
+    pub fn open(config: &PgPluginConfig) -> Result<PgPluginDb, PgError> {
+        let (opened, outcome) = mpsc::sync_channel(1);
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let plugin = config.plugin_id.clone();
+        let config = config.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("sv-pg-{plugin}"))
+            .stack_size(1 << 20)
+            .spawn(move || {
+                let mut session = match Session::open(&config) {
+                    Ok(session) => {
+                        let _ = opened.send(Ok(()));
+                        session
+                    }
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                        return;
+                    }
+                };
+                for job in queue {
+                    job(&mut session);
+                }
+            })
+            .map_err(|source| PgError::Thread {
+                plugin: plugin.clone(),
+                source,
+            })?;
+        let db = PgPluginDb {
+            plugin,
+            jobs: Some(jobs),
+            thread: Some(thread),
+        };
+        match outcome.recv() {
+            Ok(Ok(())) => Ok(db),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(PgError::Thread {
+                plugin: db.plugin.clone(),
+                source: std::io::Error::other("the connection thread ended while connecting"),
+            }),
+        }
+    }
+
+    /// Runs `work` on the session's thread and waits for its result.
+    fn call<R: Send + 'static>(&self, work: impl FnOnce(&mut Session) -> R + Send + 'static) -> R {
+        let (done, result) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |session| {
+            let _ = done.send(work(session));
+        });
+        self.jobs
+            .as_ref()
+            .expect("the job queue lives as long as the handle")
+            .send(job)
+            .expect("the connection thread runs until the handle is dropped");
+        result
+            .recv()
+            .expect("the connection thread answers every job")
+    }
+
+    /// The plugin's id.
+    pub fn plugin_id(&self) -> &str {
+        &self.plugin
+    }
+
+    /// Whether the server closed the connection (it must be opened again).
+    pub fn is_closed(&self) -> bool {
+        self.call(|s| s.is_closed())
+    }
+
+    /// Applies the plugin's pending migrations (its package's `migrations/postgres/`),
+    /// as its own role: each in one transaction, tracked in its schema's
+    /// `_sv_migrations`. Returns the files applied.
+    pub fn migrate(&mut self, set: &MigrationSet) -> Result<Vec<String>, PgError> {
+        let set = set.clone();
+        self.call(move |s| s.migrate(&set))
+    }
+
+    /// Where each of the plugin's migrations stands.
+    pub fn migration_status(
+        &mut self,
+        set: &MigrationSet,
+    ) -> Result<Vec<MigrationStatus>, PgError> {
+        let set = set.clone();
+        self.call(move |s| s.migration_status(&set))
+    }
+
+    /// Bytes the plugin's schema holds: every table, with its indexes and TOAST.
+    pub fn measure_bytes(&mut self) -> Result<u64, FenceError> {
+        self.call(|s| s.measure_bytes())
+    }
+}
+
+impl Drop for PgPluginDb {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread's loop; the session closes with it.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl FencedConnection for PgPluginDb {
+    fn plugin_id(&self) -> &str {
+        &self.plugin
+    }
+
+    fn begin(&mut self, _writes_expected: bool) -> Result<(), FenceError> {
+        // PostgreSQL locks rows, not the database: nothing to take up front.
+        self.call(|s| s.begin())
+    }
+
+    fn set_request_deadline(&mut self, deadline: Option<Instant>) {
+        self.call(move |s| s.set_request_deadline(deadline))
+    }
+
+    fn commit(&mut self) -> Result<(), FenceError> {
+        self.call(|s| s.commit())
+    }
+
+    fn rollback(&mut self) -> Result<(), FenceError> {
+        self.call(|s| s.rollback())
+    }
+
+    fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<Outcome, FenceError> {
+        let (sql, params) = (sql.to_owned(), params.to_vec());
+        self.call(move |s| s.execute(&sql, &params))
+    }
+
+    fn open_cursor(&mut self, sql: &str, params: &[SqlValue]) -> Result<CursorId, FenceError> {
+        let (sql, params) = (sql.to_owned(), params.to_vec());
+        self.call(move |s| s.open_cursor(&sql, &params))
+    }
+
+    fn cursor_columns(&self, id: CursorId) -> Result<Arc<[String]>, FenceError> {
+        self.call(move |s| s.cursor_columns(id))
+    }
+
+    fn cursor_next(
+        &mut self,
+        id: CursorId,
+        max_rows: usize,
+    ) -> Result<Vec<Vec<SqlValue>>, FenceError> {
+        self.call(move |s| s.cursor_next(id, max_rows))
+    }
+
+    fn close_cursor(&mut self, id: CursorId) {
+        self.call(move |s| s.close_cursor(id))
+    }
+
+    fn emit_event(&mut self, topic: &str, payload_json: &str) -> Result<String, FenceError> {
+        let (topic, payload_json) = (topic.to_owned(), payload_json.to_owned());
+        self.call(move |s| s.emit_event(&topic, &payload_json))
+    }
+
+    fn pending_events(&mut self, limit: usize) -> Result<Vec<OutboxEvent>, FenceError> {
+        self.call(move |s| s.pending_events(limit))
+    }
+
+    fn mark_delivered(
+        &mut self,
+        event_ids: &[String],
+        now_ms: i64,
+        retain_ms: i64,
+    ) -> Result<(), FenceError> {
+        let event_ids = event_ids.to_vec();
+        self.call(move |s| s.mark_delivered(&event_ids, now_ms, retain_ms))
+    }
+}
+
+/// The session itself, owned by the connection's thread.
+struct Session {
     plugin: String,
     limits: Limits,
     client: Client,
@@ -126,11 +316,11 @@ pub struct PgPluginDb {
     pin: String,
 }
 
-impl PgPluginDb {
+impl Session {
     /// Connects as the plugin's role and checks that it is one: the role of the URL must
     /// be `svp_<id>`, hold no privilege beyond LOGIN (no superuser, CREATEROLE, CREATEDB,
     /// BYPASSRLS) and own the schema `<id>`.
-    pub fn open(config: &PgPluginConfig) -> Result<PgPluginDb, PgError> {
+    pub fn open(config: &PgPluginConfig) -> Result<Session, PgError> {
         let plugin = config.plugin_id.clone();
         let role = plugin_role_name(&plugin);
         let mut pg_config: postgres::Config = config.url.parse().map_err(|e| PgError::BadUrl {
@@ -183,7 +373,7 @@ impl PgPluginDb {
              SET LOCAL statement_timeout = {statement_ms}; SET LOCAL lock_timeout = {statement_ms}"
         );
         let alarm = Alarm::new(client.cancel_token());
-        Ok(PgPluginDb {
+        Ok(Session {
             plugin,
             limits: config.limits,
             client,
@@ -198,9 +388,35 @@ impl PgPluginDb {
         })
     }
 
-    /// The plugin's id.
-    pub fn plugin_id(&self) -> &str {
-        &self.plugin
+    /// Applies the plugin's pending migrations (its package's `migrations/postgres/`),
+    /// as its own role: each in one transaction, tracked in its schema's
+    /// `_sv_migrations`. Returns the files applied.
+    pub fn migrate(&mut self, set: &MigrationSet) -> Result<Vec<String>, PgError> {
+        self.pin_schema()?;
+        crate::migrate::deploy(&mut self.client, set)
+    }
+
+    /// Where each of the plugin's migrations stands.
+    pub fn migration_status(
+        &mut self,
+        set: &MigrationSet,
+    ) -> Result<Vec<MigrationStatus>, PgError> {
+        self.pin_schema()?;
+        crate::migrate::status(&mut self.client, set)
+    }
+
+    /// Points the session at the plugin's schema alone (outside requests).
+    fn pin_schema(&mut self) -> Result<(), PgError> {
+        if self.in_request {
+            self.rollback().ok();
+        }
+        let pin = format!("SET search_path TO \"{}\"", self.plugin);
+        self.client
+            .batch_execute(&pin)
+            .map_err(|source| PgError::Statement {
+                statement: pin,
+                source,
+            })
     }
 
     /// Whether the server closed the connection (it must be opened again).
@@ -707,10 +923,7 @@ impl PgPluginDb {
 
     /// Committed events not yet delivered to the core, oldest first:
     /// `(event_id, topic, payload, created_at_ms)`.
-    pub fn pending_events(
-        &mut self,
-        limit: usize,
-    ) -> Result<Vec<(String, String, String, i64)>, FenceError> {
+    pub fn pending_events(&mut self, limit: usize) -> Result<Vec<OutboxEvent>, FenceError> {
         let rows = self
             .client
             .query(
