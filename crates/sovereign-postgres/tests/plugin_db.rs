@@ -229,6 +229,22 @@ fn deadlines_are_kept_from_outside_and_quota_and_caps_hold() {
         matches!(slept, Err(FenceError::Deadline { .. })),
         "{slept:?}"
     );
+    // Statements that end right at their deadline: whether or not the cancel came in
+    // time, it never reaches the next statement.
+    for _ in 0..20 {
+        let edge = db.execute("SELECT pg_sleep(0.29)", &[]);
+        assert!(
+            matches!(edge, Ok(_) | Err(FenceError::Deadline { .. })),
+            "{edge:?}"
+        );
+        assert_eq!(
+            rows(
+                db.execute("SELECT count(*) FROM tasks__tasks", &[])
+                    .unwrap()
+            )[0][0],
+            SqlValue::Integer(1)
+        );
+    }
     // Going past the storage quota undoes that write only.
     let big = db.execute(
         "INSERT INTO tasks__tasks (title, body) \

@@ -368,9 +368,12 @@ impl Session {
             )));
         }
         let statement_ms = config.limits.statement_ms.max(1);
+        // The watchdog cancels at the deadline; the server's own timeout is a backstop a
+        // second later (two cancels racing could reach the next statement).
         let pin = format!(
             "SET LOCAL search_path TO \"{plugin}\", core; \
-             SET LOCAL statement_timeout = {statement_ms}; SET LOCAL lock_timeout = {statement_ms}"
+             SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {statement_ms}",
+            statement_ms.saturating_add(1000)
         );
         let alarm = Alarm::new(client.cancel_token());
         Ok(Session {
@@ -405,12 +408,18 @@ impl Session {
         crate::migrate::status(&mut self.client, set)
     }
 
-    /// Points the session at the plugin's schema alone (outside requests).
+    /// Points the session at the plugin's schema alone, without a statement timeout
+    /// (outside requests).
     fn pin_schema(&mut self) -> Result<(), PgError> {
         if self.in_request {
             self.rollback().ok();
         }
-        let pin = format!("SET search_path TO \"{}\"", self.plugin);
+        // Migrations may take longer than a request's statement (requests pin their own
+        // timeout again).
+        let pin = format!(
+            "SET search_path TO \"{}\"; SET statement_timeout = 0",
+            self.plugin
+        );
         self.client
             .batch_execute(&pin)
             .map_err(|source| PgError::Statement {
@@ -596,6 +605,20 @@ impl Session {
             let _armed = watchdog::arm(&self.alarm, deadline);
             work(self)
         };
+        if self.alarm.fired() {
+            // The deadline passed, whatever the statement's own outcome: undo it. The
+            // cancel may still be on its way to the session and hit any of the next
+            // commands, so each is retried once, and a no-op takes it last: it never
+            // reaches the plugin's next statement.
+            let undo = "ROLLBACK TO SAVEPOINT sv_statement";
+            if self.client.batch_execute(undo).is_err() {
+                self.client.batch_execute(undo)?;
+            }
+            if self.client.batch_execute("SELECT 1").is_err() {
+                self.client.batch_execute(undo)?;
+            }
+            return Err(Failure::Fence(self.deadline_error()));
+        }
         if result.is_err() {
             // Undo the statement alone (a cancel or an error leaves the rest intact).
             self.client

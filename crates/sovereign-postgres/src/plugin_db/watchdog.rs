@@ -3,16 +3,19 @@
 //! (a separate connection to the server) for any statement still running at its deadline.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::Instant;
 
 use postgres::CancelToken;
 
-/// A connection's alarm: how to cancel its statement.
+/// A connection's alarm: how to cancel its statement, and whether it did.
 pub(crate) struct Alarm {
     token: CancelToken,
     /// Held while a cancel is sent; `true` while a statement of this connection runs.
     running: Mutex<bool>,
+    /// A cancel was sent for the statement armed last.
+    fired: AtomicBool,
 }
 
 impl Alarm {
@@ -20,7 +23,15 @@ impl Alarm {
         Arc::new(Alarm {
             token,
             running: Mutex::new(false),
+            fired: AtomicBool::new(false),
         })
+    }
+
+    /// Whether a cancel was sent for the statement armed last. PostgreSQL may act on
+    /// it late (after the statement ended by itself), so the session must absorb it
+    /// before its next statement.
+    pub(crate) fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
     }
 }
 
@@ -76,6 +87,7 @@ impl Alarm {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if *running {
             // The statement fails with SQLSTATE 57014 (query_canceled): a deadline.
+            self.fired.store(true, Ordering::SeqCst);
             if let Err(e) = self.token.cancel_query(postgres::NoTls) {
                 tracing::warn!(error = %e, "could not send PostgreSQL a cancel request");
             }
@@ -93,6 +105,7 @@ pub(crate) struct Armed {
 
 /// Arms `alarm` for a statement that must end by `deadline`.
 pub(crate) fn arm(alarm: &Arc<Alarm>, deadline: Instant) -> Armed {
+    alarm.fired.store(false, Ordering::SeqCst);
     *alarm.running.lock().unwrap_or_else(|e| e.into_inner()) = true;
     let watchdog = &*WATCHDOG;
     let mut armed = watchdog.armed.lock().unwrap_or_else(|e| e.into_inner());
