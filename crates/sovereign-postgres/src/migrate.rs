@@ -86,9 +86,17 @@ fn line_of(text: &str, position: usize) -> usize {
 /// nothing of that migration behind.
 pub fn deploy(client: &mut Client, set: &MigrationSet) -> Result<Vec<String>, PgError> {
     let scope = set.scope();
-    client
-        .batch_execute(TRACKING_TABLE)
+    // CREATE TABLE IF NOT EXISTS is not safe against a concurrent one: deployers take
+    // turns making the tracking table too.
+    let mut tx = client.transaction().map_err(bookkeeping("BEGIN"))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('sv-migrations', 0))",
+        &[],
+    )
+    .map_err(bookkeeping("SELECT pg_advisory_xact_lock(...)"))?;
+    tx.batch_execute(TRACKING_TABLE)
         .map_err(bookkeeping("CREATE TABLE _sv_migrations"))?;
+    tx.commit().map_err(bookkeeping("COMMIT"))?;
     let mut done = Vec::new();
     loop {
         let mut tx = client.transaction().map_err(bookkeeping("BEGIN"))?;

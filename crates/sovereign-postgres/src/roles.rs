@@ -164,6 +164,42 @@ pub struct PluginRole {
     pub statement_ms: u32,
 }
 
+impl PluginRole {
+    /// Creates (or resets) the role, its schema and its grants in the plugin database,
+    /// through `sv_admin.create_plugin_role` (run as the plugin store's role).
+    pub fn create_sql(&self) -> String {
+        format!(
+            "SELECT sv_admin.create_plugin_role({}, {}, {}, {})",
+            literal(&self.id),
+            literal(&self.password),
+            self.connection_limit,
+            self.statement_ms
+        )
+    }
+
+    /// Grants exactly the approved mirror columns (of the mirror tables built so far).
+    pub fn grant_sql(&self) -> String {
+        let grants: Vec<String> = self
+            .grants
+            .iter()
+            .map(|(slice, column)| literal(&format!("{slice}.{column}")))
+            .collect();
+        format!(
+            "SELECT sv_admin.grant_mirrors({}, ARRAY[{}]::text[])",
+            literal(&self.id),
+            grants.join(", ")
+        )
+    }
+
+    /// Drops the role with its schema, events and grants.
+    pub fn drop_sql(id: &str) -> String {
+        format!("SELECT sv_admin.drop_plugin_role({})", literal(id))
+    }
+}
+
+/// The provisioning functions (`sv_admin.*`), `{plugins_role}` to be filled in.
+const PROVISIONING: &str = include_str!("../sql/provisioning.sql");
+
 /// The role of plugin `id`.
 pub fn plugin_role_name(id: &str) -> String {
     format!("svp_{id}")
@@ -189,8 +225,8 @@ pub enum Step {
         target: Target,
         /// What.
         sql: String,
-        /// Whether it holds a password (elided from errors and logs).
-        secret: bool,
+        /// How errors and logs show it when it holds a password (`None`: as it is).
+        redacted: Option<String>,
     },
     /// `CREATE DATABASE` unless it exists (it cannot run inside a `DO` block).
     CreateDatabase {
@@ -261,22 +297,14 @@ impl RolePlan {
         let sql = |target, sql: String| Step::Sql {
             target,
             sql,
-            secret: false,
+            redacted: None,
         };
         let (core_role, plugins_role) = (&self.core.role, &self.plugins.role);
         let (core_db, plugins_db) = (&self.core.database, &self.plugins.database);
-        let mut logins: Vec<(String, String, u32)> = vec![
-            (core_role.clone(), self.core.password.clone(), 50),
-            (plugins_role.clone(), self.plugins.password.clone(), 50),
-        ];
-        logins.extend(self.plugin_roles.iter().map(|p| {
-            (
-                plugin_role_name(&p.id),
-                p.password.clone(),
-                p.connection_limit,
-            )
-        }));
-        for (role, password, limit) in &logins {
+        for (role, password) in [
+            (core_role, &self.core.password),
+            (plugins_role, &self.plugins.password),
+        ] {
             steps.push(sql(
                 Maintenance,
                 format!(
@@ -284,14 +312,14 @@ impl RolePlan {
                      THEN CREATE ROLE \"{role}\"; END IF; END $$"
                 ),
             ));
+            let alter = format!(
+                "ALTER ROLE \"{role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+                 NOBYPASSRLS NOINHERIT CONNECTION LIMIT 50 PASSWORD"
+            );
             steps.push(Step::Sql {
                 target: Maintenance,
-                sql: format!(
-                    "ALTER ROLE \"{role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-                     NOBYPASSRLS NOINHERIT CONNECTION LIMIT {limit} PASSWORD {}",
-                    literal(password)
-                ),
-                secret: true,
+                sql: format!("{alter} {}", literal(password)),
+                redacted: Some(format!("{alter} '...'")),
             });
         }
         for (db, owner) in [(core_db, core_role), (plugins_db, plugins_role)] {
@@ -307,27 +335,6 @@ impl RolePlan {
             steps.push(sql(
                 Maintenance,
                 format!("REVOKE ALL ON DATABASE \"{db}\" FROM PUBLIC"),
-            ));
-        }
-        for plugin in &self.plugin_roles {
-            let role = plugin_role_name(&plugin.id);
-            steps.push(sql(
-                Maintenance,
-                format!("GRANT CONNECT ON DATABASE \"{plugins_db}\" TO \"{role}\""),
-            ));
-            steps.push(sql(
-                Maintenance,
-                format!(
-                    "ALTER ROLE \"{role}\" IN DATABASE \"{plugins_db}\" SET search_path = \"{}\", core",
-                    plugin.id
-                ),
-            ));
-            steps.push(sql(
-                Maintenance,
-                format!(
-                    "ALTER ROLE \"{role}\" SET statement_timeout = '{}ms'",
-                    plugin.statement_ms
-                ),
             ));
         }
         // The core database: its owner's alone.
@@ -350,80 +357,21 @@ impl RolePlan {
             format!("CREATE SCHEMA IF NOT EXISTS core AUTHORIZATION \"{plugins_role}\""),
         ));
         steps.push(sql(Plugins, "REVOKE ALL ON SCHEMA core FROM PUBLIC".into()));
+        // What installing and removing a plugin need, callable by the plugin store's role.
+        steps.push(sql(
+            Plugins,
+            PROVISIONING.replace("{plugins_role}", plugins_role),
+        ));
         for plugin in &self.plugin_roles {
-            let (id, role) = (&plugin.id, plugin_role_name(&plugin.id));
-            steps.push(sql(
-                Plugins,
-                format!("CREATE SCHEMA IF NOT EXISTS \"{id}\" AUTHORIZATION \"{role}\""),
-            ));
-            steps.push(sql(
-                Plugins,
-                format!("ALTER SCHEMA \"{id}\" OWNER TO \"{role}\""),
-            ));
-            steps.push(sql(
-                Plugins,
-                format!("REVOKE ALL ON SCHEMA \"{id}\" FROM PUBLIC"),
-            ));
-            // The plugin store reads a plugin's outbox and runs purges.
-            steps.push(sql(
-                Plugins,
-                format!("GRANT USAGE ON SCHEMA \"{id}\" TO \"{plugins_role}\""),
-            ));
-            // Its own events in the outbox (row-level security) and its last insert id;
-            // nothing else of `public` (made by the `system` migrations: the plan runs
-            // again after them).
-            steps.push(sql(
-                Plugins,
-                format!("GRANT USAGE ON SCHEMA public TO \"{role}\""),
-            ));
-            steps.push(sql(
-                Plugins,
-                format!(
-                    "DO $$ BEGIN IF to_regclass('public._sv_event_outbox') IS NOT NULL THEN \
-                     EXECUTE 'GRANT SELECT, INSERT, DELETE, UPDATE (delivered_at_ms) \
-                     ON public._sv_event_outbox TO \"{role}\"'; END IF; \
-                     IF to_regprocedure('public.sv_lastval()') IS NOT NULL THEN \
-                     EXECUTE 'GRANT EXECUTE ON FUNCTION public.sv_lastval() TO \"{role}\"'; \
-                     END IF; END $$"
-                ),
-            ));
-            // Mirror columns: exactly the approved ones, of the mirror tables built so far
-            // (the mirror writer creates them; the plan runs again after it does).
-            let mut slices: Vec<&str> = plugin.grants.iter().map(|(s, _)| s.as_str()).collect();
-            slices.sort();
-            slices.dedup();
-            if slices.is_empty() {
-                steps.push(sql(
-                    Plugins,
-                    format!("REVOKE ALL ON SCHEMA core FROM \"{role}\""),
-                ));
-            } else {
-                steps.push(sql(
-                    Plugins,
-                    format!("GRANT USAGE ON SCHEMA core TO \"{role}\""),
-                ));
-            }
-            steps.push(sql(
-                Plugins,
-                format!("REVOKE ALL ON ALL TABLES IN SCHEMA core FROM \"{role}\""),
-            ));
-            for slice in slices {
-                let columns: Vec<String> = plugin
-                    .grants
-                    .iter()
-                    .filter(|(s, _)| s == slice)
-                    .map(|(_, c)| format!("\"{c}\""))
-                    .collect();
-                steps.push(sql(
-                    Plugins,
-                    format!(
-                        "DO $$ BEGIN IF to_regclass('core.\"core__{slice}\"') IS NOT NULL THEN \
-                         EXECUTE 'GRANT SELECT ({}) ON core.\"core__{slice}\" TO \"{role}\"'; \
-                         END IF; END $$",
-                        columns.join(", ")
-                    ),
-                ));
-            }
+            steps.push(Step::Sql {
+                target: Plugins,
+                sql: plugin.create_sql(),
+                redacted: Some(format!(
+                    "SELECT sv_admin.create_plugin_role('{}', '...', ...)",
+                    plugin.id
+                )),
+            });
+            steps.push(sql(Plugins, plugin.grant_sql()));
         }
         steps
     }
@@ -510,7 +458,7 @@ impl RolePlan {
                 Step::Sql {
                     target,
                     sql,
-                    secret,
+                    redacted,
                 } => {
                     let client = match target {
                         Target::Maintenance => &mut maintenance,
@@ -526,15 +474,7 @@ impl RolePlan {
                     client
                         .batch_execute(&sql)
                         .map_err(|source| PgError::Statement {
-                            statement: if secret {
-                                sql.split(" PASSWORD ")
-                                    .next()
-                                    .unwrap_or_default()
-                                    .to_owned()
-                                    + " PASSWORD '...'"
-                            } else {
-                                sql.clone()
-                            },
+                            statement: redacted.unwrap_or_else(|| sql.clone()),
                             source,
                         })?;
                     ran += 1;

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::{HOSTILE, Stores, cluster, connect, password, refused};
-use sovereign_postgres::RolePlan;
+use sovereign_postgres::{PluginRole, RolePlan};
 
 #[test]
 fn a_plugin_role_reaches_its_schema_and_granted_columns_and_nothing_else() {
@@ -143,4 +143,97 @@ fn the_printed_script_is_the_applied_plan_and_bad_urls_are_refused() {
             .to_string();
         assert!(err.contains("DATABASE_URL"), "{url}: {err}");
     }
+}
+
+#[test]
+fn the_plugin_stores_role_provisions_and_drops_plugin_roles_and_nothing_else() {
+    let stores = Stores::start();
+    let mut owner = connect(&stores.plugins_url);
+    let journal = PluginRole {
+        id: "journal".into(),
+        password: password(),
+        grants: vec![("users".into(), "id".into())],
+        connection_limit: 3,
+        statement_ms: 500,
+    };
+    owner.batch_execute(&journal.create_sql()).unwrap();
+    owner.batch_execute(&journal.grant_sql()).unwrap();
+    // Twice is the same.
+    owner.batch_execute(&journal.create_sql()).unwrap();
+    let journal_url = stores
+        .server
+        .url("svp_journal", &journal.password, "sv_plugins");
+    let mut plugin = connect(&journal_url);
+    plugin
+        .batch_execute(
+            "CREATE TABLE journal__entries (id bigint); INSERT INTO journal__entries VALUES (1)",
+        )
+        .unwrap();
+    let row = plugin
+        .query_one(
+            "SELECT current_setting('search_path'), (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'journal'), (SELECT count(*) FROM core__users)",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "journal, core");
+    assert_eq!(row.get::<_, String>(1), "svp_journal");
+    assert_eq!(row.get::<_, i64>(2), 1, "the granted column's table");
+    assert_eq!(
+        refused(&mut plugin, "SELECT display_name FROM core__users"),
+        "42501"
+    );
+    assert_eq!(
+        refused(&mut plugin, "SELECT * FROM notes.notes__notes"),
+        "42501"
+    );
+    drop(plugin);
+
+    // Names that are not plugin ids never reach a statement.
+    for (sql, code) in [
+        (
+            "SELECT sv_admin.create_plugin_role('x''; DROP ROLE svc_core; --', 'a-long-enough-password', 1, 1)",
+            "22023",
+        ),
+        (
+            "SELECT sv_admin.create_plugin_role('core', 'a-long-enough-password', 1, 1)",
+            "22023",
+        ),
+        (
+            "SELECT sv_admin.create_plugin_role('Evil', 'a-long-enough-password', 1, 1)",
+            "22023",
+        ),
+        (
+            "SELECT sv_admin.create_plugin_role('ok', 'short', 1, 1)",
+            "22023",
+        ),
+        ("SELECT sv_admin.drop_plugin_role('')", "22023"),
+        ("SELECT sv_admin.drop_plugin_role(NULL)", "22023"),
+        (
+            "SELECT sv_admin.grant_mirrors('journal', ARRAY['users.id); DROP TABLE x; --'])",
+            "22023",
+        ),
+        // The functions are the only way: the store's role itself creates no roles.
+        ("CREATE ROLE svp_direct LOGIN", "42501"),
+        ("ALTER ROLE svc_core PASSWORD 'stolen'", "42501"),
+    ] {
+        assert_eq!(refused(&mut owner, sql), code, "{sql}");
+    }
+
+    // Dropping takes the role, its schema and its events; the others are untouched.
+    owner
+        .batch_execute(&PluginRole::drop_sql("journal"))
+        .unwrap();
+    owner
+        .batch_execute(&PluginRole::drop_sql("journal"))
+        .unwrap();
+    let gone = owner
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = 'svp_journal'), \
+                    (SELECT count(*) FROM pg_namespace WHERE nspname = 'journal')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!((gone.get::<_, i64>(0), gone.get::<_, i64>(1)), (0, 0));
+    assert!(postgres::Client::connect(&journal_url, postgres::NoTls).is_err());
+    assert_eq!(stores.notes_count(), 1);
 }

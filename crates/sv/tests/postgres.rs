@@ -142,7 +142,7 @@ impl NotesStore {
                     &plugins_url,
                     vec![sovereign_postgres::PluginRole {
                         id: "notes".into(),
-                        password: "notes-secret".into(),
+                        password: "notes-secret-password".into(),
                         grants: vec![],
                         connection_limit: 8,
                         statement_ms: manifest.limits.statement_ms,
@@ -157,7 +157,7 @@ impl NotesStore {
                 )
                 .unwrap();
                 plan.apply(cluster.admin_url()).unwrap();
-                let url = cluster.url("svp_notes", "notes-secret", "sv_plugins");
+                let url = cluster.url("svp_notes", "notes-secret-password", "sv_plugins");
                 let mut db =
                     sovereign_postgres::PgPluginDb::open(&sovereign_postgres::PgPluginConfig {
                         plugin_id: "notes".into(),

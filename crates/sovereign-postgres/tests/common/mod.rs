@@ -108,6 +108,16 @@ pub const HOSTILE: &[(&str, &str)] = &[
     // The plugin store's bookkeeping.
     ("SELECT * FROM public.sv_bookkeeping", "42501"),
     ("CREATE TABLE public.evil (a int)", "42501"),
+    // The provisioning functions are the plugin store's role's alone.
+    (
+        "SELECT sv_admin.create_plugin_role('evil', 'a-long-enough-password', 1, 1)",
+        "42501",
+    ),
+    ("SELECT sv_admin.drop_plugin_role('notes')", "42501"),
+    (
+        "SELECT sv_admin.grant_mirrors('tasks', ARRAY['users.email'])",
+        "42501",
+    ),
     // Becoming someone else.
     ("SET ROLE svc_plugins", "42501"),
     ("SET ROLE svc_core", "42501"),
