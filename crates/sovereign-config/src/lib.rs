@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sovereign_db::DatabaseUrl;
+use sovereign_db::{DatabaseUrl, PostgresUrl, StoreTarget};
 
 /// Where a configuration value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,8 +86,8 @@ pub struct Config {
     pub base_dir: PathBuf,
     /// `DATABASE_URL`: the core store.
     pub database_url: Sourced<DatabaseUrl>,
-    /// `PLUGIN_DATABASE_URL`: the shared plugin store.
-    pub plugin_database_url: Sourced<DatabaseUrl>,
+    /// `PLUGIN_DATABASE_URL`: the shared plugin store's file, or a PostgreSQL database.
+    pub plugin_database_url: Sourced<StoreTarget>,
     /// `SV_DATA_DIR`: where default database files, isolated plugin files and runtime
     /// files (lock, host socket) live.
     pub data_dir: Sourced<PathBuf>,
@@ -255,30 +255,37 @@ impl Config {
                 source: Source::Default,
             });
 
-        let url = |flag: &Option<String>, var: &'static str, toml: &Option<String>, file: &str| {
-            match layers.lookup(flag.clone(), var, toml.clone()) {
-                Some(s) => Ok(Sourced {
-                    value: DatabaseUrl::parse(&format!("{var} (from {})", s.source), &s.value)?,
-                    source: s.source,
-                }),
-                None => Ok::<_, ConfigError>(Sourced {
-                    value: DatabaseUrl::from_path(data_dir.value.join(file)),
-                    source: Source::Default,
-                }),
-            }
-        };
-        let database_url = url(
-            &overrides.database_url,
+        let database_url = match layers.lookup(
+            overrides.database_url.clone(),
             "DATABASE_URL",
-            &layers.toml.database_url,
-            "core.db",
-        )?;
-        let plugin_database_url = url(
-            &overrides.plugin_database_url,
+            layers.toml.database_url.clone(),
+        ) {
+            Some(s) => Sourced {
+                value: DatabaseUrl::parse(&format!("DATABASE_URL (from {})", s.source), &s.value)?,
+                source: s.source,
+            },
+            None => Sourced {
+                value: DatabaseUrl::from_path(data_dir.value.join("core.db")),
+                source: Source::Default,
+            },
+        };
+        let plugin_database_url = match layers.lookup(
+            overrides.plugin_database_url.clone(),
             "PLUGIN_DATABASE_URL",
-            &layers.toml.plugin_database_url,
-            "plugins.db",
-        )?;
+            layers.toml.plugin_database_url.clone(),
+        ) {
+            Some(s) => Sourced {
+                value: StoreTarget::parse(
+                    &format!("PLUGIN_DATABASE_URL (from {})", s.source),
+                    &s.value,
+                )?,
+                source: s.source,
+            },
+            None => Sourced {
+                value: StoreTarget::File(DatabaseUrl::from_path(data_dir.value.join("plugins.db"))),
+                source: Source::Default,
+            },
+        };
 
         let port = match layers.lookup(
             overrides.port.map(|p| p.to_string()),
@@ -348,9 +355,21 @@ impl Config {
         self.database_url.value.resolve(&self.base_dir)
     }
 
-    /// Absolute path of the shared plugin store.
-    pub fn plugins_db_path(&self) -> PathBuf {
-        self.plugin_database_url.value.resolve(&self.base_dir)
+    /// Absolute path of the shared plugin store file (`None`: the plugin store is on
+    /// PostgreSQL).
+    pub fn plugins_db_path(&self) -> Option<PathBuf> {
+        self.plugin_database_url
+            .value
+            .file()
+            .map(|url| url.resolve(&self.base_dir))
+    }
+
+    /// The PostgreSQL database of the plugin store, if it is on PostgreSQL.
+    pub fn plugins_postgres_url(&self) -> Option<&PostgresUrl> {
+        match &self.plugin_database_url.value {
+            StoreTarget::Postgres(url) => Some(url),
+            StoreTarget::File(_) => None,
+        }
     }
 
     /// Absolute data directory.
@@ -370,7 +389,9 @@ impl Config {
 
     fn check_distinct_files(&self) -> Result<(), ConfigError> {
         let core = self.core_db_path();
-        let plugins = self.plugins_db_path();
+        let Some(plugins) = self.plugins_db_path() else {
+            return Ok(());
+        };
         if same_file(&core, &plugins) {
             return Err(ConfigError::SameFile {
                 core: self.database_url.value.to_string(),
@@ -587,7 +608,10 @@ mod tests {
         };
         let c = load(dir.path(), &flags, &[]).unwrap();
         assert_eq!(c.core_db_path(), PathBuf::from("/srv/sv/core.db"));
-        assert_eq!(c.plugins_db_path(), PathBuf::from("/srv/sv/plugins.db"));
+        assert_eq!(
+            c.plugins_db_path(),
+            Some(PathBuf::from("/srv/sv/plugins.db"))
+        );
     }
 
     #[test]
@@ -628,5 +652,40 @@ mod tests {
         assert!(matches!(err, ConfigError::SameFile { .. }), "{err}");
         let err = load(dir.path(), &Overrides::default(), &[("SV_PORT", "http")]).unwrap_err();
         assert!(err.to_string().contains("SV_PORT"), "{err}");
+    }
+
+    #[test]
+    fn the_plugin_store_may_be_on_postgres_and_its_password_is_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "postgres://svc_plugins:s3cret@127.0.0.1:5432/sv_plugins";
+        let c = load(
+            dir.path(),
+            &Overrides::default(),
+            &[("PLUGIN_DATABASE_URL", url)],
+        )
+        .unwrap();
+        assert_eq!(c.plugins_db_path(), None);
+        assert_eq!(c.plugins_postgres_url().map(|u| u.expose()), Some(url));
+        let shown = c.plugin_database_url.value.to_string();
+        assert_eq!(
+            shown,
+            "postgres://svc_plugins:***@127.0.0.1:5432/sv_plugins"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // The core store is SQLite only so far; the error says so and hides the password.
+        let err = load(
+            dir.path(),
+            &Overrides::default(),
+            &[(
+                "DATABASE_URL",
+                "postgres://svc_core:s3cret@127.0.0.1/sv_core",
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("SQLite only so far") && !err.contains("s3cret"),
+            "{err}"
+        );
     }
 }

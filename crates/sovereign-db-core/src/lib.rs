@@ -38,6 +38,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0005_registry_manifest_is_truth.sql",
         include_str!("../migrations/0005_registry_manifest_is_truth.sql"),
     ),
+    (
+        "0006_plugin_store_logins.sql",
+        include_str!("../migrations/0006_plugin_store_logins.sql"),
+    ),
 ];
 
 /// The core migration set.

@@ -159,6 +159,28 @@ pub fn set_enabled(conn: &Connection, id: &str, enabled: bool) -> Result<bool, C
     )? > 0)
 }
 
+/// Records the password of plugin `id`'s PostgreSQL role (a secret: only the extension
+/// host gets it). The plugin must be registered.
+pub fn set_store_login(conn: &Connection, id: &str, password: &str) -> Result<(), CoreError> {
+    conn.execute(
+        "INSERT INTO plugin_store_logins (plugin_id, password) VALUES (?1, ?2)
+         ON CONFLICT (plugin_id) DO UPDATE SET password = excluded.password",
+        params![id, password],
+    )?;
+    Ok(())
+}
+
+/// The password of plugin `id`'s PostgreSQL role, if it has one.
+pub fn store_login(conn: &Connection, id: &str) -> Result<Option<String>, CoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT password FROM plugin_store_logins WHERE plugin_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// Removes a plugin from the registry (its grants go with it); `false` if absent.
 pub fn unregister(conn: &Connection, id: &str) -> Result<bool, CoreError> {
     Ok(conn.execute("DELETE FROM plugins WHERE id = ?1", [id])? > 0)

@@ -49,6 +49,22 @@ pub trait FencedConnection: Send {
         now_ms: i64,
         retain_ms: i64,
     ) -> Result<(), FenceError>;
+
+    /// Runs one statement in a transaction of its own (an operator's `sv plugins sql`):
+    /// committed if it succeeds, rolled back if not.
+    fn execute_alone(&mut self, sql: &str, params: &[SqlValue]) -> Result<Outcome, FenceError> {
+        self.begin(true)?;
+        match self.execute(sql, params) {
+            Ok(outcome) => {
+                self.commit()?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                let _ = self.rollback();
+                Err(e)
+            }
+        }
+    }
 }
 
 impl FencedConnection for PluginDb {

@@ -36,7 +36,16 @@ impl DatabaseUrl {
         };
         let trimmed = value.trim();
         let Some(rest) = trimmed.strip_prefix("file:") else {
-            return Err(if trimmed.contains("://") {
+            return Err(if is_postgres(trimmed) {
+                UrlError {
+                    variable: variable.to_owned(),
+                    // Never echo a password.
+                    value: PostgresUrl(trimmed.to_owned()).to_string(),
+                    reason: "this store runs on SQLite only so far (of the two, only \
+                             PLUGIN_DATABASE_URL may name a PostgreSQL database)"
+                        .into(),
+                }
+            } else if trimmed.contains("://") {
                 fail("only the `file:` scheme is supported for SQLite")
             } else {
                 fail("it does not start with `file:`")
@@ -91,6 +100,81 @@ impl DatabaseUrl {
     }
 }
 
+fn is_postgres(value: &str) -> bool {
+    value.starts_with("postgres://") || value.starts_with("postgresql://")
+}
+
+/// Where the plugin store lives: SQLite files, or a PostgreSQL database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreTarget {
+    /// `file:PATH`: the shared plugin store file.
+    File(DatabaseUrl),
+    /// `postgres://ROLE:PASSWORD@HOST:PORT/DB`.
+    Postgres(PostgresUrl),
+}
+
+/// A `postgres://` URL as given (checked in full where it is used); shown without its
+/// password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(String);
+
+impl PostgresUrl {
+    /// The URL, password included.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // postgres://role:secret@host/db -> postgres://role:***@host/db
+        match self.0.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((login, server)) => {
+                    let role = login.split(':').next().unwrap_or_default();
+                    write!(f, "{scheme}://{role}:***@{server}")
+                }
+                None => write!(f, "{scheme}://{rest}"),
+            },
+            None => f.write_str("postgres://?"),
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgresUrl({self})")
+    }
+}
+
+impl StoreTarget {
+    /// Parses `value`: a `postgres://` (or `postgresql://`) URL, else a `file:` URL.
+    pub fn parse(variable: &str, value: &str) -> Result<Self, UrlError> {
+        let trimmed = value.trim();
+        if is_postgres(trimmed) {
+            return Ok(StoreTarget::Postgres(PostgresUrl(trimmed.to_owned())));
+        }
+        Ok(StoreTarget::File(DatabaseUrl::parse(variable, value)?))
+    }
+
+    /// The file, for a SQLite store.
+    pub fn file(&self) -> Option<&DatabaseUrl> {
+        match self {
+            StoreTarget::File(url) => Some(url),
+            StoreTarget::Postgres(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreTarget::File(url) => url.fmt(f),
+            StoreTarget::Postgres(url) => url.fmt(f),
+        }
+    }
+}
+
 impl std::fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "file:{}", self.path.display())
@@ -135,16 +219,17 @@ mod tests {
     fn refuses_malformed_urls_naming_the_variable() {
         for (input, reason) in [
             ("data/core.db", "does not start with `file:`"),
-            ("postgres://localhost/x", "only the `file:` scheme"),
+            ("postgres://localhost/x", "SQLite only so far"),
+            ("mysql://localhost/x", "only the `file:` scheme"),
             ("file:", "empty"),
             ("file:x.db?mode=ro", "query parameters"),
             ("file::memory:", "in-memory"),
             ("file://host/x.db", "absolute path"),
             ("file:data/", "directory"),
         ] {
-            let err = DatabaseUrl::parse("PLUGIN_DATABASE_URL", input).unwrap_err();
+            let err = DatabaseUrl::parse("DATABASE_URL", input).unwrap_err();
             let text = err.to_string();
-            assert!(text.contains("PLUGIN_DATABASE_URL"), "{text}");
+            assert!(text.contains("DATABASE_URL"), "{text}");
             assert!(text.contains(reason), "{input}: {text}");
             assert!(text.contains("expected `file:PATH`"), "{text}");
         }

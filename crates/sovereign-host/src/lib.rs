@@ -43,8 +43,9 @@ pub const SQLITE_HEAP_LIMIT: i64 = 256 * 1024 * 1024;
 pub struct HostOptions {
     /// The kernel's socket.
     pub socket: PathBuf,
-    /// The plugin store files.
-    pub location: StoreLocation,
+    /// The SQLite plugin store files (`None`: the plugin store is on PostgreSQL, and
+    /// each plugin's spec says how its role logs in).
+    pub location: Option<StoreLocation>,
     /// The plugin packages directory (read-only).
     pub packages: PathBuf,
     /// Exit instead of running unsandboxed.
@@ -101,38 +102,40 @@ pub fn run(options: HostOptions) -> anyhow::Result<()> {
     sovereign_db_plugins::limit_sqlite_heap(SQLITE_HEAP_LIMIT);
     let runtime = Runtime::load(
         Runtime::engine()?,
-        &options.location,
+        options.location.as_ref(),
         &options.packages,
         &plugins,
     )?;
 
+    let mut allowed = sandbox::Allowed {
+        read_write_files: vec![],
+        read_write_dirs: vec![],
+        read_only: vec![options.packages.clone()],
+    };
     // Held open for the host's lifetime: the shared store's -wal and -shm must exist
     // for the sandbox rules below (SQLite removes them when the last connection closes).
-    let _shared_store_files =
-        sovereign_db_plugins::open_shared_store(&options.location.shared_store)
+    let mut _shared_store_files = None;
+    if let Some(location) = &options.location {
+        _shared_store_files = sovereign_db_plugins::open_shared_store(&location.shared_store)
             .map_err(|e| tracing::warn!(error = %e, "cannot open the shared plugin store"))
             .ok();
-
-    // Everything is open and compiled: from here on the host can only touch the plugin
-    // store files and read the packages.
-    let shared = &options.location.shared_store;
-    let mut allowed = sandbox::Allowed {
-        read_write_files: [
+        // Everything is open and compiled: from here on the host can only touch the
+        // plugin store files and read the packages.
+        let shared = &location.shared_store;
+        allowed.read_write_files.extend([
             shared.clone(),
             with_suffix(shared, "-wal"),
             with_suffix(shared, "-shm"),
-        ]
-        .to_vec(),
-        read_write_dirs: vec![options.location.isolated_dir.clone()],
-        read_only: vec![options.packages.clone()],
-    };
-    if let Some(mirror) = &options.location.mirror_file {
-        allowed.read_only.push(mirror.clone());
-        allowed.read_only.push(with_suffix(mirror, "-wal"));
-        // Readers of a WAL file write its shared-memory index.
-        allowed.read_write_files.push(with_suffix(mirror, "-shm"));
+        ]);
+        allowed.read_write_dirs.push(location.isolated_dir.clone());
+        if let Some(mirror) = &location.mirror_file {
+            allowed.read_only.push(mirror.clone());
+            allowed.read_only.push(with_suffix(mirror, "-wal"));
+            // Readers of a WAL file write its shared-memory index.
+            allowed.read_write_files.push(with_suffix(mirror, "-shm"));
+        }
+        std::fs::create_dir_all(&location.isolated_dir).ok();
     }
-    std::fs::create_dir_all(&options.location.isolated_dir).ok();
     let sandbox = sandbox::restrict(&allowed);
     match &sandbox {
         SandboxStatus::Enforced => tracing::info!("sandboxed with Landlock"),

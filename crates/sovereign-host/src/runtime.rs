@@ -248,7 +248,7 @@ impl Runtime {
     /// Failures are recorded per plugin; the others still load.
     pub fn load(
         engine: Engine,
-        location: &StoreLocation,
+        location: Option<&StoreLocation>,
         packages: &Path,
         specs: &[PluginSpec],
     ) -> anyhow::Result<Runtime> {
@@ -274,7 +274,7 @@ impl Runtime {
 
     fn load_one(
         engine: &Engine,
-        location: &StoreLocation,
+        location: Option<&StoreLocation>,
         packages: &Path,
         spec: &PluginSpec,
     ) -> anyhow::Result<LoadedPlugin> {
@@ -293,7 +293,12 @@ impl Runtime {
                     limits: manifest.limits,
                 })?),
                 None => Box::new(PluginDb::open(
-                    location,
+                    location.ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "the plugin store is on PostgreSQL and this plugin has no role \
+                             login there; reinstall it (`sv plugins install`)"
+                        )
+                    })?,
                     PluginDbConfig {
                         plugin_id: spec.id.clone(),
                         mode: manifest.database,

@@ -91,8 +91,8 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
         },
     };
 
-    let path = state.plugins_db.clone();
-    let probe = tokio::task::spawn_blocking(move || probe_plugin_store(&path));
+    let probe = state.plugin_store_probe.clone();
+    let probe = tokio::task::spawn_blocking(move || probe());
     let plugins = match tokio::time::timeout(PLUGIN_STORE_DEADLINE, probe).await {
         Ok(Ok(Ok(()))) => StoreHealth::Ok,
         Ok(Ok(Err(error))) => {
@@ -150,7 +150,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
 }
 
 /// Opens the plugin store read-only (never creating it) and checks its marker.
-fn probe_plugin_store(path: &Path) -> Result<(), String> {
+pub(crate) fn probe_plugin_store(path: &Path) -> Result<(), String> {
     let options = sovereign_db::OpenOptions::plugins()
         .read_only()
         .busy_timeout(Duration::from_millis(250));

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sovereign_db_core::CoreError;
 use sovereign_protocol::{
     Caller, HostError, HostToKernel, HttpRequest, HttpResponse, KernelToHost, PluginEvent,
-    PluginLoad, PluginSpec, SandboxStatus, VERSION,
+    PluginLoad, PluginSpec, PostgresLogin, SandboxStatus, VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -53,6 +53,22 @@ pub struct HostCommand {
     /// `core.db`, which the kernel asks a freshly started host to open: the sandbox must
     /// refuse, and `/health` shows that it did.
     pub core_db: PathBuf,
+    /// When the plugin store is on PostgreSQL: a plugin's connection string from its id
+    /// and its role's password (kept in the core store), handed to the host.
+    pub postgres_login: Option<PostgresLoginFn>,
+}
+
+/// `(plugin id, password) -> connection string`.
+type LoginBuilder = dyn Fn(&str, &str) -> String + Send + Sync;
+
+/// Builds a plugin's PostgreSQL connection string from its id and password.
+#[derive(Clone)]
+pub struct PostgresLoginFn(pub Arc<LoginBuilder>);
+
+impl std::fmt::Debug for PostgresLoginFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostgresLoginFn")
+    }
 }
 
 /// The host's state, as `/health` shows it.
@@ -349,17 +365,33 @@ fn set_state(inner: &Inner, state: HostState) {
     *inner.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
 }
 
-async fn plugin_specs(core: &CorePool) -> Result<Vec<PluginSpec>, CoreError> {
-    core.call(|conn| {
-        Ok(sovereign_db_core::plugins::list(conn)?
+async fn plugin_specs(
+    core: &CorePool,
+    postgres_login: Option<PostgresLoginFn>,
+) -> Result<Vec<PluginSpec>, CoreError> {
+    core.call(move |conn| {
+        sovereign_db_core::plugins::list(conn)?
             .into_iter()
-            .map(|p| PluginSpec {
-                id: p.id,
-                grants: p.grants,
-                manifest: p.manifest,
-                postgres: None,
+            .map(|p| {
+                let postgres = match &postgres_login {
+                    // A plugin without a login cannot load (the host says why).
+                    Some(login) => {
+                        sovereign_db_core::plugins::store_login(conn, &p.id)?.map(|password| {
+                            PostgresLogin {
+                                url: (login.0)(&p.id, &password),
+                            }
+                        })
+                    }
+                    None => None,
+                };
+                Ok(PluginSpec {
+                    id: p.id,
+                    grants: p.grants,
+                    manifest: p.manifest,
+                    postgres,
+                })
             })
-            .collect())
+            .collect()
     })
     .await
 }
@@ -508,7 +540,7 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
     let (reader, mut writer) = stream.into_split();
     // Buffered: under load several frames arrive per read.
     let mut reader = tokio::io::BufReader::new(reader);
-    let specs = plugin_specs(&inner.core).await.unwrap_or_else(|e| {
+    let specs = plugin_specs(&inner.core, inner.command.postgres_login.clone()).await.unwrap_or_else(|e| {
         tracing::error!(error = ?e, "cannot read the plugin registry; starting the host without plugins");
         vec![]
     });
@@ -676,7 +708,7 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
             _ = registry_check.tick() => {
                 // A plugin installed, upgraded, moved or removed while the platform runs:
                 // the host loads the registry at start, so start a fresh one.
-                if plugin_specs(&inner.core).await.is_ok_and(|now| now != specs) {
+                if plugin_specs(&inner.core, inner.command.postgres_login.clone()).await.is_ok_and(|now| now != specs) {
                     tracing::info!("the plugin registry changed; restarting the extension host");
                     break Ending::Restart;
                 }

@@ -27,13 +27,21 @@ pub use metrics::Metrics;
 pub use pool::{CommitHook, CorePool};
 pub use runtime_lock::{RuntimeLock, RuntimeLockError};
 
+/// Checks that the plugin store answers (blocking; `/health` gives it one second).
+pub type PluginStoreProbe = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The probe of a SQLite plugin store file: it opens read-only and is a plugin store.
+pub fn sqlite_plugin_store_probe(path: PathBuf) -> PluginStoreProbe {
+    Arc::new(move || health::probe_plugin_store(&path))
+}
+
 /// What the kernel needs to run.
 #[derive(Clone)]
 pub struct KernelOptions {
     /// `core.db`.
     pub core_db: PathBuf,
-    /// The shared plugin store (only inspected for health).
-    pub plugins_db: PathBuf,
+    /// How `/health` checks the plugin store answers (a SQLite file, or PostgreSQL).
+    pub plugin_store_probe: PluginStoreProbe,
     /// The address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
     /// How long a login session lasts.
@@ -56,7 +64,7 @@ pub struct KernelOptions {
 #[derive(Clone)]
 pub struct AppState {
     pub(crate) core: CorePool,
-    pub(crate) plugins_db: PathBuf,
+    pub(crate) plugin_store_probe: PluginStoreProbe,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) session_ttl_seconds: i64,
     pub(crate) host: Option<host::HostHandle>,
@@ -112,7 +120,7 @@ impl Kernel {
             routes: options.routes.clone(),
             state: AppState {
                 core,
-                plugins_db: options.plugins_db.clone(),
+                plugin_store_probe: options.plugin_store_probe.clone(),
                 metrics,
                 session_ttl_seconds: options.session_ttl_seconds,
                 host,

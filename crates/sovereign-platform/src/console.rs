@@ -184,6 +184,9 @@ impl Console {
     }
 
     fn measure_storage(&self, app: &App) {
+        if let crate::PluginStore::Postgres(_) = app.plugin_store() {
+            return;
+        }
         match crate::plugins::inspect(app, None) {
             Ok(report) => {
                 *self.storage.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -194,7 +197,10 @@ impl Console {
     }
 
     fn check_integrity(&self, app: &App) {
-        let layout = app.layout();
+        // The SQLite files' integrity; a PostgreSQL plugin store checks its own pages.
+        let Ok(layout) = app.layout("checking the stores") else {
+            return;
+        };
         let mut files = vec![layout.core.clone(), layout.plugins.clone()];
         files.extend(layout.mirror_file.clone());
         files.extend(
@@ -522,7 +528,7 @@ fn file_sizes(role: String, path: &Path) -> StoreFile {
 
 /// The stores panel: files, sizes, schema versions and what is not applied.
 pub fn stores(app: &App, console: &Console) -> Result<StoresPanel, PlatformError> {
-    let layout = app.layout();
+    let layout = app.layout("the stores panel")?;
     let mut files = vec![
         file_sizes("core".into(), &layout.core),
         file_sizes("plugins".into(), &layout.plugins),

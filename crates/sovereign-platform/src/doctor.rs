@@ -66,7 +66,7 @@ impl Report {
 /// directory and next to a running platform.
 pub fn report(app: &App) -> Result<Report, PlatformError> {
     let mut report = Report { findings: vec![] };
-    let layout = app.layout();
+    let layout = app.layout("sv doctor")?;
     let mut files: Vec<(&'static str, PathBuf)> = vec![
         ("core store", layout.core.clone()),
         ("plugin store", layout.plugins.clone()),

@@ -49,6 +49,31 @@ pub enum PlatformError {
     /// Starting the kernel.
     #[error(transparent)]
     Start(#[from] sovereign_kernel::StartError),
+    /// PostgreSQL (the plugin store's roles, migrations and connections).
+    #[error(transparent)]
+    Postgres(#[from] sovereign_postgres::PgError),
+    /// An operation that works on SQLite plugin stores only so far.
+    #[error(
+        "{operation} works on a SQLite plugin store only so far, and PLUGIN_DATABASE_URL \
+         names a PostgreSQL database"
+    )]
+    NotOnPostgres {
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// A package that does not support the plugin store's backend.
+    #[error(
+        "plugin {id} supports the {supported} plugin store backends, not {backend}: its \
+         plugin.json must list \"{backend}\" in \"backends\" and ship migrations/{backend}/"
+    )]
+    BackendNotSupported {
+        /// Plugin id.
+        id: String,
+        /// The store's backend.
+        backend: &'static str,
+        /// What the package lists.
+        supported: String,
+    },
     /// SQLite, in this layer's own reads.
     #[error("SQLite: {0}")]
     Sqlite(#[from] sovereign_db::rusqlite::Error),

@@ -35,6 +35,47 @@ pub struct App {
     config: Config,
     sync: SyncSettings,
     location: StoreLocation,
+    postgres: Option<PgPluginStore>,
+}
+
+/// Where plugin data lives.
+pub enum PluginStore<'a> {
+    /// SQLite files: the shared store, isolated files, the mirror.
+    Sqlite(&'a StoreLocation),
+    /// A PostgreSQL database: a schema and a role per plugin.
+    Postgres(&'a PgPluginStore),
+}
+
+/// The plugin store on PostgreSQL (`PLUGIN_DATABASE_URL=postgres://...`): its owner
+/// (`svc_plugins`), who provisions plugin roles, and where those roles log in.
+#[derive(Clone)]
+pub struct PgPluginStore {
+    owner_url: sovereign_db::PostgresUrl,
+    store: sovereign_postgres::StoreUrl,
+}
+
+impl PgPluginStore {
+    /// Connects as the store's owner.
+    pub fn connect_owner(&self) -> Result<postgres::Client, PlatformError> {
+        postgres::Client::connect(self.owner_url.expose(), postgres::NoTls).map_err(|source| {
+            sovereign_postgres::PgError::Connect {
+                target: format!("the plugin store {}", self.owner_url),
+                source,
+            }
+            .into()
+        })
+    }
+
+    /// How plugin `id`'s role logs in (a connection string with its password).
+    pub fn plugin_login(&self, id: &str, password: &str) -> String {
+        self.store
+            .login_as(&sovereign_postgres::plugin_role_name(id), password)
+    }
+
+    /// The store's database, as `host:port/database`.
+    pub fn describe(&self) -> String {
+        format!("{}/{}", self.store.server, self.store.database)
+    }
 }
 
 impl App {
@@ -42,8 +83,18 @@ impl App {
     /// stores live.
     pub fn new(config: Config) -> Result<App, PlatformError> {
         let sync = SyncSettings::from_config(&config)?;
+        let postgres = match config.plugins_postgres_url() {
+            Some(url) => Some(PgPluginStore {
+                store: sovereign_postgres::StoreUrl::parse("PLUGIN_DATABASE_URL", url.expose())?,
+                owner_url: url.clone(),
+            }),
+            None => None,
+        };
         let location = StoreLocation {
-            shared_store: config.plugins_db_path(),
+            // On PostgreSQL no SQLite store is opened: `store_location` refuses.
+            shared_store: config
+                .plugins_db_path()
+                .unwrap_or_else(|| config.data_dir_path().join("plugins.db")),
             isolated_dir: config.data_dir_path().join("plugins"),
             mirror_file: sync.mirror_file(&config),
         };
@@ -51,6 +102,7 @@ impl App {
             config,
             sync,
             location,
+            postgres,
         })
     }
 
@@ -69,20 +121,33 @@ impl App {
         &self.sync.catalog
     }
 
-    /// Where the plugin stores (and, in the ATTACH layout, the mirror file) live.
-    pub fn store_location(&self) -> &StoreLocation {
-        &self.location
+    /// Where plugin data lives.
+    pub fn plugin_store(&self) -> PluginStore<'_> {
+        match &self.postgres {
+            Some(pg) => PluginStore::Postgres(pg),
+            None => PluginStore::Sqlite(&self.location),
+        }
     }
 
-    /// The database files of this installation.
-    pub fn layout(&self) -> sovereign_ops::Layout {
-        sovereign_ops::Layout {
-            core: self.config.core_db_path(),
-            plugins: self.location.shared_store.clone(),
-            isolated_dir: self.location.isolated_dir.clone(),
-            mirror_file: self.location.mirror_file.clone(),
-            data_dir: self.config.data_dir_path(),
+    /// Where the SQLite plugin stores (and, in the ATTACH layout, the mirror file) live;
+    /// refused when the plugin store is on PostgreSQL (`operation` names what needed it).
+    pub fn store_location(&self, operation: &'static str) -> Result<&StoreLocation, PlatformError> {
+        match self.plugin_store() {
+            PluginStore::Sqlite(location) => Ok(location),
+            PluginStore::Postgres(_) => Err(PlatformError::NotOnPostgres { operation }),
         }
+    }
+
+    /// The database files of this installation (SQLite plugin stores only).
+    pub fn layout(&self, operation: &'static str) -> Result<sovereign_ops::Layout, PlatformError> {
+        let location = self.store_location(operation)?;
+        Ok(sovereign_ops::Layout {
+            core: self.config.core_db_path(),
+            plugins: location.shared_store.clone(),
+            isolated_dir: location.isolated_dir.clone(),
+            mirror_file: location.mirror_file.clone(),
+            data_dir: self.config.data_dir_path(),
+        })
     }
 
     /// The package directory of plugin `id`.

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sovereign_db::rusqlite::Connection;
 use sovereign_db::{MigrationSet, MigrationState, MigrationStatus, OpenOptions};
-use sovereign_db_plugins::{PluginDb, PluginDbConfig};
+use sovereign_db_plugins::{Backend, PluginDb, PluginDbConfig};
+use sovereign_postgres::{PgPluginConfig, PgPluginDb};
 
-use crate::{App, PlatformError};
+use crate::{App, PgPluginStore, PlatformError, PluginStore};
 
 /// Which stores a migration command covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,9 +27,39 @@ enum Store {
     Core,
     /// A plugin's database, migrated behind that plugin's fence.
     Plugin(PluginDbConfig),
+    /// The PostgreSQL plugin store's own bookkeeping, migrated by its owner.
+    PostgresSystem(PgPluginStore),
+    /// A plugin's schema on PostgreSQL, migrated as the plugin's role.
+    PostgresPlugin {
+        store: PgPluginStore,
+        plugin: PluginDbConfig,
+        password: String,
+    },
 }
 
-/// One migration set and the file it applies to.
+impl Store {
+    fn open_postgres_plugin(&self) -> Option<Result<PgPluginDb, PlatformError>> {
+        let Store::PostgresPlugin {
+            store,
+            plugin,
+            password,
+        } = self
+        else {
+            return None;
+        };
+        Some(
+            PgPluginDb::open(&PgPluginConfig {
+                plugin_id: plugin.plugin_id.clone(),
+                url: store.plugin_login(&plugin.plugin_id, password),
+                limits: plugin.limits,
+            })
+            .map_err(PlatformError::from),
+        )
+    }
+}
+
+/// One migration set and the file it applies to (on PostgreSQL, the store's URL with
+/// the schema: `postgres://HOST:PORT/DB#SCHEMA`).
 pub struct Target {
     set: MigrationSet,
     store: Store,
@@ -60,28 +91,46 @@ impl Target {
             }
             Store::Plugin(plugin) => {
                 app.ensure_mirrors(&plugin.grants)?;
-                let db = PluginDb::open(app.store_location(), plugin.clone())?;
+                let db = PluginDb::open(app.store_location("migrating a plugin")?, plugin.clone())?;
                 db.migrate(&self.set)?
             }
+            Store::PostgresSystem(store) => {
+                sovereign_postgres::migrate::deploy(&mut store.connect_owner()?, &self.set)?
+            }
+            Store::PostgresPlugin { .. } => match self.store.open_postgres_plugin() {
+                Some(db) => db?.migrate(&self.set)?,
+                None => unreachable!("a PostgreSQL plugin target opens a PostgreSQL connection"),
+            },
         };
         Ok(applied)
     }
 
     /// The migrations `apply` would run, by file name.
     pub fn plan(&self) -> Result<Vec<String>, PlatformError> {
-        let conn = self.open_for_read()?;
         Ok(self
-            .set
-            .plan(&conn)?
-            .iter()
-            .map(|m| m.file_name().to_owned())
+            .status()?
+            .into_iter()
+            .filter(|s| s.state == MigrationState::Pending)
+            .map(|s| s.file_name)
             .collect())
     }
 
     /// Every migration of the set and its state in the file.
     pub fn status(&self) -> Result<Vec<MigrationStatus>, PlatformError> {
-        let conn = self.open_for_read()?;
-        Ok(self.set.status(&conn)?)
+        match &self.store {
+            Store::Core | Store::Plugin(_) => {
+                let conn = self.open_for_read()?;
+                Ok(self.set.status(&conn)?)
+            }
+            Store::PostgresSystem(store) => Ok(sovereign_postgres::migrate::status(
+                &mut store.connect_owner()?,
+                &self.set,
+            )?),
+            Store::PostgresPlugin { .. } => match self.store.open_postgres_plugin() {
+                Some(db) => Ok(db?.migration_status(&self.set)?),
+                None => unreachable!("a PostgreSQL plugin target opens a PostgreSQL connection"),
+            },
+        }
     }
 
     /// Opens the file read-only, or an empty in-memory database if it does not exist
@@ -127,15 +176,49 @@ pub fn targets(
             Some(id) => vec![id.to_owned()],
             None => discovered,
         };
+        if let PluginStore::Postgres(store) = app.plugin_store()
+            && plugin.is_none()
+        {
+            out.push(Target {
+                set: sovereign_postgres::migrate::plugin_store_system(),
+                path: PathBuf::from(format!("postgres://{}#public", store.describe())),
+                store: Store::PostgresSystem(store.clone()),
+            });
+        }
         for id in ids {
             let Some(plugin_config) = app.plugin_db_config(&id)? else {
                 tracing::info!(plugin = %id, "skipping a plugin package that is not installed");
                 continue;
             };
-            out.push(Target {
-                set: sovereign_db_plugins::plugin_migrations(&plugins_dir, &id)?,
-                path: app.store_location().file_for(&id, plugin_config.mode),
-                store: Store::Plugin(plugin_config),
+            out.push(match app.plugin_store() {
+                PluginStore::Sqlite(location) => Target {
+                    set: sovereign_db_plugins::plugin_migrations(&plugins_dir, &id)?,
+                    path: location.file_for(&id, plugin_config.mode),
+                    store: Store::Plugin(plugin_config),
+                },
+                PluginStore::Postgres(store) => {
+                    let password = sovereign_db_core::plugins::store_login(
+                        &app.open_migrated_core_read_only()?,
+                        &id,
+                    )?
+                    .ok_or_else(|| PlatformError::NotInstalledPackage {
+                        id: id.clone(),
+                        dir: app.package_dir(&id),
+                    })?;
+                    Target {
+                        set: sovereign_db_plugins::plugin_migrations_for(
+                            &plugins_dir,
+                            &id,
+                            Backend::Postgres,
+                        )?,
+                        path: PathBuf::from(format!("postgres://{}#{id}", store.describe())),
+                        store: Store::PostgresPlugin {
+                            store: store.clone(),
+                            plugin: plugin_config,
+                            password,
+                        },
+                    }
+                }
             });
         }
     }
@@ -181,8 +264,10 @@ pub fn deploy(
             files,
         });
     }
-    if scope != Scope::Core {
-        sovereign_db_plugins::open_shared_store(&app.config().plugins_db_path())?;
+    if scope != Scope::Core
+        && let PluginStore::Sqlite(location) = app.plugin_store()
+    {
+        sovereign_db_plugins::open_shared_store(&location.shared_store)?;
     }
     Ok(())
 }

@@ -58,7 +58,7 @@ pub fn backup(
     });
     let started = Instant::now();
     let manifest = sovereign_ops::backup::backup(
-        &app.layout(),
+        &app.layout("backup")?,
         &BackupOptions {
             out: dir.clone(),
             include_plugin_data: !request.core_only,
@@ -96,7 +96,7 @@ pub fn restore(
     stop: bool,
     before_swap: &mut dyn FnMut(usize),
 ) -> Result<Restored, PlatformError> {
-    let layout = app.layout();
+    let layout = app.layout("restore")?;
     // Verify before anything else: a bad backup must not even stop the platform.
     sovereign_ops::backup::verify(backup_dir)?;
     let lock_path = app.config().lock_file_path();
@@ -179,7 +179,7 @@ pub fn split(app: &App, from: &Path, plan: &SplitPlan) -> Result<Split, Platform
             count: plan.unattributed.len(),
         });
     }
-    let copied = sovereign_ops::split::split(from, plan, &app.layout())?;
+    let copied = sovereign_ops::split::split(from, plan, &app.layout("split")?)?;
     let core_path = app.config().core_db_path();
     let core = sovereign_db_core::open_existing(&core_path)?;
     sovereign_sync::capture::install(&core, app.mirror_catalog())?;

@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sovereign_db_core::plugins::{self as registry, PluginRecord};
-use sovereign_db_plugins::{DatabaseMode, Manifest, PluginDb, TrustedPluginStore};
+use sovereign_db_plugins::{
+    Backend, DatabaseMode, FencedConnection, Manifest, PluginDb, TrustedPluginStore,
+};
 
-use crate::{App, PlatformError};
+use crate::{App, PlatformError, PluginStore};
 
 /// Whether an install may grant the mirror columns a manifest asks for.
 pub enum Approval<'a> {
@@ -28,8 +30,8 @@ pub struct Installed {
     pub mode: DatabaseMode,
     /// The plugin API version its component uses.
     pub api_version: String,
-    /// The file holding its data.
-    pub data_file: PathBuf,
+    /// Where its data lives: a file, or a schema of the PostgreSQL plugin store.
+    pub data_location: String,
     /// The migration files applied.
     pub applied: Vec<String>,
 }
@@ -69,34 +71,17 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
     let target = app.package_dir(&id);
     let staged = stage(app, dir, &id)?;
     let source = staged.clone().unwrap_or_else(|| target.clone());
-    let location = app.store_location();
-    let data_file = location.file_for(&id, manifest.database);
-    let file_existed = data_file.exists();
-    let result = (|| -> Result<Vec<String>, PlatformError> {
-        let db_config = sovereign_db_plugins::PluginDbConfig {
-            plugin_id: id.clone(),
-            mode: manifest.database,
-            grants: grants.clone(),
-            limits: manifest.limits,
-        };
-        app.ensure_mirrors(&grants)?;
-        let set = sovereign_db::MigrationSet::from_dir(
-            &sovereign_db_plugins::migration_scope(&id),
-            &source.join("migrations"),
-        )?;
-        let db = PluginDb::open(location, db_config)?;
-        // All of the package's migrations or none: a failed install leaves nothing.
-        Ok(db.migrate_all_or_nothing(&set)?)
-    })();
-    let applied = match result {
-        Ok(applied) => applied,
+    let stored = match app.plugin_store() {
+        PluginStore::Sqlite(location) => {
+            install_data_sqlite(app, location, &source, &manifest, &grants)
+        }
+        PluginStore::Postgres(pg) => install_data_postgres(pg, &source, &manifest, &grants),
+    };
+    let (applied, data_location, login) = match stored {
+        Ok(stored) => stored,
         Err(e) => {
             if let Some(staging) = &staged {
                 let _ = std::fs::remove_dir_all(staging);
-            }
-            if !file_existed && manifest.database == DatabaseMode::Isolated {
-                // The isolated file this install created holds nothing of value.
-                remove_database_files(&data_file, |_| {})?;
             }
             return Err(PlatformError::InstallFailed {
                 id,
@@ -117,6 +102,9 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
             load: registry::LoadState::NotReported,
         },
     )?;
+    if let Some(password) = login {
+        registry::set_store_login(&core, &id, &password)?;
+    }
     sovereign_db_core::audit::record(
         &core,
         None,
@@ -131,9 +119,155 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
         version: manifest.version,
         mode: manifest.database,
         api_version: component.api_version,
-        data_file,
+        data_location,
         applied,
     })
+}
+
+/// What an install stored: the migrations applied, where the data lives, and the
+/// password of the plugin's PostgreSQL role (on PostgreSQL).
+type Stored = (Vec<String>, String, Option<String>);
+
+/// Applies the package's migrations to its SQLite store (all or none); a failure
+/// removes the isolated file it created.
+fn install_data_sqlite(
+    app: &App,
+    location: &sovereign_db_plugins::StoreLocation,
+    source: &Path,
+    manifest: &Manifest,
+    grants: &[(String, String)],
+) -> Result<Stored, PlatformError> {
+    let id = &manifest.id;
+    if !manifest.backends.contains(&Backend::Sqlite) {
+        return Err(backend_not_supported(manifest, Backend::Sqlite));
+    }
+    let data_file = location.file_for(id, manifest.database);
+    let file_existed = data_file.exists();
+    let result = (|| -> Result<Vec<String>, PlatformError> {
+        let db_config = sovereign_db_plugins::PluginDbConfig {
+            plugin_id: id.clone(),
+            mode: manifest.database,
+            grants: grants.to_vec(),
+            limits: manifest.limits,
+        };
+        app.ensure_mirrors(grants)?;
+        let set = sovereign_db::MigrationSet::from_dir(
+            &sovereign_db_plugins::migration_scope(id),
+            &source.join("migrations"),
+        )?;
+        let db = PluginDb::open(location, db_config)?;
+        // All of the package's migrations or none: a failed install leaves nothing.
+        Ok(db.migrate_all_or_nothing(&set)?)
+    })();
+    match result {
+        Ok(applied) => Ok((applied, data_file.display().to_string(), None)),
+        Err(e) => {
+            if !file_existed && manifest.database == DatabaseMode::Isolated {
+                // The isolated file this install created holds nothing of value.
+                remove_database_files(&data_file, |_| {})?;
+            }
+            Err(e)
+        }
+    }
+}
+
+fn backend_not_supported(manifest: &Manifest, backend: Backend) -> PlatformError {
+    PlatformError::BackendNotSupported {
+        id: manifest.id.clone(),
+        backend: backend.as_str(),
+        supported: manifest
+            .backends
+            .iter()
+            .map(|b| b.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// A new password for a plugin's role: 32 random hex digits.
+fn generate_password() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Provisions the plugin's role and schema on the PostgreSQL plugin store (through
+/// `sv_admin.create_plugin_role`, as the store's owner) and applies its
+/// `migrations/postgres/` as that role. A schema left by an earlier install (removed
+/// without `--purge`) is kept and migrated on; a failure drops what this install made.
+fn install_data_postgres(
+    pg: &crate::PgPluginStore,
+    source: &Path,
+    manifest: &Manifest,
+    grants: &[(String, String)],
+) -> Result<Stored, PlatformError> {
+    let id = &manifest.id;
+    if !manifest.backends.contains(&Backend::Postgres) {
+        return Err(backend_not_supported(manifest, Backend::Postgres));
+    }
+    if !grants.is_empty() {
+        return Err(PlatformError::NotOnPostgres {
+            operation: "reading mirrored core slices (plugin.json \"reads\")",
+        });
+    }
+    let set = sovereign_db::MigrationSet::from_dir(
+        &sovereign_db_plugins::migration_scope(id),
+        &source.join("migrations").join("postgres"),
+    )?;
+    let mut owner = pg.connect_owner()?;
+    let schema_existed: bool = owner
+        .query_one("SELECT to_regnamespace($1) IS NOT NULL", &[id])
+        .map_err(|source| sovereign_postgres::PgError::Statement {
+            statement: "SELECT to_regnamespace(...)".into(),
+            source,
+        })?
+        .get(0);
+    let password = generate_password();
+    let role = sovereign_postgres::PluginRole {
+        id: id.clone(),
+        password: password.clone(),
+        grants: vec![],
+        connection_limit: (sovereign_host::scheduler::REQUEST_LANES + 3) as u32,
+        statement_ms: manifest.limits.statement_ms,
+    };
+    let provision = |owner: &mut postgres::Client, sql: String, shown: String| {
+        owner
+            .batch_execute(&sql)
+            .map_err(|source| sovereign_postgres::PgError::Statement {
+                statement: shown,
+                source,
+            })
+    };
+    provision(
+        &mut owner,
+        role.create_sql(),
+        format!("SELECT sv_admin.create_plugin_role('{id}', '...', ...)"),
+    )?;
+    let migrated = (|| -> Result<Vec<String>, PlatformError> {
+        provision(&mut owner, role.grant_sql(), role.grant_sql())?;
+        let mut db = sovereign_postgres::PgPluginDb::open(&sovereign_postgres::PgPluginConfig {
+            plugin_id: id.clone(),
+            url: pg.plugin_login(id, &password),
+            limits: manifest.limits,
+        })?;
+        Ok(db.migrate(&set)?)
+    })();
+    match migrated {
+        Ok(applied) => Ok((
+            applied,
+            format!("schema {id} of {} (role svp_{id})", pg.describe()),
+            Some(password),
+        )),
+        Err(e) => {
+            if !schema_existed {
+                let drop = sovereign_postgres::PluginRole::drop_sql(id);
+                if let Err(undo) = provision(&mut owner, drop.clone(), drop) {
+                    tracing::error!(plugin = %id, error = %undo, "could not drop the role of a failed install");
+                }
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Checks a package before anything is written: a migrations directory, and a
@@ -252,7 +386,7 @@ pub fn upgrade(
             &source.join("migrations"),
         )?;
         let db = PluginDb::open(
-            app.store_location(),
+            app.store_location("upgrading a plugin")?,
             sovereign_db_plugins::PluginDbConfig {
                 plugin_id: id.clone(),
                 mode: manifest.database,
@@ -470,8 +604,10 @@ pub fn remove(app: &App, id: &str, purge: bool) -> Result<Removed, PlatformError
     let core = app.open_migrated_core()?;
     let record = installed(&core, id)?;
     let mut removed = Removed::default();
-    if purge {
-        let location = app.store_location();
+    if let PluginStore::Postgres(pg) = app.plugin_store() {
+        remove_postgres(pg, id, purge, &mut removed)?;
+    } else if purge {
+        let location = app.store_location("removing a plugin")?;
         match record.manifest.database {
             DatabaseMode::Shared => {
                 let store = TrustedPluginStore::open_shared(&location.shared_store)?;
@@ -493,6 +629,47 @@ pub fn remove(app: &App, id: &str, purge: bool) -> Result<Removed, PlatformError
         Some(&serde_json::json!({ "purge": purge })),
     )?;
     Ok(removed)
+}
+
+/// On PostgreSQL: `purge` drops the plugin's role with its schema and events; without
+/// it the schema stays (a later install migrates it on) and the role's password is
+/// replaced by one nobody knows.
+fn remove_postgres(
+    pg: &crate::PgPluginStore,
+    id: &str,
+    purge: bool,
+    removed: &mut Removed,
+) -> Result<(), PlatformError> {
+    let mut owner = pg.connect_owner()?;
+    let (sql, shown) = if purge {
+        let drop = sovereign_postgres::PluginRole::drop_sql(id);
+        (drop.clone(), drop)
+    } else {
+        let locked = sovereign_postgres::PluginRole {
+            id: id.to_owned(),
+            password: generate_password(),
+            grants: vec![],
+            connection_limit: 1,
+            statement_ms: 1,
+        };
+        (
+            locked.create_sql(),
+            format!("SELECT sv_admin.create_plugin_role('{id}', '...', ...)"),
+        )
+    };
+    owner
+        .batch_execute(&sql)
+        .map_err(|source| sovereign_postgres::PgError::Statement {
+            statement: shown,
+            source,
+        })?;
+    if purge {
+        removed.dropped.push(format!(
+            "schema {id} and role svp_{id} of {}",
+            pg.describe()
+        ));
+    }
+    Ok(())
 }
 
 /// Serves (or stops serving) a plugin's routes; its data stays. `actor` is the
@@ -528,11 +705,27 @@ fn runnable_config(
 }
 
 /// Opens the plugin's fenced connection, as the extension host would.
-pub fn open_fenced(app: &App, id: &str) -> Result<PluginDb, PlatformError> {
-    Ok(PluginDb::open(
-        app.store_location(),
-        runnable_config(app, id)?,
-    )?)
+pub fn open_fenced(app: &App, id: &str) -> Result<Box<dyn FencedConnection>, PlatformError> {
+    let config = runnable_config(app, id)?;
+    Ok(match app.plugin_store() {
+        PluginStore::Sqlite(location) => Box::new(PluginDb::open(location, config)?),
+        PluginStore::Postgres(pg) => {
+            let core = app.open_migrated_core()?;
+            let password = registry::store_login(&core, id)?.ok_or_else(|| {
+                PlatformError::NotInstalledPackage {
+                    id: id.to_owned(),
+                    dir: app.package_dir(id),
+                }
+            })?;
+            Box::new(sovereign_postgres::PgPluginDb::open(
+                &sovereign_postgres::PgPluginConfig {
+                    plugin_id: id.to_owned(),
+                    url: pg.plugin_login(id, &password),
+                    limits: config.limits,
+                },
+            )?)
+        }
+    })
 }
 
 /// The answer to one statement run as a plugin.
@@ -558,7 +751,7 @@ pub fn sql(
     statement: &str,
     actor: Option<i64>,
 ) -> Result<SqlAnswer, PlatformError> {
-    let db = open_fenced(app, id)?;
+    let mut db = open_fenced(app, id)?;
     if let Some(actor) = actor {
         let text: String = statement.chars().take(500).collect();
         sovereign_db_core::audit::record(
@@ -569,7 +762,7 @@ pub fn sql(
             Some(&serde_json::json!({ "statement": text })),
         )?;
     }
-    let outcome = db.transaction(|db| db.execute(statement, &[]))?;
+    let outcome = db.execute_alone(statement, &[])?;
     Ok(match outcome {
         sovereign_db_plugins::Outcome::Rows { columns, rows } => SqlAnswer::Rows(
             rows.iter()
@@ -608,7 +801,9 @@ pub fn events(
 /// The plugin's own tables, views, indexes and triggers as `(kind, name)`.
 pub fn objects(app: &App, id: &str) -> Result<Vec<(String, String)>, PlatformError> {
     let mode = runnable_config(app, id)?.mode;
-    let path = app.store_location().file_for(id, mode);
+    let path = app
+        .store_location("listing a plugin's objects")?
+        .file_for(id, mode);
     let store = match mode {
         DatabaseMode::Shared => TrustedPluginStore::open_shared(&path)?,
         DatabaseMode::Isolated => TrustedPluginStore::open_isolated(&path, id)?,
@@ -636,7 +831,7 @@ pub fn move_to(app: &App, id: &str, to: DatabaseMode) -> Result<Moved, PlatformE
     if from == to {
         return Ok(Moved::AlreadyThere);
     }
-    let location = app.store_location();
+    let location = app.store_location("moving a plugin between modes")?;
     let open = |mode: DatabaseMode| match mode {
         DatabaseMode::Shared => TrustedPluginStore::open_shared(&location.shared_store),
         DatabaseMode::Isolated => {
@@ -664,7 +859,7 @@ pub fn inspect(
     app: &App,
     only: Option<&str>,
 ) -> Result<sovereign_ops::inspect::InspectReport, PlatformError> {
-    let layout = app.layout();
+    let layout = app.layout("inspecting plugin data")?;
     Ok(sovereign_ops::inspect::inspect(
         &layout.plugins,
         &layout.isolated_files()?,
@@ -685,7 +880,7 @@ pub struct PurgePlan {
 
 /// Looks at what purging plugin `id` would drop.
 pub fn plan_purge(app: &App, id: &str) -> Result<PurgePlan, PlatformError> {
-    let layout = app.layout();
+    let layout = app.layout("purging plugin data")?;
     let report = sovereign_ops::inspect::inspect(
         &layout.plugins,
         &layout.isolated_files()?,
@@ -697,7 +892,9 @@ pub fn plan_purge(app: &App, id: &str) -> Result<PurgePlan, PlatformError> {
         .into_iter()
         .find(|p| p.id == id)
         .ok_or_else(|| PlatformError::NothingToPurge { id: id.to_owned() })?;
-    let isolated = app.store_location().file_for(id, DatabaseMode::Isolated);
+    let isolated = app
+        .store_location("purging plugin data")?
+        .file_for(id, DatabaseMode::Isolated);
     let mode = if usage.file == isolated {
         DatabaseMode::Isolated
     } else {
@@ -717,9 +914,9 @@ pub fn purge(
     plan: &PurgePlan,
     backup: bool,
 ) -> Result<sovereign_ops::inspect::PurgeReport, PlatformError> {
-    let layout = app.layout();
+    let layout = app.layout("purging plugin data")?;
     let isolated = app
-        .store_location()
+        .store_location("purging plugin data")?
         .file_for(&plan.id, DatabaseMode::Isolated);
     let backups = app.config().base_dir.join("backups");
     Ok(sovereign_ops::inspect::purge(
@@ -746,7 +943,7 @@ pub struct Vacuumed {
 
 /// Reclaims free pages of the plugin store and the isolated files.
 pub fn vacuum(app: &App) -> Result<Vec<Vacuumed>, PlatformError> {
-    let layout = app.layout();
+    let layout = app.layout("vacuum")?;
     let mut files = vec![layout.plugins.clone()];
     files.extend(layout.isolated_files()?.into_iter().map(|(_, p)| p));
     let mut out = Vec::new();

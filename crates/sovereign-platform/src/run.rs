@@ -12,7 +12,7 @@ use sovereign_kernel::{Kernel, KernelOptions};
 use sovereign_sync::worker::{SyncTarget, SyncWaker, SyncWorker};
 
 use crate::plugins::{Approval, Installed};
-use crate::{App, PlatformError};
+use crate::{App, PlatformError, PluginStore};
 
 /// Login sessions last a day.
 const SESSION_TTL_SECONDS: i64 = 24 * 60 * 60;
@@ -191,7 +191,7 @@ pub fn serve(
             })?;
         let kernel = Kernel::bind(&KernelOptions {
             core_db: app.config().core_db_path(),
-            plugins_db: app.config().plugins_db_path(),
+            plugin_store_probe: plugin_store_probe(app),
             listen: options.listen,
             session_ttl_seconds: SESSION_TTL_SECONDS,
             host: Some(host),
@@ -219,7 +219,11 @@ pub fn serve(
                 }
             });
         }
-        let sync = start_sync(app, waker, kernel.metrics())?;
+        // Mirrors live in SQLite plugin stores only so far: no sync on PostgreSQL.
+        let sync = match app.plugin_store() {
+            PluginStore::Sqlite(_) => Some(start_sync(app, waker, kernel.metrics())?),
+            PluginStore::Postgres(_) => None,
+        };
         lock.record_address(&kernel.local_addr().to_string())
             .map_err(|source| PlatformError::Io {
                 what: "recording the address in the lock file".into(),
@@ -238,12 +242,33 @@ pub fn serve(
         if let Some(host) = host {
             host.stop(std::time::Duration::from_secs(5)).await;
         }
-        let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
+        if let Some(sync) = sync {
+            let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
+        }
         tracing::info!("stopped");
         Ok::<(), PlatformError>(())
     })?;
     drop(lock);
     Ok(())
+}
+
+/// How `/health` checks the plugin store: the SQLite file opens and is a plugin store,
+/// or the PostgreSQL store's owner connects and answers.
+fn plugin_store_probe(app: &App) -> sovereign_kernel::PluginStoreProbe {
+    match app.plugin_store() {
+        PluginStore::Sqlite(location) => {
+            sovereign_kernel::sqlite_plugin_store_probe(location.shared_store.clone())
+        }
+        PluginStore::Postgres(store) => {
+            let store = store.clone();
+            Arc::new(move || {
+                let mut owner = store.connect_owner().map_err(|e| e.to_string())?;
+                owner
+                    .batch_execute("SELECT 1")
+                    .map_err(|e| format!("the PostgreSQL plugin store: {e}"))
+            })
+        }
+    }
 }
 
 /// Installs change capture and starts the sync worker (near-real-time or scheduled),
@@ -274,23 +299,36 @@ fn start_sync(
 /// How the kernel starts the extension host: the executable in host mode, with an
 /// empty environment (but the log filter) and only the plugin store paths.
 fn host_command(app: &App, options: &ServeOptions) -> Result<HostCommand, PlatformError> {
-    let location = app.store_location();
     let socket = app.config().data_dir_path().join("host.sock");
     let mut args: Vec<std::ffi::OsString> = vec![
         "host".into(),
         "--socket".into(),
         socket.clone().into(),
-        "--plugins-db".into(),
-        location.shared_store.clone().into(),
-        "--isolated-dir".into(),
-        location.isolated_dir.clone().into(),
         "--packages".into(),
         app.config().plugins_dir_path().into(),
     ];
-    if let Some(mirror) = &location.mirror_file {
-        args.push("--mirror-file".into());
-        args.push(mirror.clone().into());
-    }
+    let postgres_login = match app.plugin_store() {
+        PluginStore::Sqlite(location) => {
+            args.extend([
+                "--plugins-db".into(),
+                location.shared_store.clone().into(),
+                "--isolated-dir".into(),
+                location.isolated_dir.clone().into(),
+            ]);
+            if let Some(mirror) = &location.mirror_file {
+                args.push("--mirror-file".into());
+                args.push(mirror.clone().into());
+            }
+            None
+        }
+        // The host gets no SQLite store: each plugin's spec carries its role's login.
+        PluginStore::Postgres(store) => {
+            let store = store.clone();
+            Some(sovereign_kernel::host::PostgresLoginFn(Arc::new(
+                move |id: &str, password: &str| store.plugin_login(id, password),
+            )))
+        }
+    };
     if options.require_sandbox {
         args.push("--require-sandbox".into());
     }
@@ -303,6 +341,7 @@ fn host_command(app: &App, options: &ServeOptions) -> Result<HostCommand, Platfo
         env,
         socket,
         core_db: app.config().core_db_path(),
+        postgres_login,
     })
 }
 

@@ -96,22 +96,19 @@ fn a_bare_package_runs_behind_its_fence_and_reserved_ids_are_refused() {
     .unwrap();
     assert_eq!(applied, ["0001_items.sql"]);
 
-    let db = plugins::open_fenced(&app, "memo").unwrap();
-    db.transaction(|db| db.execute("INSERT INTO memo__items (body) VALUES ('hi')", &[]))
+    let mut db = plugins::open_fenced(&app, "memo").unwrap();
+    db.execute_alone("INSERT INTO memo__items (body) VALUES ('hi')", &[])
         .unwrap();
     let Outcome::Rows { rows, .. } = db
-        .transaction(|db| db.execute("SELECT body FROM memo__items", &[]))
+        .execute_alone("SELECT body FROM memo__items", &[])
         .unwrap()
     else {
         panic!("a SELECT returns rows")
     };
     assert_eq!(rows, [[SqlValue::Text("hi".into())]]);
-    assert!(
-        db.transaction(|db| db.execute("SELECT * FROM users", &[]))
-            .is_err()
-    );
+    assert!(db.execute_alone("SELECT * FROM users", &[]).is_err());
 
-    let reserved = plugins::open_fenced(&app, "core").unwrap_err();
+    let reserved = plugins::open_fenced(&app, "core").err().expect("refused");
     assert!(
         reserved.to_string().contains("cannot be a plugin id"),
         "{reserved}"

@@ -85,6 +85,10 @@ pub struct StoreUrl {
     pub database: String,
     /// `host:port`.
     pub server: String,
+    /// The host (a name, an address or a Unix socket directory).
+    pub host: String,
+    /// The port.
+    pub port: u16,
 }
 
 /// A name PostgreSQL takes unquoted: lowercase letters, digits, `_`, at most 63 bytes.
@@ -144,7 +148,23 @@ impl StoreUrl {
             password,
             database,
             server: format!("{host}:{port}"),
+            host,
+            port,
         })
+    }
+
+    /// A connection string for `role` with `password` on this URL's server and
+    /// database (key-value form: any host, socket directory or password fits).
+    pub fn login_as(&self, role: &str, password: &str) -> String {
+        let quote = |value: &str| format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"));
+        format!(
+            "host={} port={} user={} password={} dbname={}",
+            quote(&self.host),
+            self.port,
+            quote(role),
+            quote(password),
+            quote(&self.database)
+        )
     }
 }
 
@@ -240,7 +260,8 @@ pub enum Step {
 /// Everything the two URLs and the plugins need, in order.
 #[derive(Debug, Clone)]
 pub struct RolePlan {
-    core: StoreUrl,
+    /// `None`: the core store stays on SQLite (only the plugin store is on PostgreSQL).
+    core: Option<StoreUrl>,
     plugins: StoreUrl,
     plugin_roles: Vec<PluginRole>,
 }
@@ -253,20 +274,26 @@ impl RolePlan {
     /// A plan for the stores of `core_url` and `plugins_url` (which must be different
     /// databases and roles) and the plugins' roles.
     pub fn new(
-        core_url: &str,
+        core_url: Option<&str>,
         plugins_url: &str,
         plugin_roles: Vec<PluginRole>,
     ) -> Result<RolePlan, PgError> {
-        let core = StoreUrl::parse("DATABASE_URL", core_url)?;
+        let core = core_url
+            .map(|url| StoreUrl::parse("DATABASE_URL", url))
+            .transpose()?;
         let plugins = StoreUrl::parse("PLUGIN_DATABASE_URL", plugins_url)?;
-        if core.server == plugins.server && core.database == plugins.database {
-            return Err(PgError::SameDatabase {
-                database: core.database,
-                server: core.server,
-            });
-        }
-        if core.role == plugins.role {
-            return Err(PgError::SameRole { role: core.role });
+        if let Some(core) = &core {
+            if core.server == plugins.server && core.database == plugins.database {
+                return Err(PgError::SameDatabase {
+                    database: core.database.clone(),
+                    server: core.server.clone(),
+                });
+            }
+            if core.role == plugins.role {
+                return Err(PgError::SameRole {
+                    role: core.role.clone(),
+                });
+            }
         }
         for plugin in &plugin_roles {
             let role = plugin_role_name(&plugin.id);
@@ -299,12 +326,10 @@ impl RolePlan {
             sql,
             redacted: None,
         };
-        let (core_role, plugins_role) = (&self.core.role, &self.plugins.role);
-        let (core_db, plugins_db) = (&self.core.database, &self.plugins.database);
-        for (role, password) in [
-            (core_role, &self.core.password),
-            (plugins_role, &self.plugins.password),
-        ] {
+        let plugins_role = &self.plugins.role;
+        let mut stores = vec![&self.plugins];
+        stores.extend(&self.core);
+        for (role, password) in stores.iter().map(|s| (&s.role, &s.password)) {
             steps.push(sql(
                 Maintenance,
                 format!(
@@ -322,7 +347,7 @@ impl RolePlan {
                 redacted: Some(format!("{alter} '...'")),
             });
         }
-        for (db, owner) in [(core_db, core_role), (plugins_db, plugins_role)] {
+        for (db, owner) in stores.iter().map(|s| (&s.database, &s.role)) {
             steps.push(Step::CreateDatabase {
                 name: db.clone(),
                 owner: owner.clone(),
@@ -338,11 +363,13 @@ impl RolePlan {
             ));
         }
         // The core database: its owner's alone.
-        steps.push(sql(Core, "REVOKE ALL ON SCHEMA public FROM PUBLIC".into()));
-        steps.push(sql(
-            Core,
-            format!("ALTER SCHEMA public OWNER TO \"{core_role}\""),
-        ));
+        if let Some(core) = &self.core {
+            steps.push(sql(Core, "REVOKE ALL ON SCHEMA public FROM PUBLIC".into()));
+            steps.push(sql(
+                Core,
+                format!("ALTER SCHEMA public OWNER TO \"{}\"", core.role),
+            ));
+        }
         // The plugin database: public is the plugin store's bookkeeping, core the mirrors.
         steps.push(sql(
             Plugins,
@@ -397,7 +424,8 @@ impl RolePlan {
                     if target != current {
                         let db = match target {
                             Target::Maintenance => "postgres",
-                            Target::Core => &self.core.database,
+                            // Core steps exist only with a core store on PostgreSQL.
+                            Target::Core => self.core.as_ref().map_or("", |c| &c.database),
                             Target::Plugins => &self.plugins.database,
                         };
                         let _ = writeln!(out, "\\connect \"{db}\"");
@@ -464,7 +492,8 @@ impl RolePlan {
                         Target::Maintenance => &mut maintenance,
                         Target::Core => match &mut core {
                             Some(c) => c,
-                            None => core.insert(connect(Some(&self.core.database))?),
+                            None => core
+                                .insert(connect(self.core.as_ref().map(|c| c.database.as_str()))?),
                         },
                         Target::Plugins => match &mut plugins {
                             Some(c) => c,

@@ -93,7 +93,7 @@ fn the_printed_script_is_the_applied_plan_and_bad_urls_are_refused() {
     let server = cluster();
     let (core_pw, plugins_pw) = (password(), password());
     let plan = RolePlan::new(
-        &server.url("svc_core", &core_pw, "sv_core"),
+        Some(&server.url("svc_core", &core_pw, "sv_core")),
         &server.url("svc_plugins", &plugins_pw, "sv_plugins"),
         vec![],
     )
@@ -121,13 +121,13 @@ fn the_printed_script_is_the_applied_plan_and_bad_urls_are_refused() {
     core.batch_execute("CREATE TABLE t (a int)").unwrap();
 
     let same_db = RolePlan::new(
-        &server.url("svc_core", "a", "sv"),
+        Some(&server.url("svc_core", "a", "sv")),
         &server.url("svc_plugins", "b", "sv"),
         vec![],
     );
     assert!(same_db.unwrap_err().to_string().contains("same database"));
     let same_role = RolePlan::new(
-        &server.url("svc", "a", "core"),
+        Some(&server.url("svc", "a", "core")),
         &server.url("svc", "a", "plugins"),
         vec![],
     );
@@ -138,9 +138,13 @@ fn the_printed_script_is_the_applied_plan_and_bad_urls_are_refused() {
         "postgres://svc_core:pw@127.0.0.1/",
         "postgres://Svc-Core:pw@127.0.0.1/sv_core",
     ] {
-        let err = RolePlan::new(url, &server.url("svc_plugins", "b", "plugins"), vec![])
-            .unwrap_err()
-            .to_string();
+        let err = RolePlan::new(
+            Some(url),
+            &server.url("svc_plugins", "b", "plugins"),
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("DATABASE_URL"), "{url}: {err}");
     }
 }

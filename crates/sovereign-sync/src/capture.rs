@@ -11,7 +11,7 @@ use crate::{SyncError, ident};
 const TRIGGER_PREFIX: &str = "_sv_capture_";
 
 /// Core tables whose every column is secret.
-const SECRET_TABLES: &[&str] = &["credentials", "sessions"];
+const SECRET_TABLES: &[&str] = &["credentials", "sessions", "plugin_store_logins"];
 
 /// Whether a column of a core table is secret: e-mail addresses, passwords, hashes,
 /// tokens and secrets, and everything in the credential and session tables.

@@ -49,6 +49,12 @@ pub enum SyncError {
     /// SQLite.
     #[error("sync: {0}")]
     Sqlite(rusqlite::Error),
+    /// The plugin store is on PostgreSQL, where mirrors are not built yet.
+    #[error(
+        "PLUGIN_DATABASE_URL names a PostgreSQL database, and mirrored core slices on \
+         PostgreSQL are not built yet: sync runs against a SQLite plugin store only"
+    )]
+    MirrorOnPostgres,
 }
 
 /// Current time in unix milliseconds.

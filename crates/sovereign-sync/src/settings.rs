@@ -154,9 +154,13 @@ impl SyncSettings {
     }
 
     /// The file holding the mirror tables in this layout.
-    pub fn mirror_store_path(&self, config: &Config) -> PathBuf {
+    pub fn mirror_store_path(&self, config: &Config) -> Result<PathBuf, SyncError> {
+        if config.plugins_postgres_url().is_some() {
+            return Err(SyncError::MirrorOnPostgres);
+        }
         self.mirror_file(config)
-            .unwrap_or_else(|| config.plugins_db_path())
+            .or_else(|| config.plugins_db_path())
+            .ok_or(SyncError::MirrorOnPostgres)
     }
 
     /// Opens the mirror's trusted handle in this layout.
@@ -165,11 +169,11 @@ impl SyncSettings {
         config: &Config,
     ) -> Result<sovereign_db_plugins::TrustedPluginStore, SyncError> {
         Ok(match self.layout {
-            MirrorLayout::PluginStore => {
-                sovereign_db_plugins::TrustedPluginStore::open_shared(&config.plugins_db_path())?
-            }
+            MirrorLayout::PluginStore => sovereign_db_plugins::TrustedPluginStore::open_shared(
+                &self.mirror_store_path(config)?,
+            )?,
             MirrorLayout::MirrorFile => sovereign_db_plugins::TrustedPluginStore::open_mirror_file(
-                &self.mirror_store_path(config),
+                &self.mirror_store_path(config)?,
             )?,
         })
     }
@@ -179,14 +183,10 @@ impl SyncSettings {
         &self,
         config: &Config,
     ) -> Result<sovereign_db_plugins::TrustedPluginStore, SyncError> {
-        let (path, kind) = match self.layout {
-            MirrorLayout::PluginStore => {
-                (config.plugins_db_path(), sovereign_db::StoreKind::Plugins)
-            }
-            MirrorLayout::MirrorFile => (
-                self.mirror_store_path(config),
-                sovereign_db::StoreKind::Mirror,
-            ),
+        let path = self.mirror_store_path(config)?;
+        let kind = match self.layout {
+            MirrorLayout::PluginStore => sovereign_db::StoreKind::Plugins,
+            MirrorLayout::MirrorFile => sovereign_db::StoreKind::Mirror,
         };
         Ok(sovereign_db_plugins::TrustedPluginStore::open_read_only(
             &path, &kind,

@@ -26,7 +26,10 @@ pub fn run(app: &App, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
         (
             "PLUGIN_DATABASE_URL",
             config.plugin_database_url.value.to_string(),
-            config.plugins_db_path().display().to_string(),
+            match config.plugins_db_path() {
+                Some(path) => path.display().to_string(),
+                None => "(PostgreSQL)".into(),
+            },
             config.plugin_database_url.source.to_string(),
         ),
         (

@@ -370,7 +370,7 @@ fn install(app: &App, dir: &Path, yes: bool) -> anyhow::Result<ExitCode> {
         installed.version,
         installed.mode.as_str(),
         installed.api_version,
-        installed.data_file.display()
+        installed.data_location
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -478,8 +478,8 @@ fn set_enabled(app: &App, id: &str, enabled: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn run_sql(app: &App, id: &str, sql: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let db = plugins::open_fenced(app, id)?;
-    let outcome = db.transaction(|db| db.execute(sql, &[]))?;
+    let mut db = plugins::open_fenced(app, id)?;
+    let outcome = db.execute_alone(sql, &[])?;
     print_outcome(&mut std::io::stdout().lock(), &outcome, json)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -574,7 +574,7 @@ fn print_outcome(out: &mut impl Write, outcome: &Outcome, json: bool) -> std::io
 }
 
 fn shell(app: &App, id: &str) -> anyhow::Result<ExitCode> {
-    let db = plugins::open_fenced(app, id)?;
+    let mut db = plugins::open_fenced(app, id)?;
     let interactive = std::io::stdin().is_terminal();
     let mut stdout = std::io::stdout().lock();
     if interactive {
@@ -625,7 +625,7 @@ fn shell(app: &App, id: &str) -> anyhow::Result<ExitCode> {
             continue;
         }
         for (_, statement) in split_statements(&buffer) {
-            match db.transaction(|db| db.execute(statement, &[])) {
+            match db.execute_alone(statement, &[]) {
                 Ok(outcome) => print_outcome(&mut stdout, &outcome, false)?,
                 Err(e) => {
                     failures += 1;

@@ -34,9 +34,12 @@ pub fn roles(
             )
         })
     };
-    let core = named(database_url, "DATABASE_URL")?;
+    // A core store that stays on SQLite (DATABASE_URL unset or `file:`) gets no roles.
+    let core = database_url
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .filter(|url| !url.trim().starts_with("file:"));
     let plugins = named(plugin_database_url, "PLUGIN_DATABASE_URL")?;
-    let plan = RolePlan::new(&core, &plugins, vec![])?;
+    let plan = RolePlan::new(core.as_deref(), &plugins, vec![])?;
     if args.print {
         print!("{}", plan.print());
         return Ok(ExitCode::SUCCESS);
@@ -46,6 +49,11 @@ pub fn roles(
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("--apply needs --admin-url"))?;
     let ran = plan.apply(admin)?;
-    println!("applied {ran} statements: the core and plugin databases, their roles and grants");
+    let databases = if core.is_some() {
+        "the core and plugin databases"
+    } else {
+        "the plugin database (the core store stays on SQLite)"
+    };
+    println!("applied {ran} statements: {databases}, their roles and grants");
     Ok(ExitCode::SUCCESS)
 }

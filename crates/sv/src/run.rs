@@ -29,12 +29,12 @@ pub struct HostArgs {
     /// The kernel's socket.
     #[arg(long)]
     socket: PathBuf,
-    /// The shared plugin store.
-    #[arg(long)]
-    plugins_db: PathBuf,
+    /// The shared plugin store (absent: the plugin store is on PostgreSQL).
+    #[arg(long, requires = "isolated_dir")]
+    plugins_db: Option<PathBuf>,
     /// The directory of isolated plugin files.
-    #[arg(long)]
-    isolated_dir: PathBuf,
+    #[arg(long, requires = "plugins_db")]
+    isolated_dir: Option<PathBuf>,
     /// The plugin packages.
     #[arg(long)]
     packages: PathBuf,
@@ -53,10 +53,13 @@ pub struct HostArgs {
 pub fn host(args: &HostArgs) -> anyhow::Result<ExitCode> {
     sovereign_host::run(sovereign_host::HostOptions {
         socket: args.socket.clone(),
-        location: sovereign_db_plugins::StoreLocation {
-            shared_store: args.plugins_db.clone(),
-            isolated_dir: args.isolated_dir.clone(),
-            mirror_file: args.mirror_file.clone(),
+        location: match (&args.plugins_db, &args.isolated_dir) {
+            (Some(shared_store), Some(isolated_dir)) => Some(sovereign_db_plugins::StoreLocation {
+                shared_store: shared_store.clone(),
+                isolated_dir: isolated_dir.clone(),
+                mirror_file: args.mirror_file.clone(),
+            }),
+            _ => None,
         },
         packages: args.packages.clone(),
         require_sandbox: args.require_sandbox,
@@ -138,7 +141,10 @@ fn start(
         let _ = writeln!(
             out,
             "plugin store: {}",
-            app.config().plugins_db_path().display()
+            match app.config().plugins_db_path() {
+                Some(path) => path.display().to_string(),
+                None => app.config().plugin_database_url.value.to_string(),
+            }
         );
         let _ = writeln!(out, "Sovereign is running at http://{addr}");
         let _ = out.flush();

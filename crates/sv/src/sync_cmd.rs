@@ -115,7 +115,7 @@ fn show_status(app: &App, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let settings = app.sync_settings();
     println!(
         "mirror: {} ({:?}, {:?})",
-        settings.mirror_store_path(app.config()).display(),
+        settings.mirror_store_path(app.config())?.display(),
         settings.layout,
         settings.freshness
     );

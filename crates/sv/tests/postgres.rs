@@ -137,8 +137,9 @@ impl NotesStore {
                     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
                 let cluster = Cluster::start(&script).unwrap();
                 let plugins_url = cluster.url("svc_plugins", "plugins-secret", "sv_plugins");
+                // The core store stays on SQLite: the plan makes the plugin side only.
                 let plan = sovereign_postgres::RolePlan::new(
-                    &cluster.url("svc_core", "core-secret", "sv_core"),
+                    None,
                     &plugins_url,
                     vec![sovereign_postgres::PluginRole {
                         id: "notes".into(),
@@ -202,7 +203,8 @@ fn the_notes_plugin_runs_unchanged_on_both_plugin_store_backends() {
         let store = NotesStore::new(backend);
         let runtime = Runtime::load(
             Runtime::engine().unwrap(),
-            &store.location,
+            // On PostgreSQL the host gets no SQLite store at all.
+            store.spec.postgres.is_none().then_some(&store.location),
             &plugins_dir(),
             std::slice::from_ref(&store.spec),
         )
@@ -272,4 +274,177 @@ fn the_notes_plugin_runs_unchanged_on_both_plugin_store_backends() {
         let (status, refused) = call("POST", "/notes", 7, r#"{"title": ""}"#);
         assert_eq!(status, 400, "{backend:?}: {refused}");
     }
+}
+
+/// How many roles and schemas named after plugin `id` the plugin database has.
+fn provisioned(admin_url: &str, id: &str) -> (i64, i64) {
+    let mut admin = postgres::Client::connect(
+        &admin_url.replace("/postgres", "/sv_plugins"),
+        postgres::NoTls,
+    )
+    .unwrap();
+    let row = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = 'svp_' || $1),
+                    (SELECT count(*) FROM pg_namespace WHERE nspname = $1)",
+            &[&id],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// `PLUGIN_DATABASE_URL=postgres://...` with the core on SQLite: the plugin side of the
+/// roles, the store's bookkeeping, installing (its role and schema made, its password in
+/// the core store), refusals that leave nothing behind, `sv plugins sql`, serving the
+/// plugin's routes through the host, `/health`, and removing with `--purge`.
+#[test]
+fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
+    let cluster = Cluster::start(&script).unwrap();
+    let plugins_url = cluster.url("svc_plugins", "plugins-secret", "sv_plugins");
+    let w = Workdir::new();
+    let pg = ["--plugin-database-url", plugins_url.as_str()];
+    let with =
+        |args: &[&str]| -> Vec<String> { pg.iter().chain(args).map(|s| s.to_string()).collect() };
+    let run_ok =
+        |args: &[&str]| w.sv_ok(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
+    let run_err =
+        |args: &[&str]| w.sv_err(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
+
+    let applied = run_ok(&[
+        "postgres:roles",
+        "--apply",
+        "--admin-url",
+        cluster.admin_url(),
+    ]);
+    assert!(applied.contains("core store stays on SQLite"), "{applied}");
+    let deployed = run_ok(&["migrate:deploy"]);
+    assert!(deployed.contains("0001_event_outbox.sql"), "{deployed}");
+    assert!(!w.plugins_db().exists(), "no SQLite plugin store is made");
+
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
+    let installed = run_ok(&[
+        "plugins",
+        "install",
+        repo.join("notes").to_str().unwrap(),
+        "--yes",
+    ]);
+    assert!(installed.contains("schema notes of"), "{installed}");
+    assert_eq!(provisioned(cluster.admin_url(), "notes"), (1, 1));
+    let password: String = common::raw(&w.core_db())
+        .query_row(
+            "SELECT password FROM plugin_store_logins WHERE plugin_id = 'notes'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(password.len(), 32);
+
+    // A package without PostgreSQL migrations, and one that asks for mirrored columns:
+    // refused, with nothing left behind.
+    let refused = run_err(&[
+        "plugins",
+        "install",
+        repo.join("tasks").to_str().unwrap(),
+        "--yes",
+    ]);
+    assert!(refused.contains("\"backends\""), "{refused}");
+    assert_eq!(provisioned(cluster.admin_url(), "tasks"), (0, 0));
+    let reader = w.path().join("reader");
+    std::fs::create_dir_all(reader.join("migrations/postgres")).unwrap();
+    std::fs::write(
+        reader.join("plugin.json"),
+        r#"{"id": "reader", "name": "Reader", "version": "0.1.0",
+            "backends": ["sqlite", "postgres"], "reads": {"users": ["id"]}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        reader.join("migrations/postgres/0001_init.sql"),
+        "CREATE TABLE reader__items (id bigint PRIMARY KEY);",
+    )
+    .unwrap();
+    common::add_component(&reader);
+    let refused = run_err(&["plugins", "install", reader.to_str().unwrap(), "--yes"]);
+    assert!(refused.contains("mirrored core slices"), "{refused}");
+    assert_eq!(provisioned(cluster.admin_url(), "reader"), (0, 0));
+    // Operations that need SQLite files say so.
+    let inspect = run_err(&["plugins", "db", "inspect"]);
+    assert!(inspect.contains("PostgreSQL"), "{inspect}");
+
+    // `sv plugins sql` runs as the plugin's role.
+    let inserted = run_ok(&[
+        "plugins",
+        "sql",
+        "notes",
+        "INSERT INTO notes__notes (owner, title) VALUES (1, 'from sql') RETURNING id",
+        "--json",
+    ]);
+    assert!(inserted.contains("\"id\""), "{inserted}");
+    let fenced = run_err(&[
+        "plugins",
+        "sql",
+        "notes",
+        "SELECT * FROM public._sv_migrations",
+    ]);
+    assert!(fenced.contains("may not"), "{fenced}");
+
+    w.create_user("root@example.com", "root password 1", true);
+    let server = w.start(
+        &with(&["serve"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let host = server.wait_host_running();
+    assert_eq!(host["plugins"][0]["id"], "notes", "{host}");
+    assert_eq!(
+        host["plugins"][0]["error"],
+        serde_json::Value::Null,
+        "{host}"
+    );
+    let token = server.login("root@example.com", "root password 1");
+    let created = server.send(
+        "POST",
+        "/api/plugins/notes/notes",
+        Some(&token),
+        Some(serde_json::json!({ "title": "over http", "body": "served from PostgreSQL" })),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    let listed = server.get("/api/plugins/notes/notes", Some(&token));
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    // The root user is user 1: the note `sv plugins sql` made for owner 1 is theirs too.
+    let titles: Vec<&str> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["from sql", "over http"]);
+    let health = server.get("/health", None);
+    assert_eq!(health.body["plugins"]["status"], "ok", "{}", health.text);
+    assert_eq!(health.body["status"], "ok", "{}", health.text);
+    server.stop();
+
+    // Removing without --purge keeps the schema (a reinstall migrates on); --purge
+    // drops the role, the schema and the events.
+    run_ok(&["plugins", "remove", "notes"]);
+    assert_eq!(provisioned(cluster.admin_url(), "notes"), (1, 1));
+    run_ok(&[
+        "plugins",
+        "install",
+        repo.join("notes").to_str().unwrap(),
+        "--yes",
+    ]);
+    let kept = run_ok(&[
+        "plugins",
+        "sql",
+        "notes",
+        "SELECT count(*) AS n FROM notes__notes",
+        "--json",
+    ]);
+    let kept: serde_json::Value = serde_json::from_str(&kept).unwrap();
+    assert_eq!(kept[0]["n"], 2, "{kept}");
+    run_ok(&["plugins", "remove", "notes", "--purge"]);
+    assert_eq!(provisioned(cluster.admin_url(), "notes"), (0, 0));
 }

@@ -189,7 +189,7 @@ impl Stores {
             statement_ms: 300,
         };
         let plan = RolePlan::new(
-            &core_url,
+            Some(&core_url),
             &plugins_url,
             vec![
                 role(

@@ -108,7 +108,15 @@ impl Platform {
     /// What [`start`](Self::start) does before serving: a scratch directory, migrated,
     /// with `plugins` installed and `users` created, for a benchmark to add to.
     pub fn prepare(plugins: &[&str], users: &[(&str, bool)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
+        Platform::prepare_in(tempfile::tempdir().unwrap(), plugins, users)
+    }
+
+    /// [`prepare`](Self::prepare) in `dir`, which may hold a `sovereign.toml` already.
+    pub fn prepare_in(
+        dir: tempfile::TempDir,
+        plugins: &[&str],
+        users: &[(&str, bool)],
+    ) -> tempfile::TempDir {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
         sv_ok(dir.path(), &["migrate:deploy"]);
         for p in plugins {
