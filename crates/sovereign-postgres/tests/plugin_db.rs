@@ -138,6 +138,17 @@ fn portable_statements_run_in_the_request_transaction_with_typed_values() {
         SqlValue::Integer(2),
         "outside a request: its own transaction"
     );
+    // A request whose first statement fails goes on too (its transaction begins again).
+    db.begin(true).unwrap();
+    let zero = db.execute("SELECT 1 / 0", &[]);
+    assert!(matches!(zero, Err(FenceError::Sql { .. })), "{zero:?}");
+    db.execute(
+        "INSERT INTO tasks__tasks (title) VALUES ('after a failure')",
+        &[],
+    )
+    .unwrap();
+    db.commit().unwrap();
+    assert_eq!(count(&mut db), SqlValue::Integer(3));
 
     // Clear errors for what does not convert.
     let err = db

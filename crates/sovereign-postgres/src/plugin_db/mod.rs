@@ -2,8 +2,9 @@
 //! (`svp_<id>`): the database keeps the fence (the role reaches its schema and its
 //! granted mirror columns, nothing else); this side keeps what a role cannot:
 //!
-//! - one transaction per request, with every statement in a savepoint so that a failed
-//!   statement fails alone, as on SQLite (PostgreSQL would abort the whole transaction);
+//! - one transaction per request, with every statement after the first in a savepoint
+//!   so that a failed statement fails alone, as on SQLite (PostgreSQL would abort the
+//!   whole transaction; a failed first statement begins it again);
 //! - no statement that would end that transaction or change the pooled session
 //!   (`BEGIN`, `COMMIT`, `SET`, `LISTEN`, `COPY`, ...), one statement per call;
 //! - deadlines: `statement_timeout` set at every request, and a cancel request sent from
@@ -124,6 +125,11 @@ pub struct PgPluginDb {
     plugin: String,
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// The request's deadline, sent along with every job.
+    deadline: Option<Instant>,
+    /// A request began and no statement has run yet: its `BEGIN` goes with the first
+    /// statement's job (and a request that runs none never sends one).
+    begin_pending: bool,
 }
 
 impl PgPluginDb {
@@ -161,6 +167,8 @@ impl PgPluginDb {
             plugin,
             jobs: Some(jobs),
             thread: Some(thread),
+            deadline: None,
+            begin_pending: false,
         };
         match outcome.recv() {
             Ok(Ok(())) => Ok(db),
@@ -172,10 +180,13 @@ impl PgPluginDb {
         }
     }
 
-    /// Runs `work` on the session's thread and waits for its result.
+    /// Runs `work` on the session's thread (under the request's deadline) and waits for
+    /// its result.
     fn call<R: Send + 'static>(&self, work: impl FnOnce(&mut Session) -> R + Send + 'static) -> R {
         let (done, result) = mpsc::sync_channel(1);
+        let deadline = self.deadline;
         let job: Job = Box::new(move |session| {
+            session.set_request_deadline(deadline);
             let _ = done.send(work(session));
         });
         self.jobs
@@ -186,6 +197,22 @@ impl PgPluginDb {
         result
             .recv()
             .expect("the connection thread answers every job")
+    }
+
+    /// Runs `work` as part of the request, beginning its transaction first if that is
+    /// still pending.
+    fn call_in_request<R: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Session) -> Result<R, FenceError> + Send + 'static,
+    ) -> Result<R, FenceError> {
+        if std::mem::take(&mut self.begin_pending) {
+            self.call(move |s| {
+                s.begin()?;
+                work(s)
+            })
+        } else {
+            self.call(work)
+        }
     }
 
     /// The plugin's id.
@@ -237,30 +264,40 @@ impl FencedConnection for PgPluginDb {
     }
 
     fn begin(&mut self, _writes_expected: bool) -> Result<(), FenceError> {
-        // PostgreSQL locks rows, not the database: nothing to take up front.
-        self.call(|s| s.begin())
+        // PostgreSQL locks rows, not the database: nothing to take up front, and the
+        // `BEGIN` travels with the first statement (which also ends a transaction left
+        // open, as `Session::begin` does).
+        self.begin_pending = true;
+        Ok(())
     }
 
     fn set_request_deadline(&mut self, deadline: Option<Instant>) {
-        self.call(move |s| s.set_request_deadline(deadline))
+        // Sent with the next jobs: no round trip to the session's thread.
+        self.deadline = deadline;
     }
 
     fn commit(&mut self) -> Result<(), FenceError> {
+        if std::mem::take(&mut self.begin_pending) {
+            return Ok(()); // nothing ran: nothing to commit
+        }
         self.call(|s| s.commit())
     }
 
     fn rollback(&mut self) -> Result<(), FenceError> {
+        if std::mem::take(&mut self.begin_pending) {
+            return Ok(());
+        }
         self.call(|s| s.rollback())
     }
 
     fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<Outcome, FenceError> {
         let (sql, params) = (sql.to_owned(), params.to_vec());
-        self.call(move |s| s.execute(&sql, &params))
+        self.call_in_request(move |s| s.execute(&sql, &params))
     }
 
     fn open_cursor(&mut self, sql: &str, params: &[SqlValue]) -> Result<CursorId, FenceError> {
         let (sql, params) = (sql.to_owned(), params.to_vec());
-        self.call(move |s| s.open_cursor(&sql, &params))
+        self.call_in_request(move |s| s.open_cursor(&sql, &params))
     }
 
     fn cursor_columns(&self, id: CursorId) -> Result<Arc<[String]>, FenceError> {
@@ -281,7 +318,7 @@ impl FencedConnection for PgPluginDb {
 
     fn emit_event(&mut self, topic: &str, payload_json: &str) -> Result<String, FenceError> {
         let (topic, payload_json) = (topic.to_owned(), payload_json.to_owned());
-        self.call(move |s| s.emit_event(&topic, &payload_json))
+        self.call_in_request(move |s| s.emit_event(&topic, &payload_json))
     }
 
     fn pending_events(&mut self, limit: usize) -> Result<Vec<OutboxEvent>, FenceError> {
@@ -309,6 +346,9 @@ struct Session {
     request_deadline: Option<Instant>,
     /// Whether the statement savepoint exists in the request's transaction.
     savepoint: bool,
+    /// Whether a statement of the request's transaction succeeded (its work needs a
+    /// savepoint's protection from the next one's failure).
+    statements_done: bool,
     statements: HashMap<String, Statement>,
     cursors: Vec<OpenCursor>,
     next_cursor: u64,
@@ -384,6 +424,7 @@ impl Session {
             in_request: false,
             request_deadline: None,
             savepoint: false,
+            statements_done: false,
             statements: HashMap::new(),
             cursors: Vec::new(),
             next_cursor: 0,
@@ -532,6 +573,7 @@ impl Session {
         }
         self.cursors.clear();
         self.savepoint = false;
+        self.statements_done = false;
         let batch = format!("BEGIN; {}", self.pin);
         self.client
             .batch_execute(&batch)
@@ -564,6 +606,7 @@ impl Session {
     fn end_request(&mut self) {
         self.cursors.clear();
         self.savepoint = false;
+        self.statements_done = false;
         self.in_request = false;
     }
 
@@ -594,13 +637,19 @@ impl Session {
             return result;
         }
         let deadline = self.statement_deadline()?;
-        let mark = if self.savepoint {
-            "RELEASE SAVEPOINT sv_statement; SAVEPOINT sv_statement"
-        } else {
-            "SAVEPOINT sv_statement"
-        };
-        self.client.batch_execute(mark)?;
-        self.savepoint = true;
+        // Earlier work of this request is protected by a savepoint; a request's first
+        // statement needs none (a failure begins the transaction again, at no cost to
+        // the common case of a request that succeeds).
+        let guarded = self.statements_done;
+        if guarded {
+            let mark = if self.savepoint {
+                "RELEASE SAVEPOINT sv_statement; SAVEPOINT sv_statement"
+            } else {
+                "SAVEPOINT sv_statement"
+            };
+            self.client.batch_execute(mark)?;
+            self.savepoint = true;
+        }
         let result = {
             let _armed = watchdog::arm(&self.alarm, deadline);
             work(self)
@@ -610,22 +659,35 @@ impl Session {
             // cancel may still be on its way to the session and hit any of the next
             // commands, so each is retried once, and a no-op takes it last: it never
             // reaches the plugin's next statement.
-            let undo = "ROLLBACK TO SAVEPOINT sv_statement";
-            if self.client.batch_execute(undo).is_err() {
-                self.client.batch_execute(undo)?;
+            if self.undo_statement(guarded).is_err() {
+                self.undo_statement(guarded)?;
             }
             if self.client.batch_execute("SELECT 1").is_err() {
-                self.client.batch_execute(undo)?;
+                self.undo_statement(guarded)?;
             }
             return Err(Failure::Fence(self.deadline_error()));
         }
-        if result.is_err() {
+        match &result {
+            Ok(_) => self.statements_done = true,
             // Undo the statement alone (a cancel or an error leaves the rest intact).
-            self.client
-                .batch_execute("ROLLBACK TO SAVEPOINT sv_statement")
-                .map_err(|e| Failure::Fence(self.server_error(e)))?;
+            Err(_) => self
+                .undo_statement(guarded)
+                .map_err(|e| Failure::Fence(self.server_error(e)))?,
         }
         result
+    }
+
+    /// Undoes the statement just run: back to its savepoint, or, when nothing ran before
+    /// it in this request, the whole transaction, begun again.
+    fn undo_statement(&mut self, guarded: bool) -> Result<(), postgres::Error> {
+        if guarded {
+            self.client
+                .batch_execute("ROLLBACK TO SAVEPOINT sv_statement")
+        } else {
+            self.savepoint = false;
+            let restart = format!("ROLLBACK; BEGIN; {}", self.pin);
+            self.client.batch_execute(&restart)
+        }
     }
 
     fn fence(&self, failure: Failure) -> FenceError {
