@@ -227,7 +227,9 @@ fn install_data_postgres(
         id: id.clone(),
         password: password.clone(),
         grants: vec![],
-        connection_limit: (sovereign_host::scheduler::REQUEST_LANES + 3) as u32,
+        // A host's lanes and relay connection, twice (a restarted host connects before
+        // the killed one's sessions are gone), and operators' `sv plugins sql`.
+        connection_limit: (2 * (sovereign_host::scheduler::REQUEST_LANES + 1) + 4) as u32,
         statement_ms: manifest.limits.statement_ms,
     };
     let provision = |owner: &mut postgres::Client, sql: String, shown: String| {

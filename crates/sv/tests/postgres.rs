@@ -448,3 +448,135 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
     run_ok(&["plugins", "remove", "notes", "--purge"]);
     assert_eq!(provisioned(cluster.admin_url(), "notes"), (0, 0));
 }
+
+/// A served platform with `notes` installed and a user logged in, on a SQLite plugin
+/// store or (with a cluster) on PostgreSQL; returns the work directory, the server, a
+/// token and the cluster to keep alive.
+fn notes_platform(
+    backend: sovereign_db_plugins::Backend,
+) -> (Workdir, common::Server, String, Option<Cluster>) {
+    let w = Workdir::new();
+    let cluster = match backend {
+        sovereign_db_plugins::Backend::Sqlite => None,
+        sovereign_db_plugins::Backend::Postgres => {
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
+            let cluster = Cluster::start(&script).unwrap();
+            let url = cluster.url("svc_plugins", "plugins-secret", "sv_plugins");
+            std::fs::write(
+                w.path().join("sovereign.toml"),
+                format!("plugin_database_url = \"{url}\"\n"),
+            )
+            .unwrap();
+            w.sv_ok(&[
+                "postgres:roles",
+                "--apply",
+                "--admin-url",
+                cluster.admin_url(),
+                "--plugin-database-url",
+                &url,
+            ]);
+            Some(cluster)
+        }
+    };
+    w.sv_ok(&["migrate:deploy"]);
+    w.sv_ok(&[
+        "plugins",
+        "install",
+        plugins_dir().join("notes").to_str().unwrap(),
+        "--yes",
+    ]);
+    w.create_user("root@example.com", "root password 1", true);
+    let server = w.start(&["serve"]);
+    server.wait_host_running();
+    let token = server.login("root@example.com", "root password 1");
+    (w, server, token, cluster)
+}
+
+/// The host killed twice while two clients write: every write the platform acknowledged
+/// is there exactly once afterwards, on either plugin store backend (a killed host's
+/// open transactions roll back, on SQLite by the journal, on PostgreSQL when its
+/// sessions drop).
+#[test]
+fn killing_the_host_under_load_loses_no_acknowledged_write_on_either_backend() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    for backend in [
+        sovereign_db_plugins::Backend::Sqlite,
+        sovereign_db_plugins::Backend::Postgres,
+    ] {
+        let (_w, server, token, _cluster) = notes_platform(backend);
+        let server = Arc::new(server);
+        let stop = Arc::new(AtomicBool::new(false));
+        let statuses = Arc::new(Mutex::new(Vec::new()));
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let writers: Vec<_> = (0..2)
+            .map(|n| {
+                let (server, stop, token) = (server.clone(), stop.clone(), token.clone());
+                let (statuses, acknowledged) = (statuses.clone(), acknowledged.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        let title = format!("w{n}-{i}");
+                        let r = server.send(
+                            "POST",
+                            "/api/plugins/notes/notes",
+                            Some(&token),
+                            Some(serde_json::json!({ "title": title })),
+                        );
+                        statuses.lock().unwrap().push(r.status);
+                        if r.status == 201 {
+                            acknowledged.lock().unwrap().push(title);
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        for _ in 0..2 {
+            let pid = server.wait_host_running()["pid"].as_i64().unwrap();
+            // SAFETY: kill(2) on the host's pid as reported by /health.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            server.wait_host_running();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        stop.store(true, Ordering::SeqCst);
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let statuses = statuses.lock().unwrap();
+        assert!(
+            statuses.iter().all(|s| *s == 201 || *s == 503),
+            "{backend:?}: statuses other than 201/503: {:?}",
+            statuses
+                .iter()
+                .filter(|s| **s != 201 && **s != 503)
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            statuses.contains(&503),
+            "{backend:?}: the kill was not observed"
+        );
+        let listed = server.get("/api/plugins/notes/notes", Some(&token));
+        assert_eq!(listed.status, 200, "{backend:?}: {}", listed.text);
+        let mut titles: Vec<String> = listed
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["title"].as_str().unwrap().to_owned())
+            .collect();
+        for title in acknowledged.lock().unwrap().iter() {
+            assert!(
+                titles.contains(title),
+                "{backend:?}: acknowledged {title} is missing"
+            );
+        }
+        let all = titles.len();
+        titles.sort();
+        titles.dedup();
+        assert_eq!(titles.len(), all, "{backend:?}: a write applied twice");
+        assert_eq!(server.host_state()["restarts"], 2, "{backend:?}");
+    }
+}
