@@ -10,7 +10,7 @@ use sovereign_kernel::health::{CoreDbProbe, ExtensionHost, Health};
 use sovereign_kernel::host::HostState;
 use sovereign_protocol::SandboxStatus;
 
-use crate::{App, PlatformError};
+use crate::{App, PlatformError, PluginStore};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -66,16 +66,19 @@ impl Report {
 /// directory and next to a running platform.
 pub fn report(app: &App) -> Result<Report, PlatformError> {
     let mut report = Report { findings: vec![] };
-    let layout = app.layout("sv doctor")?;
-    let mut files: Vec<(&'static str, PathBuf)> = vec![
-        ("core store", layout.core.clone()),
-        ("plugin store", layout.plugins.clone()),
-    ];
-    if let Some(m) = &layout.mirror_file {
-        files.push(("mirror file", m.clone()));
-    }
-    for (_, path) in layout.isolated_files()? {
-        files.push(("isolated plugin file", path));
+    let mut files: Vec<(&'static str, PathBuf)> = vec![("core store", app.config().core_db_path())];
+    match app.plugin_store() {
+        PluginStore::Sqlite(_) => {
+            let layout = app.layout("sv doctor")?;
+            files.push(("plugin store", layout.plugins.clone()));
+            if let Some(m) = &layout.mirror_file {
+                files.push(("mirror file", m.clone()));
+            }
+            for (_, path) in layout.isolated_files()? {
+                files.push(("isolated plugin file", path));
+            }
+        }
+        PluginStore::Postgres(store) => check_postgres_store(&mut report, app, store),
     }
     let mut total_bytes = 0u64;
     for (what, path) in &files {
@@ -214,7 +217,68 @@ fn check_file(report: &mut Report, what: &str, path: &Path) -> u64 {
     bytes
 }
 
+/// The PostgreSQL plugin store answers its owner, and every installed plugin's role
+/// logs in with the password the core keeps, unprivileged and owning its schema.
+fn check_postgres_store(report: &mut Report, app: &App, store: &crate::PgPluginStore) {
+    match store.connect_owner().and_then(|mut owner| {
+        owner
+            .query_one("SHOW server_version", &[])
+            .map(|row| row.get::<_, String>(0))
+            .map_err(|source| {
+                sovereign_postgres::PgError::Statement {
+                    statement: "SHOW server_version".into(),
+                    source,
+                }
+                .into()
+            })
+    }) {
+        Ok(version) => report.add(
+            Level::Ok,
+            "plugin store",
+            format!("PostgreSQL {version} at {} answers", store.describe()),
+        ),
+        Err(e) => return report.add(Level::Fail, "plugin store", e.to_string()),
+    }
+    let plugins = match app
+        .open_migrated_core_read_only()
+        .and_then(|core| Ok(sovereign_db_core::plugins::list(&core)?))
+    {
+        Ok(plugins) => plugins,
+        Err(e) => return report.add(Level::Fail, "plugin store", e.to_string()),
+    };
+    for plugin in plugins {
+        let opened = crate::plugins::open_fenced(app, &plugin.id);
+        match opened {
+            Ok(_) => report.add(
+                Level::Ok,
+                "plugin store",
+                format!(
+                    "plugin {}: role svp_{} logs in, unprivileged, owning schema {}",
+                    plugin.id, plugin.id, plugin.id
+                ),
+            ),
+            Err(e) => report.add(
+                Level::Fail,
+                "plugin store",
+                format!(
+                    "plugin {}: {e}; reinstall it (`sv plugins install`) to reset its role",
+                    plugin.id
+                ),
+            ),
+        }
+    }
+}
+
 fn check_sync(report: &mut Report, app: &App) {
+    if let PluginStore::Postgres(_) = app.plugin_store() {
+        return report.add(
+            Level::Warn,
+            "sync",
+            "the plugin store is on PostgreSQL, where mirrored core slices are not built \
+             yet: sync is off"
+                .into(),
+        );
+    }
     let status = (|| -> Result<sovereign_sync::status::SyncStatus, PlatformError> {
         let core = sovereign_db_core::open_existing_read_only(&app.config().core_db_path())?;
         let mirror = app.sync_settings().open_mirror_read_only(app.config())?;

@@ -367,6 +367,12 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
     let refused = run_err(&["plugins", "install", reader.to_str().unwrap(), "--yes"]);
     assert!(refused.contains("mirrored core slices"), "{refused}");
     assert_eq!(provisioned(cluster.admin_url(), "reader"), (0, 0));
+    // The doctor reports the PostgreSQL store and each plugin's role.
+    let doctor = run_ok(&["doctor"]);
+    assert!(
+        doctor.contains("answers") && doctor.contains("plugin notes: role svp_notes logs in"),
+        "{doctor}"
+    );
     // Operations that need SQLite files say so.
     let inspect = run_err(&["plugins", "db", "inspect"]);
     assert!(inspect.contains("PostgreSQL"), "{inspect}");
