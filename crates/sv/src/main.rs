@@ -162,8 +162,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Host(args) = &cli.command {
         return run::host(args);
     }
-    // The stores' configuration does not take postgres:// URLs yet; this command needs
-    // only the two URLs.
+    // The configuration does not take a postgres:// DATABASE_URL yet; this command needs
+    // only the two URLs (flags, environment, or the plugin store's from sovereign.toml).
     if let Command::PostgresRoles(args) = &cli.command {
         return postgres_cmd::roles(
             args,

@@ -20,8 +20,9 @@ pub struct RolesArgs {
     apply: bool,
 }
 
-/// The store URLs come from `--database-url` / `--plugin-database-url` or the
-/// environment (`DATABASE_URL`, `PLUGIN_DATABASE_URL`).
+/// The store URLs come from `--database-url` / `--plugin-database-url`, the
+/// environment (`DATABASE_URL`, `PLUGIN_DATABASE_URL`), or (the plugin store's)
+/// `sovereign.toml`.
 pub fn roles(
     args: &RolesArgs,
     database_url: Option<String>,
@@ -38,7 +39,14 @@ pub fn roles(
     let core = database_url
         .or_else(|| std::env::var("DATABASE_URL").ok())
         .filter(|url| !url.trim().starts_with("file:"));
-    let plugins = named(plugin_database_url, "PLUGIN_DATABASE_URL")?;
+    let plugins = match named(plugin_database_url, "PLUGIN_DATABASE_URL") {
+        Ok(url) => url,
+        // The plugin store's URL may sit in sovereign.toml, as for every other command.
+        Err(unset) => sovereign_config::Config::from_process(&Default::default())
+            .ok()
+            .and_then(|config| config.plugins_postgres_url().map(|u| u.expose().to_owned()))
+            .ok_or(unset)?,
+    };
     let plan = RolePlan::new(core.as_deref(), &plugins, vec![])?;
     if args.print {
         print!("{}", plan.print());

@@ -473,13 +473,12 @@ fn notes_platform(
                 format!("plugin_database_url = \"{url}\"\n"),
             )
             .unwrap();
+            // The plugin store's URL from sovereign.toml, as every command reads it.
             w.sv_ok(&[
                 "postgres:roles",
                 "--apply",
                 "--admin-url",
                 cluster.admin_url(),
-                "--plugin-database-url",
-                &url,
             ]);
             Some(cluster)
         }
