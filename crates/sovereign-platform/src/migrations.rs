@@ -37,25 +37,17 @@ enum Store {
     },
 }
 
-impl Store {
-    fn open_postgres_plugin(&self) -> Option<Result<PgPluginDb, PlatformError>> {
-        let Store::PostgresPlugin {
-            store,
-            plugin,
-            password,
-        } = self
-        else {
-            return None;
-        };
-        Some(
-            PgPluginDb::open(&PgPluginConfig {
-                plugin_id: plugin.plugin_id.clone(),
-                url: store.plugin_login(&plugin.plugin_id, password),
-                limits: plugin.limits,
-            })
-            .map_err(PlatformError::from),
-        )
-    }
+/// Plugin `plugin`'s connection as its own role, for its migrations.
+fn open_postgres_plugin(
+    store: &PgPluginStore,
+    plugin: &PluginDbConfig,
+    password: &str,
+) -> Result<PgPluginDb, PlatformError> {
+    Ok(PgPluginDb::open(&PgPluginConfig {
+        plugin_id: plugin.plugin_id.clone(),
+        url: store.plugin_login(&plugin.plugin_id, password),
+        limits: plugin.limits,
+    })?)
 }
 
 /// One migration set and the file it applies to (on PostgreSQL, the store's URL with
@@ -97,22 +89,38 @@ impl Target {
             Store::PostgresSystem(store) => {
                 sovereign_postgres::migrate::deploy(&mut store.connect_owner()?, &self.set)?
             }
-            Store::PostgresPlugin { .. } => match self.store.open_postgres_plugin() {
-                Some(db) => db?.migrate(&self.set)?,
-                None => unreachable!("a PostgreSQL plugin target opens a PostgreSQL connection"),
-            },
+            Store::PostgresPlugin {
+                store,
+                plugin,
+                password,
+            } => open_postgres_plugin(store, plugin, password)?.migrate(&self.set)?,
         };
         Ok(applied)
     }
 
-    /// The migrations `apply` would run, by file name.
+    /// The migrations `apply` would run, by file name (refused, as `apply` would be,
+    /// when an applied migration changed or is unknown).
     pub fn plan(&self) -> Result<Vec<String>, PlatformError> {
-        Ok(self
-            .status()?
-            .into_iter()
-            .filter(|s| s.state == MigrationState::Pending)
-            .map(|s| s.file_name)
-            .collect())
+        match &self.store {
+            Store::Core | Store::Plugin(_) => {
+                let conn = self.open_for_read()?;
+                Ok(self
+                    .set
+                    .plan(&conn)?
+                    .iter()
+                    .map(|m| m.file_name().to_owned())
+                    .collect())
+            }
+            Store::PostgresSystem(store) => Ok(sovereign_postgres::migrate::plan(
+                &mut store.connect_owner()?,
+                &self.set,
+            )?),
+            Store::PostgresPlugin {
+                store,
+                plugin,
+                password,
+            } => Ok(open_postgres_plugin(store, plugin, password)?.migration_plan(&self.set)?),
+        }
     }
 
     /// Every migration of the set and its state in the file.
@@ -126,10 +134,11 @@ impl Target {
                 &mut store.connect_owner()?,
                 &self.set,
             )?),
-            Store::PostgresPlugin { .. } => match self.store.open_postgres_plugin() {
-                Some(db) => Ok(db?.migration_status(&self.set)?),
-                None => unreachable!("a PostgreSQL plugin target opens a PostgreSQL connection"),
-            },
+            Store::PostgresPlugin {
+                store,
+                plugin,
+                password,
+            } => Ok(open_postgres_plugin(store, plugin, password)?.migration_status(&self.set)?),
         }
     }
 

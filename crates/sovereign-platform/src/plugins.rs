@@ -77,7 +77,11 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
         }
         PluginStore::Postgres(pg) => install_data_postgres(pg, &source, &manifest, &grants),
     };
-    let (applied, data_location, login) = match stored {
+    let Stored {
+        applied,
+        data_location,
+        login,
+    } = match stored {
         Ok(stored) => stored,
         Err(e) => {
             if let Some(staging) = &staged {
@@ -124,9 +128,15 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
     })
 }
 
-/// What an install stored: the migrations applied, where the data lives, and the
-/// password of the plugin's PostgreSQL role (on PostgreSQL).
-type Stored = (Vec<String>, String, Option<String>);
+/// What an install stored.
+struct Stored {
+    /// The migration files applied.
+    applied: Vec<String>,
+    /// Where the data lives, for the operator.
+    data_location: String,
+    /// The password of the plugin's PostgreSQL role (on PostgreSQL).
+    login: Option<String>,
+}
 
 /// Applies the package's migrations to its SQLite store (all or none); a failure
 /// removes the isolated file it created.
@@ -160,7 +170,11 @@ fn install_data_sqlite(
         Ok(db.migrate_all_or_nothing(&set)?)
     })();
     match result {
-        Ok(applied) => Ok((applied, data_file.display().to_string(), None)),
+        Ok(applied) => Ok(Stored {
+            applied,
+            data_location: data_file.display().to_string(),
+            login: None,
+        }),
         Err(e) => {
             if !file_existed && manifest.database == DatabaseMode::Isolated {
                 // The isolated file this install created holds nothing of value.
@@ -255,11 +269,11 @@ fn install_data_postgres(
         Ok(db.migrate(&set)?)
     })();
     match migrated {
-        Ok(applied) => Ok((
+        Ok(applied) => Ok(Stored {
             applied,
-            format!("schema {id} of {} (role svp_{id})", pg.describe()),
-            Some(password),
-        )),
+            data_location: format!("schema {id} of {} (role svp_{id})", pg.describe()),
+            login: Some(password),
+        }),
         Err(e) => {
             if !schema_existed {
                 let drop = sovereign_postgres::PluginRole::drop_sql(id);

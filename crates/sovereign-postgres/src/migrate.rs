@@ -72,6 +72,16 @@ pub fn status(client: &mut Client, set: &MigrationSet) -> Result<Vec<MigrationSt
     Ok(set.status_of(&applied(client, set.scope())?))
 }
 
+/// The files `deploy` would apply, in order; refused, as `deploy` would be, when an
+/// applied migration changed or is unknown to `set`.
+pub fn plan(client: &mut Client, set: &MigrationSet) -> Result<Vec<String>, PgError> {
+    Ok(set
+        .plan_of(&applied(client, set.scope())?)?
+        .iter()
+        .map(|m| m.file_name())
+        .collect())
+}
+
 /// The 1-based line of character `position` (1-based) of `text`.
 fn line_of(text: &str, position: usize) -> usize {
     text.chars()

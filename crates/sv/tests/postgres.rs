@@ -367,6 +367,13 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
     let refused = run_err(&["plugins", "install", reader.to_str().unwrap(), "--yes"]);
     assert!(refused.contains("mirrored core slices"), "{refused}");
     assert_eq!(provisioned(cluster.admin_url(), "reader"), (0, 0));
+    // Migration status reads the store's bookkeeping and the plugin's schema.
+    let status = run_ok(&["migrate:status"]);
+    assert!(
+        status.contains("0001_event_outbox.sql") && status.contains("plugin:notes"),
+        "{status}"
+    );
+    assert!(!status.contains("pending"), "{status}");
     // The doctor reports the PostgreSQL store and each plugin's role.
     let doctor = run_ok(&["doctor"]);
     assert!(

@@ -242,6 +242,15 @@ impl PgPluginDb {
         self.call(move |s| s.migration_status(&set))
     }
 
+    /// The plugin's migrations `migrate` would apply (refused when an applied one changed).
+    pub fn migration_plan(&mut self, set: &MigrationSet) -> Result<Vec<String>, PgError> {
+        let set = set.clone();
+        self.call(move |s| {
+            s.pin_schema()?;
+            crate::migrate::plan(&mut s.client, &set)
+        })
+    }
+
     /// Bytes the plugin's schema holds: every table, with its indexes and TOAST.
     pub fn measure_bytes(&mut self) -> Result<u64, FenceError> {
         self.call(|s| s.measure_bytes())
