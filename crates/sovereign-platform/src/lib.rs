@@ -22,9 +22,7 @@ use sovereign_config::Config;
 use sovereign_db::rusqlite::Connection;
 use sovereign_db_core::plugins::PluginRecord;
 use sovereign_db_plugins::mirror::MirrorCatalog;
-use sovereign_db_plugins::{
-    DatabaseMode, Limits, PluginDbConfig, StoreLocation, TrustedPluginStore,
-};
+use sovereign_db_plugins::{DatabaseMode, Limits, PluginDbConfig, StoreLocation};
 use sovereign_sync::SyncSettings;
 
 pub use error::PlatformError;
@@ -155,8 +153,9 @@ impl App {
         self.config.plugins_dir_path().join(id)
     }
 
-    /// Opens the mirror's trusted handle (the plugin store, or the mirror file).
-    pub fn open_mirror(&self) -> Result<TrustedPluginStore, PlatformError> {
+    /// Opens the mirror's trusted handle (the plugin store, the mirror file, or the
+    /// PostgreSQL plugin database as its owner).
+    pub fn open_mirror(&self) -> Result<sovereign_sync::Mirror, PlatformError> {
         Ok(self.sync.open_mirror(&self.config)?)
     }
 
@@ -223,10 +222,32 @@ impl App {
         if grants.is_empty() {
             return Ok(());
         }
-        let store = self.open_mirror()?;
-        for (slice, _) in grants {
-            if let Some(slice) = self.sync.catalog.slice(slice) {
-                store.ensure_mirror(slice)?;
+        match self.open_mirror()? {
+            sovereign_sync::Mirror::Sqlite(store) => {
+                for (slice, _) in grants {
+                    if let Some(slice) = self.sync.catalog.slice(slice) {
+                        store.ensure_mirror(slice)?;
+                    }
+                }
+            }
+            // Mirror tables on PostgreSQL are typed from the core's columns: a slice not
+            // built yet is built (with its rows) now.
+            mirror @ sovereign_sync::Mirror::Postgres(_) => {
+                let built = mirror.specs()?;
+                if grants
+                    .iter()
+                    .any(|(slice, _)| !built.iter().any(|b| &b.name == slice))
+                {
+                    let core = self.open_migrated_core()?;
+                    sovereign_sync::capture::install(&core, &self.sync.catalog)?;
+                    sovereign_sync::full::full_resync(
+                        &core,
+                        &self.config.core_db_path(),
+                        &mirror,
+                        &self.sync.catalog,
+                        &|_, _| {},
+                    )?;
+                }
             }
         }
         Ok(())

@@ -75,7 +75,7 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
         PluginStore::Sqlite(location) => {
             install_data_sqlite(app, location, &source, &manifest, &grants)
         }
-        PluginStore::Postgres(pg) => install_data_postgres(pg, &source, &manifest, &grants),
+        PluginStore::Postgres(pg) => install_data_postgres(app, pg, &source, &manifest, &grants),
     };
     let Stored {
         applied,
@@ -210,6 +210,7 @@ fn generate_password() -> String {
 /// `migrations/postgres/` as that role. A schema left by an earlier install (removed
 /// without `--purge`) is kept and migrated on; a failure drops what this install made.
 fn install_data_postgres(
+    app: &App,
     pg: &crate::PgPluginStore,
     source: &Path,
     manifest: &Manifest,
@@ -219,11 +220,8 @@ fn install_data_postgres(
     if !manifest.backends.contains(&Backend::Postgres) {
         return Err(backend_not_supported(manifest, Backend::Postgres));
     }
-    if !grants.is_empty() {
-        return Err(PlatformError::NotOnPostgres {
-            operation: "reading mirrored core slices (plugin.json \"reads\")",
-        });
-    }
+    // The mirror tables it reads exist (built from the core) before they are granted.
+    app.ensure_mirrors(grants)?;
     let set = sovereign_db::MigrationSet::from_dir(
         &sovereign_db_plugins::migration_scope(id),
         &source.join("migrations").join("postgres"),
@@ -240,7 +238,7 @@ fn install_data_postgres(
     let role = sovereign_postgres::PluginRole {
         id: id.clone(),
         password: password.clone(),
-        grants: vec![],
+        grants: grants.to_vec(),
         // A host's lanes and relay connection, twice (a restarted host connects before
         // the killed one's sessions are gone), and operators' `sv plugins sql`.
         connection_limit: (2 * (sovereign_host::scheduler::REQUEST_LANES + 1) + 4) as u32,

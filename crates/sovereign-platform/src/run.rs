@@ -219,11 +219,7 @@ pub fn serve(
                 }
             });
         }
-        // Mirrors live in SQLite plugin stores only so far: no sync on PostgreSQL.
-        let sync = match app.plugin_store() {
-            PluginStore::Sqlite(_) => Some(start_sync(app, waker, kernel.metrics())?),
-            PluginStore::Postgres(_) => None,
-        };
+        let sync = start_sync(app, waker, kernel.metrics())?;
         lock.record_address(&kernel.local_addr().to_string())
             .map_err(|source| PlatformError::Io {
                 what: "recording the address in the lock file".into(),
@@ -242,9 +238,7 @@ pub fn serve(
         if let Some(host) = host {
             host.stop(std::time::Duration::from_secs(5)).await;
         }
-        if let Some(sync) = sync {
-            let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
-        }
+        let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
         tracing::info!("stopped");
         Ok::<(), PlatformError>(())
     })?;

@@ -92,7 +92,7 @@ pub fn reconcile(
     let mirror = app.open_mirror()?;
     Ok(reconcile::reconcile(
         &app.config().core_db_path(),
-        &mirror,
+        mirror.sqlite("reconcile")?,
         app.mirror_catalog(),
         repair,
         progress,

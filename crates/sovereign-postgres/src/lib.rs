@@ -14,6 +14,7 @@
 
 mod cluster;
 pub mod migrate;
+pub mod mirror;
 mod plugin_db;
 mod roles;
 pub mod sql_text;

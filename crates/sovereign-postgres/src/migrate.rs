@@ -17,15 +17,22 @@ const TRACKING_TABLE: &str = "CREATE TABLE IF NOT EXISTS _sv_migrations (
     PRIMARY KEY (scope, version)
 )";
 
-/// The plugin database's own bookkeeping (the event outbox, `sv_lastval`), scope
+/// The plugin database's own bookkeeping (the event outbox, `sv_lastval`, the mirror's
+/// watermark and slice specs), scope
 /// `system`, applied by its owner (`svc_plugins`) before the role plan grants on it.
 pub fn plugin_store_system() -> MigrationSet {
     MigrationSet::embedded(
         "system",
-        &[(
-            "0001_event_outbox.sql",
-            include_str!("../migrations/plugins/0001_event_outbox.sql"),
-        )],
+        &[
+            (
+                "0001_event_outbox.sql",
+                include_str!("../migrations/plugins/0001_event_outbox.sql"),
+            ),
+            (
+                "0002_mirror_state.sql",
+                include_str!("../migrations/plugins/0002_mirror_state.sql"),
+            ),
+        ],
     )
     .expect("embedded PostgreSQL system migrations are well-formed")
 }

@@ -55,6 +55,12 @@ pub enum PgError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The mirror's bookkeeping or a mirrored value cannot be used.
+    #[error("the PostgreSQL mirror: {message}; rebuild it with `sv sync:run --full`")]
+    MirrorState {
+        /// What is wrong.
+        message: String,
+    },
     /// The thread that holds a plugin's connection could not start.
     #[error("cannot start the database connection thread of plugin {plugin}: {source}")]
     Thread {

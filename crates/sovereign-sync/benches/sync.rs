@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use sovereign_db::rusqlite::Connection;
 use sovereign_db_plugins::TrustedPluginStore;
 use sovereign_sync::worker::{SyncTarget, SyncWaker, SyncWorker};
-use sovereign_sync::{SyncSettings, capture, full};
+use sovereign_sync::{Mirror, SyncSettings, capture, full};
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -71,7 +71,7 @@ fn full_build(dir: &Path, core_path: &Path, core: &Connection, rows: u64) {
     let (mut ours, mut cli) = (vec![], vec![]);
     for round in 0..3 {
         let mirror_path = dir.join(format!("mirror-{round}.db"));
-        let mirror = TrustedPluginStore::open_shared(&mirror_path).unwrap();
+        let mirror = Mirror::Sqlite(TrustedPluginStore::open_shared(&mirror_path).unwrap());
         let start = Instant::now();
         full::full_resync(core, core_path, &mirror, &settings.catalog, &|_, _| {}).unwrap();
         ours.push(start.elapsed());
@@ -130,7 +130,7 @@ fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
             core_path: core_path.to_owned(),
             open_mirror: std::sync::Arc::new({
                 let p = mirror_path.clone();
-                move || Ok(TrustedPluginStore::open_shared(&p)?)
+                move || Ok(Mirror::Sqlite(TrustedPluginStore::open_shared(&p)?))
             }),
             observe: None,
             waker: waker.clone(),

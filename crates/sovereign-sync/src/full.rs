@@ -6,8 +6,22 @@ use std::path::Path;
 use sovereign_db::rusqlite::{self, Connection};
 use sovereign_db_plugins::TrustedPluginStore;
 use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
+use sovereign_postgres::mirror::{ColumnKind, PgMirror};
 
-use crate::{Progress, SyncError, ident, now_ms, publish};
+use crate::{Mirror, Progress, SyncError, ident, now_ms, publish};
+
+/// The highest core outbox sequence number ever given, read in `schema` (`main` or the
+/// attached `sv_core`): the watermark of a rebuild from the same snapshot.
+fn outbox_high_water(conn: &Connection, schema: &str) -> rusqlite::Result<i64> {
+    conn.query_row(
+        &format!(
+            "SELECT max(coalesce((SELECT max(seq) FROM {schema}._sv_change_outbox), 0),
+                        coalesce((SELECT seq FROM {schema}.sqlite_sequence WHERE name = '_sv_change_outbox'), 0))"
+        ),
+        [],
+        |r| r.get(0),
+    )
+}
 
 /// Rows copied per statement, so long builds can report progress.
 const CHUNK: i64 = 100_000;
@@ -24,11 +38,8 @@ pub struct FullReport {
 }
 
 /// One line per change a full resync makes, for operators to read first.
-pub fn plan(
-    mirror: &TrustedPluginStore,
-    catalog: &MirrorCatalog,
-) -> Result<Vec<String>, SyncError> {
-    let built = mirror.mirror_specs()?;
+pub fn plan(mirror: &Mirror, catalog: &MirrorCatalog) -> Result<Vec<String>, SyncError> {
+    let built = mirror.specs()?;
     let mut steps = Vec::new();
     for slice in catalog.slices() {
         match built.iter().find(|b| b.name == slice.name) {
@@ -101,19 +112,21 @@ pub fn plan(
     Ok(steps)
 }
 
-/// Rebuilds every configured slice from `core_path`, attached read-only to the trusted
-/// mirror connection, and drops slices no longer configured. Then acknowledges the
-/// watermark to the core, which prunes its outbox.
+/// Rebuilds every configured slice from the core and drops slices no longer
+/// configured, at the watermark of the same snapshot; then acknowledges the watermark
+/// to the core, which prunes its outbox. A SQLite mirror copies from `core_path`
+/// attached read-only; a PostgreSQL mirror gets the rows by binary `COPY`, read in one
+/// read transaction of `core`.
 pub fn full_resync(
     core: &Connection,
     core_path: &Path,
-    mirror: &TrustedPluginStore,
+    mirror: &Mirror,
     catalog: &MirrorCatalog,
     progress: Progress<'_>,
 ) -> Result<FullReport, SyncError> {
     crate::capture::validate(core, catalog)?;
     let dropped: Vec<String> = mirror
-        .mirror_specs()?
+        .specs()?
         .into_iter()
         .filter(|b| catalog.slice(&b.name).is_none())
         .map(|b| b.name)
@@ -123,6 +136,37 @@ pub fn full_resync(
         .iter()
         .map(|s| count_source(core, s))
         .sum::<rusqlite::Result<u64>>()?;
+    let (watermark, rows) = match mirror {
+        Mirror::Sqlite(store) => {
+            rebuild_sqlite(core_path, store, catalog, &dropped, total, progress)?
+        }
+        Mirror::Postgres(pg) => rebuild_postgres(
+            core,
+            &mut pg.borrow_mut(),
+            catalog,
+            &dropped,
+            total,
+            progress,
+        )?,
+    };
+    publish::acknowledge(core, watermark)?;
+    Ok(FullReport {
+        watermark,
+        rows,
+        dropped,
+    })
+}
+
+type Rebuilt = (i64, Vec<(String, u64)>);
+
+fn rebuild_sqlite(
+    core_path: &Path,
+    mirror: &TrustedPluginStore,
+    catalog: &MirrorCatalog,
+    dropped: &[String],
+    total: u64,
+    progress: Progress<'_>,
+) -> Result<Rebuilt, SyncError> {
     let conn = mirror.connection();
     conn.execute(
         "ATTACH DATABASE ?1 AS sv_core",
@@ -132,17 +176,10 @@ pub fn full_resync(
     let mut done = 0u64;
     let result = mirror.rebuild_slices(
         &slices,
-        &dropped,
+        dropped,
         now_ms(),
-        &mut |tx| {
-            // The first read of the core in this transaction fixes its snapshot.
-            tx.query_row(
-                "SELECT max(coalesce((SELECT max(seq) FROM sv_core._sv_change_outbox), 0),
-                            coalesce((SELECT seq FROM sv_core.sqlite_sequence WHERE name = '_sv_change_outbox'), 0))",
-                [],
-                |r| r.get(0),
-            )
-        },
+        // The first read of the core in this transaction fixes its snapshot.
+        &mut |tx| outbox_high_water(tx, "sv_core"),
         &mut |tx, slice| {
             let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
             let key = ident(slice.key_column());
@@ -170,14 +207,97 @@ pub fn full_resync(
         },
     );
     let detached = conn.execute_batch("DETACH DATABASE sv_core");
-    let (watermark, rows) = result?;
+    let rebuilt = result?;
     detached?;
-    publish::acknowledge(core, watermark)?;
-    Ok(FullReport {
-        watermark,
-        rows,
-        dropped,
-    })
+    Ok(rebuilt)
+}
+
+/// The PostgreSQL type of each of `slice`'s columns, from the core's declared types.
+fn column_kinds(core: &Connection, slice: &MirrorSlice) -> rusqlite::Result<Vec<ColumnKind>> {
+    let declared: Vec<(String, String)> = core
+        .prepare(&format!(
+            "SELECT name, type FROM pragma_table_info('{}')",
+            slice.source_table.replace('\'', "''")
+        ))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(slice
+        .columns
+        .iter()
+        .map(|column| {
+            declared
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(column))
+                .map_or(ColumnKind::Blob, |(_, ty)| ColumnKind::from_declared(ty))
+        })
+        .collect())
+}
+
+fn rebuild_postgres(
+    core: &Connection,
+    mirror: &mut PgMirror,
+    catalog: &MirrorCatalog,
+    dropped: &[String],
+    total: u64,
+    progress: Progress<'_>,
+) -> Result<Rebuilt, SyncError> {
+    // One read transaction: its first read fixes the snapshot the rows come from.
+    core.execute_batch("BEGIN DEFERRED")?;
+    let result = (|| -> Result<Rebuilt, SyncError> {
+        let watermark = outbox_high_water(core, "main")?;
+        let mut rebuild = mirror.rebuild()?;
+        for name in dropped {
+            rebuild.drop_slice(name)?;
+        }
+        let mut done = 0u64;
+        let mut counts = Vec::new();
+        for slice in catalog.slices() {
+            let kinds = column_kinds(core, slice)?;
+            rebuild.create_slice(slice, &kinds)?;
+            let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+            let filter = slice
+                .filter
+                .as_deref()
+                .map(|f| format!(" WHERE ({f})"))
+                .unwrap_or_default();
+            let sql = format!(
+                "SELECT {} FROM main.{}{filter} ORDER BY {}",
+                columns.join(", "),
+                ident(&slice.source_table),
+                ident(slice.key_column())
+            );
+            let mut statement = core.prepare(&sql)?;
+            let mut rows = statement.query([])?;
+            let mut chunk = Vec::with_capacity(CHUNK as usize);
+            let mut copied = 0u64;
+            loop {
+                let row = rows.next()?;
+                if let Some(row) = row {
+                    chunk.push(
+                        (0..columns.len())
+                            .map(|i| row.get_ref(i).map(publish::value_of))
+                            .collect::<rusqlite::Result<Vec<_>>>()?,
+                    );
+                }
+                if chunk.len() == CHUNK as usize || (row.is_none() && !chunk.is_empty()) {
+                    copied += rebuild.copy_rows(slice, &kinds, &chunk)?;
+                    done += chunk.len() as u64;
+                    progress(done, total);
+                    chunk.clear();
+                }
+                if row.is_none() {
+                    break;
+                }
+            }
+            counts.push((slice.name.clone(), copied));
+        }
+        rebuild.finish(watermark, now_ms())?;
+        Ok((watermark, counts))
+    })();
+    let ended = core.execute_batch("COMMIT");
+    let rebuilt = result?;
+    ended?;
+    Ok(rebuilt)
 }
 
 fn count_source(core: &Connection, slice: &MirrorSlice) -> rusqlite::Result<u64> {

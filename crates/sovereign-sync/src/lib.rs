@@ -8,12 +8,14 @@
 
 pub mod capture;
 pub mod full;
+mod mirror_store;
 pub mod publish;
 pub mod reconcile;
 pub mod settings;
 pub mod status;
 pub mod worker;
 
+pub use mirror_store::Mirror;
 pub use settings::{Freshness, MirrorLayout, SyncSettings};
 
 use sovereign_db::rusqlite;
@@ -49,12 +51,18 @@ pub enum SyncError {
     /// SQLite.
     #[error("sync: {0}")]
     Sqlite(rusqlite::Error),
-    /// The plugin store is on PostgreSQL, where mirrors are not built yet.
+    /// The mirror is on PostgreSQL, where this operation is not built yet.
     #[error(
-        "PLUGIN_DATABASE_URL names a PostgreSQL database, and mirrored core slices on \
-         PostgreSQL are not built yet: sync runs against a SQLite plugin store only"
+        "{operation} works on a SQLite mirror only so far, and PLUGIN_DATABASE_URL names a \
+         PostgreSQL database"
     )]
-    MirrorOnPostgres,
+    NotOnPostgres {
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// The PostgreSQL mirror.
+    #[error(transparent)]
+    Postgres(#[from] sovereign_postgres::PgError),
 }
 
 /// Current time in unix milliseconds.

@@ -2,11 +2,10 @@
 //! with its watermark, then acknowledged and pruned from the outbox.
 
 use sovereign_db::rusqlite::{self, Connection, OptionalExtension};
-use sovereign_db_plugins::TrustedPluginStore;
 use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog, MirrorChange, MirrorSlice};
 use sovereign_db_plugins::value::SqlValue;
 
-use crate::{SyncError, ident, now_ms};
+use crate::{Mirror, SyncError, ident, now_ms};
 
 /// The projected current row of `key` in `slice`, or `None` if it is not in the slice.
 /// `schema` names the core database on `core` (`main`, or an attachment).
@@ -137,10 +136,10 @@ pub enum RebuildReason {
 /// operator (`sv sync:plan`, then `sv sync:run --full`).
 pub fn needs_rebuild(
     core: &Connection,
-    mirror: &TrustedPluginStore,
+    mirror: &Mirror,
     catalog: &MirrorCatalog,
 ) -> Result<Option<RebuildReason>, SyncError> {
-    let specs = mirror.mirror_specs()?;
+    let specs = mirror.specs()?;
     if specs.is_empty() && !catalog.slices().is_empty() {
         return Ok(Some(RebuildReason::Fresh));
     }
@@ -159,7 +158,7 @@ pub fn needs_rebuild(
     {
         return Ok(Some(RebuildReason::SlicesChanged));
     }
-    let watermark = mirror.mirror_watermark()?;
+    let watermark = mirror.watermark()?;
     let acked: i64 = get_state(core, "acked_seq")?
         .and_then(|(v, _)| v.parse().ok())
         .unwrap_or(0);
@@ -188,12 +187,12 @@ pub struct CatchUp {
 /// Applies batches until the outbox is drained, on this process's trusted connection.
 pub fn catch_up(
     core: &Connection,
-    mirror: &TrustedPluginStore,
+    mirror: &Mirror,
     catalog: &MirrorCatalog,
     batch_size: usize,
 ) -> Result<CatchUp, SyncError> {
     let report = catch_up_with(core, mirror, catalog, batch_size, &|batch| {
-        Ok(mirror.apply_batch(catalog, batch, now_ms())?)
+        mirror.apply_batch(catalog, batch, now_ms())
     })?;
     acknowledge(core, report.watermark)?;
     Ok(report)
@@ -208,13 +207,13 @@ pub type Applier<'a> = &'a dyn Fn(&MirrorBatch) -> Result<bool, SyncError>;
 /// watermark when it suits it (pruning is only ever up to what was applied).
 pub fn catch_up_with(
     core: &Connection,
-    mirror: &TrustedPluginStore,
+    mirror: &Mirror,
     catalog: &MirrorCatalog,
     batch_size: usize,
     apply: Applier<'_>,
 ) -> Result<CatchUp, SyncError> {
     let mut report = CatchUp {
-        watermark: mirror.mirror_watermark()?,
+        watermark: mirror.watermark()?,
         ..CatchUp::default()
     };
     while let Some(batch) = next_batch(core, catalog, report.watermark, batch_size)? {

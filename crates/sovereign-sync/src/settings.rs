@@ -153,43 +153,53 @@ impl SyncSettings {
         (self.layout == MirrorLayout::MirrorFile).then(|| config.data_dir_path().join("mirror.db"))
     }
 
-    /// The file holding the mirror tables in this layout.
+    /// The file holding the mirror tables in this layout (refused when the plugin store,
+    /// and with it the mirror, is on PostgreSQL).
     pub fn mirror_store_path(&self, config: &Config) -> Result<PathBuf, SyncError> {
         if config.plugins_postgres_url().is_some() {
-            return Err(SyncError::MirrorOnPostgres);
+            return Err(SyncError::NotOnPostgres {
+                operation: "a mirror file",
+            });
         }
         self.mirror_file(config)
             .or_else(|| config.plugins_db_path())
-            .ok_or(SyncError::MirrorOnPostgres)
+            .ok_or(SyncError::NotOnPostgres {
+                operation: "a mirror file",
+            })
     }
 
-    /// Opens the mirror's trusted handle in this layout.
-    pub fn open_mirror(
-        &self,
-        config: &Config,
-    ) -> Result<sovereign_db_plugins::TrustedPluginStore, SyncError> {
-        Ok(match self.layout {
-            MirrorLayout::PluginStore => sovereign_db_plugins::TrustedPluginStore::open_shared(
-                &self.mirror_store_path(config)?,
-            )?,
-            MirrorLayout::MirrorFile => sovereign_db_plugins::TrustedPluginStore::open_mirror_file(
-                &self.mirror_store_path(config)?,
-            )?,
-        })
+    /// Opens the mirror's trusted handle in this layout (on PostgreSQL: the plugin
+    /// database, as its owner).
+    pub fn open_mirror(&self, config: &Config) -> Result<crate::Mirror, SyncError> {
+        if let Some(url) = config.plugins_postgres_url() {
+            return Ok(crate::Mirror::Postgres(std::cell::RefCell::new(
+                sovereign_postgres::mirror::PgMirror::connect(url.expose())?,
+            )));
+        }
+        let path = self.mirror_store_path(config)?;
+        Ok(crate::Mirror::Sqlite(match self.layout {
+            MirrorLayout::PluginStore => {
+                sovereign_db_plugins::TrustedPluginStore::open_shared(&path)?
+            }
+            MirrorLayout::MirrorFile => {
+                sovereign_db_plugins::TrustedPluginStore::open_mirror_file(&path)?
+            }
+        }))
     }
 
-    /// Opens the existing mirror read-only, for reports on a read-only data directory.
-    pub fn open_mirror_read_only(
-        &self,
-        config: &Config,
-    ) -> Result<sovereign_db_plugins::TrustedPluginStore, SyncError> {
+    /// Opens the existing mirror read-only, for reports on a read-only data directory
+    /// (on PostgreSQL: as its owner, which reports only read).
+    pub fn open_mirror_read_only(&self, config: &Config) -> Result<crate::Mirror, SyncError> {
+        if config.plugins_postgres_url().is_some() {
+            return self.open_mirror(config);
+        }
         let path = self.mirror_store_path(config)?;
         let kind = match self.layout {
             MirrorLayout::PluginStore => sovereign_db::StoreKind::Plugins,
             MirrorLayout::MirrorFile => sovereign_db::StoreKind::Mirror,
         };
-        Ok(sovereign_db_plugins::TrustedPluginStore::open_read_only(
-            &path, &kind,
-        )?)
+        Ok(crate::Mirror::Sqlite(
+            sovereign_db_plugins::TrustedPluginStore::open_read_only(&path, &kind)?,
+        ))
     }
 }

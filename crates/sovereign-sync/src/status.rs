@@ -2,10 +2,9 @@
 
 use serde::Serialize;
 use sovereign_db::rusqlite::Connection;
-use sovereign_db_plugins::TrustedPluginStore;
 use sovereign_db_plugins::mirror::MirrorCatalog;
 
-use crate::{SyncError, now_ms, publish};
+use crate::{Mirror, SyncError, now_ms, publish};
 
 /// The sync state of one slice.
 #[derive(Debug, Clone, Serialize)]
@@ -37,11 +36,11 @@ pub struct SyncStatus {
 /// watermark only.
 pub fn status(
     core: &Connection,
-    mirror: &TrustedPluginStore,
+    mirror: &Mirror,
     catalog: &MirrorCatalog,
 ) -> Result<SyncStatus, SyncError> {
-    let watermark = mirror.mirror_watermark()?;
-    let specs = mirror.mirror_specs()?;
+    let watermark = mirror.watermark()?;
+    let specs = mirror.specs()?;
     let now = now_ms();
     let mut slices = Vec::new();
     for slice in catalog.slices() {
@@ -61,7 +60,7 @@ pub fn status(
     let last_error = publish::get_state(core, "last_error")?.filter(|(v, _)| !v.is_empty());
     Ok(SyncStatus {
         slices,
-        last_applied_at_ms: mirror.mirror_applied_at_ms()?,
+        last_applied_at_ms: mirror.applied_at_ms()?,
         last_error,
     })
 }

@@ -16,9 +16,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sovereign_db::rusqlite::Connection;
-use sovereign_db_plugins::TrustedPluginStore;
 
-use crate::{Freshness, SyncError, SyncSettings, full, publish};
+use crate::{Freshness, Mirror, SyncError, SyncSettings, full, publish};
 
 /// How often the near-real-time worker looks for changes nobody woke it for (commits
 /// by other processes).
@@ -44,7 +43,7 @@ pub struct SyncTarget {
 }
 
 /// Opens a trusted handle on the mirror store.
-pub type OpenMirror = Arc<dyn Fn() -> Result<TrustedPluginStore, SyncError> + Send + Sync>;
+pub type OpenMirror = Arc<dyn Fn() -> Result<Mirror, SyncError> + Send + Sync>;
 
 /// Called after each applied batch with its number of changes and apply time.
 pub type Observe = Box<dyn Fn(usize, Duration) + Send>;
@@ -141,7 +140,7 @@ fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) {
 /// it blocks neither the worker nor readers).
 fn housekeeping(core_path: &Path, open: &OpenMirror, stop: &AtomicBool) {
     let mut core: Option<Connection> = None;
-    let mut mirror: Option<TrustedPluginStore> = None;
+    let mut mirror: Option<Mirror> = None;
     let mut acked = -1i64;
     while !stop.load(Ordering::SeqCst) {
         sleep_unless_stopped(stop, HOUSEKEEPING_EVERY);
@@ -156,15 +155,19 @@ fn housekeeping(core_path: &Path, open: &OpenMirror, stop: &AtomicBool) {
                 core.as_ref().expect("opened above"),
                 mirror.as_ref().expect("opened above"),
             );
-            let applied = mirror.mirror_watermark()?;
+            let applied = mirror.watermark()?;
             if applied > acked {
                 publish::acknowledge(core, applied)?;
                 acked = applied;
             }
-            mirror
-                .connection()
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                .map_err(SyncError::Sqlite)
+            match mirror {
+                Mirror::Sqlite(store) => store
+                    .connection()
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    .map_err(SyncError::Sqlite),
+                // PostgreSQL checkpoints by itself.
+                Mirror::Postgres(_) => Ok(()),
+            }
         })();
         if let Err(e) = round {
             tracing::debug!(error = %e, "sync housekeeping failed; reopening");
@@ -176,7 +179,7 @@ fn housekeeping(core_path: &Path, open: &OpenMirror, stop: &AtomicBool) {
 fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
     let mut backoff = Duration::from_millis(100);
     let mut core: Option<Connection> = None;
-    let mut mirror: Option<TrustedPluginStore> = None;
+    let mut mirror: Option<Mirror> = None;
     let mut seen_seq = -1i64;
     let mut last_rebuild_check: Option<Instant> = None;
     let mut next_scheduled = Instant::now();
@@ -210,12 +213,15 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
             }
             if mirror.is_none() {
                 let opened = (target.open_mirror)()?;
-                let conn = opened.connection();
-                conn.busy_timeout(Duration::from_millis(200))
-                    .map_err(SyncError::Sqlite)?;
-                // The housekeeping thread checkpoints; this connection's commits never do.
-                conn.pragma_update(None, "wal_autocheckpoint", 0)
-                    .map_err(SyncError::Sqlite)?;
+                if let Mirror::Sqlite(store) = &opened {
+                    let conn = store.connection();
+                    conn.busy_timeout(Duration::from_millis(200))
+                        .map_err(SyncError::Sqlite)?;
+                    // The housekeeping thread checkpoints; this connection's commits
+                    // never do.
+                    conn.pragma_update(None, "wal_autocheckpoint", 0)
+                        .map_err(SyncError::Sqlite)?;
+                }
                 mirror = Some(opened);
             }
             let mirror = mirror.as_ref().expect("opened above");

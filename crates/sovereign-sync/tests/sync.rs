@@ -10,13 +10,13 @@ use sovereign_db::rusqlite::Connection;
 use sovereign_db_plugins::TrustedPluginStore;
 use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
 use sovereign_sync::reconcile::DifferenceKind;
-use sovereign_sync::{SyncError, capture, full, publish, reconcile};
+use sovereign_sync::{Mirror, SyncError, capture, full, publish, reconcile};
 
 struct Stores {
     _dir: tempfile::TempDir,
     core_path: PathBuf,
     core: Connection,
-    mirror: TrustedPluginStore,
+    mirror: Mirror,
     catalog: MirrorCatalog,
 }
 
@@ -27,7 +27,8 @@ fn stores() -> Stores {
     sovereign_db_core::migrations().deploy(&core).unwrap();
     let catalog = MirrorCatalog::default();
     capture::install(&core, &catalog).unwrap();
-    let mirror = TrustedPluginStore::open_shared(&dir.path().join("plugins.db")).unwrap();
+    let mirror =
+        Mirror::Sqlite(TrustedPluginStore::open_shared(&dir.path().join("plugins.db")).unwrap());
     Stores {
         _dir: dir,
         core_path,
@@ -50,8 +51,13 @@ fn projection(core: &Connection) -> Projection {
     .unwrap()
 }
 
-fn mirror_rows(mirror: &TrustedPluginStore) -> Projection {
-    mirror
+/// The SQLite store under a test's mirror.
+fn sqlite(mirror: &Mirror) -> &TrustedPluginStore {
+    mirror.sqlite("a test").unwrap()
+}
+
+fn mirror_rows(mirror: &Mirror) -> Projection {
+    sqlite(mirror)
         .connection()
         .prepare("SELECT id, tenant_id, display_name, avatar_url FROM core__users ORDER BY id")
         .unwrap()
@@ -154,8 +160,14 @@ fn random_core_writes_leave_the_mirror_equal_to_the_projection() {
                 "seed {seed}, round {round}"
             );
         }
-        let report =
-            reconcile::reconcile(&s.core_path, &s.mirror, &s.catalog, false, &|_, _| {}).unwrap();
+        let report = reconcile::reconcile(
+            &s.core_path,
+            sqlite(&s.mirror),
+            &s.catalog,
+            false,
+            &|_, _| {},
+        )
+        .unwrap();
         assert!(
             report.differences.is_empty() && report.pending == 0,
             "seed {seed}: {report:?}"
@@ -167,7 +179,7 @@ fn random_core_writes_leave_the_mirror_equal_to_the_projection() {
         assert_eq!(outbox, 0, "applied changes are pruned");
 
         // A full resync from scratch arrives at the same rows.
-        s.mirror
+        sqlite(&s.mirror)
             .connection()
             .execute_batch("DELETE FROM core__users")
             .unwrap();
@@ -211,7 +223,7 @@ fn reapplying_a_batch_changes_nothing_and_pruning_waits_for_the_ack() {
         .query_row("SELECT count(*) FROM _sv_change_outbox", [], |r| r.get(0))
         .unwrap();
     assert_eq!(outbox, 2, "nothing is pruned before the acknowledgement");
-    s.mirror
+    sqlite(&s.mirror)
         .connection()
         .execute_batch("UPDATE core__users SET display_name = 'local edit'")
         .unwrap();
@@ -219,8 +231,7 @@ fn reapplying_a_batch_changes_nothing_and_pruning_waits_for_the_ack() {
         !s.mirror.apply_batch(&s.catalog, &batch, 2).unwrap(),
         "at or below the watermark: a no-op"
     );
-    let names: Vec<String> = s
-        .mirror
+    let names: Vec<String> = sqlite(&s.mirror)
         .connection()
         .prepare("SELECT display_name FROM core__users")
         .unwrap()
@@ -249,7 +260,7 @@ fn reconcile_reports_exactly_the_corrupted_rows_and_repairs_only_them() {
             .unwrap();
     }
     full::full_resync(&s.core, &s.core_path, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
-    let m = s.mirror.connection();
+    let m = sqlite(&s.mirror).connection();
     m.execute_batch(
         "UPDATE core__users SET display_name = 'tampered' WHERE id = 10;
          DELETE FROM core__users WHERE id = 1500;
@@ -264,8 +275,14 @@ fn reconcile_reports_exactly_the_corrupted_rows_and_repairs_only_them() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    let report =
-        reconcile::reconcile(&s.core_path, &s.mirror, &s.catalog, false, &|_, _| {}).unwrap();
+    let report = reconcile::reconcile(
+        &s.core_path,
+        sqlite(&s.mirror),
+        &s.catalog,
+        false,
+        &|_, _| {},
+    )
+    .unwrap();
     let found: Vec<(i64, DifferenceKind)> =
         report.differences.iter().map(|d| (d.key, d.kind)).collect();
     assert_eq!(
@@ -281,11 +298,23 @@ fn reconcile_reports_exactly_the_corrupted_rows_and_repairs_only_them() {
         report.chunks >= 3 && report.chunks_differing == 3,
         "{report:?}"
     );
-    let repaired =
-        reconcile::reconcile(&s.core_path, &s.mirror, &s.catalog, true, &|_, _| {}).unwrap();
+    let repaired = reconcile::reconcile(
+        &s.core_path,
+        sqlite(&s.mirror),
+        &s.catalog,
+        true,
+        &|_, _| {},
+    )
+    .unwrap();
     assert_eq!(repaired.repaired, 4);
-    let after =
-        reconcile::reconcile(&s.core_path, &s.mirror, &s.catalog, false, &|_, _| {}).unwrap();
+    let after = reconcile::reconcile(
+        &s.core_path,
+        sqlite(&s.mirror),
+        &s.catalog,
+        false,
+        &|_, _| {},
+    )
+    .unwrap();
     assert!(after.differences.is_empty(), "{after:?}");
     assert_eq!(mirror_rows(&s.mirror), projection(&s.core));
     let untouched: Vec<(i64, String)> = m
@@ -308,8 +337,14 @@ fn changes_not_yet_applied_are_pending_not_drift() {
             [],
         )
         .unwrap();
-    let report =
-        reconcile::reconcile(&s.core_path, &s.mirror, &s.catalog, false, &|_, _| {}).unwrap();
+    let report = reconcile::reconcile(
+        &s.core_path,
+        sqlite(&s.mirror),
+        &s.catalog,
+        false,
+        &|_, _| {},
+    )
+    .unwrap();
     assert!(report.differences.is_empty());
     assert_eq!(report.pending, 1);
 }
@@ -385,7 +420,7 @@ fn a_mirror_restored_behind_the_pruned_outbox_is_rebuilt() {
         .unwrap();
     publish::catch_up(&s.core, &s.mirror, &s.catalog, 100).unwrap();
     // Simulate restoring an older plugin store: its watermark is behind what was pruned.
-    s.mirror
+    sqlite(&s.mirror)
         .connection()
         .execute_batch("UPDATE _sv_mirror_state SET value = 0 WHERE key = 'watermark'; DELETE FROM core__users;")
         .unwrap();

@@ -340,33 +340,44 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
         .unwrap();
     assert_eq!(password.len(), 32);
 
-    // A package without PostgreSQL migrations, and one that asks for mirrored columns:
-    // refused, with nothing left behind.
-    let refused = run_err(&[
+    // tasks reads mirrored users: installing it builds the mirror on PostgreSQL (typed
+    // from the core's columns) and grants its role exactly the columns it asked for.
+    run_ok(&[
         "plugins",
         "install",
         repo.join("tasks").to_str().unwrap(),
         "--yes",
     ]);
+    assert_eq!(provisioned(cluster.admin_url(), "tasks"), (1, 1));
+    let ungranted = run_err(&[
+        "plugins",
+        "sql",
+        "tasks",
+        "SELECT tenant_id FROM core__users",
+    ]);
+    assert!(ungranted.contains("may not"), "{ungranted}");
+    let written = run_err(&["plugins", "sql", "tasks", "DELETE FROM core__users"]);
+    assert!(written.contains("may not"), "{written}");
+    // A package without PostgreSQL migrations: refused, with nothing left behind.
+    let memo = w.path().join("memo");
+    std::fs::create_dir_all(memo.join("migrations")).unwrap();
+    std::fs::write(
+        memo.join("plugin.json"),
+        r#"{"id": "memo", "name": "Memo", "version": "0.1.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        memo.join("migrations/0001_init.sql"),
+        "CREATE TABLE memo__items (id INTEGER PRIMARY KEY);",
+    )
+    .unwrap();
+    common::add_component(&memo);
+    let refused = run_err(&["plugins", "install", memo.to_str().unwrap(), "--yes"]);
     assert!(refused.contains("\"backends\""), "{refused}");
-    assert_eq!(provisioned(cluster.admin_url(), "tasks"), (0, 0));
-    let reader = w.path().join("reader");
-    std::fs::create_dir_all(reader.join("migrations/postgres")).unwrap();
-    std::fs::write(
-        reader.join("plugin.json"),
-        r#"{"id": "reader", "name": "Reader", "version": "0.1.0",
-            "backends": ["sqlite", "postgres"], "reads": {"users": ["id"]}}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        reader.join("migrations/postgres/0001_init.sql"),
-        "CREATE TABLE reader__items (id bigint PRIMARY KEY);",
-    )
-    .unwrap();
-    common::add_component(&reader);
-    let refused = run_err(&["plugins", "install", reader.to_str().unwrap(), "--yes"]);
-    assert!(refused.contains("mirrored core slices"), "{refused}");
-    assert_eq!(provisioned(cluster.admin_url(), "reader"), (0, 0));
+    assert_eq!(provisioned(cluster.admin_url(), "memo"), (0, 0));
+    let inspect = run_err(&["plugins", "db", "inspect"]);
+    assert!(inspect.contains("PostgreSQL"), "{inspect}");
+
     // Migration status reads the store's bookkeeping and the plugin's schema.
     let status = run_ok(&["migrate:status"]);
     assert!(
@@ -434,10 +445,79 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
         .map(|n| n["title"].as_str().unwrap())
         .collect();
     assert_eq!(titles, ["from sql", "over http"]);
+    // A task assigned to the root user shows their mirrored display name (the sync
+    // worker keeps the PostgreSQL mirror current); completing it reaches the core's
+    // activity feed once.
+    let task = server.send(
+        "POST",
+        "/api/plugins/tasks/tasks",
+        Some(&token),
+        Some(serde_json::json!({ "title": "Write the RFC", "assignee": 1 })),
+    );
+    assert_eq!(task.status, 201, "{}", task.text);
+    let id = task.body["id"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let read = server.get(&format!("/api/plugins/tasks/tasks/{id}"), Some(&token));
+        assert_eq!(read.status, 200, "{}", read.text);
+        if read.body["assignee_name"] == "root" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mirror never had root: {}",
+            read.text
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for _ in 0..2 {
+        let done = server.send(
+            "POST",
+            &format!("/api/plugins/tasks/tasks/{id}/complete"),
+            Some(&token),
+            None,
+        );
+        assert_eq!(done.status, 200, "{}", done.text);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let feed = server.get("/api/activity", Some(&token));
+        if feed.body.as_array().is_some_and(|a| !a.is_empty()) {
+            assert_eq!(feed.body.as_array().unwrap().len(), 1, "{}", feed.text);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event never reached the core"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let health = server.get("/health", None);
     assert_eq!(health.body["plugins"]["status"], "ok", "{}", health.text);
     assert_eq!(health.body["status"], "ok", "{}", health.text);
     server.stop();
+
+    // A full rebuild of the PostgreSQL mirror keeps the plugins' column grants.
+    run_ok(&["sync:run", "--full"]);
+    let status = run_ok(&["sync:status", "--json"]);
+    assert!(status.contains("\"built\": true"), "{status}");
+    let names = run_ok(&[
+        "plugins",
+        "sql",
+        "tasks",
+        "SELECT display_name FROM core__users",
+        "--json",
+    ]);
+    assert!(names.contains("root"), "{names}");
+    let ungranted = run_err(&[
+        "plugins",
+        "sql",
+        "tasks",
+        "SELECT tenant_id FROM core__users",
+    ]);
+    assert!(ungranted.contains("may not"), "{ungranted}");
+    let reconcile = run_err(&["sync:reconcile"]);
+    assert!(reconcile.contains("PostgreSQL"), "{reconcile}");
 
     // Removing without --purge keeps the schema (a reinstall migrates on); --purge
     // drops the role, the schema and the events.

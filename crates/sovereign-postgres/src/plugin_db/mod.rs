@@ -15,7 +15,7 @@
 //!   result caps as on SQLite;
 //! - portable parameters (`?1`, `?`) and the value conversions of [`values`].
 
-mod values;
+pub(crate) mod values;
 mod watchdog;
 
 use std::collections::{HashMap, VecDeque};

@@ -1,0 +1,370 @@
+//! The mirror on PostgreSQL: `core.core__<slice>` tables in the plugin database, written
+//! only by the plugin store's owner (`svc_plugins`) on its own connection, with the
+//! watermark and the slices' specs in `public._sv_mirror_state` / `_sv_mirror_slices`.
+//! A batch and its watermark commit together; a rebuild replaces every slice and sets
+//! the watermark in one transaction (rows by binary `COPY`). Plugins read the columns
+//! `sv_admin.grant_mirrors` granted them.
+
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
+use postgres::{Client, Transaction};
+use sovereign_db_plugins::SqlValue;
+use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog, MirrorSlice};
+
+use crate::PgError;
+use crate::plugin_db::values;
+
+/// A mirror column's type, from the core column's declared type (SQLite's affinity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// `INTEGER` affinity: `bigint`.
+    Integer,
+    /// `REAL` affinity: `double precision`.
+    Real,
+    /// `TEXT` affinity (and anything else): `text`.
+    Text,
+    /// No declared type or `BLOB`: `bytea`.
+    Blob,
+}
+
+impl ColumnKind {
+    /// SQLite's affinity rules applied to a declared type.
+    pub fn from_declared(declared: &str) -> ColumnKind {
+        let upper = declared.to_ascii_uppercase();
+        if upper.contains("INT") {
+            ColumnKind::Integer
+        } else if ["CHAR", "CLOB", "TEXT"].iter().any(|t| upper.contains(t)) {
+            ColumnKind::Text
+        } else if upper.is_empty() || upper.contains("BLOB") {
+            ColumnKind::Blob
+        } else if ["REAL", "FLOA", "DOUB"].iter().any(|t| upper.contains(t)) {
+            ColumnKind::Real
+        } else {
+            ColumnKind::Text
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            ColumnKind::Integer => "bigint",
+            ColumnKind::Real => "double precision",
+            ColumnKind::Text => "text",
+            ColumnKind::Blob => "bytea",
+        }
+    }
+
+    fn pg_type(self) -> Type {
+        match self {
+            ColumnKind::Integer => Type::INT8,
+            ColumnKind::Real => Type::FLOAT8,
+            ColumnKind::Text => Type::TEXT,
+            ColumnKind::Blob => Type::BYTEA,
+        }
+    }
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn statement_error(statement: &str) -> impl FnOnce(postgres::Error) -> PgError + '_ {
+    move |source| PgError::Statement {
+        statement: statement.to_owned(),
+        source,
+    }
+}
+
+/// The mirror's writer: the plugin store owner's connection.
+pub struct PgMirror {
+    client: Client,
+}
+
+impl PgMirror {
+    /// Connects as the plugin store's owner (`PLUGIN_DATABASE_URL`).
+    pub fn connect(owner_url: &str) -> Result<PgMirror, PgError> {
+        let client =
+            Client::connect(owner_url, postgres::NoTls).map_err(|source| PgError::Connect {
+                target: "the plugin database as its owner (the mirror writer)".into(),
+                source,
+            })?;
+        Ok(PgMirror { client })
+    }
+
+    fn state(&mut self, key: &str) -> Result<i64, PgError> {
+        let query =
+            "SELECT coalesce((SELECT value FROM public._sv_mirror_state WHERE key = $1), 0)";
+        Ok(self
+            .client
+            .query_one(query, &[&key])
+            .map_err(statement_error(query))?
+            .get(0))
+    }
+
+    /// The last core outbox sequence number applied (0 if none).
+    pub fn watermark(&mut self) -> Result<i64, PgError> {
+        self.state("watermark")
+    }
+
+    /// When a batch was last applied (unix ms, 0 if never).
+    pub fn applied_at_ms(&mut self) -> Result<i64, PgError> {
+        self.state("applied_at_ms")
+    }
+
+    /// Every slice the mirror holds, with the projection it was built with.
+    pub fn specs(&mut self) -> Result<Vec<MirrorSlice>, PgError> {
+        let query = "SELECT slice, spec FROM public._sv_mirror_slices ORDER BY slice";
+        self.client
+            .query(query, &[])
+            .map_err(statement_error(query))?
+            .iter()
+            .map(|row| {
+                let (slice, spec): (String, String) = (row.get(0), row.get(1));
+                serde_json::from_str(&spec).map_err(|e| PgError::MirrorState {
+                    message: format!("the spec of slice {slice} is unreadable ({e})"),
+                })
+            })
+            .collect()
+    }
+
+    /// Applies a batch and advances the watermark in one transaction; a batch at or
+    /// below the watermark changes nothing. Returns whether it was applied.
+    pub fn apply_batch(
+        &mut self,
+        catalog: &MirrorCatalog,
+        batch: &MirrorBatch,
+        now_ms: i64,
+    ) -> Result<bool, PgError> {
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(statement_error("BEGIN"))?;
+        let lock = "SELECT pg_advisory_xact_lock(hashtextextended('sv-mirror', 0))";
+        tx.execute(lock, &[]).map_err(statement_error(lock))?;
+        let query = "SELECT coalesce((SELECT value FROM public._sv_mirror_state WHERE key = 'watermark'), 0)";
+        let watermark: i64 = tx
+            .query_one(query, &[])
+            .map_err(statement_error(query))?
+            .get(0);
+        if batch.upto_seq <= watermark {
+            return Ok(false);
+        }
+        for change in &batch.changes {
+            let Some(slice) = catalog.slice(&change.slice) else {
+                continue;
+            };
+            write_row(&mut tx, slice, change.key, change.row.as_deref())?;
+        }
+        set_state(&mut tx, batch.upto_seq, now_ms)?;
+        tx.commit().map_err(statement_error("COMMIT"))?;
+        Ok(true)
+    }
+
+    /// Starts a rebuild: one transaction that replaces slices and sets the watermark.
+    pub fn rebuild(&mut self) -> Result<Rebuild<'_>, PgError> {
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(statement_error("BEGIN"))?;
+        let lock = "SELECT pg_advisory_xact_lock(hashtextextended('sv-mirror', 0))";
+        tx.execute(lock, &[]).map_err(statement_error(lock))?;
+        Ok(Rebuild { tx })
+    }
+}
+
+/// A rebuild in progress; nothing of it is visible until [`Rebuild::finish`].
+pub struct Rebuild<'a> {
+    tx: Transaction<'a>,
+}
+
+impl Rebuild<'_> {
+    /// Drops a slice that is no longer configured.
+    pub fn drop_slice(&mut self, name: &str) -> Result<(), PgError> {
+        let drop = format!(
+            "DROP TABLE IF EXISTS core.{}",
+            ident(&format!("core__{name}"))
+        );
+        self.tx
+            .batch_execute(&drop)
+            .map_err(statement_error(&drop))?;
+        let forget = "DELETE FROM public._sv_mirror_slices WHERE slice = $1";
+        self.tx
+            .execute(forget, &[&name])
+            .map_err(statement_error(forget))?;
+        Ok(())
+    }
+
+    /// Creates `slice`'s table afresh (columns typed by `kinds`, the first the key) and
+    /// records its spec; rows follow with [`copy_rows`](Self::copy_rows).
+    pub fn create_slice(
+        &mut self,
+        slice: &MirrorSlice,
+        kinds: &[ColumnKind],
+    ) -> Result<(), PgError> {
+        let table = format!("core.{}", ident(&slice.table_name()));
+        let columns: Vec<String> = slice
+            .columns
+            .iter()
+            .zip(kinds)
+            .enumerate()
+            .map(|(i, (name, kind))| {
+                let key = if i == 0 { " PRIMARY KEY" } else { "" };
+                format!("{} {}{key}", ident(name), kind.sql())
+            })
+            .collect();
+        // The plugins' column grants on the old table survive it, for the columns the
+        // new one still has.
+        let granted =
+            "SELECT grantee::text, column_name::text FROM information_schema.column_privileges
+                       WHERE table_schema = 'core' AND table_name = $1 AND privilege_type = 'SELECT'
+                         AND grantee::text LIKE 'svp\\_%'";
+        let kept: Vec<(String, String)> = self
+            .tx
+            .query(granted, &[&slice.table_name()])
+            .map_err(statement_error(granted))?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .filter(|(_, column): &(String, String)| slice.columns.contains(column))
+            .collect();
+        let create = format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({})",
+            columns.join(", ")
+        );
+        self.tx
+            .batch_execute(&create)
+            .map_err(statement_error(&create))?;
+        for (grantee, column) in kept {
+            let grant = format!(
+                "GRANT SELECT ({}) ON {table} TO {}",
+                ident(&column),
+                ident(&grantee)
+            );
+            self.tx
+                .batch_execute(&grant)
+                .map_err(statement_error(&grant))?;
+        }
+        let spec = serde_json::to_string(slice).expect("a mirror slice serializes");
+        let record = "INSERT INTO public._sv_mirror_slices (slice, spec) VALUES ($1, $2)
+                      ON CONFLICT (slice) DO UPDATE SET spec = excluded.spec";
+        self.tx
+            .execute(record, &[&slice.name, &spec])
+            .map_err(statement_error(record))?;
+        Ok(())
+    }
+
+    /// Appends rows (in slice column order) to `slice`'s new table by binary `COPY`.
+    pub fn copy_rows(
+        &mut self,
+        slice: &MirrorSlice,
+        kinds: &[ColumnKind],
+        rows: &[Vec<SqlValue>],
+    ) -> Result<u64, PgError> {
+        let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+        let copy = format!(
+            "COPY core.{} ({}) FROM STDIN BINARY",
+            ident(&slice.table_name()),
+            columns.join(", ")
+        );
+        let types: Vec<Type> = kinds.iter().map(|k| k.pg_type()).collect();
+        let sink = self.tx.copy_in(&copy).map_err(statement_error(&copy))?;
+        let mut writer = BinaryCopyInWriter::new(sink, &types);
+        for row in rows {
+            let encoded = row
+                .iter()
+                .zip(&types)
+                .map(|(value, ty)| values::encode(value, ty))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|message| PgError::MirrorState {
+                    message: format!("slice {}: {message}", slice.name),
+                })?;
+            let refs: Vec<&(dyn ToSql + Sync)> = encoded.iter().map(|e| e as _).collect();
+            writer.write(&refs).map_err(statement_error(&copy))?;
+        }
+        writer.finish().map_err(statement_error(&copy))
+    }
+
+    /// Sets the watermark and commits the rebuild.
+    pub fn finish(mut self, watermark: i64, now_ms: i64) -> Result<(), PgError> {
+        set_state(&mut self.tx, watermark, now_ms)?;
+        self.tx.commit().map_err(statement_error("COMMIT"))
+    }
+}
+
+fn set_state(tx: &mut Transaction<'_>, watermark: i64, now_ms: i64) -> Result<(), PgError> {
+    let set = "INSERT INTO public._sv_mirror_state (key, value)
+               VALUES ('watermark', $1), ('applied_at_ms', $2)
+               ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+    tx.execute(set, &[&watermark, &now_ms])
+        .map_err(statement_error(set))?;
+    Ok(())
+}
+
+/// Replaces one mirror row with `row`, or deletes the key when `row` is `None`.
+fn write_row(
+    tx: &mut Transaction<'_>,
+    slice: &MirrorSlice,
+    key: i64,
+    row: Option<&[SqlValue]>,
+) -> Result<(), PgError> {
+    let table = format!("core.{}", ident(&slice.table_name()));
+    let key_column = ident(slice.key_column());
+    match row {
+        Some(row) => {
+            let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+            let placeholders: Vec<String> = (1..=row.len()).map(|i| format!("${i}")).collect();
+            let updates: Vec<String> = columns[1..]
+                .iter()
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect();
+            let upsert = format!(
+                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({key_column}) {}",
+                columns.join(", "),
+                placeholders.join(", "),
+                if updates.is_empty() {
+                    "DO NOTHING".to_owned()
+                } else {
+                    format!("DO UPDATE SET {}", updates.join(", "))
+                }
+            );
+            let statement = tx.prepare(&upsert).map_err(statement_error(&upsert))?;
+            let encoded = row
+                .iter()
+                .zip(statement.params())
+                .map(|(value, ty)| values::encode(value, ty))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|message| PgError::MirrorState {
+                    message: format!("slice {}: {message}", slice.name),
+                })?;
+            let refs: Vec<&(dyn ToSql + Sync)> = encoded.iter().map(|e| e as _).collect();
+            tx.execute(&statement, &refs)
+                .map_err(statement_error(&upsert))?;
+        }
+        None => {
+            let delete = format!("DELETE FROM {table} WHERE {key_column} = $1");
+            tx.execute(delete.as_str(), &[&key])
+                .map_err(statement_error(&delete))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_types_map_by_sqlite_affinity() {
+        for (declared, kind) in [
+            ("INTEGER", ColumnKind::Integer),
+            ("BIGINT", ColumnKind::Integer),
+            ("TEXT", ColumnKind::Text),
+            ("VARCHAR(20)", ColumnKind::Text),
+            ("", ColumnKind::Blob),
+            ("BLOB", ColumnKind::Blob),
+            ("REAL", ColumnKind::Real),
+            ("DOUBLE PRECISION", ColumnKind::Real),
+            ("NUMERIC", ColumnKind::Text),
+        ] {
+            assert_eq!(ColumnKind::from_declared(declared), kind, "{declared}");
+        }
+    }
+}
