@@ -10,46 +10,16 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{backlog_after, env_num, load_users, measure_lag, median, spawn_worker};
 use sovereign_db::rusqlite::Connection;
 use sovereign_db_plugins::TrustedPluginStore;
-use sovereign_sync::worker::{SyncTarget, SyncWaker, SyncWorker};
+
 use sovereign_sync::{Mirror, SyncSettings, capture, full};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn load_users(core: &Connection, rows: u64) {
-    core.execute_batch("BEGIN").unwrap();
-    {
-        let mut stmt = core
-            .prepare("INSERT INTO users (id, email, display_name, avatar_url, active) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .unwrap();
-        for i in 1..=rows as i64 {
-            stmt.execute(sovereign_db::rusqlite::params![
-                i,
-                format!("user{i}@example.com"),
-                format!("User number {i}"),
-                (i % 3 == 0).then(|| format!("https://avatars.example.com/{i}.png")),
-                i % 10 != 0
-            ])
-            .unwrap();
-        }
-    }
-    core.execute_batch("COMMIT").unwrap();
-}
 
 fn remove_db(path: &Path) {
     for suffix in ["", "-wal", "-shm"] {
@@ -120,121 +90,49 @@ fn full_build(dir: &Path, core_path: &Path, core: &Connection, rows: u64) {
 }
 
 fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
-    let settings = SyncSettings::default();
     let mirror_path = dir.join("lag-plugins.db");
-    // The writer wakes the worker after each commit, as the kernel's pool does.
-    let waker = SyncWaker::default();
-    let worker = SyncWorker::spawn(
-        settings.clone(),
-        SyncTarget {
-            core_path: core_path.to_owned(),
-            open_mirror: std::sync::Arc::new({
-                let p = mirror_path.clone();
-                move || Ok(Mirror::Sqlite(TrustedPluginStore::open_shared(&p)?))
-            }),
-            observe: None,
-            waker: waker.clone(),
-        },
+    let (worker, waker) = spawn_worker(
+        core_path,
+        std::sync::Arc::new({
+            let p = mirror_path.clone();
+            move || Ok(Mirror::Sqlite(TrustedPluginStore::open_shared(&p)?))
+        }),
     );
     // Let the worker build the mirror first.
     let watch = TrustedPluginStore::open_shared(&mirror_path).unwrap();
     let core = sovereign_db_core::open_existing(core_path).unwrap();
-    let backlog = || -> i64 {
-        let wm = watch.mirror_watermark().unwrap();
-        core.query_row(
-            "SELECT count(*) FROM _sv_change_outbox WHERE seq > ?1",
-            [wm],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
+    let mut backlog = || backlog_after(&core, watch.mirror_watermark().unwrap());
     while watch.mirror_specs().unwrap().is_empty() || backlog() > 0 {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // The poller records when each watermark became visible in the mirror.
-    let stop = Arc::new(AtomicBool::new(false));
-    let poller = {
-        let stop = stop.clone();
-        let path = mirror_path.clone();
-        std::thread::spawn(move || {
-            let conn = sovereign_db::open_database(
-                &path,
-                &sovereign_db::OpenOptions::plugins().read_only(),
-            )
-            .unwrap();
-            let mut seen = Vec::new();
-            let mut last = -1;
-            while !stop.load(Ordering::SeqCst) {
-                let wm: i64 = conn
-                    .query_row(
-                        "SELECT value FROM _sv_mirror_state WHERE key = 'watermark'",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .unwrap_or(0);
-                if wm != last {
-                    seen.push((wm, Instant::now()));
-                    last = wm;
-                }
-                std::thread::sleep(Duration::from_micros(500));
-            }
-            seen
-        })
-    };
-
-    let writer_conn = sovereign_db_core::open_existing(core_path).unwrap();
-    let per_second = 2000u64;
-    let total = per_second * seconds;
-    let start = Instant::now();
-    let mut commits = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let due = start + Duration::from_micros(i * 1_000_000 / per_second);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        let id = 1 + (i as i64 * 7919) % rows as i64;
-        writer_conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-        writer_conn
-            .execute(
-                "UPDATE users SET display_name = ?2 WHERE id = ?1",
-                sovereign_db::rusqlite::params![id, format!("v{i}")],
-            )
-            .unwrap();
-        let seq: i64 = writer_conn
-            .query_row("SELECT max(seq) FROM _sv_change_outbox", [], |r| r.get(0))
-            .unwrap();
-        writer_conn.execute_batch("COMMIT").unwrap();
-        commits.push((seq, Instant::now()));
-        waker.wake();
-    }
-    let achieved = total as f64 / start.elapsed().as_secs_f64();
-    while backlog() > 0 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(20));
-    stop.store(true, Ordering::SeqCst);
-    let seen = poller.join().unwrap();
+    let poll_path = mirror_path.clone();
+    let poll_conn = sovereign_db::open_database(
+        &poll_path,
+        &sovereign_db::OpenOptions::plugins().read_only(),
+    )
+    .unwrap();
+    let run = measure_lag(
+        core_path,
+        rows,
+        seconds,
+        &waker,
+        &mut backlog,
+        Box::new(move || {
+            poll_conn
+                .query_row(
+                    "SELECT value FROM _sv_mirror_state WHERE key = 'watermark'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(0)
+        }),
+    );
     worker.stop();
-
-    let mut lags: Vec<Duration> = commits
-        .iter()
-        .map(|(seq, committed)| {
-            let visible = seen
-                .iter()
-                .find(|(wm, _)| wm >= seq)
-                .map(|(_, at)| *at)
-                .expect("every change became visible");
-            visible.saturating_duration_since(*committed)
-        })
-        .collect();
-    lags.sort();
-    let pct = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
     println!(
-        "incremental lag under {achieved:.0} core writes/s for {seconds} s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (goal p99 < 50 ms)",
-        pct(0.50).as_secs_f64() * 1000.0,
-        pct(0.99).as_secs_f64() * 1000.0,
-        lags.last().unwrap().as_secs_f64() * 1000.0
+        "incremental lag under {:.0} core writes/s for {seconds} s: {} (goal p99 < 50 ms)",
+        run.achieved,
+        run.summary()
     );
 }
 
