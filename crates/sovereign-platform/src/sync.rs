@@ -89,14 +89,22 @@ pub fn reconcile(
 ) -> Result<reconcile::ReconcileReport, PlatformError> {
     let core = app.open_migrated_core()?;
     capture::validate(&core, app.mirror_catalog())?;
-    let mirror = app.open_mirror()?;
-    Ok(reconcile::reconcile(
-        &app.config().core_db_path(),
-        mirror.sqlite("reconcile")?,
-        app.mirror_catalog(),
-        repair,
-        progress,
-    )?)
+    Ok(match app.open_mirror()? {
+        sovereign_sync::Mirror::Sqlite(store) => reconcile::reconcile(
+            &app.config().core_db_path(),
+            &store,
+            app.mirror_catalog(),
+            repair,
+            progress,
+        )?,
+        sovereign_sync::Mirror::Postgres(pg) => reconcile::reconcile_postgres(
+            &core,
+            &mut pg.borrow_mut(),
+            app.mirror_catalog(),
+            repair,
+            progress,
+        )?,
+    })
 }
 
 /// What a full resync would change, one line per step.

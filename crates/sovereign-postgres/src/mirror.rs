@@ -159,6 +159,56 @@ impl PgMirror {
         Ok(true)
     }
 
+    /// The mirror's rows of `slice` with keys in `(after, upto]`, in key order, as
+    /// `(key, values)` (for reconcile).
+    pub fn rows(
+        &mut self,
+        slice: &MirrorSlice,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<(i64, Vec<SqlValue>)>, PgError> {
+        let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+        let key = ident(slice.key_column());
+        let query = format!(
+            "SELECT {} FROM core.{} WHERE {key} > $1 AND {key} <= $2 ORDER BY {key}",
+            columns.join(", "),
+            ident(&slice.table_name())
+        );
+        self.client
+            .query(query.as_str(), &[&after, &upto])
+            .map_err(statement_error(&query))?
+            .iter()
+            .map(|row| {
+                let values = (0..row.len())
+                    .map(|i| row.try_get::<_, values::Decoded>(i).map(|d| d.0))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(statement_error(&query))?;
+                let key = match values.first() {
+                    Some(SqlValue::Integer(k)) => *k,
+                    _ => i64::MIN,
+                };
+                Ok((key, values))
+            })
+            .collect()
+    }
+
+    /// Rewrites rows in one transaction (reconcile's repair): each `(slice, key, row)`
+    /// replaced with `row`, or deleted when `None`. Returns how many.
+    pub fn repair(
+        &mut self,
+        fixes: &[(&MirrorSlice, i64, Option<Vec<SqlValue>>)],
+    ) -> Result<u64, PgError> {
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(statement_error("BEGIN"))?;
+        for (slice, key, row) in fixes {
+            write_row(&mut tx, slice, *key, row.as_deref())?;
+        }
+        tx.commit().map_err(statement_error("COMMIT"))?;
+        Ok(fixes.len() as u64)
+    }
+
     /// Starts a rebuild: one transaction that replaces slices and sets the watermark.
     pub fn rebuild(&mut self) -> Result<Rebuild<'_>, PgError> {
         let mut tx = self

@@ -9,6 +9,7 @@ use sovereign_db::rusqlite::{self, Connection};
 use sovereign_db_plugins::TrustedPluginStore;
 use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
 use sovereign_db_plugins::value::SqlValue;
+use sovereign_postgres::mirror::PgMirror;
 
 use crate::publish::{project_row, value_of};
 use crate::{Progress, SyncError, ident};
@@ -133,55 +134,78 @@ pub fn reconcile(
     Ok(report)
 }
 
-fn compare(
+/// Where the two sides' rows come from, for one comparison.
+trait Sides {
+    /// The core's connection and the schema the core is in there (`main`, `sv_core`),
+    /// read in one transaction.
+    fn core(&self) -> (&Connection, &'static str);
+    /// The mirror's watermark when the comparison began.
+    fn watermark(&self) -> i64;
+    /// The mirror's rows of `slice` with keys in `(after, upto]`.
+    fn mirror_range(
+        &mut self,
+        slice: &MirrorSlice,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<Row>, SyncError>;
+}
+
+/// The rows of the core's projection of `slice` after key `after`, at most [`CHUNK`].
+fn core_chunk(sides: &dyn Sides, slice: &MirrorSlice, after: i64) -> Result<Vec<Row>, SyncError> {
+    let (conn, schema) = sides.core();
+    Ok(read_rows(
+        conn,
+        &core_chunk_sql(slice, schema),
+        &[&after],
+        slice.columns.len(),
+    )?)
+}
+
+/// The SELECT of a slice's projection in core schema `schema`, a chunk after `?1`.
+fn core_chunk_sql(slice: &MirrorSlice, schema: &str) -> String {
+    let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+    let key = ident(slice.key_column());
+    let filter = slice
+        .filter
+        .as_deref()
+        .map(|f| format!(" AND ({f})"))
+        .unwrap_or_default();
+    format!(
+        "SELECT {} FROM {schema}.{} WHERE {key} > ?1{filter} ORDER BY {key} LIMIT {CHUNK}",
+        columns.join(", "),
+        ident(&slice.source_table)
+    )
+}
+
+/// Keys with outbox entries of `slice` after `watermark`, in core schema `schema`.
+fn pending_keys(
     conn: &Connection,
-    mirror: &TrustedPluginStore,
+    schema: &str,
+    slice: &MirrorSlice,
+    watermark: i64,
+) -> rusqlite::Result<HashSet<i64>> {
+    conn.prepare(&format!(
+        "SELECT DISTINCT row_key FROM {schema}._sv_change_outbox WHERE slice = ?1 AND seq > ?2"
+    ))?
+    .query_map(rusqlite::params![slice.name, watermark], |r| r.get(0))?
+    .collect()
+}
+
+/// Compares every slice chunk by chunk (checksums first, rows only where they differ).
+fn compare_sides(
+    sides: &mut dyn Sides,
     catalog: &MirrorCatalog,
+    total: u64,
     progress: Progress<'_>,
 ) -> Result<ReconcileReport, SyncError> {
-    let watermark = mirror.mirror_watermark()?;
-    // One read transaction over both files: the mirror and the core seen at one moment.
-    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Deferred)?;
     let mut report = ReconcileReport::default();
-    let total: u64 = catalog
-        .slices()
-        .iter()
-        .map(|s| {
-            tx.query_row(
-                &format!("SELECT count(*) FROM sv_core.{}", ident(&s.source_table)),
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-        })
-        .sum::<rusqlite::Result<u64>>()?;
     let mut done = 0u64;
     for slice in catalog.slices() {
-        let pending: HashSet<i64> = tx
-            .prepare("SELECT DISTINCT row_key FROM sv_core._sv_change_outbox WHERE slice = ?1 AND seq > ?2")?
-            .query_map(rusqlite::params![slice.name, watermark], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let n = slice.columns.len();
-        let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
-        let key = ident(slice.key_column());
-        let filter = slice
-            .filter
-            .as_deref()
-            .map(|f| format!(" AND ({f})"))
-            .unwrap_or_default();
-        let core_sql = format!(
-            "SELECT {} FROM sv_core.{} WHERE {key} > ?1{filter} ORDER BY {key} LIMIT {CHUNK}",
-            columns.join(", "),
-            ident(&slice.source_table)
-        );
-        let mirror_sql = format!(
-            "SELECT {} FROM main.{} WHERE {key} > ?1 AND {key} <= ?2 ORDER BY {key}",
-            columns.join(", "),
-            ident(&slice.table_name())
-        );
+        let (conn, schema) = sides.core();
+        let pending = pending_keys(conn, schema, slice, sides.watermark())?;
         let mut after = i64::MIN;
         loop {
-            let core_rows = read_rows(&tx, &core_sql, &[&after], n)?;
+            let core_rows = core_chunk(sides, slice, after)?;
             // The last chunk reaches to the end of the key space, so extra mirror rows
             // beyond the core's last key are compared too.
             let upto = if core_rows.len() < CHUNK {
@@ -189,7 +213,7 @@ fn compare(
             } else {
                 core_rows.last().map_or(i64::MAX, |r| r.0)
             };
-            let mirror_rows = read_rows(&tx, &mirror_sql, &[&after, &upto], n)?;
+            let mirror_rows = sides.mirror_range(slice, after, upto)?;
             report.chunks += 1;
             if digest(&core_rows) != digest(&mirror_rows) {
                 report.chunks_differing += 1;
@@ -202,6 +226,148 @@ fn compare(
             }
             after = upto;
         }
+    }
+    Ok(report)
+}
+
+fn count_sources(
+    conn: &Connection,
+    schema: &str,
+    catalog: &MirrorCatalog,
+) -> rusqlite::Result<u64> {
+    catalog
+        .slices()
+        .iter()
+        .map(|s| {
+            conn.query_row(
+                &format!("SELECT count(*) FROM {schema}.{}", ident(&s.source_table)),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+        })
+        .sum()
+}
+
+/// Both sides in one SQLite connection: the mirror in `main`, the core attached.
+struct SqliteSides<'a> {
+    conn: &'a Connection,
+    watermark: i64,
+}
+
+impl Sides for SqliteSides<'_> {
+    fn core(&self) -> (&Connection, &'static str) {
+        (self.conn, "sv_core")
+    }
+
+    fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    fn mirror_range(
+        &mut self,
+        slice: &MirrorSlice,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<Row>, SyncError> {
+        let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+        let key = ident(slice.key_column());
+        let sql = format!(
+            "SELECT {} FROM main.{} WHERE {key} > ?1 AND {key} <= ?2 ORDER BY {key}",
+            columns.join(", "),
+            ident(&slice.table_name())
+        );
+        Ok(read_rows(
+            self.conn,
+            &sql,
+            &[&after, &upto],
+            slice.columns.len(),
+        )?)
+    }
+}
+
+fn compare(
+    conn: &Connection,
+    mirror: &TrustedPluginStore,
+    catalog: &MirrorCatalog,
+    progress: Progress<'_>,
+) -> Result<ReconcileReport, SyncError> {
+    let watermark = mirror.mirror_watermark()?;
+    // One read transaction over both files: the mirror and the core seen at one moment.
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Deferred)?;
+    let total = count_sources(&tx, "sv_core", catalog)?;
+    let report = compare_sides(
+        &mut SqliteSides {
+            conn: &tx,
+            watermark,
+        },
+        catalog,
+        total,
+        progress,
+    )?;
+    tx.finish()?;
+    Ok(report)
+}
+
+/// The core (SQLite) and the mirror on PostgreSQL.
+struct PostgresSides<'a> {
+    core: &'a Connection,
+    mirror: &'a mut PgMirror,
+    watermark: i64,
+}
+
+impl Sides for PostgresSides<'_> {
+    fn core(&self) -> (&Connection, &'static str) {
+        (self.core, "main")
+    }
+
+    fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    fn mirror_range(
+        &mut self,
+        slice: &MirrorSlice,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<Row>, SyncError> {
+        Ok(self.mirror.rows(slice, after, upto)?)
+    }
+}
+
+/// Compares the core's projection with the mirror on PostgreSQL; with `repair`,
+/// rewrites exactly the drifted rows (in one PostgreSQL transaction). The two are read
+/// separately: a change committed meanwhile may show as a difference, which a second
+/// run no longer reports.
+pub fn reconcile_postgres(
+    core: &Connection,
+    mirror: &mut PgMirror,
+    catalog: &MirrorCatalog,
+    repair: bool,
+    progress: Progress<'_>,
+) -> Result<ReconcileReport, SyncError> {
+    let watermark = mirror.watermark()?;
+    // The core's side from one snapshot.
+    let tx = rusqlite::Transaction::new_unchecked(core, rusqlite::TransactionBehavior::Deferred)?;
+    let total = count_sources(&tx, "main", catalog)?;
+    let mut report = compare_sides(
+        &mut PostgresSides {
+            core: &tx,
+            mirror,
+            watermark,
+        },
+        catalog,
+        total,
+        progress,
+    )?;
+    if repair && !report.differences.is_empty() {
+        let mut fixes = Vec::new();
+        for d in &report.differences {
+            if let Some(slice) = catalog.slice(&d.slice) {
+                fixes.push((slice, d.key, project_row(&tx, "main", slice, d.key)?));
+            }
+        }
+        report.repaired = mirror.repair(&fixes)?;
     }
     tx.finish()?;
     Ok(report)

@@ -516,8 +516,40 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
         "SELECT tenant_id FROM core__users",
     ]);
     assert!(ungranted.contains("may not"), "{ungranted}");
-    let reconcile = run_err(&["sync:reconcile"]);
-    assert!(reconcile.contains("PostgreSQL"), "{reconcile}");
+    // Reconcile finds a row drifted behind the writer's back, repairs exactly it, and
+    // a second run finds nothing.
+    let clean = run_ok(&["sync:reconcile"]);
+    assert!(clean.contains("0 row(s) differ"), "{clean}");
+    let mut admin = postgres::Client::connect(
+        &cluster.admin_url().replace("/postgres", "/sv_plugins"),
+        postgres::NoTls,
+    )
+    .unwrap();
+    admin
+        .batch_execute("UPDATE core.core__users SET display_name = 'drifted' WHERE id = 1")
+        .unwrap();
+    let drifted = run_err(&["sync:reconcile"]);
+    assert!(
+        drifted.is_empty() || !drifted.contains("error"),
+        "{drifted}"
+    );
+    let repaired = run_ok(&["sync:reconcile", "--repair"]);
+    assert!(
+        repaired.contains("1 row(s) differ") && repaired.contains("repaired 1 row(s)"),
+        "{repaired}"
+    );
+    assert!(run_ok(&["sync:reconcile"]).contains("0 row(s) differ"));
+    let names = run_ok(&[
+        "plugins",
+        "sql",
+        "tasks",
+        "SELECT display_name FROM core__users",
+        "--json",
+    ]);
+    assert!(
+        names.contains("root") && !names.contains("drifted"),
+        "{names}"
+    );
 
     // Removing without --purge keeps the schema (a reinstall migrates on); --purge
     // drops the role, the schema and the events.
