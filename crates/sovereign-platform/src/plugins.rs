@@ -264,7 +264,8 @@ fn install_data_postgres(
             url: pg.plugin_login(id, &password),
             limits: manifest.limits,
         })?;
-        Ok(db.migrate(&set)?)
+        // All of the package's migrations or none.
+        Ok(db.migrate_all_or_nothing(&set)?)
     })();
     match migrated {
         Ok(applied) => Ok(Stored {
@@ -395,20 +396,27 @@ pub fn upgrade(
     let source = staged.clone().unwrap_or_else(|| app.package_dir(&id));
     let applied = (|| -> Result<Vec<String>, PlatformError> {
         app.ensure_mirrors(&grants)?;
-        let set = sovereign_db::MigrationSet::from_dir(
-            &sovereign_db_plugins::migration_scope(&id),
-            &source.join("migrations"),
-        )?;
-        let db = PluginDb::open(
-            app.store_location("upgrading a plugin")?,
-            sovereign_db_plugins::PluginDbConfig {
-                plugin_id: id.clone(),
-                mode: manifest.database,
-                grants: grants.clone(),
-                limits: manifest.limits,
-            },
-        )?;
-        Ok(db.migrate_all_or_nothing(&set)?)
+        match app.plugin_store() {
+            PluginStore::Sqlite(location) => {
+                let set = sovereign_db::MigrationSet::from_dir(
+                    &sovereign_db_plugins::migration_scope(&id),
+                    &source.join("migrations"),
+                )?;
+                let db = PluginDb::open(
+                    location,
+                    sovereign_db_plugins::PluginDbConfig {
+                        plugin_id: id.clone(),
+                        mode: manifest.database,
+                        grants: grants.clone(),
+                        limits: manifest.limits,
+                    },
+                )?;
+                Ok(db.migrate_all_or_nothing(&set)?)
+            }
+            PluginStore::Postgres(pg) => {
+                upgrade_data_postgres(&core, pg, &source, &manifest, &grants)
+            }
+        }
     })();
     let applied = match applied {
         Ok(applied) => applied,
@@ -643,6 +651,49 @@ pub fn remove(app: &App, id: &str, purge: bool) -> Result<Removed, PlatformError
         Some(&serde_json::json!({ "purge": purge })),
     )?;
     Ok(removed)
+}
+
+/// On PostgreSQL: the role's mirror grants become the new manifest's (as the store's
+/// owner), then the package's new `migrations/postgres/` apply as the plugin's role,
+/// all or none.
+fn upgrade_data_postgres(
+    core: &sovereign_db::rusqlite::Connection,
+    pg: &crate::PgPluginStore,
+    source: &Path,
+    manifest: &Manifest,
+    grants: &[(String, String)],
+) -> Result<Vec<String>, PlatformError> {
+    let id = &manifest.id;
+    if !manifest.backends.contains(&Backend::Postgres) {
+        return Err(backend_not_supported(manifest, Backend::Postgres));
+    }
+    let password = registry::store_login(core, id)?.ok_or(PlatformError::NotOnPostgres {
+        operation: "upgrading a plugin with no role on the PostgreSQL store (reinstall it)",
+    })?;
+    let role = sovereign_postgres::PluginRole {
+        id: id.clone(),
+        password: password.clone(),
+        grants: grants.to_vec(),
+        connection_limit: 1,
+        statement_ms: manifest.limits.statement_ms,
+    };
+    let grant = role.grant_sql();
+    pg.connect_owner()?
+        .batch_execute(&grant)
+        .map_err(|source| sovereign_postgres::PgError::Statement {
+            statement: grant.clone(),
+            source,
+        })?;
+    let set = sovereign_db::MigrationSet::from_dir(
+        &sovereign_db_plugins::migration_scope(id),
+        &source.join("migrations").join("postgres"),
+    )?;
+    let mut db = sovereign_postgres::PgPluginDb::open(&sovereign_postgres::PgPluginConfig {
+        plugin_id: id.clone(),
+        url: pg.plugin_login(id, &password),
+        limits: manifest.limits,
+    })?;
+    Ok(db.migrate_all_or_nothing(&set)?)
 }
 
 /// On PostgreSQL: `purge` drops the plugin's role with its schema and events; without

@@ -98,13 +98,35 @@ fn line_of(text: &str, position: usize) -> usize {
         + 1
 }
 
-/// Applies every pending migration of `set`, each in its own transaction (its DDL
-/// included), and returns the files applied. Stops at the first failure, which leaves
-/// nothing of that migration behind.
-pub fn deploy(client: &mut Client, set: &MigrationSet) -> Result<Vec<String>, PgError> {
+/// Applies every pending migration of `set` in one transaction: all of them or, after a
+/// failure, none (what an upgrade needs). Returns the files applied.
+pub fn deploy_all_or_nothing(
+    client: &mut Client,
+    set: &MigrationSet,
+) -> Result<Vec<String>, PgError> {
+    ensure_tracking_table(client)?;
     let scope = set.scope();
-    // CREATE TABLE IF NOT EXISTS is not safe against a concurrent one: deployers take
-    // turns making the tracking table too.
+    let mut tx = client.transaction().map_err(bookkeeping("BEGIN"))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('sv-migrations:' || $1, 0))",
+        &[&scope],
+    )
+    .map_err(bookkeeping("SELECT pg_advisory_xact_lock(...)"))?;
+    let applied = rows_of(&mut tx, scope)?;
+    let pending: Vec<_> = set.plan_of(&applied)?.into_iter().cloned().collect();
+    let mut done = Vec::new();
+    for migration in &pending {
+        apply_one(&mut tx, scope, migration)?;
+        done.push(migration.file_name());
+    }
+    // Dropping the transaction on an error above rolls every migration back.
+    tx.commit().map_err(bookkeeping("COMMIT"))?;
+    Ok(done)
+}
+
+/// Creates the tracking table if missing (deployers take turns: `CREATE TABLE IF NOT
+/// EXISTS` is not safe against a concurrent one).
+fn ensure_tracking_table(client: &mut Client) -> Result<(), PgError> {
     let mut tx = client.transaction().map_err(bookkeeping("BEGIN"))?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended('sv-migrations', 0))",
@@ -113,7 +135,64 @@ pub fn deploy(client: &mut Client, set: &MigrationSet) -> Result<Vec<String>, Pg
     .map_err(bookkeeping("SELECT pg_advisory_xact_lock(...)"))?;
     tx.batch_execute(TRACKING_TABLE)
         .map_err(bookkeeping("CREATE TABLE _sv_migrations"))?;
-    tx.commit().map_err(bookkeeping("COMMIT"))?;
+    tx.commit().map_err(bookkeeping("COMMIT"))
+}
+
+/// Runs one migration and records it, inside `tx`.
+fn apply_one(
+    tx: &mut postgres::Transaction<'_>,
+    scope: &str,
+    migration: &sovereign_db::Migration,
+) -> Result<(), PgError> {
+    if let Err(e) = tx.batch_execute(&migration.sql) {
+        let (line, message) = match e.as_db_error() {
+            Some(db) => (
+                match db.position() {
+                    Some(postgres::error::ErrorPosition::Original(at)) => {
+                        line_of(&migration.sql, *at as usize)
+                    }
+                    _ => 1,
+                },
+                db.message().to_owned(),
+            ),
+            None => (1, e.to_string()),
+        };
+        return Err(MigrationError::Failed {
+            scope: scope.to_owned(),
+            file: migration.file_name(),
+            line,
+            statement: migration
+                .sql
+                .lines()
+                .nth(line - 1)
+                .unwrap_or_default()
+                .trim()
+                .chars()
+                .take(200)
+                .collect(),
+            message,
+        }
+        .into());
+    }
+    tx.execute(
+        "INSERT INTO _sv_migrations (scope, version, name, checksum) VALUES ($1, $2, $3, $4)",
+        &[
+            &scope,
+            &(migration.version as i32),
+            &migration.name,
+            &migration.checksum(),
+        ],
+    )
+    .map_err(bookkeeping("INSERT INTO _sv_migrations"))?;
+    Ok(())
+}
+
+/// Applies every pending migration of `set`, each in its own transaction (its DDL
+/// included), and returns the files applied. Stops at the first failure, which leaves
+/// nothing of that migration behind.
+pub fn deploy(client: &mut Client, set: &MigrationSet) -> Result<Vec<String>, PgError> {
+    ensure_tracking_table(client)?;
+    let scope = set.scope();
     let mut done = Vec::new();
     loop {
         let mut tx = client.transaction().map_err(bookkeeping("BEGIN"))?;
@@ -127,47 +206,8 @@ pub fn deploy(client: &mut Client, set: &MigrationSet) -> Result<Vec<String>, Pg
         let Some(migration) = set.plan_of(&applied)?.into_iter().next().cloned() else {
             return Ok(done);
         };
-        if let Err(e) = tx.batch_execute(&migration.sql) {
-            let (line, message) = match e.as_db_error() {
-                Some(db) => (
-                    match db.position() {
-                        Some(postgres::error::ErrorPosition::Original(at)) => {
-                            line_of(&migration.sql, *at as usize)
-                        }
-                        _ => 1,
-                    },
-                    db.message().to_owned(),
-                ),
-                None => (1, e.to_string()),
-            };
-            // Dropping the transaction rolls every statement of the migration back.
-            return Err(MigrationError::Failed {
-                scope: scope.to_owned(),
-                file: migration.file_name(),
-                line,
-                statement: migration
-                    .sql
-                    .lines()
-                    .nth(line - 1)
-                    .unwrap_or_default()
-                    .trim()
-                    .chars()
-                    .take(200)
-                    .collect(),
-                message,
-            }
-            .into());
-        }
-        tx.execute(
-            "INSERT INTO _sv_migrations (scope, version, name, checksum) VALUES ($1, $2, $3, $4)",
-            &[
-                &scope,
-                &(migration.version as i32),
-                &migration.name,
-                &migration.checksum(),
-            ],
-        )
-        .map_err(bookkeeping("INSERT INTO _sv_migrations"))?;
+        // Dropping the transaction on an error rolls every statement of it back.
+        apply_one(&mut tx, scope, &migration)?;
         tx.commit().map_err(bookkeeping("COMMIT"))?;
         tracing::debug!(scope, file = %migration.file_name(), "migration applied (PostgreSQL)");
         done.push(migration.file_name());

@@ -570,6 +570,41 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
     ]);
     let kept: serde_json::Value = serde_json::from_str(&kept).unwrap();
     assert_eq!(kept[0]["n"], 2, "{kept}");
+    // An upgrade applies the package's new PostgreSQL migrations as the plugin's role,
+    // all or none.
+    let next = w.path().join("notes-next");
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(repo.join("notes"))
+        .arg(&next)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let manifest = std::fs::read_to_string(next.join("plugin.json")).unwrap();
+    std::fs::write(
+        next.join("plugin.json"),
+        manifest.replace("\"0.1.0\"", "\"0.2.0\""),
+    )
+    .unwrap();
+    for dir in ["migrations", "migrations/postgres"] {
+        std::fs::write(
+            next.join(dir).join("0002_pinned.sql"),
+            "ALTER TABLE notes__notes ADD COLUMN pinned bigint NOT NULL DEFAULT 0;",
+        )
+        .unwrap();
+    }
+    std::fs::write(next.join("migrations/postgres/0003_broken.sql"), "SELEC 1;").unwrap();
+    let failed = run_err(&["plugins", "upgrade", next.to_str().unwrap(), "--yes"]);
+    assert!(failed.contains("0003_broken.sql"), "{failed}");
+    let unchanged = run_err(&["plugins", "sql", "notes", "SELECT pinned FROM notes__notes"]);
+    assert!(
+        unchanged.contains("pinned"),
+        "0002 must not stay applied: {unchanged}"
+    );
+    std::fs::remove_file(next.join("migrations/postgres/0003_broken.sql")).unwrap();
+    let upgraded = run_ok(&["plugins", "upgrade", next.to_str().unwrap(), "--yes"]);
+    assert!(upgraded.contains("0002_pinned.sql"), "{upgraded}");
+    run_ok(&["plugins", "sql", "notes", "SELECT pinned FROM notes__notes"]);
     run_ok(&["plugins", "remove", "notes", "--purge"]);
     assert_eq!(provisioned(cluster.admin_url(), "notes"), (0, 0));
 }

@@ -233,6 +233,16 @@ impl PgPluginDb {
         self.call(move |s| s.migrate(&set))
     }
 
+    /// Like [`migrate`](Self::migrate), all pending migrations in one transaction:
+    /// after a failure none of them remains (what an upgrade needs).
+    pub fn migrate_all_or_nothing(&mut self, set: &MigrationSet) -> Result<Vec<String>, PgError> {
+        let set = set.clone();
+        self.call(move |s| {
+            s.pin_schema()?;
+            crate::migrate::deploy_all_or_nothing(&mut s.client, &set)
+        })
+    }
+
     /// Where each of the plugin's migrations stands.
     pub fn migration_status(
         &mut self,
