@@ -70,6 +70,22 @@ impl PgPluginStore {
             .login_as(&sovereign_postgres::plugin_role_name(id), password)
     }
 
+    /// Plugin `id`'s fenced connection, as its own role.
+    pub fn open_plugin(
+        &self,
+        id: &str,
+        password: &str,
+        limits: Limits,
+    ) -> Result<sovereign_postgres::PgPluginDb, PlatformError> {
+        Ok(sovereign_postgres::PgPluginDb::open(
+            &sovereign_postgres::PgPluginConfig {
+                plugin_id: id.to_owned(),
+                url: self.plugin_login(id, password),
+                limits,
+            },
+        )?)
+    }
+
     /// The store's database, as `host:port/database`.
     pub fn describe(&self) -> String {
         format!("{}/{}", self.store.server, self.store.database)

@@ -7,7 +7,7 @@ use serde::Serialize;
 use sovereign_db::rusqlite::Connection;
 use sovereign_db::{MigrationSet, MigrationState, MigrationStatus, OpenOptions};
 use sovereign_db_plugins::{Backend, PluginDb, PluginDbConfig};
-use sovereign_postgres::{PgPluginConfig, PgPluginDb};
+use sovereign_postgres::PgPluginDb;
 
 use crate::{App, PgPluginStore, PlatformError, PluginStore};
 
@@ -43,11 +43,7 @@ fn open_postgres_plugin(
     plugin: &PluginDbConfig,
     password: &str,
 ) -> Result<PgPluginDb, PlatformError> {
-    Ok(PgPluginDb::open(&PgPluginConfig {
-        plugin_id: plugin.plugin_id.clone(),
-        url: store.plugin_login(&plugin.plugin_id, password),
-        limits: plugin.limits,
-    })?)
+    store.open_plugin(&plugin.plugin_id, password, plugin.limits)
 }
 
 /// One migration set and the file it applies to (on PostgreSQL, the store's URL with

@@ -259,11 +259,7 @@ fn install_data_postgres(
     )?;
     let migrated = (|| -> Result<Vec<String>, PlatformError> {
         provision(&mut owner, role.grant_sql(), role.grant_sql())?;
-        let mut db = sovereign_postgres::PgPluginDb::open(&sovereign_postgres::PgPluginConfig {
-            plugin_id: id.clone(),
-            url: pg.plugin_login(id, &password),
-            limits: manifest.limits,
-        })?;
+        let mut db = pg.open_plugin(id, &password, manifest.limits)?;
         // All of the package's migrations or none.
         Ok(db.migrate_all_or_nothing(&set)?)
     })();
@@ -688,11 +684,7 @@ fn upgrade_data_postgres(
         &sovereign_db_plugins::migration_scope(id),
         &source.join("migrations").join("postgres"),
     )?;
-    let mut db = sovereign_postgres::PgPluginDb::open(&sovereign_postgres::PgPluginConfig {
-        plugin_id: id.clone(),
-        url: pg.plugin_login(id, &password),
-        limits: manifest.limits,
-    })?;
+    let mut db = pg.open_plugin(id, &password, manifest.limits)?;
     Ok(db.migrate_all_or_nothing(&set)?)
 }
 
@@ -782,13 +774,7 @@ pub fn open_fenced(app: &App, id: &str) -> Result<Box<dyn FencedConnection>, Pla
                     dir: app.package_dir(id),
                 }
             })?;
-            Box::new(sovereign_postgres::PgPluginDb::open(
-                &sovereign_postgres::PgPluginConfig {
-                    plugin_id: id.to_owned(),
-                    url: pg.plugin_login(id, &password),
-                    limits: config.limits,
-                },
-            )?)
+            Box::new(pg.open_plugin(id, &password, config.limits)?)
         }
     })
 }

@@ -107,11 +107,7 @@ pub fn deploy_all_or_nothing(
     ensure_tracking_table(client)?;
     let scope = set.scope();
     let mut tx = client.transaction().map_err(bookkeeping("BEGIN"))?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended('sv-migrations:' || $1, 0))",
-        &[&scope],
-    )
-    .map_err(bookkeeping("SELECT pg_advisory_xact_lock(...)"))?;
+    lock_scope(&mut tx, scope)?;
     let applied = rows_of(&mut tx, scope)?;
     let pending: Vec<_> = set.plan_of(&applied)?.into_iter().cloned().collect();
     let mut done = Vec::new();
@@ -122,6 +118,16 @@ pub fn deploy_all_or_nothing(
     // Dropping the transaction on an error above rolls every migration back.
     tx.commit().map_err(bookkeeping("COMMIT"))?;
     Ok(done)
+}
+
+/// One deployer of `scope` at a time; the lock ends with the transaction.
+fn lock_scope(tx: &mut postgres::Transaction<'_>, scope: &str) -> Result<(), PgError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('sv-migrations:' || $1, 0))",
+        &[&scope],
+    )
+    .map_err(bookkeeping("SELECT pg_advisory_xact_lock(...)"))?;
+    Ok(())
 }
 
 /// Creates the tracking table if missing (deployers take turns: `CREATE TABLE IF NOT
@@ -197,11 +203,7 @@ pub fn deploy(client: &mut Client, set: &MigrationSet) -> Result<Vec<String>, Pg
     loop {
         let mut tx = client.transaction().map_err(bookkeeping("BEGIN"))?;
         // One deployer of a scope at a time; the lock ends with the transaction.
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('sv-migrations:' || $1, 0))",
-            &[&scope],
-        )
-        .map_err(bookkeeping("SELECT pg_advisory_xact_lock(...)"))?;
+        lock_scope(&mut tx, scope)?;
         let applied = rows_of(&mut tx, scope)?;
         let Some(migration) = set.plan_of(&applied)?.into_iter().next().cloned() else {
             return Ok(done);
