@@ -82,11 +82,16 @@ pub struct PgMirror {
 impl PgMirror {
     /// Connects as the plugin store's owner (`PLUGIN_DATABASE_URL`).
     pub fn connect(owner_url: &str) -> Result<PgMirror, PgError> {
-        let client =
+        let mut client =
             Client::connect(owner_url, postgres::NoTls).map_err(|source| PgError::Connect {
                 target: "the plugin database as its owner (the mirror writer)".into(),
                 source,
             })?;
+        // A first build's `DROP TABLE IF EXISTS` notices; nobody needs to read that.
+        let quiet = "SET client_min_messages = warning";
+        client
+            .batch_execute(quiet)
+            .map_err(statement_error(quiet))?;
         Ok(PgMirror { client })
     }
 
