@@ -95,6 +95,18 @@ impl PgMirror {
         Ok(PgMirror { client })
     }
 
+    /// A transaction of the mirror's one writer: writers (the worker, a rebuild, a
+    /// repair) take turns.
+    fn writer_transaction(&mut self) -> Result<Transaction<'_>, PgError> {
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(statement_error("BEGIN"))?;
+        let lock = "SELECT pg_advisory_xact_lock(hashtextextended('sv-mirror', 0))";
+        tx.execute(lock, &[]).map_err(statement_error(lock))?;
+        Ok(tx)
+    }
+
     fn state(&mut self, key: &str) -> Result<i64, PgError> {
         let query =
             "SELECT coalesce((SELECT value FROM public._sv_mirror_state WHERE key = $1), 0)";
@@ -139,12 +151,7 @@ impl PgMirror {
         batch: &MirrorBatch,
         now_ms: i64,
     ) -> Result<bool, PgError> {
-        let mut tx = self
-            .client
-            .transaction()
-            .map_err(statement_error("BEGIN"))?;
-        let lock = "SELECT pg_advisory_xact_lock(hashtextextended('sv-mirror', 0))";
-        tx.execute(lock, &[]).map_err(statement_error(lock))?;
+        let mut tx = self.writer_transaction()?;
         let query = "SELECT coalesce((SELECT value FROM public._sv_mirror_state WHERE key = 'watermark'), 0)";
         let watermark: i64 = tx
             .query_one(query, &[])
@@ -203,10 +210,7 @@ impl PgMirror {
         &mut self,
         fixes: &[(&MirrorSlice, i64, Option<Vec<SqlValue>>)],
     ) -> Result<u64, PgError> {
-        let mut tx = self
-            .client
-            .transaction()
-            .map_err(statement_error("BEGIN"))?;
+        let mut tx = self.writer_transaction()?;
         for (slice, key, row) in fixes {
             write_row(&mut tx, slice, *key, row.as_deref())?;
         }
@@ -216,12 +220,7 @@ impl PgMirror {
 
     /// Starts a rebuild: one transaction that replaces slices and sets the watermark.
     pub fn rebuild(&mut self) -> Result<Rebuild<'_>, PgError> {
-        let mut tx = self
-            .client
-            .transaction()
-            .map_err(statement_error("BEGIN"))?;
-        let lock = "SELECT pg_advisory_xact_lock(hashtextextended('sv-mirror', 0))";
-        tx.execute(lock, &[]).map_err(statement_error(lock))?;
+        let tx = self.writer_transaction()?;
         Ok(Rebuild { tx })
     }
 }

@@ -134,32 +134,17 @@ pub fn reconcile(
     Ok(report)
 }
 
-/// Where the two sides' rows come from, for one comparison.
-trait Sides {
-    /// The core's connection and the schema the core is in there (`main`, `sv_core`),
-    /// read in one transaction.
-    fn core(&self) -> (&Connection, &'static str);
-    /// The mirror's watermark when the comparison began.
-    fn watermark(&self) -> i64;
-    /// The mirror's rows of `slice` with keys in `(after, upto]`.
-    fn mirror_range(
-        &mut self,
-        slice: &MirrorSlice,
-        after: i64,
-        upto: i64,
-    ) -> Result<Vec<Row>, SyncError>;
+/// The core's side of a comparison: its connection, read in one transaction, the
+/// schema the core is in there (`main`, or `sv_core` attached), and the mirror's
+/// watermark when the comparison began.
+struct CoreSide<'a> {
+    conn: &'a Connection,
+    schema: &'static str,
+    watermark: i64,
 }
 
-/// The rows of the core's projection of `slice` after key `after`, at most [`CHUNK`].
-fn core_chunk(sides: &dyn Sides, slice: &MirrorSlice, after: i64) -> Result<Vec<Row>, SyncError> {
-    let (conn, schema) = sides.core();
-    Ok(read_rows(
-        conn,
-        &core_chunk_sql(slice, schema),
-        &[&after],
-        slice.columns.len(),
-    )?)
-}
+/// The mirror's rows of a slice with keys in `(after, upto]`.
+type MirrorRange<'a> = &'a mut dyn FnMut(&MirrorSlice, i64, i64) -> Result<Vec<Row>, SyncError>;
 
 /// The SELECT of a slice's projection in core schema `schema`, a chunk after `?1`.
 fn core_chunk_sql(slice: &MirrorSlice, schema: &str) -> String {
@@ -193,19 +178,24 @@ fn pending_keys(
 
 /// Compares every slice chunk by chunk (checksums first, rows only where they differ).
 fn compare_sides(
-    sides: &mut dyn Sides,
+    core: &CoreSide<'_>,
+    mirror_range: MirrorRange<'_>,
     catalog: &MirrorCatalog,
-    total: u64,
     progress: Progress<'_>,
 ) -> Result<ReconcileReport, SyncError> {
+    let total = count_sources(core.conn, core.schema, catalog)?;
     let mut report = ReconcileReport::default();
     let mut done = 0u64;
     for slice in catalog.slices() {
-        let (conn, schema) = sides.core();
-        let pending = pending_keys(conn, schema, slice, sides.watermark())?;
+        let pending = pending_keys(core.conn, core.schema, slice, core.watermark)?;
         let mut after = i64::MIN;
         loop {
-            let core_rows = core_chunk(sides, slice, after)?;
+            let core_rows = read_rows(
+                core.conn,
+                &core_chunk_sql(slice, core.schema),
+                &[&after],
+                slice.columns.len(),
+            )?;
             // The last chunk reaches to the end of the key space, so extra mirror rows
             // beyond the core's last key are compared too.
             let upto = if core_rows.len() < CHUNK {
@@ -213,7 +203,7 @@ fn compare_sides(
             } else {
                 core_rows.last().map_or(i64::MAX, |r| r.0)
             };
-            let mirror_rows = sides.mirror_range(slice, after, upto)?;
+            let mirror_rows = mirror_range(slice, after, upto)?;
             report.chunks += 1;
             if digest(&core_rows) != digest(&mirror_rows) {
                 report.chunks_differing += 1;
@@ -249,43 +239,6 @@ fn count_sources(
         .sum()
 }
 
-/// Both sides in one SQLite connection: the mirror in `main`, the core attached.
-struct SqliteSides<'a> {
-    conn: &'a Connection,
-    watermark: i64,
-}
-
-impl Sides for SqliteSides<'_> {
-    fn core(&self) -> (&Connection, &'static str) {
-        (self.conn, "sv_core")
-    }
-
-    fn watermark(&self) -> i64 {
-        self.watermark
-    }
-
-    fn mirror_range(
-        &mut self,
-        slice: &MirrorSlice,
-        after: i64,
-        upto: i64,
-    ) -> Result<Vec<Row>, SyncError> {
-        let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
-        let key = ident(slice.key_column());
-        let sql = format!(
-            "SELECT {} FROM main.{} WHERE {key} > ?1 AND {key} <= ?2 ORDER BY {key}",
-            columns.join(", "),
-            ident(&slice.table_name())
-        );
-        Ok(read_rows(
-            self.conn,
-            &sql,
-            &[&after, &upto],
-            slice.columns.len(),
-        )?)
-    }
-}
-
 fn compare(
     conn: &Connection,
     mirror: &TrustedPluginStore,
@@ -295,44 +248,28 @@ fn compare(
     let watermark = mirror.mirror_watermark()?;
     // One read transaction over both files: the mirror and the core seen at one moment.
     let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Deferred)?;
-    let total = count_sources(&tx, "sv_core", catalog)?;
+    // Both sides in one SQLite connection: the mirror in `main`, the core attached.
     let report = compare_sides(
-        &mut SqliteSides {
+        &CoreSide {
             conn: &tx,
+            schema: "sv_core",
             watermark,
         },
+        &mut |slice, after, upto| {
+            let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+            let key = ident(slice.key_column());
+            let sql = format!(
+                "SELECT {} FROM main.{} WHERE {key} > ?1 AND {key} <= ?2 ORDER BY {key}",
+                columns.join(", "),
+                ident(&slice.table_name())
+            );
+            Ok(read_rows(&tx, &sql, &[&after, &upto], slice.columns.len())?)
+        },
         catalog,
-        total,
         progress,
     )?;
     tx.finish()?;
     Ok(report)
-}
-
-/// The core (SQLite) and the mirror on PostgreSQL.
-struct PostgresSides<'a> {
-    core: &'a Connection,
-    mirror: &'a mut PgMirror,
-    watermark: i64,
-}
-
-impl Sides for PostgresSides<'_> {
-    fn core(&self) -> (&Connection, &'static str) {
-        (self.core, "main")
-    }
-
-    fn watermark(&self) -> i64 {
-        self.watermark
-    }
-
-    fn mirror_range(
-        &mut self,
-        slice: &MirrorSlice,
-        after: i64,
-        upto: i64,
-    ) -> Result<Vec<Row>, SyncError> {
-        Ok(self.mirror.rows(slice, after, upto)?)
-    }
 }
 
 /// Compares the core's projection with the mirror on PostgreSQL; with `repair`,
@@ -349,15 +286,14 @@ pub fn reconcile_postgres(
     let watermark = mirror.watermark()?;
     // The core's side from one snapshot.
     let tx = rusqlite::Transaction::new_unchecked(core, rusqlite::TransactionBehavior::Deferred)?;
-    let total = count_sources(&tx, "main", catalog)?;
     let mut report = compare_sides(
-        &mut PostgresSides {
-            core: &tx,
-            mirror,
+        &CoreSide {
+            conn: &tx,
+            schema: "main",
             watermark,
         },
+        &mut |slice, after, upto| Ok(mirror.rows(slice, after, upto)?),
         catalog,
-        total,
         progress,
     )?;
     if repair && !report.differences.is_empty() {

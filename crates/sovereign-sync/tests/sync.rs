@@ -56,6 +56,18 @@ fn sqlite(mirror: &Mirror) -> &TrustedPluginStore {
     mirror.sqlite("a test").unwrap()
 }
 
+/// Reconciles the stores' core and mirror (with `repair`), without progress.
+fn reconcile_now(s: &Stores, repair: bool) -> reconcile::ReconcileReport {
+    reconcile::reconcile(
+        &s.core_path,
+        sqlite(&s.mirror),
+        &s.catalog,
+        repair,
+        &|_, _| {},
+    )
+    .unwrap()
+}
+
 fn mirror_rows(mirror: &Mirror) -> Projection {
     sqlite(mirror)
         .connection()
@@ -160,14 +172,7 @@ fn random_core_writes_leave_the_mirror_equal_to_the_projection() {
                 "seed {seed}, round {round}"
             );
         }
-        let report = reconcile::reconcile(
-            &s.core_path,
-            sqlite(&s.mirror),
-            &s.catalog,
-            false,
-            &|_, _| {},
-        )
-        .unwrap();
+        let report = reconcile_now(&s, false);
         assert!(
             report.differences.is_empty() && report.pending == 0,
             "seed {seed}: {report:?}"
@@ -275,14 +280,7 @@ fn reconcile_reports_exactly_the_corrupted_rows_and_repairs_only_them() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    let report = reconcile::reconcile(
-        &s.core_path,
-        sqlite(&s.mirror),
-        &s.catalog,
-        false,
-        &|_, _| {},
-    )
-    .unwrap();
+    let report = reconcile_now(&s, false);
     let found: Vec<(i64, DifferenceKind)> =
         report.differences.iter().map(|d| (d.key, d.kind)).collect();
     assert_eq!(
@@ -298,23 +296,9 @@ fn reconcile_reports_exactly_the_corrupted_rows_and_repairs_only_them() {
         report.chunks >= 3 && report.chunks_differing == 3,
         "{report:?}"
     );
-    let repaired = reconcile::reconcile(
-        &s.core_path,
-        sqlite(&s.mirror),
-        &s.catalog,
-        true,
-        &|_, _| {},
-    )
-    .unwrap();
+    let repaired = reconcile_now(&s, true);
     assert_eq!(repaired.repaired, 4);
-    let after = reconcile::reconcile(
-        &s.core_path,
-        sqlite(&s.mirror),
-        &s.catalog,
-        false,
-        &|_, _| {},
-    )
-    .unwrap();
+    let after = reconcile_now(&s, false);
     assert!(after.differences.is_empty(), "{after:?}");
     assert_eq!(mirror_rows(&s.mirror), projection(&s.core));
     let untouched: Vec<(i64, String)> = m
@@ -337,14 +321,7 @@ fn changes_not_yet_applied_are_pending_not_drift() {
             [],
         )
         .unwrap();
-    let report = reconcile::reconcile(
-        &s.core_path,
-        sqlite(&s.mirror),
-        &s.catalog,
-        false,
-        &|_, _| {},
-    )
-    .unwrap();
+    let report = reconcile_now(&s, false);
     assert!(report.differences.is_empty());
     assert_eq!(report.pending, 1);
 }

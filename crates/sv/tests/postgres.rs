@@ -310,6 +310,9 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
         |args: &[&str]| w.sv_ok(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
     let run_err =
         |args: &[&str]| w.sv_err(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
+    // `sv plugins sql ID STATEMENT`: its JSON answer, or (refused) its error.
+    let sql = |id: &str, statement: &str| run_ok(&["plugins", "sql", id, statement, "--json"]);
+    let sql_refused = |id: &str, statement: &str| run_err(&["plugins", "sql", id, statement]);
 
     let applied = run_ok(&[
         "postgres:roles",
@@ -349,14 +352,9 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
         "--yes",
     ]);
     assert_eq!(provisioned(cluster.admin_url(), "tasks"), (1, 1));
-    let ungranted = run_err(&[
-        "plugins",
-        "sql",
-        "tasks",
-        "SELECT tenant_id FROM core__users",
-    ]);
+    let ungranted = sql_refused("tasks", "SELECT tenant_id FROM core__users");
     assert!(ungranted.contains("may not"), "{ungranted}");
-    let written = run_err(&["plugins", "sql", "tasks", "DELETE FROM core__users"]);
+    let written = sql_refused("tasks", "DELETE FROM core__users");
     assert!(written.contains("may not"), "{written}");
     // A package without PostgreSQL migrations: refused, with nothing left behind.
     let memo = w.path().join("memo");
@@ -396,20 +394,12 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
     assert!(inspect.contains("PostgreSQL"), "{inspect}");
 
     // `sv plugins sql` runs as the plugin's role.
-    let inserted = run_ok(&[
-        "plugins",
-        "sql",
+    let inserted = sql(
         "notes",
         "INSERT INTO notes__notes (owner, title) VALUES (1, 'from sql') RETURNING id",
-        "--json",
-    ]);
+    );
     assert!(inserted.contains("\"id\""), "{inserted}");
-    let fenced = run_err(&[
-        "plugins",
-        "sql",
-        "notes",
-        "SELECT * FROM public._sv_migrations",
-    ]);
+    let fenced = sql_refused("notes", "SELECT * FROM public._sv_migrations");
     assert!(fenced.contains("may not"), "{fenced}");
 
     w.create_user("root@example.com", "root password 1", true);
@@ -501,20 +491,9 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
     run_ok(&["sync:run", "--full"]);
     let status = run_ok(&["sync:status", "--json"]);
     assert!(status.contains("\"built\": true"), "{status}");
-    let names = run_ok(&[
-        "plugins",
-        "sql",
-        "tasks",
-        "SELECT display_name FROM core__users",
-        "--json",
-    ]);
+    let names = sql("tasks", "SELECT display_name FROM core__users");
     assert!(names.contains("root"), "{names}");
-    let ungranted = run_err(&[
-        "plugins",
-        "sql",
-        "tasks",
-        "SELECT tenant_id FROM core__users",
-    ]);
+    let ungranted = sql_refused("tasks", "SELECT tenant_id FROM core__users");
     assert!(ungranted.contains("may not"), "{ungranted}");
     // Reconcile finds a row drifted behind the writer's back, repairs exactly it, and
     // a second run finds nothing.
@@ -539,13 +518,7 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
         "{repaired}"
     );
     assert!(run_ok(&["sync:reconcile"]).contains("0 row(s) differ"));
-    let names = run_ok(&[
-        "plugins",
-        "sql",
-        "tasks",
-        "SELECT display_name FROM core__users",
-        "--json",
-    ]);
+    let names = sql("tasks", "SELECT display_name FROM core__users");
     assert!(
         names.contains("root") && !names.contains("drifted"),
         "{names}"
@@ -561,13 +534,7 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
         repo.join("notes").to_str().unwrap(),
         "--yes",
     ]);
-    let kept = run_ok(&[
-        "plugins",
-        "sql",
-        "notes",
-        "SELECT count(*) AS n FROM notes__notes",
-        "--json",
-    ]);
+    let kept = sql("notes", "SELECT count(*) AS n FROM notes__notes");
     let kept: serde_json::Value = serde_json::from_str(&kept).unwrap();
     assert_eq!(kept[0]["n"], 2, "{kept}");
     // An upgrade applies the package's new PostgreSQL migrations as the plugin's role,
@@ -596,7 +563,7 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
     std::fs::write(next.join("migrations/postgres/0003_broken.sql"), "SELEC 1;").unwrap();
     let failed = run_err(&["plugins", "upgrade", next.to_str().unwrap(), "--yes"]);
     assert!(failed.contains("0003_broken.sql"), "{failed}");
-    let unchanged = run_err(&["plugins", "sql", "notes", "SELECT pinned FROM notes__notes"]);
+    let unchanged = sql_refused("notes", "SELECT pinned FROM notes__notes");
     assert!(
         unchanged.contains("pinned"),
         "0002 must not stay applied: {unchanged}"
@@ -604,7 +571,7 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
     std::fs::remove_file(next.join("migrations/postgres/0003_broken.sql")).unwrap();
     let upgraded = run_ok(&["plugins", "upgrade", next.to_str().unwrap(), "--yes"]);
     assert!(upgraded.contains("0002_pinned.sql"), "{upgraded}");
-    run_ok(&["plugins", "sql", "notes", "SELECT pinned FROM notes__notes"]);
+    sql("notes", "SELECT pinned FROM notes__notes");
     run_ok(&["plugins", "remove", "notes", "--purge"]);
     assert_eq!(provisioned(cluster.admin_url(), "notes"), (0, 0));
 }
