@@ -85,7 +85,7 @@ pub struct Config {
     /// The directory relative paths are resolved against (the working directory).
     pub base_dir: PathBuf,
     /// `DATABASE_URL`: the core store.
-    pub database_url: Sourced<DatabaseUrl>,
+    pub database_url: Sourced<StoreTarget>,
     /// `PLUGIN_DATABASE_URL`: the shared plugin store's file, or a PostgreSQL database.
     pub plugin_database_url: Sourced<StoreTarget>,
     /// `SV_DATA_DIR`: where default database files, isolated plugin files and runtime
@@ -135,6 +135,20 @@ pub enum ConfigError {
         plugins: String,
         /// The shared file.
         path: String,
+    },
+    /// `DATABASE_URL` and `PLUGIN_DATABASE_URL` name one PostgreSQL database.
+    #[error(
+        "DATABASE_URL ({core}) and PLUGIN_DATABASE_URL ({plugins}) name the same PostgreSQL \
+         database {database}; the core and the plugins need a database each (for example \
+         sovereign_core and sovereign_plugins)"
+    )]
+    SameDatabase {
+        /// Core URL (password elided).
+        core: String,
+        /// Plugin URL (password elided).
+        plugins: String,
+        /// The shared database.
+        database: String,
     },
     /// A config file could not be read or parsed.
     #[error("cannot read configuration file {path}: {message}")]
@@ -261,11 +275,11 @@ impl Config {
             layers.toml.database_url.clone(),
         ) {
             Some(s) => Sourced {
-                value: DatabaseUrl::parse(&format!("DATABASE_URL (from {})", s.source), &s.value)?,
+                value: StoreTarget::parse(&format!("DATABASE_URL (from {})", s.source), &s.value)?,
                 source: s.source,
             },
             None => Sourced {
-                value: DatabaseUrl::from_path(data_dir.value.join("core.db")),
+                value: StoreTarget::File(DatabaseUrl::from_path(data_dir.value.join("core.db"))),
                 source: Source::Default,
             },
         };
@@ -350,9 +364,20 @@ impl Config {
         Config::load(&cwd, overrides, &|name| std::env::var(name).ok())
     }
 
-    /// Absolute path of `core.db`.
-    pub fn core_db_path(&self) -> PathBuf {
-        self.database_url.value.resolve(&self.base_dir)
+    /// Absolute path of `core.db` (`None`: the core store is on PostgreSQL).
+    pub fn core_db_path(&self) -> Option<PathBuf> {
+        self.database_url
+            .value
+            .file()
+            .map(|url| url.resolve(&self.base_dir))
+    }
+
+    /// The PostgreSQL database of the core store, if it is on PostgreSQL.
+    pub fn core_postgres_url(&self) -> Option<&PostgresUrl> {
+        match &self.database_url.value {
+            StoreTarget::Postgres(url) => Some(url),
+            StoreTarget::File(_) => None,
+        }
     }
 
     /// Absolute path of the shared plugin store file (`None`: the plugin store is on
@@ -388,8 +413,16 @@ impl Config {
     }
 
     fn check_distinct_files(&self) -> Result<(), ConfigError> {
-        let core = self.core_db_path();
-        let Some(plugins) = self.plugins_db_path() else {
+        if let (Some(core), Some(plugins)) = (self.core_postgres_url(), self.plugins_postgres_url())
+            && core.database_identity() == plugins.database_identity()
+        {
+            return Err(ConfigError::SameDatabase {
+                core: core.to_string(),
+                plugins: plugins.to_string(),
+                database: core.database_identity(),
+            });
+        }
+        let (Some(core), Some(plugins)) = (self.core_db_path(), self.plugins_db_path()) else {
             return Ok(());
         };
         if same_file(&core, &plugins) {
@@ -563,7 +596,7 @@ mod tests {
             c.plugin_database_url.value.to_string(),
             "file:data/plugins.db"
         );
-        assert_eq!(c.core_db_path(), dir.path().join("data/core.db"));
+        assert_eq!(c.core_db_path(), Some(dir.path().join("data/core.db")));
         assert_eq!(c.port.value, 8080);
         assert_eq!(c.port.source, Source::Default);
     }
@@ -587,7 +620,7 @@ mod tests {
         let c = load(dir.path(), &Overrides::default(), &[]).unwrap();
         assert_eq!(c.port.value, 1002);
         assert!(matches!(c.port.source, Source::DotEnv(_)));
-        assert_eq!(c.core_db_path(), dir.path().join("d.db"));
+        assert_eq!(c.core_db_path(), Some(dir.path().join("d.db")));
         assert!(matches!(c.plugin_database_url.source, Source::Toml(_)));
         let c = load(dir.path(), &Overrides::default(), &[("SV_PORT", "1003")]).unwrap();
         assert_eq!((c.port.value, c.port.source), (1003, Source::Env));
@@ -607,7 +640,7 @@ mod tests {
             ..Default::default()
         };
         let c = load(dir.path(), &flags, &[]).unwrap();
-        assert_eq!(c.core_db_path(), PathBuf::from("/srv/sv/core.db"));
+        assert_eq!(c.core_db_path(), Some(PathBuf::from("/srv/sv/core.db")));
         assert_eq!(
             c.plugins_db_path(),
             Some(PathBuf::from("/srv/sv/plugins.db"))
@@ -650,6 +683,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ConfigError::SameFile { .. }), "{err}");
+        // Two roles on one PostgreSQL database are one store.
+        let err = load(
+            dir.path(),
+            &Overrides::default(),
+            &[
+                ("DATABASE_URL", "postgres://svc_core:a@db.local/sovereign"),
+                (
+                    "PLUGIN_DATABASE_URL",
+                    "postgres://svc_plugins:b@DB.local:5432/sovereign",
+                ),
+            ],
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::SameDatabase { .. }), "{err}");
+        assert!(!err.to_string().contains(":a@"), "a password leaked: {err}");
+        let both = load(
+            dir.path(),
+            &Overrides::default(),
+            &[
+                ("DATABASE_URL", "postgres://svc_core:a@db.local/sv_core"),
+                (
+                    "PLUGIN_DATABASE_URL",
+                    "postgres://svc_plugins:b@db.local/sv_plugins",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(both.core_db_path(), None);
+        assert!(both.core_postgres_url().is_some());
         let err = load(dir.path(), &Overrides::default(), &[("SV_PORT", "http")]).unwrap_err();
         assert!(err.to_string().contains("SV_PORT"), "{err}");
     }
@@ -672,8 +734,8 @@ mod tests {
             "postgres://svc_plugins:***@127.0.0.1:5432/sv_plugins"
         );
         assert!(!format!("{c:?}").contains("s3cret"));
-        // The core store is SQLite only so far; the error says so and hides the password.
-        let err = load(
+        // The core store may be on PostgreSQL too, its password as hidden.
+        let c = load(
             dir.path(),
             &Overrides::default(),
             &[(
@@ -681,11 +743,12 @@ mod tests {
                 "postgres://svc_core:s3cret@127.0.0.1/sv_core",
             )],
         )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("SQLite only so far") && !err.contains("s3cret"),
-            "{err}"
+        .unwrap();
+        assert_eq!(c.core_db_path(), None);
+        assert_eq!(
+            c.database_url.value.to_string(),
+            "postgres://svc_core:***@127.0.0.1/sv_core"
         );
+        assert!(!format!("{c:?}").contains("s3cret"));
     }
 }

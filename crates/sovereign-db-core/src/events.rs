@@ -3,9 +3,9 @@
 //! transaction; and the activity feed handlers write to.
 
 use serde::Serialize;
-use sovereign_db::rusqlite::{self, Connection, params};
+use sovereign_db::rusqlite::{self, params};
 
-use crate::{CoreError, audit};
+use crate::{CoreAccess, CoreError, CoreHandle, audit};
 
 /// An event as the host relays it.
 #[derive(Debug, Clone)]
@@ -50,12 +50,12 @@ pub struct Activity {
 
 /// Reacts to a stored event inside its transaction; an `Err` is recorded on the inbox row
 /// (the event stays stored and audited).
-pub type Handler<'a> = &'a dyn Fn(&Connection, &IncomingEvent) -> Result<(), String>;
+pub type Handler<'a> = &'a dyn Fn(&dyn CoreAccess, &IncomingEvent) -> Result<(), String>;
 
 /// Stores an event (once) and runs `handle` on it, all in one transaction. `declared`
 /// are the topics the plugin's manifest declares; others are rejected and logged.
 pub fn ingest(
-    conn: &Connection,
+    conn: &dyn CoreAccess,
     event: &IncomingEvent,
     declared: &[String],
     handle: Handler<'_>,
@@ -70,61 +70,150 @@ pub fn ingest(
     if serde_json::from_str::<serde_json::Value>(&event.payload_json).is_err() {
         return Ok(Ingested::Rejected("the payload is not JSON".into()));
     }
-    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-    let inserted = tx.execute(
-        "INSERT OR IGNORE INTO event_inbox (event_id, plugin, topic, payload, emitted_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![event.event_id, event.plugin, event.topic, event.payload_json, event.emitted_at_ms],
-    )? == 1;
-    if !inserted {
-        return Ok(Ingested::Duplicate);
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            let tx = crate::write_transaction(conn)?;
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO event_inbox (event_id, plugin, topic, payload, emitted_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    event.event_id,
+                    event.plugin,
+                    event.topic,
+                    event.payload_json,
+                    event.emitted_at_ms
+                ],
+            )? == 1;
+            if !inserted {
+                return Ok(Ingested::Duplicate);
+            }
+            audit_event(&tx, event)?;
+            // A failing handler's writes are undone; the event stays, with the error.
+            tx.execute_batch("SAVEPOINT sv_handler")?;
+            let handled = handle(&tx, event);
+            tx.execute_batch(if handled.is_ok() {
+                "RELEASE sv_handler"
+            } else {
+                "ROLLBACK TO sv_handler; RELEASE sv_handler"
+            })?;
+            tx.execute(
+                "UPDATE event_inbox SET handled_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), error = ?2
+                 WHERE event_id = ?1",
+                params![event.event_id, handled.err()],
+            )?;
+            tx.commit()?;
+            Ok(Ingested::Stored)
+        }
+        CoreHandle::Postgres(pg) => pg.transaction(|| {
+            let inserted = pg.execute(
+                "INSERT INTO event_inbox (event_id, plugin, topic, payload, emitted_at_ms)
+                 VALUES ($1, $2, $3, $4::text::json, $5) ON CONFLICT (event_id) DO NOTHING",
+                &[
+                    &event.event_id,
+                    &event.plugin,
+                    &event.topic,
+                    &event.payload_json,
+                    &event.emitted_at_ms,
+                ],
+            )? == 1;
+            if !inserted {
+                return Ok(Ingested::Duplicate);
+            }
+            audit_event(pg, event)?;
+            // A failing handler's writes are undone; the event stays, with the error.
+            pg.batch("SAVEPOINT sv_handler")?;
+            let handled = handle(pg, event);
+            pg.batch(if handled.is_ok() {
+                "RELEASE sv_handler"
+            } else {
+                "ROLLBACK TO sv_handler; RELEASE sv_handler"
+            })?;
+            pg.execute(
+                "UPDATE event_inbox SET handled_at = sv_now_text(), error = $2 WHERE event_id = $1",
+                &[&event.event_id, &handled.err()],
+            )?;
+            Ok(Ingested::Stored)
+        }),
     }
+}
+
+/// The audit entry of a stored event.
+fn audit_event(conn: &dyn CoreAccess, event: &IncomingEvent) -> Result<(), CoreError> {
     audit::record(
-        &tx,
+        conn,
         None,
         "plugin.event",
         Some(&format!("plugin:{}", event.plugin)),
         Some(&serde_json::json!({ "topic": event.topic, "event_id": event.event_id })),
-    )?;
-    let handled = handle(&tx, event);
-    tx.execute(
-        "UPDATE event_inbox SET handled_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), error = ?2 WHERE event_id = ?1",
-        params![event.event_id, handled.err()],
-    )?;
-    tx.commit()?;
-    Ok(Ingested::Stored)
+    )
 }
 
 /// Adds an entry to a user's activity feed (nothing if the user does not exist).
 pub fn add_activity(
-    conn: &Connection,
+    conn: &dyn CoreAccess,
     user_id: i64,
     kind: &str,
     summary: &str,
     source: &IncomingEvent,
 ) -> Result<(), CoreError> {
-    conn.execute(
-        "INSERT INTO activity_feed (user_id, kind, summary, source_plugin, source_event)
-         SELECT id, ?2, ?3, ?4, ?5 FROM users WHERE id = ?1",
-        params![user_id, kind, summary, source.plugin, source.event_id],
-    )?;
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            conn.execute(
+                "INSERT INTO activity_feed (user_id, kind, summary, source_plugin, source_event)
+                 SELECT id, ?2, ?3, ?4, ?5 FROM users WHERE id = ?1",
+                params![user_id, kind, summary, source.plugin, source.event_id],
+            )?;
+        }
+        CoreHandle::Postgres(pg) => {
+            pg.execute(
+                "INSERT INTO activity_feed (user_id, kind, summary, source_plugin, source_event)
+                 SELECT id, $2, $3, $4, $5 FROM users WHERE id = $1",
+                &[&user_id, &kind, &summary, &source.plugin, &source.event_id],
+            )?;
+        }
+    }
     Ok(())
 }
 
 /// A user's activity feed, newest first.
-pub fn activity(conn: &Connection, user_id: i64, limit: u32) -> Result<Vec<Activity>, CoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, kind, summary, source_plugin, created_at FROM activity_feed WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![user_id, limit], |r| {
-        Ok(Activity {
-            id: r.get(0)?,
-            kind: r.get(1)?,
-            summary: r.get(2)?,
-            source_plugin: r.get(3)?,
-            created_at: r.get(4)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn activity(
+    conn: &dyn CoreAccess,
+    user_id: i64,
+    limit: u32,
+) -> Result<Vec<Activity>, CoreError> {
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, kind, summary, source_plugin, created_at FROM activity_feed
+                 WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![user_id, limit], |r| {
+                Ok(Activity {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    summary: r.get(2)?,
+                    source_plugin: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        }
+        CoreHandle::Postgres(pg) => Ok(pg
+            .query(
+                "SELECT id, kind, summary, source_plugin, created_at FROM activity_feed
+                 WHERE user_id = $1 ORDER BY id DESC LIMIT $2",
+                &[&user_id, &i64::from(limit)],
+            )?
+            .iter()
+            .map(|r| Activity {
+                id: r.get(0),
+                kind: r.get(1),
+                summary: r.get(2),
+                source_plugin: r.get(3),
+                created_at: r.get(4),
+            })
+            .collect()),
+    }
 }
 
 /// An event as the core stored it.
@@ -158,7 +247,11 @@ pub struct EventFilter {
 }
 
 /// The newest `limit` events of `plugin` in the inbox, newest first.
-pub fn list(conn: &Connection, plugin: &str, limit: u32) -> Result<Vec<StoredEvent>, CoreError> {
+pub fn list(
+    conn: &dyn CoreAccess,
+    plugin: &str,
+    limit: u32,
+) -> Result<Vec<StoredEvent>, CoreError> {
     page(
         conn,
         &EventFilter {
@@ -171,10 +264,49 @@ pub fn list(conn: &Connection, plugin: &str, limit: u32) -> Result<Vec<StoredEve
 
 /// A page of the inbox, newest first, filtered.
 pub fn page(
-    conn: &Connection,
+    conn: &dyn CoreAccess,
     filter: &EventFilter,
     limit: u32,
 ) -> Result<Vec<StoredEvent>, CoreError> {
+    let conn = match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => conn,
+        CoreHandle::Postgres(pg) => {
+            return pg
+                .query(
+                    "SELECT seq, event_id, plugin, topic, payload::text, received_at, error
+                     FROM event_inbox
+                     WHERE ($1::text IS NULL OR plugin = $1) AND ($2::text IS NULL OR topic = $2)
+                       AND ($3::bigint IS NULL OR seq < $3)
+                     ORDER BY seq DESC LIMIT $4",
+                    &[
+                        &filter.plugin,
+                        &filter.topic,
+                        &filter.before,
+                        &i64::from(limit),
+                    ],
+                )?
+                .iter()
+                .map(|r| {
+                    let event_id: String = r.get(1);
+                    Ok(StoredEvent {
+                        seq: r.get(0),
+                        // The column is `json`: the server refused anything else.
+                        payload: serde_json::from_str(r.get(4)).map_err(|source| {
+                            CoreError::BadJson {
+                                what: format!("event {event_id:?}"),
+                                source,
+                            }
+                        })?,
+                        event_id,
+                        plugin: r.get(2),
+                        topic: r.get(3),
+                        received_at: r.get(5),
+                        error: r.get(6),
+                    })
+                })
+                .collect();
+        }
+    };
     let mut stmt = conn.prepare_cached(
         "SELECT rowid, event_id, plugin, topic, payload, received_at, error FROM event_inbox
          WHERE (?1 IS NULL OR plugin = ?1) AND (?2 IS NULL OR topic = ?2)
@@ -207,11 +339,21 @@ pub fn page(
 }
 
 /// Deletes handled inbox rows older than `days` (their effects stay).
-pub fn prune(conn: &Connection, days: u32) -> Result<usize, CoreError> {
-    Ok(conn.execute(
-        "DELETE FROM event_inbox WHERE handled_at IS NOT NULL AND received_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)",
-        [format!("-{days} days")],
-    )?)
+pub fn prune(conn: &dyn CoreAccess, days: u32) -> Result<usize, CoreError> {
+    Ok(match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => conn.execute(
+            "DELETE FROM event_inbox WHERE handled_at IS NOT NULL
+               AND received_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)",
+            [format!("-{days} days")],
+        )?,
+        CoreHandle::Postgres(pg) => pg.execute(
+            "DELETE FROM event_inbox WHERE handled_at IS NOT NULL
+               AND received_at < to_char(clock_timestamp() AT TIME ZONE 'UTC'
+                                         - make_interval(days => $1),
+                                         'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+            &[&i32::try_from(days).unwrap_or(i32::MAX)],
+        )? as usize,
+    })
 }
 
 #[cfg(test)]
@@ -220,7 +362,7 @@ mod tests {
     use crate::test_support::core_db;
     use crate::users::{NewUser, Role, create};
 
-    fn to_feed(conn: &Connection, event: &IncomingEvent) -> Result<(), String> {
+    fn to_feed(conn: &dyn CoreAccess, event: &IncomingEvent) -> Result<(), String> {
         add_activity(conn, 1, &event.topic, "Ada completed task #3", event)
             .map_err(|e| e.to_string())
     }

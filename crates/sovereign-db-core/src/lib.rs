@@ -4,7 +4,9 @@
 //! SDK must never depend on it (a test in `sv` checks `cargo metadata`).
 
 pub mod audit;
+mod backend;
 pub mod events;
+pub mod health;
 pub mod password;
 pub mod plugins;
 pub mod sessions;
@@ -12,6 +14,8 @@ pub mod settings;
 pub mod users;
 
 use std::path::Path;
+
+pub use backend::{CoreAccess, CoreConn, CoreHandle, CoreLocation, PgCore};
 
 use sovereign_db::rusqlite::Connection;
 use sovereign_db::{MigrationError, MigrationSet, OpenError, OpenOptions, StoreError, StoreKind};
@@ -44,9 +48,44 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Core migrations in PostgreSQL's dialect: the same files, one for one, for a core
+/// database on PostgreSQL.
+const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init.sql",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        "0002_change_capture.sql",
+        include_str!("../migrations/postgres/0002_change_capture.sql"),
+    ),
+    (
+        "0003_events.sql",
+        include_str!("../migrations/postgres/0003_events.sql"),
+    ),
+    (
+        "0004_plugin_load_state.sql",
+        include_str!("../migrations/postgres/0004_plugin_load_state.sql"),
+    ),
+    (
+        "0005_registry_manifest_is_truth.sql",
+        include_str!("../migrations/postgres/0005_registry_manifest_is_truth.sql"),
+    ),
+    (
+        "0006_plugin_store_logins.sql",
+        include_str!("../migrations/postgres/0006_plugin_store_logins.sql"),
+    ),
+];
+
 /// The core migration set.
 pub fn migrations() -> MigrationSet {
     MigrationSet::embedded(SCOPE, MIGRATIONS).expect("embedded core migrations are well-formed")
+}
+
+/// The core migration set in PostgreSQL's dialect (run by `sovereign_postgres::migrate`).
+pub fn postgres_migrations() -> MigrationSet {
+    MigrationSet::embedded(SCOPE, POSTGRES_MIGRATIONS)
+        .expect("embedded PostgreSQL core migrations are well-formed")
 }
 
 /// Errors of the core store.
@@ -83,6 +122,46 @@ pub enum CoreError {
         /// Why it does not parse.
         source: serde_json::Error,
     },
+    /// A statement on the PostgreSQL core database failed.
+    #[error("core store (PostgreSQL): {0}")]
+    Postgres(#[from] postgres::Error),
+    /// The PostgreSQL core database could not be reached.
+    #[error("cannot connect to the core database {url}: {source}")]
+    Connect {
+        /// The URL (password elided).
+        url: String,
+        /// The driver's error.
+        source: postgres::Error,
+    },
+    /// The database `DATABASE_URL` names is not a (migrated) core store.
+    #[error(
+        "{url} is not a Sovereign core database (no `_sv_store` marker saying `core`); run \
+         `sv migrate:deploy --scope=core` against an empty database, or fix DATABASE_URL"
+    )]
+    NotCoreDatabase {
+        /// The URL (password elided).
+        url: String,
+    },
+    /// An operation that exists only for a SQLite core store.
+    #[error(
+        "{operation} works on a SQLite core store only so far, and DATABASE_URL names a \
+         PostgreSQL database"
+    )]
+    NotOnSqlite {
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// Migrating the PostgreSQL core database failed.
+    #[error(transparent)]
+    PgMigration(#[from] sovereign_postgres::PgError),
+    /// A JSON column holds text that does not parse (a damaged or hand-edited store).
+    #[error("the core store's {what} is not valid JSON: {source}")]
+    BadJson {
+        /// Which value.
+        what: String,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
     /// Password hashing failed.
     #[error("password hashing failed: {0}")]
     Hash(String),
@@ -107,6 +186,17 @@ pub fn open_existing_read_only(path: &Path) -> Result<Connection, CoreError> {
     let conn = sovereign_db::open_database(path, &OpenOptions::core().existing().read_only())?;
     sovereign_db::store::expect(&conn, &StoreKind::Core)?;
     Ok(conn)
+}
+
+/// A transaction on `core.db` that takes the write lock at once (a read that later
+/// writes would otherwise fail with `SQLITE_BUSY` instead of waiting).
+pub(crate) fn write_transaction(
+    conn: &Connection,
+) -> Result<sovereign_db::rusqlite::Transaction<'_>, CoreError> {
+    Ok(sovereign_db::rusqlite::Transaction::new_unchecked(
+        conn,
+        sovereign_db::rusqlite::TransactionBehavior::Immediate,
+    )?)
 }
 
 /// Current time in unix seconds.

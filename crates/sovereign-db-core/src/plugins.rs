@@ -3,10 +3,10 @@
 //! enabled, and which mirror columns an operator granted them.
 
 use serde::Serialize;
-use sovereign_db::rusqlite::{self, Connection, OptionalExtension, params};
+use sovereign_db::rusqlite::{OptionalExtension, params};
 use sovereign_db_plugins::Manifest;
 
-use crate::CoreError;
+use crate::{CoreAccess, CoreError, CoreHandle};
 
 /// A registered plugin.
 #[derive(Debug, Clone, Serialize)]
@@ -46,45 +46,86 @@ pub enum LoadState {
 }
 
 /// Records what the host reported for plugin `id` (`None` = loaded).
-pub fn record_load(conn: &Connection, id: &str, error: Option<&str>) -> Result<(), CoreError> {
-    conn.execute(
-        "UPDATE plugins SET load_error = ?2, load_reported_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-         WHERE id = ?1",
-        params![id, error],
-    )?;
+pub fn record_load(conn: &dyn CoreAccess, id: &str, error: Option<&str>) -> Result<(), CoreError> {
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            conn.execute(
+                "UPDATE plugins SET load_error = ?2,
+                        load_reported_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE id = ?1",
+                params![id, error],
+            )?;
+        }
+        CoreHandle::Postgres(pg) => {
+            pg.execute(
+                "UPDATE plugins SET load_error = $2, load_reported_at = sv_now_text() WHERE id = $1",
+                &[&id, &error],
+            )?;
+        }
+    }
     Ok(())
 }
 
 /// Registers or updates a plugin and replaces its grants, in one transaction.
-pub fn register(conn: &Connection, record: &PluginRecord) -> Result<(), CoreError> {
-    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+pub fn register(conn: &dyn CoreAccess, record: &PluginRecord) -> Result<(), CoreError> {
     let manifest = serde_json::to_string(&record.manifest).expect("a manifest serializes");
-    tx.execute(
-        "INSERT INTO plugins (id, enabled, manifest) VALUES (?1, ?2, ?3)
-         ON CONFLICT (id) DO UPDATE SET manifest = excluded.manifest,
-             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-        params![record.id, record.enabled, manifest],
-    )?;
-    tx.execute(
-        "DELETE FROM plugin_grants WHERE plugin_id = ?1",
-        [&record.id],
-    )?;
-    for (slice, column) in &record.grants {
-        tx.execute(
-            "INSERT INTO plugin_grants (plugin_id, slice, column_name) VALUES (?1, ?2, ?3)",
-            params![record.id, slice, column],
-        )?;
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            let tx = crate::write_transaction(conn)?;
+            tx.execute(
+                "INSERT INTO plugins (id, enabled, manifest) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET manifest = excluded.manifest,
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                params![record.id, record.enabled, manifest],
+            )?;
+            tx.execute(
+                "DELETE FROM plugin_grants WHERE plugin_id = ?1",
+                [&record.id],
+            )?;
+            for (slice, column) in &record.grants {
+                tx.execute(
+                    "INSERT INTO plugin_grants (plugin_id, slice, column_name) VALUES (?1, ?2, ?3)",
+                    params![record.id, slice, column],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        }
+        CoreHandle::Postgres(pg) => pg.transaction(|| {
+            pg.execute(
+                "INSERT INTO plugins (id, enabled, manifest) VALUES ($1, $2, $3::text::json)
+                 ON CONFLICT (id) DO UPDATE SET manifest = excluded.manifest,
+                     updated_at = sv_now_text()",
+                &[&record.id, &i32::from(record.enabled), &manifest],
+            )?;
+            pg.execute(
+                "DELETE FROM plugin_grants WHERE plugin_id = $1",
+                &[&record.id],
+            )?;
+            for (slice, column) in &record.grants {
+                pg.execute(
+                    "INSERT INTO plugin_grants (plugin_id, slice, column_name) VALUES ($1, $2, $3)",
+                    &[&record.id, slice, column],
+                )?;
+            }
+            Ok(())
+        }),
     }
-    tx.commit()?;
-    Ok(())
 }
 
 /// Every registered plugin, by id.
-pub fn list(conn: &Connection) -> Result<Vec<PluginRecord>, CoreError> {
-    let ids: Vec<String> = conn
-        .prepare("SELECT id FROM plugins ORDER BY id")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+pub fn list(conn: &dyn CoreAccess) -> Result<Vec<PluginRecord>, CoreError> {
+    let ids: Vec<String> = match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => conn
+            .prepare("SELECT id FROM plugins ORDER BY id")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?,
+        CoreHandle::Postgres(pg) => pg
+            .query("SELECT id FROM plugins ORDER BY id", &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+    };
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         out.extend(get(conn, &id)?);
@@ -92,55 +133,98 @@ pub fn list(conn: &Connection) -> Result<Vec<PluginRecord>, CoreError> {
     Ok(out)
 }
 
+/// The load state from the registry's two columns.
+fn load_state(error: Option<String>, at: Option<String>) -> LoadState {
+    match (error, at) {
+        (_, None) => LoadState::NotReported,
+        (None, Some(at)) => LoadState::Loaded { at },
+        (Some(error), Some(at)) => LoadState::Failed { error, at },
+    }
+}
+
 /// One plugin.
-pub fn get(conn: &Connection, id: &str) -> Result<Option<PluginRecord>, CoreError> {
-    let Some(mut record) = conn
-        .query_row(
-            "SELECT enabled, manifest, load_error, load_reported_at FROM plugins WHERE id = ?1",
-            [id],
-            |r| {
-                let error: Option<String> = r.get(2)?;
-                let at: Option<String> = r.get(3)?;
-                let load = match (error, at) {
-                    (_, None) => LoadState::NotReported,
-                    (None, Some(at)) => LoadState::Loaded { at },
-                    (Some(error), Some(at)) => LoadState::Failed { error, at },
-                };
-                Ok((r.get::<_, bool>(0)?, r.get::<_, String>(1)?, load))
-            },
-        )
-        .optional()?
-        .map(
-            |(enabled, manifest, load)| -> Result<PluginRecord, CoreError> {
-                Ok(PluginRecord {
-                    id: id.to_owned(),
-                    enabled,
-                    manifest: parse_manifest(id, &manifest)?,
-                    grants: vec![],
-                    load,
-                })
-            },
-        )
-        .transpose()?
-    else {
-        return Ok(None);
+pub fn get(conn: &dyn CoreAccess, id: &str) -> Result<Option<PluginRecord>, CoreError> {
+    let (row, grants) = match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            let row = conn
+                .query_row(
+                    "SELECT enabled, manifest, load_error, load_reported_at FROM plugins WHERE id = ?1",
+                    [id],
+                    |r| {
+                        Ok((
+                            r.get::<_, bool>(0)?,
+                            r.get::<_, String>(1)?,
+                            load_state(r.get(2)?, r.get(3)?),
+                        ))
+                    },
+                )
+                .optional()?;
+            let grants: Vec<(String, String)> = conn
+                .prepare(
+                    "SELECT slice, column_name FROM plugin_grants WHERE plugin_id = ?1
+                     ORDER BY slice, column_name",
+                )?
+                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            (row, grants)
+        }
+        CoreHandle::Postgres(pg) => {
+            let row = pg
+                .query_opt(
+                    "SELECT enabled, manifest::text, load_error, load_reported_at
+                     FROM plugins WHERE id = $1",
+                    &[&id],
+                )?
+                .map(|r| {
+                    (
+                        r.get::<_, i32>(0) != 0,
+                        r.get::<_, String>(1),
+                        load_state(r.get(2), r.get(3)),
+                    )
+                });
+            let grants = pg
+                .query(
+                    "SELECT slice, column_name FROM plugin_grants WHERE plugin_id = $1
+                     ORDER BY slice, column_name",
+                    &[&id],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            (row, grants)
+        }
     };
-    record.grants = conn
-        .prepare(
-            "SELECT slice, column_name FROM plugin_grants WHERE plugin_id = ?1 ORDER BY slice, column_name",
-        )?
-        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    Ok(Some(record))
+    row.map(|(enabled, manifest, load)| {
+        Ok(PluginRecord {
+            id: id.to_owned(),
+            enabled,
+            manifest: parse_manifest(id, &manifest)?,
+            grants,
+            load,
+        })
+    })
+    .transpose()
 }
 
 /// Whether a plugin is enabled and its manifest, in one cheap query, for the request
 /// path; `None` if it is not registered.
-pub fn routing_info(conn: &Connection, id: &str) -> Result<Option<(bool, Manifest)>, CoreError> {
-    conn.prepare_cached("SELECT enabled, manifest FROM plugins WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, String>(1)?)))
-        .optional()?
-        .map(|(enabled, manifest)| Ok((enabled, parse_manifest(id, &manifest)?)))
+pub fn routing_info(
+    conn: &dyn CoreAccess,
+    id: &str,
+) -> Result<Option<(bool, Manifest)>, CoreError> {
+    let row: Option<(bool, String)> = match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => conn
+            .prepare_cached("SELECT enabled, manifest FROM plugins WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
+        CoreHandle::Postgres(pg) => pg
+            .query_opt(
+                "SELECT enabled, manifest::text FROM plugins WHERE id = $1",
+                &[&id],
+            )?
+            .map(|r| (r.get::<_, i32>(0) != 0, r.get(1))),
+    };
+    row.map(|(enabled, manifest)| Ok((enabled, parse_manifest(id, &manifest)?)))
         .transpose()
 }
 
@@ -152,36 +236,65 @@ fn parse_manifest(id: &str, text: &str) -> Result<Manifest, CoreError> {
 }
 
 /// Enables or disables a plugin; `false` if it is not registered.
-pub fn set_enabled(conn: &Connection, id: &str, enabled: bool) -> Result<bool, CoreError> {
-    Ok(conn.execute(
-        "UPDATE plugins SET enabled = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-        params![id, enabled],
-    )? > 0)
+pub fn set_enabled(conn: &dyn CoreAccess, id: &str, enabled: bool) -> Result<bool, CoreError> {
+    Ok(match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => conn.execute(
+            "UPDATE plugins SET enabled = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE id = ?1",
+            params![id, enabled],
+        )? as u64,
+        CoreHandle::Postgres(pg) => pg.execute(
+            "UPDATE plugins SET enabled = $2, updated_at = sv_now_text() WHERE id = $1",
+            &[&id, &i32::from(enabled)],
+        )?,
+    } > 0)
 }
 
 /// Records the password of plugin `id`'s PostgreSQL role (a secret: only the extension
 /// host gets it). The plugin must be registered.
-pub fn set_store_login(conn: &Connection, id: &str, password: &str) -> Result<(), CoreError> {
-    conn.execute(
-        "INSERT INTO plugin_store_logins (plugin_id, password) VALUES (?1, ?2)
-         ON CONFLICT (plugin_id) DO UPDATE SET password = excluded.password",
-        params![id, password],
-    )?;
+pub fn set_store_login(conn: &dyn CoreAccess, id: &str, password: &str) -> Result<(), CoreError> {
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            conn.execute(
+                "INSERT INTO plugin_store_logins (plugin_id, password) VALUES (?1, ?2)
+                 ON CONFLICT (plugin_id) DO UPDATE SET password = excluded.password",
+                params![id, password],
+            )?;
+        }
+        CoreHandle::Postgres(pg) => {
+            pg.execute(
+                "INSERT INTO plugin_store_logins (plugin_id, password) VALUES ($1, $2)
+                 ON CONFLICT (plugin_id) DO UPDATE SET password = excluded.password",
+                &[&id, &password],
+            )?;
+        }
+    }
     Ok(())
 }
 
 /// The password of plugin `id`'s PostgreSQL role, if it has one.
-pub fn store_login(conn: &Connection, id: &str) -> Result<Option<String>, CoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT password FROM plugin_store_logins WHERE plugin_id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .optional()?)
+pub fn store_login(conn: &dyn CoreAccess, id: &str) -> Result<Option<String>, CoreError> {
+    Ok(match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => conn
+            .query_row(
+                "SELECT password FROM plugin_store_logins WHERE plugin_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?,
+        CoreHandle::Postgres(pg) => pg
+            .query_opt(
+                "SELECT password FROM plugin_store_logins WHERE plugin_id = $1",
+                &[&id],
+            )?
+            .map(|r| r.get(0)),
+    })
 }
 
 /// Removes a plugin from the registry (its grants go with it); `false` if absent.
-pub fn unregister(conn: &Connection, id: &str) -> Result<bool, CoreError> {
-    Ok(conn.execute("DELETE FROM plugins WHERE id = ?1", [id])? > 0)
+pub fn unregister(conn: &dyn CoreAccess, id: &str) -> Result<bool, CoreError> {
+    Ok(match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => conn.execute("DELETE FROM plugins WHERE id = ?1", [id])? as u64,
+        CoreHandle::Postgres(pg) => pg.execute("DELETE FROM plugins WHERE id = $1", &[&id])?,
+    } > 0)
 }

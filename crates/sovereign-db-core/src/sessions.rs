@@ -2,10 +2,10 @@
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sovereign_db::rusqlite::{Connection, OptionalExtension, params};
+use sovereign_db::rusqlite::{OptionalExtension, params};
 
 use crate::users::{self, User};
-use crate::{CoreError, unix_now};
+use crate::{CoreAccess, CoreError, CoreHandle, unix_now};
 
 /// Prefix of every token, so that a leaked one is recognisable in logs and scanners.
 pub const TOKEN_PREFIX: &str = "svs_";
@@ -22,26 +22,48 @@ pub fn csrf_token(token: &str) -> String {
 
 /// Creates a session for `user_id` valid for `ttl_seconds`; returns the bearer token,
 /// which exists nowhere else afterwards.
-pub fn create(conn: &Connection, user_id: i64, ttl_seconds: i64) -> Result<String, CoreError> {
+pub fn create(conn: &dyn CoreAccess, user_id: i64, ttl_seconds: i64) -> Result<String, CoreError> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let token = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
     let now = unix_now();
-    conn.execute(
-        "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-        params![token_hash(&token), user_id, now, now + ttl_seconds],
-    )?;
-    // Opportunistic clean-up keeps the table from growing without a separate job.
-    conn.execute("DELETE FROM sessions WHERE expires_at < ?1", [now])?;
+    let expires = now + ttl_seconds;
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            conn.execute(
+                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![token_hash(&token), user_id, now, expires],
+            )?;
+            // Opportunistic clean-up keeps the table from growing without a separate job.
+            conn.execute("DELETE FROM sessions WHERE expires_at < ?1", [now])?;
+        }
+        CoreHandle::Postgres(pg) => {
+            pg.execute(
+                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                &[&token_hash(&token), &user_id, &now, &expires],
+            )?;
+            pg.execute("DELETE FROM sessions WHERE expires_at < $1", &[&now])?;
+        }
+    }
     Ok(token)
 }
 
 /// The active user a token belongs to, if the session exists and has not expired.
-pub fn user_for_token(conn: &Connection, token: &str) -> Result<Option<User>, CoreError> {
-    let user_id: Option<i64> = conn
-        .prepare_cached("SELECT user_id FROM sessions WHERE token_hash = ?1 AND expires_at > ?2")?
-        .query_row(params![token_hash(token), unix_now()], |r| r.get(0))
-        .optional()?;
+pub fn user_for_token(conn: &dyn CoreAccess, token: &str) -> Result<Option<User>, CoreError> {
+    let user_id: Option<i64> = match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => conn
+            .prepare_cached(
+                "SELECT user_id FROM sessions WHERE token_hash = ?1 AND expires_at > ?2",
+            )?
+            .query_row(params![token_hash(token), unix_now()], |r| r.get(0))
+            .optional()?,
+        CoreHandle::Postgres(pg) => pg
+            .query_opt(
+                "SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at > $2",
+                &[&token_hash(token), &unix_now()],
+            )?
+            .map(|r| r.get(0)),
+    };
     match user_id {
         Some(id) => Ok(users::get(conn, id)?.filter(|u| u.active)),
         None => Ok(None),
@@ -49,11 +71,17 @@ pub fn user_for_token(conn: &Connection, token: &str) -> Result<Option<User>, Co
 }
 
 /// Ends a session; `false` if it did not exist.
-pub fn delete(conn: &Connection, token: &str) -> Result<bool, CoreError> {
-    Ok(conn.execute(
-        "DELETE FROM sessions WHERE token_hash = ?1",
-        [token_hash(token)],
-    )? > 0)
+pub fn delete(conn: &dyn CoreAccess, token: &str) -> Result<bool, CoreError> {
+    Ok(match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => conn.execute(
+            "DELETE FROM sessions WHERE token_hash = ?1",
+            [token_hash(token)],
+        )?,
+        CoreHandle::Postgres(pg) => pg.execute(
+            "DELETE FROM sessions WHERE token_hash = $1",
+            &[&token_hash(token)],
+        )? as usize,
+    } > 0)
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Platform settings: JSON values under dotted keys.
 
 use serde::Serialize;
-use sovereign_db::rusqlite::{Connection, OptionalExtension, params};
+use sovereign_db::rusqlite::{OptionalExtension, params};
 
-use crate::CoreError;
+use crate::{CoreAccess, CoreError, CoreHandle};
 
 /// One setting.
 #[derive(Debug, Clone, Serialize)]
@@ -22,9 +22,30 @@ fn from_row(row: &sovereign_db::rusqlite::Row<'_>) -> sovereign_db::rusqlite::Re
     let text: String = row.get(1)?;
     Ok(Setting {
         key: row.get(0)?,
-        value: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        // The table only holds valid JSON (CHECK json_valid).
+        value: serde_json::from_str(&text).map_err(|e| {
+            sovereign_db::rusqlite::Error::FromSqlConversionFailure(
+                1,
+                sovereign_db::rusqlite::types::Type::Text,
+                Box::new(e),
+            )
+        })?,
         updated_at: row.get(2)?,
         updated_by: row.get(3)?,
+    })
+}
+
+fn from_pg(row: &postgres::Row) -> Result<Setting, CoreError> {
+    let key: String = row.get(0);
+    Ok(Setting {
+        // The column is `json`: the server refused anything else.
+        value: serde_json::from_str(row.get(1)).map_err(|source| CoreError::BadJson {
+            what: format!("setting {key:?}"),
+            source,
+        })?,
+        key,
+        updated_at: row.get(2),
+        updated_by: row.get(3),
     })
 }
 
@@ -39,41 +60,83 @@ pub fn valid_key(key: &str) -> bool {
 }
 
 /// Every setting, by key.
-pub fn list(conn: &Connection) -> Result<Vec<Setting>, CoreError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT key, value, updated_at, updated_by FROM settings ORDER BY key")?;
-    let rows = stmt.query_map([], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn list(conn: &dyn CoreAccess) -> Result<Vec<Setting>, CoreError> {
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT key, value, updated_at, updated_by FROM settings ORDER BY key",
+            )?;
+            let rows = stmt.query_map([], from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        }
+        CoreHandle::Postgres(pg) => pg
+            .query(
+                "SELECT key, value::text, updated_at, updated_by FROM settings ORDER BY key",
+                &[],
+            )?
+            .iter()
+            .map(from_pg)
+            .collect(),
+    }
 }
 
 /// One setting.
-pub fn get(conn: &Connection, key: &str) -> Result<Option<Setting>, CoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT key, value, updated_at, updated_by FROM settings WHERE key = ?1",
-            [key],
-            from_row,
-        )
-        .optional()?)
+pub fn get(conn: &dyn CoreAccess, key: &str) -> Result<Option<Setting>, CoreError> {
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => Ok(conn
+            .query_row(
+                "SELECT key, value, updated_at, updated_by FROM settings WHERE key = ?1",
+                [key],
+                from_row,
+            )
+            .optional()?),
+        CoreHandle::Postgres(pg) => pg
+            .query_opt(
+                "SELECT key, value::text, updated_at, updated_by FROM settings WHERE key = $1",
+                &[&key],
+            )?
+            .as_ref()
+            .map(from_pg)
+            .transpose(),
+    }
 }
 
 /// Sets a value, creating or replacing it.
 pub fn put(
-    conn: &Connection,
+    conn: &dyn CoreAccess,
     key: &str,
     value: &serde_json::Value,
     actor: Option<i64>,
 ) -> Result<Setting, CoreError> {
-    conn.execute(
-        "INSERT INTO settings (key, value, updated_by) VALUES (?1, ?2, ?3)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_by = excluded.updated_by,
-             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-        params![key, value.to_string(), actor],
-    )?;
+    let text = value.to_string();
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            conn.execute(
+                "INSERT INTO settings (key, value, updated_by) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                     updated_by = excluded.updated_by,
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                params![key, text, actor],
+            )?;
+        }
+        CoreHandle::Postgres(pg) => {
+            pg.execute(
+                "INSERT INTO settings (key, value, updated_by) VALUES ($1, $2::text::json, $3)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                     updated_by = excluded.updated_by, updated_at = sv_now_text()",
+                &[&key, &text, &actor],
+            )?;
+        }
+    }
     Ok(get(conn, key)?.expect("just written"))
 }
 
 /// Removes a setting; `false` if it did not exist.
-pub fn delete(conn: &Connection, key: &str) -> Result<bool, CoreError> {
-    Ok(conn.execute("DELETE FROM settings WHERE key = ?1", [key])? > 0)
+pub fn delete(conn: &dyn CoreAccess, key: &str) -> Result<bool, CoreError> {
+    Ok(match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            conn.execute("DELETE FROM settings WHERE key = ?1", [key])? as u64
+        }
+        CoreHandle::Postgres(pg) => pg.execute("DELETE FROM settings WHERE key = $1", &[&key])?,
+    } > 0)
 }

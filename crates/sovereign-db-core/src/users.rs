@@ -1,9 +1,9 @@
 //! Users and their credentials.
 
 use serde::Serialize;
-use sovereign_db::rusqlite::{self, Connection, OptionalExtension, Row, params};
+use sovereign_db::rusqlite::{self, OptionalExtension, Row, params};
 
-use crate::{CoreError, password};
+use crate::{CoreAccess, CoreError, CoreHandle, password};
 
 /// A user's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -193,68 +193,167 @@ fn map_unique_email(email: &str) -> impl FnOnce(rusqlite::Error) -> CoreError + 
     }
 }
 
+/// The PostgreSQL side of [`map_unique_email`]: a unique violation of `users_email`.
+fn map_unique_email_pg(email: &str) -> impl FnOnce(CoreError) -> CoreError + '_ {
+    move |e| match &e {
+        CoreError::Postgres(pg)
+            if pg
+                .as_db_error()
+                .is_some_and(|db| db.constraint() == Some("users_email")) =>
+        {
+            CoreError::EmailTaken(email.to_owned())
+        }
+        _ => e,
+    }
+}
+
+fn user_from_pg(row: &postgres::Row) -> User {
+    User {
+        id: row.get(0),
+        tenant_id: row.get(1),
+        email: row.get(2),
+        display_name: row.get(3),
+        avatar_url: row.get(4),
+        role: Role::from_db(row.get(5)),
+        active: row.get::<_, i32>(6) != 0,
+        created_at: row.get(7),
+        updated_at: row.get(8),
+    }
+}
+
 /// Creates a user with a hashed password, in one transaction.
-pub fn create(conn: &Connection, new: &NewUser) -> Result<User, CoreError> {
+pub fn create(conn: &dyn CoreAccess, new: &NewUser) -> Result<User, CoreError> {
     let hash = password::hash(&new.password)?;
-    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-    tx.execute(
-        "INSERT INTO users (tenant_id, email, display_name, avatar_url, role)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            new.tenant_id,
-            new.email,
-            new.display_name,
-            new.avatar_url,
-            new.role.as_str()
-        ],
-    )
-    .map_err(map_unique_email(&new.email))?;
-    let id = tx.last_insert_rowid();
-    tx.execute(
-        "INSERT INTO credentials (user_id, password_hash) VALUES (?1, ?2)",
-        params![id, hash],
-    )?;
-    let user = get(&tx, id)?.expect("row inserted in this transaction");
-    tx.commit()?;
-    Ok(user)
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            let tx = crate::write_transaction(conn)?;
+            tx.execute(
+                "INSERT INTO users (tenant_id, email, display_name, avatar_url, role)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    new.tenant_id,
+                    new.email,
+                    new.display_name,
+                    new.avatar_url,
+                    new.role.as_str()
+                ],
+            )
+            .map_err(map_unique_email(&new.email))?;
+            let id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO credentials (user_id, password_hash) VALUES (?1, ?2)",
+                params![id, hash],
+            )?;
+            let user = get(&tx, id)?.expect("row inserted in this transaction");
+            tx.commit()?;
+            Ok(user)
+        }
+        CoreHandle::Postgres(pg) => pg.transaction(|| {
+            let row = pg
+                .query_opt(
+                    "INSERT INTO users (tenant_id, email, display_name, avatar_url, role)
+                     VALUES ($1, $2, $3, $4, $5)
+                     RETURNING id, tenant_id, email, display_name, avatar_url, role, active,
+                               created_at, updated_at",
+                    &[
+                        &new.tenant_id,
+                        &new.email,
+                        &new.display_name,
+                        &new.avatar_url,
+                        &new.role.as_str(),
+                    ],
+                )
+                .map_err(map_unique_email_pg(&new.email))?
+                .expect("INSERT ... RETURNING returns the row");
+            let user = user_from_pg(&row);
+            pg.execute(
+                "INSERT INTO credentials (user_id, password_hash) VALUES ($1, $2)",
+                &[&user.id, &hash],
+            )?;
+            Ok(user)
+        }),
+    }
 }
 
 /// A user by id.
-pub fn get(conn: &Connection, id: i64) -> Result<Option<User>, CoreError> {
-    // Every authenticated request looks its caller up: the statement is cached.
-    Ok(conn
-        .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
-        .query_row([id], user_from_row)
-        .optional()?)
+pub fn get(conn: &dyn CoreAccess, id: i64) -> Result<Option<User>, CoreError> {
+    match conn.core_handle() {
+        // Every authenticated request looks its caller up: the statement is cached.
+        CoreHandle::Sqlite(conn) => Ok(conn
+            .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+            .query_row([id], user_from_row)
+            .optional()?),
+        CoreHandle::Postgres(pg) => Ok(pg
+            .query_opt(
+                "SELECT id, tenant_id, email, display_name, avatar_url, role, active,
+                        created_at, updated_at
+                 FROM users WHERE id = $1",
+                &[&id],
+            )?
+            .as_ref()
+            .map(user_from_pg)),
+    }
 }
 
 /// All users, by id.
-pub fn list(conn: &Connection) -> Result<Vec<User>, CoreError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))?;
-    let rows = stmt.query_map([], user_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn list(conn: &dyn CoreAccess) -> Result<Vec<User>, CoreError> {
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))?;
+            let rows = stmt.query_map([], user_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        }
+        CoreHandle::Postgres(pg) => Ok(pg
+            .query(
+                "SELECT id, tenant_id, email, display_name, avatar_url, role, active,
+                        created_at, updated_at
+                 FROM users ORDER BY id",
+                &[],
+            )?
+            .iter()
+            .map(user_from_pg)
+            .collect()),
+    }
 }
 
 /// How many users exist.
-pub fn count(conn: &Connection) -> Result<i64, CoreError> {
-    Ok(conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
+pub fn count(conn: &dyn CoreAccess) -> Result<i64, CoreError> {
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            Ok(conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
+        }
+        CoreHandle::Postgres(pg) => Ok(pg
+            .query_opt("SELECT count(*) FROM users", &[])?
+            .expect("count(*) returns a row")
+            .get(0)),
+    }
 }
 
 /// Checks an e-mail/password pair. Returns the user only if it exists, is active and the
 /// password matches; spends the same hashing work when the account does not exist.
 pub fn authenticate(
-    conn: &Connection,
+    conn: &dyn CoreAccess,
     email: &str,
     password: &str,
 ) -> Result<Option<User>, CoreError> {
-    let found: Option<(i64, String)> = conn
-        .query_row(
-            "SELECT u.id, c.password_hash FROM users u JOIN credentials c ON c.user_id = u.id
-             WHERE u.email = ?1",
-            [email],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+    let found: Option<(i64, String)> = match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => conn
+            .query_row(
+                "SELECT u.id, c.password_hash FROM users u JOIN credentials c ON c.user_id = u.id
+                 WHERE u.email = ?1",
+                [email],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?,
+        CoreHandle::Postgres(pg) => pg
+            .query_opt(
+                "SELECT u.id, c.password_hash FROM users u JOIN credentials c ON c.user_id = u.id
+                 WHERE lower(u.email) = lower($1)",
+                &[&email],
+            )?
+            .map(|r| (r.get(0), r.get(1))),
+    };
     let Some((id, phc)) = found else {
         password::verify_dummy(password);
         return Ok(None);
@@ -267,65 +366,132 @@ pub fn authenticate(
 
 /// Applies `patch`; `Ok(None)` if there is no such user. Refuses to demote or deactivate
 /// the last active admin.
-pub fn update(conn: &Connection, id: i64, patch: &UserPatch) -> Result<Option<User>, CoreError> {
+pub fn update(
+    conn: &dyn CoreAccess,
+    id: i64,
+    patch: &UserPatch,
+) -> Result<Option<User>, CoreError> {
     let hash = patch.password.as_deref().map(password::hash).transpose()?;
-    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-    let Some(before) = get(&tx, id)? else {
-        return Ok(None);
-    };
-    let email = patch.email.clone().unwrap_or(before.email.clone());
-    tx.execute(
-        "UPDATE users SET email = ?2, display_name = ?3, avatar_url = ?4, role = ?5, active = ?6,
-                updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-         WHERE id = ?1",
-        params![
-            id,
-            email,
-            patch.display_name.as_ref().unwrap_or(&before.display_name),
+    let merged = |before: &User| {
+        (
+            patch.email.clone().unwrap_or(before.email.clone()),
+            patch
+                .display_name
+                .clone()
+                .unwrap_or(before.display_name.clone()),
             patch
                 .avatar_url
                 .clone()
                 .unwrap_or(before.avatar_url.clone()),
             patch.role.unwrap_or(before.role).as_str(),
             patch.active.unwrap_or(before.active),
-        ],
-    )
-    .map_err(map_unique_email(&email))?;
-    if let Some(hash) = hash {
-        tx.execute(
-            "UPDATE credentials SET password_hash = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-             WHERE user_id = ?1",
-            params![id, hash],
-        )?;
-        // A new password ends every existing session of that user.
-        tx.execute("DELETE FROM sessions WHERE user_id = ?1", [id])?;
+        )
+    };
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            let tx = crate::write_transaction(conn)?;
+            let Some(before) = get(&tx, id)? else {
+                return Ok(None);
+            };
+            let (email, display_name, avatar_url, role, active) = merged(&before);
+            tx.execute(
+                "UPDATE users SET email = ?2, display_name = ?3, avatar_url = ?4, role = ?5,
+                        active = ?6, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE id = ?1",
+                params![id, email, display_name, avatar_url, role, active],
+            )
+            .map_err(map_unique_email(&email))?;
+            if let Some(hash) = hash {
+                tx.execute(
+                    "UPDATE credentials SET password_hash = ?2,
+                            updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                     WHERE user_id = ?1",
+                    params![id, hash],
+                )?;
+                // A new password ends every existing session of that user.
+                tx.execute("DELETE FROM sessions WHERE user_id = ?1", [id])?;
+            }
+            if active_admins(&tx)? == 0 {
+                return Err(CoreError::LastAdmin);
+            }
+            let after = get(&tx, id)?;
+            tx.commit()?;
+            Ok(after)
+        }
+        CoreHandle::Postgres(pg) => pg.transaction(|| {
+            let Some(before) = get(pg, id)? else {
+                return Ok(None);
+            };
+            let (email, display_name, avatar_url, role, active) = merged(&before);
+            pg.execute(
+                "UPDATE users SET email = $2, display_name = $3, avatar_url = $4, role = $5,
+                        active = $6, updated_at = sv_now_text()
+                 WHERE id = $1",
+                &[
+                    &id,
+                    &email,
+                    &display_name,
+                    &avatar_url,
+                    &role,
+                    &i32::from(active),
+                ],
+            )
+            .map_err(map_unique_email_pg(&email))?;
+            if let Some(hash) = &hash {
+                pg.execute(
+                    "UPDATE credentials SET password_hash = $2, updated_at = sv_now_text()
+                     WHERE user_id = $1",
+                    &[&id, hash],
+                )?;
+                // A new password ends every existing session of that user.
+                pg.execute("DELETE FROM sessions WHERE user_id = $1", &[&id])?;
+            }
+            if active_admins(pg)? == 0 {
+                return Err(CoreError::LastAdmin);
+            }
+            get(pg, id)
+        }),
     }
-    if active_admins(&tx)? == 0 {
-        return Err(CoreError::LastAdmin);
-    }
-    let after = get(&tx, id)?;
-    tx.commit()?;
-    Ok(after)
 }
 
 /// Deletes a user (their sessions and credentials go with them). Refuses to delete the
 /// last active admin. `Ok(false)` if there was no such user.
-pub fn delete(conn: &Connection, id: i64) -> Result<bool, CoreError> {
-    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-    let deleted = tx.execute("DELETE FROM users WHERE id = ?1", [id])? > 0;
-    if deleted && active_admins(&tx)? == 0 {
-        return Err(CoreError::LastAdmin);
+pub fn delete(conn: &dyn CoreAccess, id: i64) -> Result<bool, CoreError> {
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            let tx = crate::write_transaction(conn)?;
+            let deleted = tx.execute("DELETE FROM users WHERE id = ?1", [id])? > 0;
+            if deleted && active_admins(&tx)? == 0 {
+                return Err(CoreError::LastAdmin);
+            }
+            tx.commit()?;
+            Ok(deleted)
+        }
+        CoreHandle::Postgres(pg) => pg.transaction(|| {
+            let deleted = pg.execute("DELETE FROM users WHERE id = $1", &[&id])? > 0;
+            if deleted && active_admins(pg)? == 0 {
+                return Err(CoreError::LastAdmin);
+            }
+            Ok(deleted)
+        }),
     }
-    tx.commit()?;
-    Ok(deleted)
 }
 
-fn active_admins(conn: &Connection) -> Result<i64, CoreError> {
-    Ok(conn.query_row(
-        "SELECT count(*) FROM users WHERE role = 'admin' AND active = 1",
-        [],
-        |r| r.get(0),
-    )?)
+fn active_admins(conn: &dyn CoreAccess) -> Result<i64, CoreError> {
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => Ok(conn.query_row(
+            "SELECT count(*) FROM users WHERE role = 'admin' AND active = 1",
+            [],
+            |r| r.get(0),
+        )?),
+        CoreHandle::Postgres(pg) => Ok(pg
+            .query_opt(
+                "SELECT count(*) FROM users WHERE role = 'admin' AND active = 1",
+                &[],
+            )?
+            .expect("count(*) returns a row")
+            .get(0)),
+    }
 }
 
 #[cfg(test)]

@@ -41,9 +41,7 @@ impl DatabaseUrl {
                     variable: variable.to_owned(),
                     // Never echo a password.
                     value: PostgresUrl(trimmed.to_owned()).to_string(),
-                    reason: "this store runs on SQLite only so far (of the two, only \
-                             PLUGIN_DATABASE_URL may name a PostgreSQL database)"
-                        .into(),
+                    reason: "a SQLite file is needed here, not a PostgreSQL database".into(),
                 }
             } else if trimmed.contains("://") {
                 fail("only the `file:` scheme is supported for SQLite")
@@ -104,10 +102,10 @@ fn is_postgres(value: &str) -> bool {
     value.starts_with("postgres://") || value.starts_with("postgresql://")
 }
 
-/// Where the plugin store lives: SQLite files, or a PostgreSQL database.
+/// Where a store lives: a SQLite file, or a PostgreSQL database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreTarget {
-    /// `file:PATH`: the shared plugin store file.
+    /// `file:PATH`: the store's file.
     File(DatabaseUrl),
     /// `postgres://ROLE:PASSWORD@HOST:PORT/DB`.
     Postgres(PostgresUrl),
@@ -122,6 +120,25 @@ impl PostgresUrl {
     /// The URL, password included.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// The server and database the URL names (`host:port/database`, port 5432 if not
+    /// given, lower-cased host), which is what two URLs share when they name one database
+    /// whatever role logs in.
+    pub fn database_identity(&self) -> String {
+        let rest = self.0.split_once("://").map_or("", |(_, rest)| rest);
+        let server = rest.rsplit_once('@').map_or(rest, |(_, server)| server);
+        let (host_port, database) = server.split_once('/').unwrap_or((server, ""));
+        let database = database.split('?').next().unwrap_or_default();
+        // `[::1]:5433` keeps its colons inside the brackets.
+        let port_at = host_port
+            .rfind(':')
+            .filter(|at| host_port.rfind(']').is_none_or(|end| *at > end));
+        let (host, port) = match port_at {
+            Some(at) => (&host_port[..at], &host_port[at + 1..]),
+            None => (host_port, "5432"),
+        };
+        format!("{}:{port}/{database}", host.to_ascii_lowercase())
     }
 }
 
@@ -202,6 +219,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn two_postgres_urls_name_one_database_whatever_role_logs_in() {
+        let identity = |url: &str| match StoreTarget::parse("X", url).unwrap() {
+            StoreTarget::Postgres(url) => url.database_identity(),
+            StoreTarget::File(_) => panic!("{url} is not a PostgreSQL URL"),
+        };
+        assert_eq!(
+            identity("postgres://svc_core:a@DB.example:5432/sv"),
+            identity("postgresql://svc_plugins:b@db.example/sv?sslmode=disable")
+        );
+        assert_ne!(
+            identity("postgres://a:a@db/sv_core"),
+            identity("postgres://a:a@db/sv_plugins")
+        );
+        assert_eq!(identity("postgres://a:b@[::1]:5433/x"), "[::1]:5433/x");
+        assert_eq!(identity("postgres://a:b@[::1]/x"), "[::1]:5432/x");
+    }
+
+    #[test]
     fn accepts_the_documented_forms() {
         let base = Path::new("/srv/app");
         for (input, expected) in [
@@ -219,7 +254,7 @@ mod tests {
     fn refuses_malformed_urls_naming_the_variable() {
         for (input, reason) in [
             ("data/core.db", "does not start with `file:`"),
-            ("postgres://localhost/x", "SQLite only so far"),
+            ("postgres://localhost/x", "a SQLite file is needed here"),
             ("mysql://localhost/x", "only the `file:` scheme"),
             ("file:", "empty"),
             ("file:x.db?mode=ro", "query parameters"),

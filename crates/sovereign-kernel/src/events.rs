@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sovereign_db::rusqlite::Connection;
+use sovereign_db_core::CoreAccess;
 use sovereign_db_core::events::{IncomingEvent, Ingested};
 use sovereign_protocol::PluginEvent;
 
@@ -16,7 +16,7 @@ use crate::host::EventSink;
 /// A handler of one topic; runs inside the event's transaction. An `Err` is recorded on
 /// the inbox row.
 pub type EventHandler =
-    Arc<dyn Fn(&Connection, &IncomingEvent) -> Result<(), String> + Send + Sync>;
+    Arc<dyn Fn(&dyn CoreAccess, &IncomingEvent) -> Result<(), String> + Send + Sync>;
 
 /// Handlers by topic. Events of a declared topic with no handler are stored and
 /// audited only.
@@ -33,7 +33,7 @@ impl EventHandlers {
     }
 
     /// Runs the handler of `event`'s topic, if there is one.
-    pub fn handle(&self, conn: &Connection, event: &IncomingEvent) -> Result<(), String> {
+    pub fn handle(&self, conn: &dyn CoreAccess, event: &IncomingEvent) -> Result<(), String> {
         match self.by_topic.get(&event.topic) {
             Some(handler) => handler(conn, event),
             None => Ok(()),

@@ -80,7 +80,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
     let core = state
         .core
         .run(&state.metrics, |conn| {
-            conn.query_row("SELECT count(*) FROM _sv_store", [], |r| r.get::<_, i64>(0))
+            sovereign_db_core::health::ping(conn)
                 .map_err(|e| crate::ApiError::unavailable(e.to_string()))
         })
         .await;

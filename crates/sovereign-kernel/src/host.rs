@@ -51,8 +51,9 @@ pub struct HostCommand {
     /// The socket path the kernel listens on.
     pub socket: PathBuf,
     /// `core.db`, which the kernel asks a freshly started host to open: the sandbox must
-    /// refuse, and `/health` shows that it did.
-    pub core_db: PathBuf,
+    /// refuse, and `/health` shows that it did. `None` when the core store is on
+    /// PostgreSQL: there is no file, and the host is never given a core login.
+    pub core_db: Option<PathBuf>,
     /// When the plugin store is on PostgreSQL: a plugin's connection string from its id
     /// and its role's password (kept in the core store), handed to the host.
     pub postgres_login: Option<PostgresLoginFn>,
@@ -134,6 +135,9 @@ pub enum CoreDbProbe {
     },
     /// The host could open `core.db`: it is not sandboxed.
     Opened,
+    /// The core store is on PostgreSQL: no file to probe; the host holds no core login
+    /// and plugin roles may not connect to the core database.
+    NoCoreFile,
 }
 
 impl std::fmt::Display for CoreDbProbe {
@@ -141,6 +145,9 @@ impl std::fmt::Display for CoreDbProbe {
         match self {
             CoreDbProbe::Refused { error } => write!(f, "refused: {error}"),
             CoreDbProbe::Opened => f.write_str("OPENED: the host can read core.db"),
+            CoreDbProbe::NoCoreFile => f.write_str(
+                "no core file (the core store is on PostgreSQL; the host holds no login for it)",
+            ),
         }
     }
 }
@@ -576,49 +583,58 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
     // Prove the wall: the host must not be able to open core.db. The host may already
     // be relaying events (committed before a crash): replies are matched to the probe by
     // id, and whatever else arrives first is kept for the reader below.
-    let probe_id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-    let probe = KernelToHost::Probe {
-        id: probe_id,
-        path: inner.command.core_db.display().to_string(),
-    };
     let mut early_events = Vec::new();
-    let core_db_probe = match sovereign_protocol::encode(&probe) {
-        Ok(frame) if writer.write_all(&frame).await.is_ok() => {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                match tokio::time::timeout_at(deadline, read_message(&mut reader)).await {
-                    Ok(Some(HostToKernel::ProbeResult { id, result })) if id == probe_id => {
-                        break match result {
-                            Err(e) => CoreDbProbe::Refused {
-                                error: e.to_string(),
-                            },
-                            Ok(()) => {
-                                tracing::error!(
-                                    "THE EXTENSION HOST CAN OPEN core.db: it is not sandboxed"
-                                );
-                                CoreDbProbe::Opened
+    let core_db_probe = match &inner.command.core_db {
+        None => CoreDbProbe::NoCoreFile,
+        Some(core_db) => {
+            let probe_id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let probe = KernelToHost::Probe {
+                id: probe_id,
+                path: core_db.display().to_string(),
+            };
+            match sovereign_protocol::encode(&probe) {
+                Ok(frame) if writer.write_all(&frame).await.is_ok() => {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                    loop {
+                        match tokio::time::timeout_at(deadline, read_message(&mut reader)).await {
+                            Ok(Some(HostToKernel::ProbeResult { id, result }))
+                                if id == probe_id =>
+                            {
+                                break match result {
+                                    Err(e) => CoreDbProbe::Refused {
+                                        error: e.to_string(),
+                                    },
+                                    Ok(()) => {
+                                        tracing::error!(
+                                            "THE EXTENSION HOST CAN OPEN core.db: it is not sandboxed"
+                                        );
+                                        CoreDbProbe::Opened
+                                    }
+                                };
                             }
-                        };
-                    }
-                    Ok(Some(HostToKernel::Events { events })) => early_events.extend(events),
-                    Ok(Some(other)) => {
-                        tracing::debug!(message = ?other, "ignoring a message before the probe's answer")
-                    }
-                    Ok(None) => {
-                        return Ending::Failed(
-                            "the host closed its connection before answering the sandbox probe"
-                                .into(),
-                        );
-                    }
-                    Err(_) => {
-                        return Ending::Failed(
-                            "the host did not answer the sandbox probe within 5 s".into(),
-                        );
+                            Ok(Some(HostToKernel::Events { events })) => {
+                                early_events.extend(events)
+                            }
+                            Ok(Some(other)) => {
+                                tracing::debug!(message = ?other, "ignoring a message before the probe's answer")
+                            }
+                            Ok(None) => {
+                                return Ending::Failed(
+                                    "the host closed its connection before answering the sandbox probe"
+                                        .into(),
+                                );
+                            }
+                            Err(_) => {
+                                return Ending::Failed(
+                                    "the host did not answer the sandbox probe within 5 s".into(),
+                                );
+                            }
+                        }
                     }
                 }
+                _ => return Ending::Failed("cannot send the sandbox probe".into()),
             }
         }
-        _ => return Ending::Failed("cannot send the sandbox probe".into()),
     };
     set_state(
         inner,

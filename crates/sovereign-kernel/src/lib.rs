@@ -38,8 +38,8 @@ pub fn sqlite_plugin_store_probe(path: PathBuf) -> PluginStoreProbe {
 /// What the kernel needs to run.
 #[derive(Clone)]
 pub struct KernelOptions {
-    /// `core.db`.
-    pub core_db: PathBuf,
+    /// The core store: `core.db`, or a PostgreSQL database.
+    pub core: sovereign_db_core::CoreLocation,
     /// How `/health` checks the plugin store answers (a SQLite file, or PostgreSQL).
     pub plugin_store_probe: PluginStoreProbe,
     /// The address to listen on (port 0 picks a free port).
@@ -98,7 +98,12 @@ pub struct Kernel {
 impl Kernel {
     /// Opens the core pool and binds the listener.
     pub async fn bind(options: &KernelOptions) -> Result<Kernel, StartError> {
-        let core = CorePool::open(&options.core_db, options.on_core_commit.clone())?;
+        // Opening connects (PostgreSQL's driver blocks on a runtime of its own): off the
+        // async threads.
+        let (location, on_commit) = (options.core.clone(), options.on_core_commit.clone());
+        let core = tokio::task::spawn_blocking(move || CorePool::open(&location, on_commit))
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))??;
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|e| StartError::Bind(options.listen, e))?;
@@ -180,8 +185,11 @@ pub enum StartError {
     #[error(transparent)]
     Core(#[from] sovereign_db_core::CoreError),
     /// The pool could not be built.
-    #[error("cannot open a connection pool on core.db: {0}")]
+    #[error("cannot open a connection pool on the core store: {0}")]
     Pool(#[from] r2d2::Error),
+    /// The task opening the pool failed.
+    #[error("opening the core store failed: {0}")]
+    Task(String),
     /// The listen address is taken or not allowed.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),

@@ -274,24 +274,15 @@ pub(crate) async fn refresh(state: &AppState) {
     let sizes = state
         .core
         .run(metrics, |conn| {
-            let outbox: (i64, Option<i64>) = conn
-                .query_row(
-                    "SELECT count(*), min(at_ms) FROM _sv_change_outbox",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(sovereign_db_core::CoreError::from)?;
-            let inbox: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM event_inbox WHERE handled_at IS NULL",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(sovereign_db_core::CoreError::from)?;
-            Ok((outbox, inbox))
+            Ok(sovereign_db_core::health::backlog(conn)?)
         })
         .await;
-    if let Ok(((rows, oldest), inbox)) = sizes {
+    if let Ok(sovereign_db_core::health::Backlog {
+        outbox_rows: rows,
+        oldest_change_ms: oldest,
+        unhandled_events: inbox,
+    }) = sizes
+    {
         metrics.sync_outbox_rows.set(rows);
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

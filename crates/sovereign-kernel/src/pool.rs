@@ -1,38 +1,45 @@
-//! A small pool of `core.db` connections, each opened by `sovereign_db_core::open_existing`
-//! so every connection carries the same pragmas. After work that changed rows, the pool
-//! calls its commit hook (the sync worker's wake-up).
+//! A small pool of core store connections (`core.db`, or the core database on
+//! PostgreSQL), each opened by `CoreLocation::open_existing` so every connection carries
+//! the same settings. After work that changed rows, the pool calls its commit hook (the
+//! sync worker's wake-up).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sovereign_db::rusqlite::Connection;
-use sovereign_db_core::CoreError;
+use sovereign_db_core::{CoreConn, CoreError, CoreLocation};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 struct CoreConnections {
-    path: PathBuf,
+    location: CoreLocation,
 }
 
 impl r2d2::ManageConnection for CoreConnections {
-    type Connection = Connection;
+    type Connection = CoreConn;
     type Error = CoreError;
 
-    fn connect(&self) -> Result<Connection, CoreError> {
-        let conn = sovereign_db_core::open_existing(&self.path)?;
-        conn.busy_handler(Some(wait_for_write_lock))?;
+    fn connect(&self) -> Result<CoreConn, CoreError> {
+        let conn = self.location.open_existing()?;
+        if let CoreConn::Sqlite(conn) = &conn {
+            conn.busy_handler(Some(wait_for_write_lock))?;
+        }
         Ok(conn)
     }
 
-    fn is_valid(&self, conn: &mut Connection) -> Result<(), CoreError> {
-        conn.execute_batch("")?;
+    fn is_valid(&self, conn: &mut CoreConn) -> Result<(), CoreError> {
+        match conn {
+            CoreConn::Sqlite(conn) => conn.execute_batch("")?,
+            CoreConn::Postgres(pg) => pg.client_mut().batch_execute("")?,
+        }
         Ok(())
     }
 
-    fn has_broken(&self, _conn: &mut Connection) -> bool {
-        false
+    fn has_broken(&self, conn: &mut CoreConn) -> bool {
+        match conn {
+            CoreConn::Sqlite(_) => false,
+            CoreConn::Postgres(pg) => pg.client_mut().is_closed(),
+        }
     }
 }
 
@@ -55,7 +62,7 @@ fn wait_for_write_lock(retries: i32) -> bool {
 /// Called after work on a pooled connection changed rows in `core.db`.
 pub type CommitHook = Arc<dyn Fn() + Send + Sync>;
 
-/// The kernel's connections to `core.db`.
+/// The kernel's connections to the core store.
 #[derive(Clone)]
 pub struct CorePool {
     pool: r2d2::Pool<CoreConnections>,
@@ -63,24 +70,27 @@ pub struct CorePool {
 }
 
 impl CorePool {
-    /// Opens the pool; fails at once if `core.db` is missing or not the core store.
-    /// `on_commit` runs after each piece of work that changed rows.
-    pub fn open(path: &Path, on_commit: Option<CommitHook>) -> Result<CorePool, crate::StartError> {
-        // Fail with the store's own message (missing file, wrong store) rather than a
-        // pool time-out.
-        drop(sovereign_db_core::open_existing(path)?);
+    /// Opens the pool; fails at once if the core store is missing, unreachable or not
+    /// the core store. `on_commit` runs after each piece of work that changed rows.
+    pub fn open(
+        location: &CoreLocation,
+        on_commit: Option<CommitHook>,
+    ) -> Result<CorePool, crate::StartError> {
+        // Fail with the store's own message (missing file, wrong store, refused login)
+        // rather than a pool time-out.
+        drop(location.open_existing()?);
         let pool = r2d2::Pool::builder()
             .max_size(8)
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(5))
             .build(CoreConnections {
-                path: path.to_owned(),
+                location: location.clone(),
             })?;
         Ok(CorePool { pool, on_commit })
     }
 
     /// Runs `f` on `conn`, then the commit hook if `f` changed rows.
-    fn with_hook<T>(&self, conn: &Connection, f: impl FnOnce(&Connection) -> T) -> T {
+    fn with_hook<T>(&self, conn: &CoreConn, f: impl FnOnce(&CoreConn) -> T) -> T {
         let before = conn.total_changes();
         let out = f(conn);
         if let Some(hook) = &self.on_commit
@@ -94,7 +104,7 @@ impl CorePool {
     /// Runs `f` with a core connection on the calling (blocking) thread.
     pub fn run_blocking<T>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, CoreError>,
+        f: impl FnOnce(&CoreConn) -> Result<T, CoreError>,
     ) -> Result<T, CoreError> {
         let conn = self
             .pool
@@ -108,7 +118,7 @@ impl CorePool {
     pub async fn call<T, F>(&self, f: F) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, CoreError> + Send + 'static,
+        F: FnOnce(&CoreConn) -> Result<T, CoreError> + Send + 'static,
     {
         let pool = self.clone();
         tokio::task::spawn_blocking(move || pool.run_blocking(f))
@@ -121,7 +131,7 @@ impl CorePool {
     pub async fn run<T, F>(&self, metrics: &Metrics, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, ApiError> + Send + 'static,
+        F: FnOnce(&CoreConn) -> Result<T, ApiError> + Send + 'static,
     {
         let pool = self.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -66,7 +66,10 @@ impl Report {
 /// directory and next to a running platform.
 pub fn report(app: &App) -> Result<Report, PlatformError> {
     let mut report = Report { findings: vec![] };
-    let mut files: Vec<(&'static str, PathBuf)> = vec![("core store", app.config().core_db_path())];
+    let mut files: Vec<(&'static str, PathBuf)> = Vec::new();
+    if let Some(core) = app.config().core_db_path() {
+        files.push(("core store", core));
+    }
     match app.plugin_store() {
         PluginStore::Sqlite(_) => {
             let layout = app.layout("sv doctor")?;
@@ -280,7 +283,7 @@ fn check_sync(report: &mut Report, app: &App) {
         );
     }
     let status = (|| -> Result<sovereign_sync::status::SyncStatus, PlatformError> {
-        let core = sovereign_db_core::open_existing_read_only(&app.config().core_db_path())?;
+        let (core, _) = app.open_sqlite_core("the sync status", true)?;
         let mirror = app.sync_settings().open_mirror_read_only(app.config())?;
         Ok(sovereign_sync::status::status(
             &core,
@@ -384,7 +387,7 @@ fn check_sandbox(report: &mut Report, app: &App) {
 /// Registered plugins whose id is malformed, reserved (a namespace the platform or
 /// SQLite owns) or equal to another's but for case; and plugins the host could not load.
 fn registry_problems(app: &App) -> Result<Vec<String>, PlatformError> {
-    let core = sovereign_db_core::open_existing_read_only(&app.config().core_db_path())?;
+    let core = app.core_location().open_existing_read_only()?;
     let plugins = sovereign_db_core::plugins::list(&core)?;
     let mut problems = Vec::new();
     for (i, plugin) in plugins.iter().enumerate() {

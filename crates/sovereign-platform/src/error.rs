@@ -284,12 +284,11 @@ pub enum PlatformError {
     },
     /// The core store is behind this build.
     #[error(
-        "{} has core migrations that are not applied; run `sv migrate:deploy --scope=core` first",
-        path.display()
+        "{store} has core migrations that are not applied; run `sv migrate:deploy --scope=core` first"
     )]
     CoreNotMigrated {
-        /// `core.db`.
-        path: PathBuf,
+        /// `core.db`, or the PostgreSQL URL (password elided).
+        store: String,
     },
     /// Migrating one file failed (that file's migration rolled back).
     #[error("migrating {}", path.display())]

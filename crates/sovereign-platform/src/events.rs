@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sovereign_db::rusqlite::Connection;
+use sovereign_db_core::CoreAccess;
 use sovereign_db_core::events::{IncomingEvent, add_activity};
 use sovereign_kernel::events::EventHandlers;
 
@@ -24,7 +24,7 @@ struct TaskCompleted {
 }
 
 /// `task.completed` -> the activity feed of whoever completed it and of its assignee.
-fn task_completed(conn: &Connection, event: &IncomingEvent) -> Result<(), String> {
+fn task_completed(conn: &dyn CoreAccess, event: &IncomingEvent) -> Result<(), String> {
     let done: TaskCompleted = serde_json::from_str(&event.payload_json)
         .map_err(|e| format!("task.completed payload: {e}"))?;
     let who = sovereign_db_core::users::get(conn, done.completed_by)
@@ -84,7 +84,7 @@ mod tests {
         };
         let declared = vec!["task.completed".to_owned()];
         let handlers = handlers();
-        let handle = |conn: &Connection, event: &IncomingEvent| handlers.handle(conn, event);
+        let handle = |conn: &dyn CoreAccess, event: &IncomingEvent| handlers.handle(conn, event);
         assert_eq!(
             ingest(&conn, &event, &declared, &handle).unwrap(),
             Ingested::Stored

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use sovereign_config::Config;
 use sovereign_db::rusqlite::Connection;
 use sovereign_db_core::plugins::PluginRecord;
+use sovereign_db_core::{CoreConn, CoreLocation, PgCore};
 use sovereign_db_plugins::mirror::MirrorCatalog;
 use sovereign_db_plugins::{DatabaseMode, Limits, PluginDbConfig, StoreLocation};
 use sovereign_sync::SyncSettings;
@@ -152,11 +153,28 @@ impl App {
         }
     }
 
-    /// The database files of this installation (SQLite plugin stores only).
+    /// Where the core store is.
+    pub fn core_location(&self) -> CoreLocation {
+        match (self.config.core_db_path(), self.config.core_postgres_url()) {
+            (Some(path), _) => CoreLocation::File(path),
+            (None, Some(url)) => CoreLocation::Postgres(url.clone()),
+            (None, None) => unreachable!("DATABASE_URL is a file or a PostgreSQL URL"),
+        }
+    }
+
+    /// `core.db`; refused when the core store is on PostgreSQL (`operation` names what
+    /// needed the file).
+    pub fn core_file(&self, operation: &'static str) -> Result<PathBuf, PlatformError> {
+        self.config
+            .core_db_path()
+            .ok_or(sovereign_db_core::CoreError::NotOnSqlite { operation }.into())
+    }
+
+    /// The database files of this installation (SQLite stores only).
     pub fn layout(&self, operation: &'static str) -> Result<sovereign_ops::Layout, PlatformError> {
         let location = self.store_location(operation)?;
         Ok(sovereign_ops::Layout {
-            core: self.config.core_db_path(),
+            core: self.core_file(operation)?,
             plugins: location.shared_store.clone(),
             isolated_dir: location.isolated_dir.clone(),
             mirror_file: location.mirror_file.clone(),
@@ -175,21 +193,52 @@ impl App {
         Ok(self.sync.open_mirror(&self.config)?)
     }
 
-    /// Opens `core.db` for an operator command; it must exist with every core migration
-    /// applied.
-    pub fn open_migrated_core(&self) -> Result<Connection, PlatformError> {
+    /// Opens the core store for an operator command; it must exist with every core
+    /// migration applied.
+    pub fn open_migrated_core(&self) -> Result<CoreConn, PlatformError> {
         migrations::open_migrated_core_with(self, sovereign_db_core::open_existing)
     }
 
-    /// Like [`App::open_migrated_core`], read-only: for reports that must work on a
-    /// read-only data directory.
-    pub fn open_migrated_core_read_only(&self) -> Result<Connection, PlatformError> {
+    /// Like [`App::open_migrated_core`], read-only on SQLite: for reports that must work
+    /// on a read-only data directory.
+    pub fn open_migrated_core_read_only(&self) -> Result<CoreConn, PlatformError> {
         migrations::open_migrated_core_with(self, sovereign_db_core::open_existing_read_only)
     }
 
-    /// The registry entry of `id`, if `core.db` exists and has a registry.
+    /// `core.db`, migrated, for the sync paths that run on a SQLite core only so far;
+    /// refused naming `operation` on PostgreSQL.
+    pub fn open_sqlite_core(
+        &self,
+        operation: &'static str,
+        read_only: bool,
+    ) -> Result<(Connection, PathBuf), PlatformError> {
+        let path = self.core_file(operation)?;
+        let core = if read_only {
+            self.open_migrated_core_read_only()?
+        } else {
+            self.open_migrated_core()?
+        };
+        match core {
+            CoreConn::Sqlite(conn) => Ok((conn, path)),
+            CoreConn::Postgres(_) => {
+                Err(sovereign_db_core::CoreError::NotOnSqlite { operation }.into())
+            }
+        }
+    }
+
+    /// The registry entry of `id`, if the core store exists and has a registry.
     pub fn registered(&self, id: &str) -> Result<Option<PluginRecord>, PlatformError> {
-        let path = self.config.core_db_path();
+        let path = match self.core_location() {
+            CoreLocation::File(path) => path,
+            CoreLocation::Postgres(url) => {
+                return match PgCore::connect(&url) {
+                    Ok(core) => Ok(sovereign_db_core::plugins::get(&core, id)?),
+                    // Not migrated yet: nothing is registered.
+                    Err(sovereign_db_core::CoreError::NotCoreDatabase { .. }) => Ok(None),
+                    Err(e) => Err(e.into()),
+                };
+            }
+        };
         if !path.exists() {
             return Ok(None);
         }
@@ -254,11 +303,12 @@ impl App {
                     .iter()
                     .any(|(slice, _)| !built.iter().any(|b| &b.name == slice))
                 {
-                    let core = self.open_migrated_core()?;
+                    let (core, core_file) =
+                        self.open_sqlite_core("building mirror tables", false)?;
                     sovereign_sync::capture::install(&core, &self.sync.catalog)?;
                     sovereign_sync::full::full_resync(
                         &core,
-                        &self.config.core_db_path(),
+                        &core_file,
                         &mirror,
                         &self.sync.catalog,
                         &|_, _| {},

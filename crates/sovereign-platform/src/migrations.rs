@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sovereign_db::rusqlite::Connection;
-use sovereign_db::{MigrationSet, MigrationState, MigrationStatus, OpenOptions};
+use sovereign_db::{MigrationSet, MigrationState, MigrationStatus, OpenOptions, PostgresUrl};
+use sovereign_db_core::{CoreConn, CoreLocation, PgCore};
 use sovereign_db_plugins::{Backend, PluginDb, PluginDbConfig};
 use sovereign_postgres::PgPluginDb;
 
@@ -25,6 +26,8 @@ pub enum Scope {
 /// Which store a migration set belongs to.
 enum Store {
     Core,
+    /// The core database on PostgreSQL, migrated by its owner (`svc_core`).
+    PostgresCore(PostgresUrl),
     /// A plugin's database, migrated behind that plugin's fence.
     Plugin(PluginDbConfig),
     /// The PostgreSQL plugin store's own bookkeeping, migrated by its owner.
@@ -77,6 +80,17 @@ impl Target {
                 sovereign_sync::capture::install(&conn, app.mirror_catalog())?;
                 applied
             }
+            Store::PostgresCore(url) => {
+                let mut core = PgCore::connect_unchecked(url)?;
+                let applied = sovereign_postgres::migrate::deploy(core.client_mut(), &self.set)?;
+                if !app.mirror_catalog().slices().is_empty() {
+                    tracing::warn!(
+                        "change capture is not built for a core store on PostgreSQL yet: \
+                         mirror slices are not kept current"
+                    );
+                }
+                applied
+            }
             Store::Plugin(plugin) => {
                 app.ensure_mirrors(&plugin.grants)?;
                 let db = PluginDb::open(app.store_location("migrating a plugin")?, plugin.clone())?;
@@ -107,6 +121,10 @@ impl Target {
                     .map(|m| m.file_name().to_owned())
                     .collect())
             }
+            Store::PostgresCore(url) => Ok(sovereign_postgres::migrate::plan(
+                PgCore::connect_unchecked(url)?.client_mut(),
+                &self.set,
+            )?),
             Store::PostgresSystem(store) => Ok(sovereign_postgres::migrate::plan(
                 &mut store.connect_owner()?,
                 &self.set,
@@ -126,6 +144,10 @@ impl Target {
                 let conn = self.open_for_read()?;
                 Ok(self.set.status(&conn)?)
             }
+            Store::PostgresCore(url) => Ok(sovereign_postgres::migrate::status(
+                PgCore::connect_unchecked(url)?.client_mut(),
+                &self.set,
+            )?),
             Store::PostgresSystem(store) => Ok(sovereign_postgres::migrate::status(
                 &mut store.connect_owner()?,
                 &self.set,
@@ -162,10 +184,17 @@ pub fn targets(
     }
     let mut out = Vec::new();
     if matches!(scope, Scope::Core | Scope::All) && plugin.is_none() {
-        out.push(Target {
-            set: sovereign_db_core::migrations(),
-            store: Store::Core,
-            path: app.config().core_db_path(),
+        out.push(match app.core_location() {
+            CoreLocation::File(path) => Target {
+                set: sovereign_db_core::migrations(),
+                store: Store::Core,
+                path,
+            },
+            CoreLocation::Postgres(url) => Target {
+                set: sovereign_db_core::postgres_migrations(),
+                path: PathBuf::from(url.to_string()),
+                store: Store::PostgresCore(url),
+            },
         });
     }
     if matches!(scope, Scope::Plugins | Scope::All) {
@@ -233,18 +262,30 @@ pub fn targets(
 pub(crate) fn open_migrated_core_with(
     app: &App,
     open: fn(&Path) -> Result<Connection, sovereign_db_core::CoreError>,
-) -> Result<Connection, PlatformError> {
-    let path = app.config().core_db_path();
-    if !path.exists() {
-        return Err(PlatformError::CoreMissing { path });
-    }
-    let conn = open(&path)?;
-    let pending = sovereign_db_core::migrations()
-        .status(&conn)?
+) -> Result<CoreConn, PlatformError> {
+    let (conn, status, store) = match app.core_location() {
+        CoreLocation::File(path) => {
+            if !path.exists() {
+                return Err(PlatformError::CoreMissing { path });
+            }
+            let conn = open(&path)?;
+            let status = sovereign_db_core::migrations().status(&conn)?;
+            (CoreConn::Sqlite(conn), status, path.display().to_string())
+        }
+        CoreLocation::Postgres(url) => {
+            let mut core = PgCore::connect(&url)?;
+            let status = sovereign_postgres::migrate::status(
+                core.client_mut(),
+                &sovereign_db_core::postgres_migrations(),
+            )?;
+            (CoreConn::Postgres(core), status, url.to_string())
+        }
+    };
+    if status
         .iter()
-        .any(|s| !matches!(s.state, MigrationState::Applied { .. }));
-    if pending {
-        return Err(PlatformError::CoreNotMigrated { path });
+        .any(|s| !matches!(s.state, MigrationState::Applied { .. }))
+    {
+        return Err(PlatformError::CoreNotMigrated { store });
     }
     Ok(conn)
 }

@@ -180,7 +180,7 @@ pub fn split(app: &App, from: &Path, plan: &SplitPlan) -> Result<Split, Platform
         });
     }
     let copied = sovereign_ops::split::split(from, plan, &app.layout("split")?)?;
-    let core_path = app.config().core_db_path();
+    let core_path = app.core_file("split")?;
     let core = sovereign_db_core::open_existing(&core_path)?;
     sovereign_sync::capture::install(&core, app.mirror_catalog())?;
     let mirror = app.open_mirror()?;

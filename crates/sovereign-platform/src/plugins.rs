@@ -59,6 +59,10 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
         .plugin_api
         .get_or_insert_with(|| component.api_version.clone());
     let grants = manifest.requested_grants();
+    if !grants.is_empty() {
+        // Mirrors are built from a SQLite core only so far: refuse before anything is made.
+        app.core_file("installing a plugin that reads mirrored core data")?;
+    }
     if !grants.is_empty()
         && let Approval::Ask(approve) = approval
         && !approve(&manifest)
@@ -604,7 +608,7 @@ pub fn get(app: &App, id: &str) -> Result<PluginRecord, PlatformError> {
 }
 
 fn installed(
-    conn: &sovereign_db::rusqlite::Connection,
+    conn: &dyn sovereign_db_core::CoreAccess,
     id: &str,
 ) -> Result<PluginRecord, PlatformError> {
     registry::get(conn, id)?.ok_or_else(|| PlatformError::NotRegistered { id: id.to_owned() })
@@ -653,7 +657,7 @@ pub fn remove(app: &App, id: &str, purge: bool) -> Result<Removed, PlatformError
 /// owner), then the package's new `migrations/postgres/` apply as the plugin's role,
 /// all or none.
 fn upgrade_data_postgres(
-    core: &sovereign_db::rusqlite::Connection,
+    core: &dyn sovereign_db_core::CoreAccess,
     pg: &crate::PgPluginStore,
     source: &Path,
     manifest: &Manifest,

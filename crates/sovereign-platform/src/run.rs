@@ -69,11 +69,12 @@ pub fn dev_setup(app: &App, init: bool) -> Result<DevSetup, PlatformError> {
 /// A production start's checks: `core.db` exists and passes them, and no migration of
 /// any scope is pending.
 pub fn serve_checks(app: &App, init: bool) -> Result<(), PlatformError> {
-    let core = app.config().core_db_path();
-    if !core.exists() {
-        return Err(PlatformError::CoreMissingForServe { path: core });
+    if let Some(core) = app.config().core_db_path() {
+        if !core.exists() {
+            return Err(PlatformError::CoreMissingForServe { path: core });
+        }
+        check_core_file(app, init)?;
     }
-    check_core_file(app, init)?;
     let pending = crate::migrations::not_applied(app)?;
     if !pending.is_empty() {
         return Err(PlatformError::PendingMigrations { pending });
@@ -85,9 +86,12 @@ pub fn serve_checks(app: &App, init: bool) -> Result<(), PlatformError> {
 /// what a failed copy, a full disk or a truncation leaves, and setting it up afresh would
 /// hide the loss behind a new administrator, so it needs `init`. A store with content
 /// must pass `PRAGMA quick_check` (its time is logged). A missing file is a development
-/// start's new install.
+/// start's new install. A core store on PostgreSQL has no file: the server keeps its
+/// integrity, and a database that is not the core store is refused when opened.
 pub fn check_core_file(app: &App, init: bool) -> Result<(), PlatformError> {
-    let core = app.config().core_db_path();
+    let Some(core) = app.config().core_db_path() else {
+        return Ok(());
+    };
     let Ok(meta) = std::fs::metadata(&core) else {
         return Ok(());
     };
@@ -129,7 +133,7 @@ pub fn check_core_file(app: &App, init: bool) -> Result<(), PlatformError> {
 
 /// Creates the first administrator of an empty install.
 fn ensure_first_admin(app: &App) -> Result<Option<FirstAdmin>, PlatformError> {
-    let conn = sovereign_db_core::open_existing(&app.config().core_db_path())?;
+    let conn = app.core_location().open_existing()?;
     if users::count(&conn)? > 0 {
         return Ok(None);
     }
@@ -190,7 +194,7 @@ pub fn serve(
                 source,
             })?;
         let kernel = Kernel::bind(&KernelOptions {
-            core_db: app.config().core_db_path(),
+            core: app.core_location(),
             plugin_store_probe: plugin_store_probe(app),
             listen: options.listen,
             session_ttl_seconds: SESSION_TTL_SECONDS,
@@ -238,7 +242,9 @@ pub fn serve(
         if let Some(host) = host {
             host.stop(std::time::Duration::from_secs(5)).await;
         }
-        let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
+        if let Some(sync) = sync {
+            let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
+        }
         tracing::info!("stopped");
         Ok::<(), PlatformError>(())
     })?;
@@ -266,28 +272,36 @@ fn plugin_store_probe(app: &App) -> sovereign_kernel::PluginStoreProbe {
 }
 
 /// Installs change capture and starts the sync worker (near-real-time or scheduled),
-/// the one writer of the mirror while the platform runs.
+/// the one writer of the mirror while the platform runs. None with a core store on
+/// PostgreSQL, where change capture is not built yet.
 fn start_sync(
     app: &App,
     waker: SyncWaker,
     metrics: Arc<sovereign_kernel::Metrics>,
-) -> Result<SyncWorker, PlatformError> {
+) -> Result<Option<SyncWorker>, PlatformError> {
     let settings = app.sync_settings().clone();
-    let core = sovereign_db_core::open_existing(&app.config().core_db_path())?;
+    let Some(core_path) = app.config().core_db_path() else {
+        tracing::warn!(
+            "the core store is on PostgreSQL, where change capture is not built yet: \
+             the sync worker does not run and mirrors are not kept current"
+        );
+        return Ok(None);
+    };
+    let core = sovereign_db_core::open_existing(&core_path)?;
     sovereign_sync::capture::install(&core, &settings.catalog)?;
     let mirror_config = app.config().clone();
     let mirror_settings = settings.clone();
-    Ok(SyncWorker::spawn(
+    Ok(Some(SyncWorker::spawn(
         settings,
         SyncTarget {
-            core_path: app.config().core_db_path(),
+            core_path,
             open_mirror: Arc::new(move || mirror_settings.open_mirror(&mirror_config)),
             observe: Some(Box::new(move |changes, took| {
                 metrics.observe_sync_batch(changes, took.as_secs_f64())
             })),
             waker,
         },
-    ))
+    )))
 }
 
 /// How the kernel starts the extension host: the executable in host mode, with an

@@ -37,7 +37,7 @@ pub fn run(
     progress: Progress<'_>,
 ) -> Result<SyncRun, PlatformError> {
     let settings = app.sync_settings();
-    let core = app.open_migrated_core()?;
+    let (core, core_file) = app.open_sqlite_core("sv sync:run", false)?;
     capture::install(&core, &settings.catalog)?;
     let mirror = app.open_mirror()?;
     let reason = match publish::needs_rebuild(&core, &mirror, &settings.catalog) {
@@ -53,13 +53,7 @@ pub fn run(
     };
     let rebuild = if full_rebuild || reason.is_some() {
         let plan = full::plan(&mirror, &settings.catalog)?;
-        let report = full::full_resync(
-            &core,
-            &app.config().core_db_path(),
-            &mirror,
-            &settings.catalog,
-            progress,
-        )?;
+        let report = full::full_resync(&core, &core_file, &mirror, &settings.catalog, progress)?;
         Some(Rebuild {
             reason,
             plan,
@@ -75,7 +69,7 @@ pub fn run(
 
 /// Per slice: watermark, backlog, lag; the last error. Read-only.
 pub fn status(app: &App) -> Result<status::SyncStatus, PlatformError> {
-    let core = app.open_migrated_core_read_only()?;
+    let (core, _) = app.open_sqlite_core("sv sync:status", true)?;
     let mirror = app.sync_settings().open_mirror_read_only(app.config())?;
     Ok(status::status(&core, &mirror, app.mirror_catalog())?)
 }
@@ -87,16 +81,12 @@ pub fn reconcile(
     repair: bool,
     progress: Progress<'_>,
 ) -> Result<reconcile::ReconcileReport, PlatformError> {
-    let core = app.open_migrated_core()?;
+    let (core, core_file) = app.open_sqlite_core("sv sync:reconcile", false)?;
     capture::validate(&core, app.mirror_catalog())?;
     Ok(match app.open_mirror()? {
-        sovereign_sync::Mirror::Sqlite(store) => reconcile::reconcile(
-            &app.config().core_db_path(),
-            &store,
-            app.mirror_catalog(),
-            repair,
-            progress,
-        )?,
+        sovereign_sync::Mirror::Sqlite(store) => {
+            reconcile::reconcile(&core_file, &store, app.mirror_catalog(), repair, progress)?
+        }
         sovereign_sync::Mirror::Postgres(pg) => reconcile::reconcile_postgres(
             &core,
             &mut pg.borrow_mut(),
@@ -109,7 +99,7 @@ pub fn reconcile(
 
 /// What a full resync would change, one line per step.
 pub fn plan(app: &App) -> Result<Vec<String>, PlatformError> {
-    let core = app.open_migrated_core()?;
+    let (core, _) = app.open_sqlite_core("sv sync:plan", false)?;
     capture::validate(&core, app.mirror_catalog())?;
     let mirror = app.open_mirror()?;
     Ok(full::plan(&mirror, app.mirror_catalog())?)

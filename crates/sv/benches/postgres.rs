@@ -1,9 +1,12 @@
-//! The same plugin route on a SQLite and on a PostgreSQL plugin store (issue 11), with
-//! real processes over HTTP: two platforms (`sv serve` + extension host) that differ only
-//! in `PLUGIN_DATABASE_URL`, the `notes` plugin installed in both, the core on SQLite in
-//! both. Throughput of `GET /api/plugins/notes/notes/{id}` (one row) from the same
-//! clients, rounds alternating between the two, and the ratio PostgreSQL / SQLite. The
-//! PostgreSQL server is a throwaway cluster from `scripts/postgres` on this machine.
+//! The same routes on SQLite and on PostgreSQL (issue 11), with real processes over HTTP:
+//! three platforms (`sv serve` + extension host) with `notes` installed: both stores on
+//! SQLite; the plugin store on PostgreSQL; both stores on PostgreSQL (a cluster of its
+//! own, since plugin roles are cluster-wide). Throughput from the same clients, rounds
+//! alternating, and the ratios to SQLite: the plugin route `GET
+//! /api/plugins/notes/notes/{id}` (one row) with the plugin store on PostgreSQL, and the
+//! core route `GET /api/auth/me` (the session and its user) with the core store on
+//! PostgreSQL. The servers are throwaway clusters from `scripts/postgres` on this
+//! machine.
 //!
 //! Run: `cargo bench -p sv --bench postgres`.
 
@@ -46,16 +49,21 @@ fn throughput(url: &str, token: &str) -> f64 {
     total as f64 / ROUND.as_secs_f64()
 }
 
-/// A served platform with `notes` and one user, and the URL of one of their notes.
-fn platform(plugin_database_url: Option<&str>) -> (Platform, String, String) {
+/// A served platform with `notes` and one user, the URL of one of their notes and the
+/// user's token.
+fn platform(
+    database_url: Option<&str>,
+    plugin_database_url: Option<&str>,
+) -> (Platform, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    if let Some(url) = plugin_database_url {
-        std::fs::write(
-            dir.path().join("sovereign.toml"),
-            format!("plugin_database_url = \"{url}\"\n"),
-        )
-        .unwrap();
+    let mut toml = String::new();
+    if let Some(url) = database_url {
+        toml.push_str(&format!("database_url = \"{url}\"\n"));
     }
+    if let Some(url) = plugin_database_url {
+        toml.push_str(&format!("plugin_database_url = \"{url}\"\n"));
+    }
+    std::fs::write(dir.path().join("sovereign.toml"), toml).unwrap();
     let platform = Platform::serve(Platform::prepare_in(
         dir,
         &["notes"],
@@ -74,43 +82,96 @@ fn platform(plugin_database_url: Option<&str>) -> (Platform, String, String) {
     (platform, url, token)
 }
 
-fn main() {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
-    let cluster = Cluster::start(&script).unwrap();
-    let plugins_url = cluster.url("svc_plugins", "bench-plugins-secret", "sv_plugins");
+/// A throwaway cluster with the roles and databases of `urls` (`--database-url`,
+/// `--plugin-database-url` and their values).
+fn cluster_for(script: &std::path::Path, urls: &dyn Fn(&Cluster) -> Vec<String>) -> Cluster {
+    let cluster = Cluster::start(script).unwrap();
     let roles = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "postgres:roles".to_owned(),
+        "--apply".to_owned(),
+        "--admin-url".to_owned(),
+        cluster.admin_url().to_owned(),
+    ];
+    args.extend(urls(&cluster));
     sv_ok(
         roles.path(),
-        &[
-            "postgres:roles",
-            "--apply",
-            "--admin-url",
-            cluster.admin_url(),
-            "--plugin-database-url",
-            &plugins_url,
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    let (_sqlite, sqlite_url, sqlite_token) = platform(None);
-    let (_postgres, postgres_url, postgres_token) = platform(Some(&plugins_url));
+    cluster
+}
 
-    // Warm both up, then alternate rounds so that the machine's load hits both alike.
-    throughput(&sqlite_url, &sqlite_token);
-    throughput(&postgres_url, &postgres_token);
-    let (mut sqlite, mut postgres) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        sqlite.push(throughput(&sqlite_url, &sqlite_token));
-        postgres.push(throughput(&postgres_url, &postgres_token));
+/// Median requests per second of `ROUNDS` rounds on each target, rounds alternating
+/// between them so that the machine's load hits all alike.
+fn compare(targets: &[(&str, &str)]) -> Vec<f64> {
+    for (url, token) in targets {
+        throughput(url, token);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (sqlite, postgres) = (median(&mut sqlite), median(&mut postgres));
+    let mut rounds = vec![Vec::new(); targets.len()];
+    for _ in 0..ROUNDS {
+        for (i, (url, token)) in targets.iter().enumerate() {
+            rounds[i].push(throughput(url, token));
+        }
+    }
+    rounds
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect()
+}
+
+fn main() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
+    let plugins_only = cluster_for(&script, &|c| {
+        vec![
+            "--plugin-database-url".into(),
+            c.url("svc_plugins", "bench-plugins-secret", "sv_plugins"),
+        ]
+    });
+    let both = cluster_for(&script, &|c| {
+        vec![
+            "--database-url".into(),
+            c.url("svc_core", "bench-core-secret", "sv_core"),
+            "--plugin-database-url".into(),
+            c.url("svc_plugins", "bench-plugins-secret", "sv_plugins"),
+        ]
+    });
+    let (sqlite, sqlite_note, sqlite_token) = platform(None, None);
+    let (_pg_plugins, pg_note, pg_plugins_token) = platform(
+        None,
+        Some(&plugins_only.url("svc_plugins", "bench-plugins-secret", "sv_plugins")),
+    );
+    let (pg_both, _, pg_both_token) = platform(
+        Some(&both.url("svc_core", "bench-core-secret", "sv_core")),
+        Some(&both.url("svc_plugins", "bench-plugins-secret", "sv_plugins")),
+    );
+    let sqlite_me = format!("{}/api/auth/me", sqlite.base);
+    let pg_me = format!("{}/api/auth/me", pg_both.base);
+
+    let plugin = compare(&[(&sqlite_note, &sqlite_token), (&pg_note, &pg_plugins_token)]);
+    let core = compare(&[(&sqlite_me, &sqlite_token), (&pg_me, &pg_both_token)]);
     println!(
-        "plugin route GET /api/plugins/notes/notes/{{id}}, {CLIENTS} clients, median of {ROUNDS} rounds of {}s:",
+        "{CLIENTS} clients, median of {ROUNDS} rounds of {}s, rounds alternating:",
         ROUND.as_secs()
     );
-    println!("  SQLite plugin store:     {sqlite:>8.0} req/s");
-    println!("  PostgreSQL plugin store: {postgres:>8.0} req/s");
-    println!("  PostgreSQL / SQLite:     {:>8.2}x", postgres / sqlite);
+    println!(
+        "{:<44} {:>12} {:>12} {:>12}",
+        "route", "SQLite", "PostgreSQL", "PG / SQLite"
+    );
+    println!(
+        "{:<44} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
+        "plugin GET /api/plugins/notes/notes/{id}",
+        plugin[0],
+        plugin[1],
+        plugin[1] / plugin[0]
+    );
+    println!(
+        "{:<44} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
+        "core   GET /api/auth/me",
+        core[0],
+        core[1],
+        core[1] / core[0]
+    );
 }

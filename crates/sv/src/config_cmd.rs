@@ -20,7 +20,10 @@ pub fn run(app: &App, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
         (
             "DATABASE_URL",
             config.database_url.value.to_string(),
-            config.core_db_path().display().to_string(),
+            match config.core_db_path() {
+                Some(path) => path.display().to_string(),
+                None => "(PostgreSQL)".into(),
+            },
             config.database_url.source.to_string(),
         ),
         (

@@ -144,7 +144,7 @@ pub fn run_split(app: &App, args: &SplitArgs) -> anyhow::Result<ExitCode> {
         mappings.insert(table, mapping);
     }
     let plan = ops::plan_split(&args.from, &mappings)?;
-    let core = app.config().core_db_path();
+    let core = app.core_file("sv split")?;
     println!(
         "{:<28} {:<34} {:<28} {:>10}",
         "source table", "destination", "table", "rows"

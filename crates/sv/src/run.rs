@@ -133,11 +133,7 @@ fn start(
     };
     run::serve(app, lock, &options, &mut |addr| {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "core store:   {}",
-            app.config().core_db_path().display()
-        );
+        let _ = writeln!(out, "core store:   {}", app.core_location());
         let _ = writeln!(
             out,
             "plugin store: {}",

@@ -706,3 +706,192 @@ fn killing_the_host_under_load_loses_no_acknowledged_write_on_either_backend() {
         assert_eq!(server.host_state()["restarts"], 2, "{backend:?}");
     }
 }
+
+#[test]
+fn sv_serves_the_core_api_and_plugins_with_both_stores_on_postgres() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
+    let cluster = Cluster::start(&script).unwrap();
+    let core_url = cluster.url("svc_core", "core-secret", "sv_core");
+    let plugins_url = cluster.url("svc_plugins", "plugins-secret", "sv_plugins");
+    let w = Workdir::new();
+    let urls = [
+        "--database-url",
+        core_url.as_str(),
+        "--plugin-database-url",
+        plugins_url.as_str(),
+    ];
+    let with =
+        |args: &[&str]| -> Vec<String> { urls.iter().chain(args).map(|s| s.to_string()).collect() };
+    let run_ok =
+        |args: &[&str]| w.sv_ok(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
+    let run_err =
+        |args: &[&str]| w.sv_err(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
+
+    let applied = run_ok(&[
+        "postgres:roles",
+        "--apply",
+        "--admin-url",
+        cluster.admin_url(),
+    ]);
+    assert!(
+        applied.contains("the core and plugin databases"),
+        "{applied}"
+    );
+    // Before its migrations the core database is not a core store, and says how to fix it.
+    let early = run_err(&["users", "list"]);
+    assert!(early.contains("migrate:deploy --scope=core"), "{early}");
+    assert!(!early.contains("core-secret"), "a password leaked: {early}");
+    let deployed = run_ok(&["migrate:deploy", "--scope=core"]);
+    assert!(
+        deployed.contains("0006_plugin_store_logins.sql"),
+        "{deployed}"
+    );
+    let status = run_ok(&["migrate:status", "--scope=core"]);
+    assert!(
+        status.contains("0001_init.sql") && !status.contains("pending"),
+        "{status}"
+    );
+    run_ok(&["migrate:deploy"]);
+    assert!(
+        !w.core_db().exists() && !w.plugins_db().exists(),
+        "no SQLite file is made"
+    );
+    let tables = psql(
+        cluster
+            .admin_url()
+            .replace("/postgres", "/sv_core")
+            .as_str(),
+        "SELECT count(*) FROM users",
+    );
+    assert!(
+        tables.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tables.stderr)
+    );
+
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
+    run_ok(&[
+        "plugins",
+        "install",
+        repo.join("notes").to_str().unwrap(),
+        "--yes",
+    ]);
+    // The plugin's password is in the core database; with it in hand, its role still
+    // cannot connect to the core database.
+    let password = psql(
+        cluster
+            .admin_url()
+            .replace("/postgres", "/sv_core")
+            .as_str(),
+        "SELECT password FROM plugin_store_logins WHERE plugin_id = 'notes'",
+    );
+    let password = String::from_utf8_lossy(&password.stdout).trim().to_owned();
+    assert_eq!(password.len(), 32, "{password}");
+    let as_plugin = psql(
+        &cluster.url("svp_notes", &password, "sv_core"),
+        "SELECT count(*) FROM users",
+    );
+    assert!(
+        !as_plugin.status.success(),
+        "a plugin role reached the core database"
+    );
+    assert!(
+        String::from_utf8_lossy(&as_plugin.stderr).contains("permission denied"),
+        "{}",
+        String::from_utf8_lossy(&as_plugin.stderr)
+    );
+    // Mirrors are built from a SQLite core only so far: a plugin that reads one is
+    // refused with the reason, and nothing of it stays behind.
+    let tasks = run_err(&[
+        "plugins",
+        "install",
+        repo.join("tasks").to_str().unwrap(),
+        "--yes",
+    ]);
+    assert!(tasks.contains("SQLite core store only so far"), "{tasks}");
+    assert!(!run_ok(&["plugins", "list"]).contains("tasks"));
+    let sync = run_err(&["sync:status"]);
+    assert!(sync.contains("SQLite core store only so far"), "{sync}");
+
+    let created = w.sv_with_input(
+        &with(&[
+            "users",
+            "create",
+            "--email",
+            "root@example.com",
+            "--password-stdin",
+            "--admin",
+        ])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+        "root password 1\n",
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let server = w.start(
+        &with(&["serve"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let host = server.wait_host_running();
+    assert_eq!(host["plugins"][0]["id"], "notes", "{host}");
+    let health = server.get("/health", None);
+    assert_eq!(health.body["core"]["status"], "ok", "{}", health.text);
+    let token = server.login("root@example.com", "root password 1");
+    let me = server.get("/api/auth/me", Some(&token));
+    assert_eq!(me.body["email"], "root@example.com", "{}", me.text);
+    let created = server.send(
+        "POST",
+        "/api/users",
+        Some(&token),
+        Some(serde_json::json!({
+            "email": "ada@example.com", "password": "a long password", "display_name": "Ada"
+        })),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    let duplicate = server.send(
+        "POST",
+        "/api/users",
+        Some(&token),
+        Some(serde_json::json!({
+            "email": "ADA@example.com", "password": "a long password", "display_name": "Ada"
+        })),
+    );
+    assert_eq!(duplicate.status, 409, "{}", duplicate.text);
+    let put = server.send(
+        "PUT",
+        "/api/settings/site.name",
+        Some(&token),
+        Some(serde_json::json!({ "value": {"name": "Acme"} })),
+    );
+    assert!((200..300).contains(&put.status), "{}", put.text);
+    let got = server.get("/api/settings/site.name", Some(&token));
+    assert_eq!(
+        got.body["value"],
+        serde_json::json!({"name": "Acme"}),
+        "{}",
+        got.text
+    );
+    let note = server.send(
+        "POST",
+        "/api/plugins/notes/notes",
+        Some(&token),
+        Some(serde_json::json!({ "title": "both on PostgreSQL", "body": "" })),
+    );
+    assert_eq!(note.status, 201, "{}", note.text);
+    let listed = server.get("/api/plugins/notes/notes", Some(&token));
+    assert_eq!(
+        listed.body[0]["title"], "both on PostgreSQL",
+        "{}",
+        listed.text
+    );
+    let logout = server.send("POST", "/api/auth/logout", Some(&token), None);
+    assert!((200..300).contains(&logout.status), "{}", logout.text);
+    assert_eq!(server.get("/api/auth/me", Some(&token)).status, 401);
+    server.stop();
+}
