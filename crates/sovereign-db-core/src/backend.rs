@@ -184,6 +184,12 @@ impl PgCore {
         self.client.get_mut()
     }
 
+    /// Runs `f` on the client, for trusted code with statements of its own (the sync
+    /// publisher reading the outbox and the mirrored tables).
+    pub fn with_client<T>(&self, f: impl FnOnce(&mut Client) -> T) -> T {
+        f(&mut self.client.borrow_mut())
+    }
+
     /// Rows changed through this connection so far.
     pub fn total_changes(&self) -> u64 {
         self.changes.get()

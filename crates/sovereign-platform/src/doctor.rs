@@ -273,17 +273,8 @@ fn check_postgres_store(report: &mut Report, app: &App, store: &crate::PgPluginS
 }
 
 fn check_sync(report: &mut Report, app: &App) {
-    if let PluginStore::Postgres(_) = app.plugin_store() {
-        return report.add(
-            Level::Warn,
-            "sync",
-            "the plugin store is on PostgreSQL, where mirrored core slices are not built \
-             yet: sync is off"
-                .into(),
-        );
-    }
     let status = (|| -> Result<sovereign_sync::status::SyncStatus, PlatformError> {
-        let (core, _) = app.open_sqlite_core("the sync status", true)?;
+        let core = app.core_location().open_existing_read_only()?;
         let mirror = app.sync_settings().open_mirror_read_only(app.config())?;
         Ok(sovereign_sync::status::status(
             &core,

@@ -19,7 +19,6 @@ pub mod users;
 use std::path::PathBuf;
 
 use sovereign_config::Config;
-use sovereign_db::rusqlite::Connection;
 use sovereign_db_core::plugins::PluginRecord;
 use sovereign_db_core::{CoreConn, CoreLocation, PgCore};
 use sovereign_db_plugins::mirror::MirrorCatalog;
@@ -205,27 +204,6 @@ impl App {
         migrations::open_migrated_core_with(self, sovereign_db_core::open_existing_read_only)
     }
 
-    /// `core.db`, migrated, for the sync paths that run on a SQLite core only so far;
-    /// refused naming `operation` on PostgreSQL.
-    pub fn open_sqlite_core(
-        &self,
-        operation: &'static str,
-        read_only: bool,
-    ) -> Result<(Connection, PathBuf), PlatformError> {
-        let path = self.core_file(operation)?;
-        let core = if read_only {
-            self.open_migrated_core_read_only()?
-        } else {
-            self.open_migrated_core()?
-        };
-        match core {
-            CoreConn::Sqlite(conn) => Ok((conn, path)),
-            CoreConn::Postgres(_) => {
-                Err(sovereign_db_core::CoreError::NotOnSqlite { operation }.into())
-            }
-        }
-    }
-
     /// The registry entry of `id`, if the core store exists and has a registry.
     pub fn registered(&self, id: &str) -> Result<Option<PluginRecord>, PlatformError> {
         let path = match self.core_location() {
@@ -303,12 +281,10 @@ impl App {
                     .iter()
                     .any(|(slice, _)| !built.iter().any(|b| &b.name == slice))
                 {
-                    let (core, core_file) =
-                        self.open_sqlite_core("building mirror tables", false)?;
+                    let core = self.open_migrated_core()?;
                     sovereign_sync::capture::install(&core, &self.sync.catalog)?;
                     sovereign_sync::full::full_resync(
                         &core,
-                        &core_file,
                         &mirror,
                         &self.sync.catalog,
                         &|_, _| {},

@@ -83,12 +83,8 @@ impl Target {
             Store::PostgresCore(url) => {
                 let mut core = PgCore::connect_unchecked(url)?;
                 let applied = sovereign_postgres::migrate::deploy(core.client_mut(), &self.set)?;
-                if !app.mirror_catalog().slices().is_empty() {
-                    tracing::warn!(
-                        "change capture is not built for a core store on PostgreSQL yet: \
-                         mirror slices are not kept current"
-                    );
-                }
+                // Change capture is derived from the configured projections.
+                sovereign_sync::capture::install(&core, app.mirror_catalog())?;
                 applied
             }
             Store::Plugin(plugin) => {

@@ -184,13 +184,8 @@ pub fn split(app: &App, from: &Path, plan: &SplitPlan) -> Result<Split, Platform
     let core = sovereign_db_core::open_existing(&core_path)?;
     sovereign_sync::capture::install(&core, app.mirror_catalog())?;
     let mirror = app.open_mirror()?;
-    let report = sovereign_sync::full::full_resync(
-        &core,
-        &core_path,
-        &mirror,
-        app.mirror_catalog(),
-        &|_, _| {},
-    )?;
+    let report =
+        sovereign_sync::full::full_resync(&core, &mirror, app.mirror_catalog(), &|_, _| {})?;
     Ok(Split {
         copied,
         mirror_rows: report.rows,

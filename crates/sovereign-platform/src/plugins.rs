@@ -59,10 +59,6 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
         .plugin_api
         .get_or_insert_with(|| component.api_version.clone());
     let grants = manifest.requested_grants();
-    if !grants.is_empty() {
-        // Mirrors are built from a SQLite core only so far: refuse before anything is made.
-        app.core_file("installing a plugin that reads mirrored core data")?;
-    }
     if !grants.is_empty()
         && let Approval::Ask(approve) = approval
         && !approve(&manifest)

@@ -223,7 +223,9 @@ pub fn serve(
                 }
             });
         }
-        let sync = start_sync(app, waker, kernel.metrics())?;
+        // Installing capture connects to the core store (blocking).
+        let metrics = kernel.metrics();
+        let sync = tokio::task::block_in_place(|| start_sync(app, waker, metrics))?;
         lock.record_address(&kernel.local_addr().to_string())
             .map_err(|source| PlatformError::Io {
                 what: "recording the address in the lock file".into(),
@@ -242,9 +244,7 @@ pub fn serve(
         if let Some(host) = host {
             host.stop(std::time::Duration::from_secs(5)).await;
         }
-        if let Some(sync) = sync {
-            let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
-        }
+        let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
         tracing::info!("stopped");
         Ok::<(), PlatformError>(())
     })?;
@@ -272,36 +272,28 @@ fn plugin_store_probe(app: &App) -> sovereign_kernel::PluginStoreProbe {
 }
 
 /// Installs change capture and starts the sync worker (near-real-time or scheduled),
-/// the one writer of the mirror while the platform runs. None with a core store on
-/// PostgreSQL, where change capture is not built yet.
+/// the one writer of the mirror while the platform runs.
 fn start_sync(
     app: &App,
     waker: SyncWaker,
     metrics: Arc<sovereign_kernel::Metrics>,
-) -> Result<Option<SyncWorker>, PlatformError> {
+) -> Result<SyncWorker, PlatformError> {
     let settings = app.sync_settings().clone();
-    let Some(core_path) = app.config().core_db_path() else {
-        tracing::warn!(
-            "the core store is on PostgreSQL, where change capture is not built yet: \
-             the sync worker does not run and mirrors are not kept current"
-        );
-        return Ok(None);
-    };
-    let core = sovereign_db_core::open_existing(&core_path)?;
-    sovereign_sync::capture::install(&core, &settings.catalog)?;
+    let location = app.core_location();
+    sovereign_sync::capture::install(&location.open_existing()?, &settings.catalog)?;
     let mirror_config = app.config().clone();
     let mirror_settings = settings.clone();
-    Ok(Some(SyncWorker::spawn(
+    Ok(SyncWorker::spawn(
         settings,
         SyncTarget {
-            core_path,
+            core: location,
             open_mirror: Arc::new(move || mirror_settings.open_mirror(&mirror_config)),
             observe: Some(Box::new(move |changes, took| {
                 metrics.observe_sync_batch(changes, took.as_secs_f64())
             })),
             waker,
         },
-    )))
+    ))
 }
 
 /// How the kernel starts the extension host: the executable in host mode, with an

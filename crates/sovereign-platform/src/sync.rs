@@ -1,5 +1,6 @@
 //! Running, inspecting and reconciling the core -> plugins mirror by hand.
 
+use sovereign_db_core::CoreConn;
 use sovereign_sync::publish::{CatchUp, RebuildReason};
 use sovereign_sync::{SyncError, capture, full, publish, reconcile, status};
 
@@ -37,7 +38,7 @@ pub fn run(
     progress: Progress<'_>,
 ) -> Result<SyncRun, PlatformError> {
     let settings = app.sync_settings();
-    let (core, core_file) = app.open_sqlite_core("sv sync:run", false)?;
+    let core = app.open_migrated_core()?;
     capture::install(&core, &settings.catalog)?;
     let mirror = app.open_mirror()?;
     let reason = match publish::needs_rebuild(&core, &mirror, &settings.catalog) {
@@ -53,7 +54,7 @@ pub fn run(
     };
     let rebuild = if full_rebuild || reason.is_some() {
         let plan = full::plan(&mirror, &settings.catalog)?;
-        let report = full::full_resync(&core, &core_file, &mirror, &settings.catalog, progress)?;
+        let report = full::full_resync(&core, &mirror, &settings.catalog, progress)?;
         Some(Rebuild {
             reason,
             plan,
@@ -69,7 +70,7 @@ pub fn run(
 
 /// Per slice: watermark, backlog, lag; the last error. Read-only.
 pub fn status(app: &App) -> Result<status::SyncStatus, PlatformError> {
-    let (core, _) = app.open_sqlite_core("sv sync:status", true)?;
+    let core = app.open_migrated_core_read_only()?;
     let mirror = app.sync_settings().open_mirror_read_only(app.config())?;
     Ok(status::status(&core, &mirror, app.mirror_catalog())?)
 }
@@ -81,25 +82,29 @@ pub fn reconcile(
     repair: bool,
     progress: Progress<'_>,
 ) -> Result<reconcile::ReconcileReport, PlatformError> {
-    let (core, core_file) = app.open_sqlite_core("sv sync:reconcile", false)?;
+    let core = app.open_migrated_core()?;
     capture::validate(&core, app.mirror_catalog())?;
-    Ok(match app.open_mirror()? {
-        sovereign_sync::Mirror::Sqlite(store) => {
-            reconcile::reconcile(&core_file, &store, app.mirror_catalog(), repair, progress)?
-        }
-        sovereign_sync::Mirror::Postgres(pg) => reconcile::reconcile_postgres(
-            &core,
-            &mut pg.borrow_mut(),
-            app.mirror_catalog(),
+    let catalog = app.mirror_catalog();
+    Ok(match (&core, app.open_mirror()?) {
+        (CoreConn::Sqlite(_), sovereign_sync::Mirror::Sqlite(store)) => reconcile::reconcile(
+            &app.core_file("sv sync:reconcile")?,
+            &store,
+            catalog,
             repair,
             progress,
         )?,
+        (CoreConn::Postgres(pg), sovereign_sync::Mirror::Sqlite(store)) => {
+            reconcile::reconcile_from_postgres_core(pg, &store, catalog, repair, progress)?
+        }
+        (_, sovereign_sync::Mirror::Postgres(pg)) => {
+            reconcile::reconcile_postgres(&core, &mut pg.borrow_mut(), catalog, repair, progress)?
+        }
     })
 }
 
 /// What a full resync would change, one line per step.
 pub fn plan(app: &App) -> Result<Vec<String>, PlatformError> {
-    let (core, _) = app.open_sqlite_core("sv sync:plan", false)?;
+    let core = app.open_migrated_core()?;
     capture::validate(&core, app.mirror_catalog())?;
     let mirror = app.open_mirror()?;
     Ok(full::plan(&mirror, app.mirror_catalog())?)

@@ -20,6 +20,7 @@ mod roles;
 pub mod sql_text;
 
 pub use cluster::Cluster;
+pub use plugin_db::values::row_values;
 pub use plugin_db::{PgPluginConfig, PgPluginDb};
 
 pub use roles::{PgError, PluginRole, RolePlan, Step, StoreUrl, Target, plugin_role_name};

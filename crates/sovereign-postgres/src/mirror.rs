@@ -44,6 +44,16 @@ impl ColumnKind {
         }
     }
 
+    /// The kind of a column of PostgreSQL type `ty` (a core column on PostgreSQL).
+    pub fn from_pg(ty: &Type) -> ColumnKind {
+        match *ty {
+            Type::INT2 | Type::INT4 | Type::INT8 | Type::BOOL | Type::OID => ColumnKind::Integer,
+            Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC => ColumnKind::Real,
+            Type::BYTEA => ColumnKind::Blob,
+            _ => ColumnKind::Text,
+        }
+    }
+
     fn sql(self) -> &'static str {
         match self {
             ColumnKind::Integer => "bigint",

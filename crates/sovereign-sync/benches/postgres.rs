@@ -28,20 +28,13 @@ fn mirror(owner_url: &str) -> Mirror {
     Mirror::Postgres(RefCell::new(PgMirror::connect(owner_url).unwrap()))
 }
 
-fn full_build(owner_url: &str, core_path: &Path, core: &Connection, rows: u64) {
+fn full_build(owner_url: &str, core: &Connection, rows: u64) {
     let settings = SyncSettings::default();
     let mut admin = postgres::Client::connect(owner_url, postgres::NoTls).unwrap();
     let (mut ours, mut baseline) = (vec![], vec![]);
     for _ in 0..3 {
         let start = Instant::now();
-        full::full_resync(
-            core,
-            core_path,
-            &mirror(owner_url),
-            &settings.catalog,
-            &|_, _| {},
-        )
-        .unwrap();
+        full::full_resync(core, &mirror(owner_url), &settings.catalog, &|_, _| {}).unwrap();
         ours.push(start.elapsed());
         // The same rows, typed the same, copied between two schemas of the server.
         admin
@@ -122,6 +115,6 @@ fn main() {
     sovereign_db_core::migrations().deploy(&core).unwrap();
     load_users(&core, rows);
     capture::install(&core, &SyncSettings::default().catalog).unwrap();
-    full_build(&owner_url, &core_path, &core, rows);
+    full_build(&owner_url, &core, rows);
     lag(&owner_url, &core_path, rows, seconds);
 }

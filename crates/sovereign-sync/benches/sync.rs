@@ -43,7 +43,7 @@ fn full_build(dir: &Path, core_path: &Path, core: &Connection, rows: u64) {
         let mirror_path = dir.join(format!("mirror-{round}.db"));
         let mirror = Mirror::Sqlite(TrustedPluginStore::open_shared(&mirror_path).unwrap());
         let start = Instant::now();
-        full::full_resync(core, core_path, &mirror, &settings.catalog, &|_, _| {}).unwrap();
+        full::full_resync(core, &mirror, &settings.catalog, &|_, _| {}).unwrap();
         ours.push(start.elapsed());
         drop(mirror);
         remove_db(&mirror_path);

@@ -3,6 +3,7 @@
 //! in the same transaction as the change.
 
 use sovereign_db::rusqlite::{self, Connection};
+use sovereign_db_core::{CoreAccess, CoreHandle, PgCore};
 use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
 
 use crate::{SyncError, ident};
@@ -26,7 +27,7 @@ pub fn is_secret(table: &str, column: &str) -> bool {
 /// Checks every slice against the core schema: the source exists and is not bookkeeping,
 /// the columns exist, the first column is the table's integer primary key, no secret
 /// column is published unless the operator allowed it, and the filter compiles.
-pub fn validate(core: &Connection, catalog: &MirrorCatalog) -> Result<(), SyncError> {
+pub fn validate(core: &dyn CoreAccess, catalog: &MirrorCatalog) -> Result<(), SyncError> {
     for slice in catalog.slices() {
         let fail = |message: String| SyncError::Projection {
             slice: slice.name.clone(),
@@ -48,10 +49,7 @@ pub fn validate(core: &Connection, catalog: &MirrorCatalog) -> Result<(), SyncEr
                 "{source} is bookkeeping, not a table that can be published"
             )));
         }
-        let info: Vec<(String, i64)> = core
-            .prepare("SELECT name, pk FROM pragma_table_info(?1)")?
-            .query_map([source], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
+        let info = table_columns(core, source)?;
         if info.is_empty() {
             return Err(fail(format!("the core has no table {source:?}")));
         }
@@ -75,7 +73,7 @@ pub fn validate(core: &Connection, catalog: &MirrorCatalog) -> Result<(), SyncEr
         let key = slice.key_column();
         let pk: Vec<&str> = info
             .iter()
-            .filter(|(_, pk)| *pk > 0)
+            .filter(|(_, pk)| *pk)
             .map(|(n, _)| n.as_str())
             .collect();
         if pk != [key] {
@@ -84,14 +82,47 @@ pub fn validate(core: &Connection, catalog: &MirrorCatalog) -> Result<(), SyncEr
             )));
         }
         if let Some(filter) = &slice.filter {
-            core.prepare(&format!(
-                "SELECT 1 FROM {} WHERE ({filter}) LIMIT 0",
-                ident(source)
-            ))
-            .map_err(|e| fail(format!("the filter {filter:?} does not compile: {e}")))?;
+            let probe = format!("SELECT 1 FROM {} WHERE ({filter}) LIMIT 0", ident(source));
+            let compiled = match core.core_handle() {
+                CoreHandle::Sqlite(conn) => {
+                    conn.prepare(&probe).map(drop).map_err(|e| e.to_string())
+                }
+                CoreHandle::Postgres(pg) => pg
+                    .with_client(|client| client.prepare(&probe).map(drop))
+                    .map_err(|e| e.to_string()),
+            };
+            compiled.map_err(|e| fail(format!("the filter {filter:?} does not compile: {e}")))?;
         }
     }
     Ok(())
+}
+
+/// The columns of core table `table`, in order, and whether each is in its primary key
+/// (empty if there is no such table).
+fn table_columns(core: &dyn CoreAccess, table: &str) -> Result<Vec<(String, bool)>, SyncError> {
+    Ok(match core.core_handle() {
+        CoreHandle::Sqlite(conn) => conn
+            .prepare("SELECT name, pk FROM pragma_table_info(?1)")?
+            .query_map([table], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? > 0)))?
+            .collect::<Result<_, _>>()?,
+        CoreHandle::Postgres(pg) => pg
+            .with_client(|client| {
+                client.query(
+                    "SELECT a.attname::text,
+                        coalesce(a.attnum = ANY (i.indkey::int2[]), false)
+                 FROM pg_attribute a
+                 JOIN pg_class c ON c.oid = a.attrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+                 LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+                 WHERE c.relname = $1 AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+                 ORDER BY a.attnum",
+                    &[&table],
+                )
+            })?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect(),
+    })
 }
 
 /// The capture triggers a slice needs, as `(name, sql)`.
@@ -135,11 +166,25 @@ fn triggers_for(slice: &MirrorSlice) -> Vec<(String, String)> {
     ]
 }
 
-/// Makes the capture triggers in `core.db` match the catalog, in one transaction: drops
-/// triggers of slices no longer configured, (re)creates changed ones. Returns whether
-/// anything changed.
-pub fn install(core: &Connection, catalog: &MirrorCatalog) -> Result<bool, SyncError> {
+/// Makes the capture triggers of the core store match the catalog, in one transaction:
+/// drops triggers of slices no longer configured, (re)creates changed ones. Returns
+/// whether anything changed.
+pub fn install(core: &dyn CoreAccess, catalog: &MirrorCatalog) -> Result<bool, SyncError> {
     validate(core, catalog)?;
+    let changed = match core.core_handle() {
+        CoreHandle::Sqlite(conn) => install_sqlite(conn, catalog)?,
+        CoreHandle::Postgres(pg) => install_postgres(pg, catalog)?,
+    };
+    if changed {
+        tracing::info!(
+            slices = catalog.slices().len(),
+            "change capture triggers installed"
+        );
+    }
+    Ok(changed)
+}
+
+fn install_sqlite(core: &Connection, catalog: &MirrorCatalog) -> Result<bool, SyncError> {
     let tx = rusqlite::Transaction::new_unchecked(core, rusqlite::TransactionBehavior::Immediate)?;
     let existing: Vec<(String, String)> = tx
         .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND name LIKE '\\_sv\\_capture\\_%' ESCAPE '\\'")?
@@ -160,11 +205,92 @@ pub fn install(core: &Connection, catalog: &MirrorCatalog) -> Result<bool, SyncE
         }
     }
     tx.commit()?;
-    if changed {
-        tracing::info!(
-            slices = catalog.slices().len(),
-            "change capture triggers installed"
-        );
-    }
     Ok(changed)
+}
+
+/// Serialises capturing transactions on PostgreSQL (taken before the outbox row's
+/// sequence number, held to commit): sequence order is then commit order, as on SQLite
+/// with its one writer, so a reader that has seen `seq` N never later finds a smaller
+/// one committed. Without it a batch could pass over a change still in flight.
+const CAPTURE_LOCK: i64 = 0x5356_4341_5054; // "SVCAPT"
+
+/// One slice's capture on PostgreSQL: a trigger function `_sv_capture_<slice>` and a row
+/// trigger of the same name on the source table, as `(name, table, function body)`.
+fn postgres_capture_for(slice: &MirrorSlice) -> (String, String, String) {
+    let key = ident(slice.key_column());
+    let slice_name = slice.name.replace('\'', "''");
+    let record = |row: &str| {
+        format!(
+            "INSERT INTO _sv_change_outbox (slice, row_key, at_ms) VALUES ('{slice_name}', {row}.{key}, \
+             (extract(epoch FROM clock_timestamp()) * 1000)::bigint);"
+        )
+    };
+    let body = format!(
+        "
+BEGIN
+    PERFORM pg_advisory_xact_lock({CAPTURE_LOCK});
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        {}
+    END IF;
+    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.{key} IS DISTINCT FROM NEW.{key}) THEN
+        {}
+    END IF;
+    RETURN NULL;
+END
+",
+        record("NEW"),
+        record("OLD")
+    );
+    (
+        format!("{TRIGGER_PREFIX}{}", slice.name),
+        slice.source_table.clone(),
+        body,
+    )
+}
+
+fn install_postgres(core: &PgCore, catalog: &MirrorCatalog) -> Result<bool, SyncError> {
+    let wanted: Vec<(String, String, String)> =
+        catalog.slices().iter().map(postgres_capture_for).collect();
+    Ok(core.with_client(|client| -> Result<bool, postgres::Error> {
+        let mut tx = client.transaction()?;
+        let existing: Vec<(String, String, String)> = tx
+            .query(
+                "SELECT p.proname::text, coalesce(t.tgrelid::regclass::text, ''), p.prosrc
+                 FROM pg_proc p
+                 JOIN pg_namespace n ON n.oid = p.pronamespace AND n.nspname = 'public'
+                 LEFT JOIN pg_trigger t ON t.tgname = p.proname AND t.tgfoid = p.oid
+                 WHERE p.proname LIKE '\\_sv\\_capture\\_%'",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        // regclass text quotes a table name only where it must.
+        let same = |(n, t, b): &(String, String, String), (wn, wt, wb): &(String, String, String)| {
+            n == wn && b == wb && (t == wt || *t == ident(wt))
+        };
+        let mut changed = false;
+        for found in &existing {
+            if !wanted.iter().any(|w| same(found, w)) {
+                tx.batch_execute(&format!("DROP FUNCTION {}() CASCADE", ident(&found.0)))?;
+                changed = true;
+            }
+        }
+        for want in &wanted {
+            if !existing.iter().any(|found| same(found, want)) {
+                let (name, table, body) = want;
+                tx.batch_execute(&format!(
+                    "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $sv_capture${body}$sv_capture$;
+                     DROP TRIGGER IF EXISTS {name} ON {table};
+                     CREATE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE ON {table}
+                         FOR EACH ROW EXECUTE FUNCTION {name}();",
+                    name = ident(name),
+                    table = ident(table),
+                ))?;
+                changed = true;
+            }
+        }
+        tx.commit()?;
+        Ok(changed)
+    })?)
 }

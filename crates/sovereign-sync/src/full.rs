@@ -1,11 +1,14 @@
 //! Full resync: rebuilds mirror tables from the core in one transaction, at a watermark
 //! taken from the same snapshot, so incremental sync continues exactly from there.
 
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 
 use sovereign_db::rusqlite::{self, Connection};
+use sovereign_db_core::{CoreAccess, CoreHandle};
 use sovereign_db_plugins::TrustedPluginStore;
 use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
+use sovereign_db_plugins::value::SqlValue;
 use sovereign_postgres::mirror::{ColumnKind, PgMirror};
 
 use crate::{Mirror, Progress, SyncError, ident, now_ms, publish};
@@ -114,12 +117,12 @@ pub fn plan(mirror: &Mirror, catalog: &MirrorCatalog) -> Result<Vec<String>, Syn
 
 /// Rebuilds every configured slice from the core and drops slices no longer
 /// configured, at the watermark of the same snapshot; then acknowledges the watermark
-/// to the core, which prunes its outbox. A SQLite mirror copies from `core_path`
-/// attached read-only; a PostgreSQL mirror gets the rows by binary `COPY`, read in one
-/// read transaction of `core`.
+/// to the core, which prunes its outbox. A SQLite mirror of a SQLite core copies from
+/// `core.db` attached read-only; otherwise the rows are read in one read transaction
+/// (one snapshot) of the core and written to the mirror in chunks (binary `COPY` into a
+/// PostgreSQL mirror).
 pub fn full_resync(
-    core: &Connection,
-    core_path: &Path,
+    core: &dyn CoreAccess,
     mirror: &Mirror,
     catalog: &MirrorCatalog,
     progress: Progress<'_>,
@@ -131,23 +134,50 @@ pub fn full_resync(
         .filter(|b| catalog.slice(&b.name).is_none())
         .map(|b| b.name)
         .collect();
-    let total: u64 = catalog
-        .slices()
-        .iter()
-        .map(|s| count_source(core, s))
-        .sum::<rusqlite::Result<u64>>()?;
-    let (watermark, rows) = match mirror {
-        Mirror::Sqlite(store) => {
-            rebuild_sqlite(core_path, store, catalog, &dropped, total, progress)?
+    let mut total = 0u64;
+    for slice in catalog.slices() {
+        total += count_source(core, slice)?;
+    }
+    let (watermark, rows) = match (core.core_handle(), mirror) {
+        (CoreHandle::Sqlite(conn), Mirror::Sqlite(store)) => {
+            let path =
+                conn.path()
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| SyncError::Projection {
+                        slice: "*".into(),
+                        message: "the core store has no file to attach".into(),
+                    })?;
+            rebuild_sqlite(Path::new(path), store, catalog, &dropped, total, progress)?
         }
-        Mirror::Postgres(pg) => rebuild_postgres(
-            core,
-            &mut pg.borrow_mut(),
-            catalog,
-            &dropped,
-            total,
-            progress,
-        )?,
+        (CoreHandle::Sqlite(conn), Mirror::Postgres(pg)) => {
+            let source = SqliteSource::begin(conn)?;
+            let rebuilt = rebuild_postgres(
+                &source,
+                &mut pg.borrow_mut(),
+                catalog,
+                &dropped,
+                total,
+                progress,
+            );
+            source.end(rebuilt)?
+        }
+        (CoreHandle::Postgres(core), Mirror::Postgres(pg)) => core.with_client(|client| {
+            let source = PostgresSource::begin(client)?;
+            let rebuilt = rebuild_postgres(
+                &source,
+                &mut pg.borrow_mut(),
+                catalog,
+                &dropped,
+                total,
+                progress,
+            );
+            source.end(rebuilt)
+        })?,
+        (CoreHandle::Postgres(core), Mirror::Sqlite(store)) => core.with_client(|client| {
+            let source = PostgresSource::begin(client)?;
+            let rebuilt = rebuild_sqlite_from(&source, store, catalog, &dropped, total, progress);
+            source.end(rebuilt)
+        })?,
     };
     publish::acknowledge(core, watermark)?;
     Ok(FullReport {
@@ -158,6 +188,147 @@ pub fn full_resync(
 }
 
 type Rebuilt = (i64, Vec<(String, u64)>);
+
+/// Takes one chunk of projected rows.
+type TakeChunk<'a> = &'a mut dyn FnMut(&[Vec<SqlValue>]) -> Result<(), SyncError>;
+
+/// The core as a rebuild reads it: one snapshot, from the first read to the end.
+trait Source {
+    /// The watermark of this snapshot: every change up to it is in the rows read.
+    fn high_water(&self) -> Result<i64, SyncError>;
+    /// The PostgreSQL type of each of `slice`'s columns.
+    fn kinds(&self, slice: &MirrorSlice) -> Result<Vec<ColumnKind>, SyncError>;
+    /// `slice`'s projected rows in key order, handed to `take` [`CHUNK`] at a time.
+    fn chunks(&self, slice: &MirrorSlice, take: TakeChunk<'_>) -> Result<(), SyncError>;
+}
+
+/// The projection query of `slice` in key order (`$`-free: no parameters).
+fn projection_sql(slice: &MirrorSlice) -> String {
+    let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+    let filter = slice
+        .filter
+        .as_deref()
+        .map(|f| format!(" WHERE ({f})"))
+        .unwrap_or_default();
+    format!(
+        "SELECT {} FROM {}{filter} ORDER BY {}",
+        columns.join(", "),
+        ident(&slice.source_table),
+        ident(slice.key_column())
+    )
+}
+
+/// Hands `rows` to `take` in chunks of [`CHUNK`].
+fn in_chunks<E>(
+    rows: impl Iterator<Item = Result<Vec<SqlValue>, E>>,
+    take: TakeChunk<'_>,
+) -> Result<(), SyncError>
+where
+    SyncError: From<E>,
+{
+    let mut chunk = Vec::with_capacity(CHUNK as usize);
+    for row in rows {
+        chunk.push(row?);
+        if chunk.len() == CHUNK as usize {
+            take(&chunk)?;
+            chunk.clear();
+        }
+    }
+    if !chunk.is_empty() {
+        take(&chunk)?;
+    }
+    Ok(())
+}
+
+/// A SQLite core in a read transaction.
+struct SqliteSource<'a>(&'a Connection);
+
+impl<'a> SqliteSource<'a> {
+    fn begin(core: &'a Connection) -> Result<Self, SyncError> {
+        core.execute_batch("BEGIN DEFERRED")?;
+        Ok(SqliteSource(core))
+    }
+
+    fn end<T>(self, result: Result<T, SyncError>) -> Result<T, SyncError> {
+        let ended = self.0.execute_batch("COMMIT");
+        let value = result?;
+        ended?;
+        Ok(value)
+    }
+}
+
+impl Source for SqliteSource<'_> {
+    fn high_water(&self) -> Result<i64, SyncError> {
+        Ok(outbox_high_water(self.0, "main")?)
+    }
+
+    fn kinds(&self, slice: &MirrorSlice) -> Result<Vec<ColumnKind>, SyncError> {
+        Ok(column_kinds(self.0, slice)?)
+    }
+
+    fn chunks(&self, slice: &MirrorSlice, take: TakeChunk<'_>) -> Result<(), SyncError> {
+        let n = slice.columns.len();
+        let mut statement = self.0.prepare(&projection_sql(slice))?;
+        let rows = statement.query_map([], |row| {
+            (0..n)
+                .map(|i| row.get_ref(i).map(publish::value_of))
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        in_chunks(rows, take)
+    }
+}
+
+/// A PostgreSQL core in a read-only repeatable-read transaction (one snapshot).
+struct PostgresSource<'a>(RefCell<postgres::Transaction<'a>>);
+
+impl<'a> PostgresSource<'a> {
+    fn begin(core: &'a mut postgres::Client) -> Result<Self, SyncError> {
+        Ok(PostgresSource(RefCell::new(crate::snapshot(core)?)))
+    }
+
+    fn end<T>(self, result: Result<T, SyncError>) -> Result<T, SyncError> {
+        let value = result?;
+        self.0.into_inner().commit()?;
+        Ok(value)
+    }
+}
+
+impl Source for PostgresSource<'_> {
+    fn high_water(&self) -> Result<i64, SyncError> {
+        // Capture serialises writers (sequence order is commit order), so the highest
+        // sequence number this snapshot sees, or what was acknowledged and pruned, is
+        // the watermark; a change still in flight gets a higher one.
+        Ok(self
+            .0
+            .borrow_mut()
+            .query_one(
+                "SELECT greatest(
+                     coalesce((SELECT max(seq) FROM _sv_change_outbox), 0),
+                     coalesce((SELECT value::bigint FROM _sv_sync_state WHERE key = 'acked_seq'), 0))",
+                &[],
+            )?
+            .get(0))
+    }
+
+    fn kinds(&self, slice: &MirrorSlice) -> Result<Vec<ColumnKind>, SyncError> {
+        let statement = self.0.borrow_mut().prepare(&projection_sql(slice))?;
+        Ok(statement
+            .columns()
+            .iter()
+            .map(|c| ColumnKind::from_pg(c.type_()))
+            .collect())
+    }
+
+    fn chunks(&self, slice: &MirrorSlice, take: TakeChunk<'_>) -> Result<(), SyncError> {
+        let mut tx = self.0.borrow_mut();
+        let rows = tx.query_raw(&projection_sql(slice), std::iter::empty::<i64>())?;
+        in_chunks(
+            postgres::fallible_iterator::FallibleIterator::iterator(rows)
+                .map(|row| row.and_then(|row| sovereign_postgres::row_values(&row))),
+            take,
+        )
+    }
+}
 
 fn rebuild_sqlite(
     core_path: &Path,
@@ -212,6 +383,50 @@ fn rebuild_sqlite(
     Ok(rebuilt)
 }
 
+/// A SQLite mirror filled from a core it cannot attach (a PostgreSQL core), in chunks.
+fn rebuild_sqlite_from(
+    source: &dyn Source,
+    mirror: &TrustedPluginStore,
+    catalog: &MirrorCatalog,
+    dropped: &[String],
+    total: u64,
+    progress: Progress<'_>,
+) -> Result<Rebuilt, SyncError> {
+    let slices: Vec<&MirrorSlice> = catalog.slices().iter().collect();
+    let done = Cell::new(0u64);
+    // The mirror's closures speak rusqlite; the source's error travels inside one.
+    let carry = |e: SyncError| rusqlite::Error::UserFunctionError(Box::new(e));
+    Ok(mirror.rebuild_slices(
+        &slices,
+        dropped,
+        now_ms(),
+        &mut |_| source.high_water().map_err(carry),
+        &mut |tx, slice| {
+            let marks = vec!["?"; slice.columns.len()].join(", ");
+            let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+            let insert = format!(
+                "INSERT INTO main.{} ({}) VALUES ({marks})",
+                ident(&slice.table_name()),
+                columns.join(", ")
+            );
+            let mut copied = 0u64;
+            source
+                .chunks(slice, &mut |rows| {
+                    let mut statement = tx.prepare_cached(&insert)?;
+                    for row in rows {
+                        statement.execute(rusqlite::params_from_iter(row.iter()))?;
+                    }
+                    copied += rows.len() as u64;
+                    done.set(done.get() + rows.len() as u64);
+                    progress(done.get(), total);
+                    Ok(())
+                })
+                .map_err(carry)?;
+            Ok(copied)
+        },
+    )?)
+}
+
 /// The PostgreSQL type of each of `slice`'s columns, from the core's declared types.
 fn column_kinds(core: &Connection, slice: &MirrorSlice) -> rusqlite::Result<Vec<ColumnKind>> {
     let declared: Vec<(String, String)> = core
@@ -234,85 +449,49 @@ fn column_kinds(core: &Connection, slice: &MirrorSlice) -> rusqlite::Result<Vec<
 }
 
 fn rebuild_postgres(
-    core: &Connection,
+    source: &dyn Source,
     mirror: &mut PgMirror,
     catalog: &MirrorCatalog,
     dropped: &[String],
     total: u64,
     progress: Progress<'_>,
 ) -> Result<Rebuilt, SyncError> {
-    // One read transaction: its first read fixes the snapshot the rows come from.
-    core.execute_batch("BEGIN DEFERRED")?;
-    let result = (|| -> Result<Rebuilt, SyncError> {
-        let watermark = outbox_high_water(core, "main")?;
-        let mut rebuild = mirror.rebuild()?;
-        for name in dropped {
-            rebuild.drop_slice(name)?;
-        }
-        let mut done = 0u64;
-        let mut counts = Vec::new();
-        for slice in catalog.slices() {
-            let kinds = column_kinds(core, slice)?;
-            rebuild.create_slice(slice, &kinds)?;
-            let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
-            let filter = slice
-                .filter
-                .as_deref()
-                .map(|f| format!(" WHERE ({f})"))
-                .unwrap_or_default();
-            let sql = format!(
-                "SELECT {} FROM main.{}{filter} ORDER BY {}",
-                columns.join(", "),
-                ident(&slice.source_table),
-                ident(slice.key_column())
-            );
-            let mut statement = core.prepare(&sql)?;
-            let mut rows = statement.query([])?;
-            let mut chunk = Vec::with_capacity(CHUNK as usize);
-            let mut copied = 0u64;
-            loop {
-                let row = rows.next()?;
-                if let Some(row) = row {
-                    chunk.push(
-                        (0..columns.len())
-                            .map(|i| row.get_ref(i).map(publish::value_of))
-                            .collect::<rusqlite::Result<Vec<_>>>()?,
-                    );
-                }
-                if chunk.len() == CHUNK as usize || (row.is_none() && !chunk.is_empty()) {
-                    copied += rebuild.copy_rows(slice, &kinds, &chunk)?;
-                    done += chunk.len() as u64;
-                    progress(done, total);
-                    chunk.clear();
-                }
-                if row.is_none() {
-                    break;
-                }
-            }
-            counts.push((slice.name.clone(), copied));
-        }
-        rebuild.finish(watermark, now_ms())?;
-        Ok((watermark, counts))
-    })();
-    let ended = core.execute_batch("COMMIT");
-    let rebuilt = result?;
-    ended?;
-    Ok(rebuilt)
+    let watermark = source.high_water()?;
+    let mut rebuild = mirror.rebuild()?;
+    for name in dropped {
+        rebuild.drop_slice(name)?;
+    }
+    let mut done = 0u64;
+    let mut counts = Vec::new();
+    for slice in catalog.slices() {
+        let kinds = source.kinds(slice)?;
+        rebuild.create_slice(slice, &kinds)?;
+        let mut copied = 0u64;
+        source.chunks(slice, &mut |rows| {
+            copied += rebuild.copy_rows(slice, &kinds, rows)?;
+            done += rows.len() as u64;
+            progress(done, total);
+            Ok(())
+        })?;
+        counts.push((slice.name.clone(), copied));
+    }
+    rebuild.finish(watermark, now_ms())?;
+    Ok((watermark, counts))
 }
 
-fn count_source(core: &Connection, slice: &MirrorSlice) -> rusqlite::Result<u64> {
+fn count_source(core: &dyn CoreAccess, slice: &MirrorSlice) -> Result<u64, SyncError> {
     let filter = slice
         .filter
         .as_deref()
         .map(|f| format!(" WHERE ({f})"))
         .unwrap_or_default();
-    core.query_row(
-        &format!(
-            "SELECT count(*) FROM {}{filter}",
-            ident(&slice.source_table)
-        ),
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n as u64)
+    let sql = format!(
+        "SELECT count(*) FROM {}{filter}",
+        ident(&slice.source_table)
+    );
+    let count: i64 = match core.core_handle() {
+        CoreHandle::Sqlite(conn) => conn.query_row(&sql, [], |r| r.get(0))?,
+        CoreHandle::Postgres(pg) => pg.with_client(|client| client.query_one(&sql, &[]))?.get(0),
+    };
+    Ok(count as u64)
 }

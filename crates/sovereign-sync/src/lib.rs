@@ -39,6 +39,16 @@ pub enum SyncError {
         "the projection of slice {0} changed since the mirror was built; review `sv sync:plan` and run `sv sync:run --full`"
     )]
     ProjectionChanged(String),
+    /// The core's sync bookkeeping holds a value that does not parse.
+    #[error(
+        "the core's sync state {key} is {value:?}, not a sequence number; run `sv sync:run --full`"
+    )]
+    BadState {
+        /// The state key.
+        key: &'static str,
+        /// What it holds.
+        value: String,
+    },
     /// The core store.
     #[error(transparent)]
     Core(#[from] sovereign_db_core::CoreError),
@@ -76,9 +86,26 @@ pub fn now_ms() -> i64 {
 /// Reports progress of long runs: `(done, total)` in rows.
 pub type Progress<'a> = &'a dyn Fn(u64, u64);
 
+/// A read-only transaction of a PostgreSQL core that sees one snapshot throughout.
+pub(crate) fn snapshot(
+    core: &mut postgres::Client,
+) -> Result<postgres::Transaction<'_>, postgres::Error> {
+    core.build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+}
+
 /// Quotes an SQL identifier.
 pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A statement on a PostgreSQL core store.
+impl From<postgres::Error> for SyncError {
+    fn from(e: postgres::Error) -> Self {
+        SyncError::Core(sovereign_db_core::CoreError::Postgres(e))
+    }
 }
 
 /// SQLite's message becomes part of this error's, once (rusqlite's error repeats it in

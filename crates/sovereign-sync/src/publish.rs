@@ -2,10 +2,27 @@
 //! with its watermark, then acknowledged and pruned from the outbox.
 
 use sovereign_db::rusqlite::{self, Connection, OptionalExtension};
+use sovereign_db_core::{CoreAccess, CoreHandle};
 use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog, MirrorChange, MirrorSlice};
 use sovereign_db_plugins::value::SqlValue;
 
 use crate::{Mirror, SyncError, ident, now_ms};
+
+/// The SELECT of `slice`'s projected row whose key is parameter `param` (`?1` on
+/// SQLite, `$1` on PostgreSQL) in `table` (the source table, qualified as needed).
+fn project_sql(slice: &MirrorSlice, table: &str, param: &str) -> String {
+    let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+    let filter = slice
+        .filter
+        .as_deref()
+        .map(|f| format!(" AND ({f})"))
+        .unwrap_or_default();
+    format!(
+        "SELECT {} FROM {table} WHERE {} = {param}{filter}",
+        columns.join(", "),
+        ident(slice.key_column())
+    )
+}
 
 /// The projected current row of `key` in `slice`, or `None` if it is not in the slice.
 /// `schema` names the core database on `core` (`main`, or an attachment).
@@ -15,19 +32,12 @@ pub fn project_row(
     slice: &MirrorSlice,
     key: i64,
 ) -> rusqlite::Result<Option<Vec<SqlValue>>> {
-    let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
-    let filter = slice
-        .filter
-        .as_deref()
-        .map(|f| format!(" AND ({f})"))
-        .unwrap_or_default();
-    let sql = format!(
-        "SELECT {} FROM {schema}.{} WHERE {} = ?1{filter}",
-        columns.join(", "),
-        ident(&slice.source_table),
-        ident(slice.key_column())
+    let sql = project_sql(
+        slice,
+        &format!("{schema}.{}", ident(&slice.source_table)),
+        "?1",
     );
-    let n = columns.len();
+    let n = slice.columns.len();
     core.prepare_cached(&sql)?
         .query_row([key], |row| {
             (0..n)
@@ -48,24 +58,27 @@ pub(crate) fn value_of(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
     }
 }
 
-/// The next batch after `watermark`: up to `limit` outbox rows, each changed row once,
-/// with its projection as of now. Reading the rows in the same read transaction as the
-/// outbox makes the batch at least as new as every change it covers; later changes get
-/// later sequence numbers and later batches.
-pub fn next_batch(
-    core: &Connection,
+/// The projected current row of `key` in `slice` on a PostgreSQL core.
+pub(crate) fn project_row_postgres(
+    core: &mut impl postgres::GenericClient,
+    slice: &MirrorSlice,
+    key: i64,
+) -> Result<Option<Vec<SqlValue>>, postgres::Error> {
+    let sql = project_sql(slice, &ident(&slice.source_table), "$1");
+    core.query_opt(&sql, &[&key])?
+        .map(|row| sovereign_postgres::row_values(&row))
+        .transpose()
+}
+
+/// Projects one row of a slice by key (`None`: not in the slice).
+type Project<'a> = &'a mut dyn FnMut(&MirrorSlice, i64) -> Result<Option<Vec<SqlValue>>, SyncError>;
+
+/// The changes of a batch: each changed row of `entries` once, with its projection.
+fn changes_of(
+    entries: Vec<(i64, String, i64)>,
     catalog: &MirrorCatalog,
-    watermark: i64,
-    limit: usize,
-) -> Result<Option<MirrorBatch>, SyncError> {
-    let tx = rusqlite::Transaction::new_unchecked(core, rusqlite::TransactionBehavior::Deferred)?;
-    let entries: Vec<(i64, String, i64)> = tx
-        .prepare_cached("SELECT seq, slice, row_key FROM _sv_change_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
-        .query_map(rusqlite::params![watermark, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    let Some(upto_seq) = entries.last().map(|e| e.0) else {
-        return Ok(None);
-    };
+    project: Project<'_>,
+) -> Result<Vec<MirrorChange>, SyncError> {
     let mut seen = std::collections::HashSet::new();
     let mut changes = Vec::new();
     for (_, slice_name, key) in entries {
@@ -76,43 +89,162 @@ pub fn next_batch(
             continue;
         };
         changes.push(MirrorChange {
-            row: project_row(&tx, "main", slice, key)?,
+            row: project(slice, key)?,
             slice: slice_name,
             key,
         });
     }
-    tx.finish()?;
-    Ok(Some(MirrorBatch { upto_seq, changes }))
+    Ok(changes)
+}
+
+/// The next batch after `watermark`: up to `limit` outbox rows, each changed row once,
+/// with its projection as of now. Reading the rows in the same read transaction as the
+/// outbox makes the batch at least as new as every change it covers; later changes get
+/// later sequence numbers and later batches.
+pub fn next_batch(
+    core: &dyn CoreAccess,
+    catalog: &MirrorCatalog,
+    watermark: i64,
+    limit: usize,
+) -> Result<Option<MirrorBatch>, SyncError> {
+    match core.core_handle() {
+        CoreHandle::Sqlite(core) => {
+            let tx = rusqlite::Transaction::new_unchecked(
+                core,
+                rusqlite::TransactionBehavior::Deferred,
+            )?;
+            let entries: Vec<(i64, String, i64)> = tx
+                .prepare_cached("SELECT seq, slice, row_key FROM _sv_change_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
+                .query_map(rusqlite::params![watermark, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let Some(upto_seq) = entries.last().map(|e| e.0) else {
+                return Ok(None);
+            };
+            let changes = changes_of(entries, catalog, &mut |slice, key| {
+                Ok(project_row(&tx, "main", slice, key)?)
+            })?;
+            tx.finish()?;
+            Ok(Some(MirrorBatch { upto_seq, changes }))
+        }
+        CoreHandle::Postgres(pg) => pg.with_client(|client| {
+            // One snapshot for the outbox and the rows.
+            let mut tx = crate::snapshot(client)?;
+            let entries: Vec<(i64, String, i64)> = tx
+                .query(
+                    "SELECT seq, slice, row_key FROM _sv_change_outbox WHERE seq > $1
+                     ORDER BY seq LIMIT $2",
+                    &[&watermark, &(limit as i64)],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            let Some(upto_seq) = entries.last().map(|e| e.0) else {
+                return Ok(None);
+            };
+            let changes = changes_of(entries, catalog, &mut |slice, key| {
+                Ok(project_row_postgres(&mut tx, slice, key)?)
+            })?;
+            tx.commit()?;
+            Ok(Some(MirrorBatch { upto_seq, changes }))
+        }),
+    }
 }
 
 /// Records that the mirror applied everything up to `seq` and prunes those outbox rows.
-pub fn acknowledge(core: &Connection, seq: i64) -> Result<(), SyncError> {
-    let tx = rusqlite::Transaction::new_unchecked(core, rusqlite::TransactionBehavior::Immediate)?;
-    tx.prepare_cached("DELETE FROM _sv_change_outbox WHERE seq <= ?1")?
-        .execute([seq])?;
-    set_state(&tx, "acked_seq", &seq.to_string())?;
-    tx.commit()?;
+pub fn acknowledge(core: &dyn CoreAccess, seq: i64) -> Result<(), SyncError> {
+    match core.core_handle() {
+        CoreHandle::Sqlite(core) => {
+            let tx = rusqlite::Transaction::new_unchecked(
+                core,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
+            tx.prepare_cached("DELETE FROM _sv_change_outbox WHERE seq <= ?1")?
+                .execute([seq])?;
+            set_state(&tx, "acked_seq", &seq.to_string())?;
+            tx.commit()?;
+        }
+        CoreHandle::Postgres(pg) => pg.with_client(|client| -> Result<(), postgres::Error> {
+            let mut tx = client.transaction()?;
+            tx.execute("DELETE FROM _sv_change_outbox WHERE seq <= $1", &[&seq])?;
+            set_state_postgres(&mut tx, "acked_seq", &seq.to_string())?;
+            tx.commit()
+        })?,
+    }
+    Ok(())
+}
+
+fn set_state_postgres(
+    core: &mut impl postgres::GenericClient,
+    key: &str,
+    value: &str,
+) -> Result<(), postgres::Error> {
+    core.execute(
+        "INSERT INTO _sv_sync_state (key, value) VALUES ($1, $2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = sv_now_text()",
+        &[&key, &value],
+    )?;
     Ok(())
 }
 
 /// Writes a core-side sync state value (`acked_seq`, `last_error`, ...).
-pub fn set_state(core: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
-    core.prepare_cached(
-        "INSERT INTO _sv_sync_state (key, value) VALUES (?1, ?2)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-    )?
-    .execute([key, value])?;
+pub fn set_state(core: &dyn CoreAccess, key: &str, value: &str) -> Result<(), SyncError> {
+    match core.core_handle() {
+        CoreHandle::Sqlite(core) => {
+            core.prepare_cached(
+                "INSERT INTO _sv_sync_state (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+            )?
+            .execute([key, value])?;
+        }
+        CoreHandle::Postgres(pg) => {
+            pg.with_client(|client| set_state_postgres(client, key, value))?
+        }
+    }
     Ok(())
 }
 
 /// A core-side sync state value with when it was written.
-pub fn get_state(core: &Connection, key: &str) -> rusqlite::Result<Option<(String, String)>> {
-    core.query_row(
-        "SELECT value, updated_at FROM _sv_sync_state WHERE key = ?1",
-        [key],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .optional()
+pub fn get_state(core: &dyn CoreAccess, key: &str) -> Result<Option<(String, String)>, SyncError> {
+    Ok(match core.core_handle() {
+        CoreHandle::Sqlite(core) => core
+            .query_row(
+                "SELECT value, updated_at FROM _sv_sync_state WHERE key = ?1",
+                [key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?,
+        CoreHandle::Postgres(pg) => pg
+            .with_client(|client| {
+                client.query_opt(
+                    "SELECT value, updated_at FROM _sv_sync_state WHERE key = $1",
+                    &[&key],
+                )
+            })?
+            .map(|r| (r.get(0), r.get(1))),
+    })
+}
+
+/// The oldest sequence number still in the core outbox.
+fn oldest_kept(core: &dyn CoreAccess) -> Result<Option<i64>, SyncError> {
+    Ok(match core.core_handle() {
+        CoreHandle::Sqlite(core) => {
+            core.query_row("SELECT min(seq) FROM _sv_change_outbox", [], |r| r.get(0))?
+        }
+        CoreHandle::Postgres(pg) => pg
+            .with_client(|client| client.query_one("SELECT min(seq) FROM _sv_change_outbox", &[]))?
+            .get(0),
+    })
+}
+
+/// What the core last acknowledged (0 if nothing yet).
+pub fn acked_seq(core: &dyn CoreAccess) -> Result<i64, SyncError> {
+    match get_state(core, "acked_seq")? {
+        None => Ok(0),
+        Some((value, _)) => value.parse().map_err(|_| SyncError::BadState {
+            key: "acked_seq",
+            value,
+        }),
+    }
 }
 
 /// Why the mirror cannot simply continue from its watermark.
@@ -135,7 +267,7 @@ pub enum RebuildReason {
 /// A changed projection of an existing slice is an error, not a reason: it needs the
 /// operator (`sv sync:plan`, then `sv sync:run --full`).
 pub fn needs_rebuild(
-    core: &Connection,
+    core: &dyn CoreAccess,
     mirror: &Mirror,
     catalog: &MirrorCatalog,
 ) -> Result<Option<RebuildReason>, SyncError> {
@@ -159,14 +291,10 @@ pub fn needs_rebuild(
         return Ok(Some(RebuildReason::SlicesChanged));
     }
     let watermark = mirror.watermark()?;
-    let acked: i64 = get_state(core, "acked_seq")?
-        .and_then(|(v, _)| v.parse().ok())
-        .unwrap_or(0);
+    let acked = acked_seq(core)?;
     if watermark < acked {
-        let oldest_kept: Option<i64> =
-            core.query_row("SELECT min(seq) FROM _sv_change_outbox", [], |r| r.get(0))?;
         // Rows after the watermark were pruned unless the outbox still reaches back.
-        if oldest_kept.is_none_or(|oldest| oldest > watermark + 1) {
+        if oldest_kept(core)?.is_none_or(|oldest| oldest > watermark + 1) {
             return Ok(Some(RebuildReason::BehindPrunedOutbox { watermark, acked }));
         }
     }
@@ -186,7 +314,7 @@ pub struct CatchUp {
 
 /// Applies batches until the outbox is drained, on this process's trusted connection.
 pub fn catch_up(
-    core: &Connection,
+    core: &dyn CoreAccess,
     mirror: &Mirror,
     catalog: &MirrorCatalog,
     batch_size: usize,
@@ -206,7 +334,7 @@ pub type Applier<'a> = &'a dyn Fn(&MirrorBatch) -> Result<bool, SyncError>;
 /// `mirror`. Does not acknowledge: the caller calls [`acknowledge`] with the returned
 /// watermark when it suits it (pruning is only ever up to what was applied).
 pub fn catch_up_with(
-    core: &Connection,
+    core: &dyn CoreAccess,
     mirror: &Mirror,
     catalog: &MirrorCatalog,
     batch_size: usize,

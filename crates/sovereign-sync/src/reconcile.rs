@@ -1,17 +1,19 @@
 //! Reconcile: compares the core projection and the mirror by SHA-256 checksums over
 //! primary-key chunks, lists exactly the rows that differ, and repairs only those.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use sovereign_db::rusqlite::{self, Connection};
+use sovereign_db_core::{CoreAccess, CoreHandle, PgCore};
 use sovereign_db_plugins::TrustedPluginStore;
 use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
 use sovereign_db_plugins::value::SqlValue;
 use sovereign_postgres::mirror::PgMirror;
 
-use crate::publish::{project_row, value_of};
+use crate::publish::{project_row, project_row_postgres, value_of};
 use crate::{Progress, SyncError, ident};
 
 /// Keys per checksum chunk.
@@ -124,7 +126,15 @@ pub fn reconcile(
     let result = (|| -> Result<ReconcileReport, SyncError> {
         let mut report = compare(conn, mirror, catalog, progress)?;
         if repair && !report.differences.is_empty() {
-            report.repaired = repair_rows(conn, catalog, &report.differences)?;
+            report.repaired = repair_rows(
+                conn,
+                &SqliteSide {
+                    conn,
+                    schema: "sv_core",
+                },
+                catalog,
+                &report.differences,
+            )?;
         }
         Ok(report)
     })();
@@ -134,20 +144,28 @@ pub fn reconcile(
     Ok(report)
 }
 
-/// The core's side of a comparison: its connection, read in one transaction, the
-/// schema the core is in there (`main`, or `sv_core` attached), and the mirror's
-/// watermark when the comparison began.
-struct CoreSide<'a> {
-    conn: &'a Connection,
-    schema: &'static str,
-    watermark: i64,
+/// The core's side of a comparison, read in one transaction (one snapshot).
+trait CoreSide {
+    /// Rows of every slice's source, for progress.
+    fn count(&self, catalog: &MirrorCatalog) -> Result<u64, SyncError>;
+    /// Keys with outbox entries of `slice` after `watermark` (changes not applied yet).
+    fn pending(&self, slice: &MirrorSlice, watermark: i64) -> Result<HashSet<i64>, SyncError>;
+    /// Up to [`CHUNK`] projected rows of `slice` with keys after `after`, in key order.
+    fn chunk(&self, slice: &MirrorSlice, after: i64) -> Result<Vec<Row>, SyncError>;
+    /// The projected row of `key`, if it is in the slice.
+    fn project(&self, slice: &MirrorSlice, key: i64) -> Result<Option<Vec<SqlValue>>, SyncError>;
 }
 
-/// The mirror's rows of a slice with keys in `(after, upto]`.
-type MirrorRange<'a> = &'a mut dyn FnMut(&MirrorSlice, i64, i64) -> Result<Vec<Row>, SyncError>;
+/// A SQLite core: its connection in a read transaction, and the schema the core is in
+/// there (`main`, or `sv_core` attached to the mirror's connection).
+struct SqliteSide<'a> {
+    conn: &'a Connection,
+    schema: &'static str,
+}
 
-/// The SELECT of a slice's projection in core schema `schema`, a chunk after `?1`.
-fn core_chunk_sql(slice: &MirrorSlice, schema: &str) -> String {
+/// The SELECT of a slice's projection in `table` (the source, qualified as needed), a
+/// chunk after parameter `param` (`?1` on SQLite, `$1` on PostgreSQL).
+fn core_chunk_sql(slice: &MirrorSlice, table: &str, param: &str) -> String {
     let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
     let key = ident(slice.key_column());
     let filter = slice
@@ -156,46 +174,139 @@ fn core_chunk_sql(slice: &MirrorSlice, schema: &str) -> String {
         .map(|f| format!(" AND ({f})"))
         .unwrap_or_default();
     format!(
-        "SELECT {} FROM {schema}.{} WHERE {key} > ?1{filter} ORDER BY {key} LIMIT {CHUNK}",
-        columns.join(", "),
-        ident(&slice.source_table)
+        "SELECT {} FROM {table} WHERE {key} > {param}{filter} ORDER BY {key} LIMIT {CHUNK}",
+        columns.join(", ")
     )
 }
 
-/// Keys with outbox entries of `slice` after `watermark`, in core schema `schema`.
-fn pending_keys(
-    conn: &Connection,
-    schema: &str,
-    slice: &MirrorSlice,
-    watermark: i64,
-) -> rusqlite::Result<HashSet<i64>> {
-    conn.prepare(&format!(
-        "SELECT DISTINCT row_key FROM {schema}._sv_change_outbox WHERE slice = ?1 AND seq > ?2"
-    ))?
-    .query_map(rusqlite::params![slice.name, watermark], |r| r.get(0))?
-    .collect()
+impl CoreSide for SqliteSide<'_> {
+    fn count(&self, catalog: &MirrorCatalog) -> Result<u64, SyncError> {
+        let mut total = 0u64;
+        for slice in catalog.slices() {
+            total += self.conn.query_row(
+                &format!(
+                    "SELECT count(*) FROM {}.{}",
+                    self.schema,
+                    ident(&slice.source_table)
+                ),
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64;
+        }
+        Ok(total)
+    }
+
+    fn pending(&self, slice: &MirrorSlice, watermark: i64) -> Result<HashSet<i64>, SyncError> {
+        Ok(self
+            .conn
+            .prepare(&format!(
+                "SELECT DISTINCT row_key FROM {}._sv_change_outbox WHERE slice = ?1 AND seq > ?2",
+                self.schema
+            ))?
+            .query_map(rusqlite::params![slice.name, watermark], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn chunk(&self, slice: &MirrorSlice, after: i64) -> Result<Vec<Row>, SyncError> {
+        Ok(read_rows(
+            self.conn,
+            &core_chunk_sql(
+                slice,
+                &format!("{}.{}", self.schema, ident(&slice.source_table)),
+                "?1",
+            ),
+            &[&after],
+            slice.columns.len(),
+        )?)
+    }
+
+    fn project(&self, slice: &MirrorSlice, key: i64) -> Result<Option<Vec<SqlValue>>, SyncError> {
+        Ok(project_row(self.conn, self.schema, slice, key)?)
+    }
 }
 
+/// A PostgreSQL core in a read-only repeatable-read transaction.
+struct PostgresSide<'a>(RefCell<postgres::Transaction<'a>>);
+
+impl<'a> PostgresSide<'a> {
+    fn begin(core: &'a mut postgres::Client) -> Result<Self, SyncError> {
+        Ok(PostgresSide(RefCell::new(crate::snapshot(core)?)))
+    }
+
+    fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, SyncError> {
+        self.0
+            .borrow_mut()
+            .query(sql, params)?
+            .iter()
+            .map(|row| {
+                let values = sovereign_postgres::row_values(row)?;
+                let key = match values[0] {
+                    SqlValue::Integer(k) => k,
+                    _ => i64::MIN,
+                };
+                Ok((key, values))
+            })
+            .collect()
+    }
+}
+
+impl CoreSide for PostgresSide<'_> {
+    fn count(&self, catalog: &MirrorCatalog) -> Result<u64, SyncError> {
+        let mut total = 0u64;
+        for slice in catalog.slices() {
+            let sql = format!("SELECT count(*) FROM {}", ident(&slice.source_table));
+            total += self.0.borrow_mut().query_one(&sql, &[])?.get::<_, i64>(0) as u64;
+        }
+        Ok(total)
+    }
+
+    fn pending(&self, slice: &MirrorSlice, watermark: i64) -> Result<HashSet<i64>, SyncError> {
+        Ok(self
+            .0
+            .borrow_mut()
+            .query(
+                "SELECT DISTINCT row_key FROM _sv_change_outbox WHERE slice = $1 AND seq > $2",
+                &[&slice.name, &watermark],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn chunk(&self, slice: &MirrorSlice, after: i64) -> Result<Vec<Row>, SyncError> {
+        let sql = core_chunk_sql(slice, &ident(&slice.source_table), "$1");
+        self.rows(&sql, &[&after])
+    }
+
+    fn project(&self, slice: &MirrorSlice, key: i64) -> Result<Option<Vec<SqlValue>>, SyncError> {
+        Ok(project_row_postgres(&mut *self.0.borrow_mut(), slice, key)?)
+    }
+}
+
+/// The mirror's rows of a slice with keys in `(after, upto]`.
+type MirrorRange<'a> = &'a mut dyn FnMut(&MirrorSlice, i64, i64) -> Result<Vec<Row>, SyncError>;
+
 /// Compares every slice chunk by chunk (checksums first, rows only where they differ).
+/// `watermark` is the mirror's when the comparison began.
 fn compare_sides(
-    core: &CoreSide<'_>,
+    core: &dyn CoreSide,
+    watermark: i64,
     mirror_range: MirrorRange<'_>,
     catalog: &MirrorCatalog,
     progress: Progress<'_>,
 ) -> Result<ReconcileReport, SyncError> {
-    let total = count_sources(core.conn, core.schema, catalog)?;
+    let total = core.count(catalog)?;
     let mut report = ReconcileReport::default();
     let mut done = 0u64;
     for slice in catalog.slices() {
-        let pending = pending_keys(core.conn, core.schema, slice, core.watermark)?;
+        let pending = core.pending(slice, watermark)?;
         let mut after = i64::MIN;
         loop {
-            let core_rows = read_rows(
-                core.conn,
-                &core_chunk_sql(slice, core.schema),
-                &[&after],
-                slice.columns.len(),
-            )?;
+            let core_rows = core.chunk(slice, after)?;
             // The last chunk reaches to the end of the key space, so extra mirror rows
             // beyond the core's last key are compared too.
             let upto = if core_rows.len() < CHUNK {
@@ -220,23 +331,56 @@ fn compare_sides(
     Ok(report)
 }
 
-fn count_sources(
+/// The mirror's rows of `slice` in `(after, upto]` on a SQLite mirror connection.
+fn sqlite_mirror_range(
     conn: &Connection,
-    schema: &str,
+    slice: &MirrorSlice,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<Row>, SyncError> {
+    let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+    let key = ident(slice.key_column());
+    let sql = format!(
+        "SELECT {} FROM main.{} WHERE {key} > ?1 AND {key} <= ?2 ORDER BY {key}",
+        columns.join(", "),
+        ident(&slice.table_name())
+    );
+    Ok(read_rows(
+        conn,
+        &sql,
+        &[&after, &upto],
+        slice.columns.len(),
+    )?)
+}
+
+/// Compares a PostgreSQL core with a SQLite mirror; with `repair`, rewrites exactly the
+/// drifted rows (in one transaction of the mirror). The two are read separately: a
+/// change committed meanwhile may show as a difference, which a second run no longer
+/// reports.
+pub fn reconcile_from_postgres_core(
+    core: &PgCore,
+    mirror: &TrustedPluginStore,
     catalog: &MirrorCatalog,
-) -> rusqlite::Result<u64> {
-    catalog
-        .slices()
-        .iter()
-        .map(|s| {
-            conn.query_row(
-                &format!("SELECT count(*) FROM {schema}.{}", ident(&s.source_table)),
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-        })
-        .sum()
+    repair: bool,
+    progress: Progress<'_>,
+) -> Result<ReconcileReport, SyncError> {
+    let watermark = mirror.mirror_watermark()?;
+    core.with_client(|client| {
+        let side = PostgresSide::begin(client)?;
+        let conn = mirror.connection();
+        let mut report = compare_sides(
+            &side,
+            watermark,
+            &mut |slice, after, upto| sqlite_mirror_range(conn, slice, after, upto),
+            catalog,
+            progress,
+        )?;
+        if repair && !report.differences.is_empty() {
+            report.repaired = repair_rows(conn, &side, catalog, &report.differences)?;
+        }
+        side.0.into_inner().commit()?;
+        Ok(report)
+    })
 }
 
 fn compare(
@@ -250,21 +394,12 @@ fn compare(
     let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Deferred)?;
     // Both sides in one SQLite connection: the mirror in `main`, the core attached.
     let report = compare_sides(
-        &CoreSide {
+        &SqliteSide {
             conn: &tx,
             schema: "sv_core",
-            watermark,
         },
-        &mut |slice, after, upto| {
-            let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
-            let key = ident(slice.key_column());
-            let sql = format!(
-                "SELECT {} FROM main.{} WHERE {key} > ?1 AND {key} <= ?2 ORDER BY {key}",
-                columns.join(", "),
-                ident(&slice.table_name())
-            );
-            Ok(read_rows(&tx, &sql, &[&after, &upto], slice.columns.len())?)
-        },
+        watermark,
+        &mut |slice, after, upto| sqlite_mirror_range(&tx, slice, after, upto),
         catalog,
         progress,
     )?;
@@ -277,36 +412,53 @@ fn compare(
 /// separately: a change committed meanwhile may show as a difference, which a second
 /// run no longer reports.
 pub fn reconcile_postgres(
-    core: &Connection,
+    core: &dyn CoreAccess,
     mirror: &mut PgMirror,
     catalog: &MirrorCatalog,
     repair: bool,
     progress: Progress<'_>,
 ) -> Result<ReconcileReport, SyncError> {
     let watermark = mirror.watermark()?;
-    // The core's side from one snapshot.
-    let tx = rusqlite::Transaction::new_unchecked(core, rusqlite::TransactionBehavior::Deferred)?;
-    let mut report = compare_sides(
-        &CoreSide {
-            conn: &tx,
-            schema: "main",
+    let mut run = |side: &dyn CoreSide| -> Result<ReconcileReport, SyncError> {
+        let mut report = compare_sides(
+            side,
             watermark,
-        },
-        &mut |slice, after, upto| Ok(mirror.rows(slice, after, upto)?),
-        catalog,
-        progress,
-    )?;
-    if repair && !report.differences.is_empty() {
-        let mut fixes = Vec::new();
-        for d in &report.differences {
-            if let Some(slice) = catalog.slice(&d.slice) {
-                fixes.push((slice, d.key, project_row(&tx, "main", slice, d.key)?));
+            &mut |slice, after, upto| Ok(mirror.rows(slice, after, upto)?),
+            catalog,
+            progress,
+        )?;
+        if repair && !report.differences.is_empty() {
+            let mut fixes = Vec::new();
+            for d in &report.differences {
+                if let Some(slice) = catalog.slice(&d.slice) {
+                    fixes.push((slice, d.key, side.project(slice, d.key)?));
+                }
             }
+            report.repaired = mirror.repair(&fixes)?;
         }
-        report.repaired = mirror.repair(&fixes)?;
+        Ok(report)
+    };
+    match core.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            // The core's side from one snapshot.
+            let tx = rusqlite::Transaction::new_unchecked(
+                conn,
+                rusqlite::TransactionBehavior::Deferred,
+            )?;
+            let report = run(&SqliteSide {
+                conn: &tx,
+                schema: "main",
+            })?;
+            tx.finish()?;
+            Ok(report)
+        }
+        CoreHandle::Postgres(pg) => pg.with_client(|client| {
+            let side = PostgresSide::begin(client)?;
+            let report = run(&side)?;
+            side.0.into_inner().commit()?;
+            Ok(report)
+        }),
     }
-    tx.finish()?;
-    Ok(report)
 }
 
 fn diff_chunk(
@@ -340,6 +492,7 @@ fn diff_chunk(
 
 fn repair_rows(
     conn: &Connection,
+    core: &dyn CoreSide,
     catalog: &MirrorCatalog,
     differences: &[Difference],
 ) -> Result<u64, SyncError> {
@@ -349,7 +502,7 @@ fn repair_rows(
         let Some(slice) = catalog.slice(&d.slice) else {
             continue;
         };
-        let row = project_row(&tx, "sv_core", slice, d.key)?;
+        let row = core.project(slice, d.key)?;
         sovereign_db_plugins::mirror::write_mirror_row(&tx, slice, d.key, row.as_deref())?;
         repaired += 1;
     }

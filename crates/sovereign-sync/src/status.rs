@@ -1,7 +1,7 @@
 //! `sv sync:status`: per slice the watermark, the backlog, the lag, the last error.
 
 use serde::Serialize;
-use sovereign_db::rusqlite::Connection;
+use sovereign_db_core::{CoreAccess, CoreHandle};
 use sovereign_db_plugins::mirror::MirrorCatalog;
 
 use crate::{Mirror, SyncError, now_ms, publish};
@@ -35,7 +35,7 @@ pub struct SyncStatus {
 /// Reads the status; the core read is cheap (indexed outbox), the mirror read is the
 /// watermark only.
 pub fn status(
-    core: &Connection,
+    core: &dyn CoreAccess,
     mirror: &Mirror,
     catalog: &MirrorCatalog,
 ) -> Result<SyncStatus, SyncError> {
@@ -44,11 +44,23 @@ pub fn status(
     let now = now_ms();
     let mut slices = Vec::new();
     for slice in catalog.slices() {
-        let (backlog, oldest): (i64, Option<i64>) = core.query_row(
-            "SELECT count(*), min(at_ms) FROM _sv_change_outbox WHERE slice = ?1 AND seq > ?2",
-            sovereign_db::rusqlite::params![slice.name, watermark],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (backlog, oldest): (i64, Option<i64>) = match core.core_handle() {
+            CoreHandle::Sqlite(conn) => conn.query_row(
+                "SELECT count(*), min(at_ms) FROM _sv_change_outbox WHERE slice = ?1 AND seq > ?2",
+                sovereign_db::rusqlite::params![slice.name, watermark],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?,
+            CoreHandle::Postgres(pg) => {
+                let row = pg.with_client(|client| {
+                    client.query_one(
+                        "SELECT count(*), min(at_ms) FROM _sv_change_outbox
+                         WHERE slice = $1 AND seq > $2",
+                        &[&slice.name, &watermark],
+                    )
+                })?;
+                (row.get(0), row.get(1))
+            }
+        };
         slices.push(SliceStatus {
             slice: slice.name.clone(),
             watermark,

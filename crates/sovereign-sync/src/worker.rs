@@ -9,13 +9,12 @@
 //! (an operator's `sv users create`) are found by a slow poll. A housekeeping thread
 //! prunes the core outbox and checkpoints the mirror, so batches never wait for either.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sovereign_db::rusqlite::Connection;
+use sovereign_db_core::{CoreConn, CoreLocation};
 
 use crate::{Freshness, Mirror, SyncError, SyncSettings, full, publish};
 
@@ -32,8 +31,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Opens what the worker needs.
 pub struct SyncTarget {
-    /// `core.db`.
-    pub core_path: PathBuf,
+    /// The core store.
+    pub core: CoreLocation,
     /// Opens the mirror's trusted handle (the plugin store, or the mirror file).
     pub open_mirror: OpenMirror,
     /// Told about every batch applied: how many changes, how long the apply took.
@@ -86,7 +85,7 @@ impl SyncWorker {
         let flag = stop.clone();
         let waker = target.waker.clone();
         let open = target.open_mirror.clone();
-        let core_path = target.core_path.clone();
+        let core = target.core.clone();
         let thread = std::thread::Builder::new()
             .name("sv-sync".into())
             .spawn(move || run(&settings, &target, &flag))
@@ -94,7 +93,7 @@ impl SyncWorker {
         let flag = stop.clone();
         let housekeeping = std::thread::Builder::new()
             .name("sv-sync-housekeeping".into())
-            .spawn(move || housekeeping(&core_path, &open, &flag))
+            .spawn(move || housekeeping(&core, &open, &flag))
             .expect("spawning the sync housekeeping thread");
         SyncWorker {
             stop,
@@ -138,15 +137,15 @@ fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) {
 /// outbox up to what the mirror has applied (a write to `core.db`, which competes with
 /// the kernel's writers for its lock), and checkpoints the mirror store's WAL (PASSIVE:
 /// it blocks neither the worker nor readers).
-fn housekeeping(core_path: &Path, open: &OpenMirror, stop: &AtomicBool) {
-    let mut core: Option<Connection> = None;
+fn housekeeping(location: &CoreLocation, open: &OpenMirror, stop: &AtomicBool) {
+    let mut core: Option<CoreConn> = None;
     let mut mirror: Option<Mirror> = None;
     let mut acked = -1i64;
     while !stop.load(Ordering::SeqCst) {
         sleep_unless_stopped(stop, HOUSEKEEPING_EVERY);
         let round = (|| -> Result<(), SyncError> {
             if core.is_none() {
-                core = Some(sovereign_db_core::open_existing(core_path)?);
+                core = Some(location.open_existing()?);
             }
             if mirror.is_none() {
                 mirror = Some(open()?);
@@ -176,9 +175,32 @@ fn housekeeping(core_path: &Path, open: &OpenMirror, stop: &AtomicBool) {
     }
 }
 
+/// The newest outbox sequence number ever issued (the outbox itself is pruned); on
+/// PostgreSQL the sequence's last value, which may run ahead of what is committed: a
+/// wake-up hint only, the batches read committed rows.
+fn newest_seq(core: &CoreConn) -> Result<i64, SyncError> {
+    Ok(match core {
+        CoreConn::Sqlite(conn) => conn
+            .prepare_cached(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence
+                                  WHERE name = '_sv_change_outbox'), 0)",
+            )?
+            .query_row([], |r| r.get(0))?,
+        CoreConn::Postgres(pg) => pg
+            .with_client(|client| {
+                client.query_one(
+                    "SELECT coalesce(pg_sequence_last_value(
+                         pg_get_serial_sequence('_sv_change_outbox', 'seq')::regclass), 0)",
+                    &[],
+                )
+            })?
+            .get(0),
+    })
+}
+
 fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
     let mut backoff = Duration::from_millis(100);
-    let mut core: Option<Connection> = None;
+    let mut core: Option<CoreConn> = None;
     let mut mirror: Option<Mirror> = None;
     let mut seen_seq = -1i64;
     let mut last_rebuild_check: Option<Instant> = None;
@@ -194,17 +216,11 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
         }
         let step = (|| -> Result<bool, SyncError> {
             if core.is_none() {
-                core = Some(sovereign_db_core::open_existing(&target.core_path)?);
+                core = Some(target.core.open_existing()?);
             }
             let core = core.as_ref().expect("opened above");
             if settings.freshness == Freshness::NearRealTime {
-                // The newest sequence number ever issued (the outbox itself is pruned).
-                let newest: i64 = core
-                    .prepare_cached(
-                        "SELECT coalesce((SELECT seq FROM sqlite_sequence
-                                          WHERE name = '_sv_change_outbox'), 0)",
-                    )?
-                    .query_row([], |r| r.get(0))?;
+                let newest = newest_seq(core)?;
                 if newest == seen_seq && mirror.is_some() {
                     return Ok(false);
                 }
@@ -228,13 +244,7 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
             if last_rebuild_check.is_none_or(|t| t.elapsed() >= REBUILD_CHECK_EVERY) {
                 if let Some(reason) = publish::needs_rebuild(core, mirror, &settings.catalog)? {
                     tracing::info!(?reason, "building the mirror from the core");
-                    full::full_resync(
-                        core,
-                        &target.core_path,
-                        mirror,
-                        &settings.catalog,
-                        &|_, _| {},
-                    )?;
+                    full::full_resync(core, mirror, &settings.catalog, &|_, _| {})?;
                 }
                 last_rebuild_check = Some(Instant::now());
             }

@@ -159,7 +159,7 @@ fn random_core_writes_leave_the_mirror_equal_to_the_projection() {
         let s = stores();
         let mut rng = StdRng::seed_from_u64(seed);
         let mut next_id = 0;
-        full::full_resync(&s.core, &s.core_path, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
+        full::full_resync(&s.core, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
         for round in 0..40 {
             for _ in 0..rng.random_range(1..25) {
                 random_write(&s.core, &mut rng, &mut next_id);
@@ -191,7 +191,7 @@ fn random_core_writes_leave_the_mirror_equal_to_the_projection() {
         for _ in 0..30 {
             random_write(&s.core, &mut rng, &mut next_id);
         }
-        full::full_resync(&s.core, &s.core_path, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
+        full::full_resync(&s.core, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
         assert_eq!(
             mirror_rows(&s.mirror),
             projection(&s.core),
@@ -212,7 +212,7 @@ fn random_core_writes_leave_the_mirror_equal_to_the_projection() {
 #[test]
 fn reapplying_a_batch_changes_nothing_and_pruning_waits_for_the_ack() {
     let s = stores();
-    full::full_resync(&s.core, &s.core_path, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
+    full::full_resync(&s.core, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
     s.core
         .execute_batch(
             "INSERT INTO users (email, display_name) VALUES ('a@x.io', 'A'), ('b@x.io', 'B')",
@@ -264,7 +264,7 @@ fn reconcile_reports_exactly_the_corrupted_rows_and_repairs_only_them() {
             )
             .unwrap();
     }
-    full::full_resync(&s.core, &s.core_path, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
+    full::full_resync(&s.core, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
     let m = sqlite(&s.mirror).connection();
     m.execute_batch(
         "UPDATE core__users SET display_name = 'tampered' WHERE id = 10;
@@ -314,7 +314,7 @@ fn reconcile_reports_exactly_the_corrupted_rows_and_repairs_only_them() {
 #[test]
 fn changes_not_yet_applied_are_pending_not_drift() {
     let s = stores();
-    full::full_resync(&s.core, &s.core_path, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
+    full::full_resync(&s.core, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
     s.core
         .execute(
             "INSERT INTO users (email, display_name) VALUES ('p@x.io', 'P')",
@@ -359,7 +359,7 @@ fn secret_columns_are_refused_unless_allowed_and_changed_projections_need_the_op
         assert!(capture::validate(&s.core, &MirrorCatalog::new(vec![bad])).is_err());
     }
 
-    full::full_resync(&s.core, &s.core_path, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
+    full::full_resync(&s.core, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
     let mut changed = MirrorCatalog::default().slices().to_vec();
     changed[0].columns.pop();
     changed[0].filter = None;
@@ -372,7 +372,7 @@ fn secret_columns_are_refused_unless_allowed_and_changed_projections_need_the_op
         "{plan:?}"
     );
     capture::install(&s.core, &changed).unwrap();
-    full::full_resync(&s.core, &s.core_path, &s.mirror, &changed, &|_, _| {}).unwrap();
+    full::full_resync(&s.core, &s.mirror, &changed, &|_, _| {}).unwrap();
     assert!(
         publish::needs_rebuild(&s.core, &s.mirror, &changed)
             .unwrap()
@@ -383,7 +383,7 @@ fn secret_columns_are_refused_unless_allowed_and_changed_projections_need_the_op
 #[test]
 fn a_mirror_restored_behind_the_pruned_outbox_is_rebuilt() {
     let s = stores();
-    full::full_resync(&s.core, &s.core_path, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
+    full::full_resync(&s.core, &s.mirror, &s.catalog, &|_, _| {}).unwrap();
     assert!(
         publish::needs_rebuild(&s.core, &s.mirror, &s.catalog)
             .unwrap()

@@ -113,11 +113,16 @@ fn show_status(app: &App, args: &StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let settings = app.sync_settings();
+    let mirror = match app.config().plugins_postgres_url() {
+        Some(url) => format!("{url} (schema core)"),
+        None => settings
+            .mirror_store_path(app.config())?
+            .display()
+            .to_string(),
+    };
     println!(
-        "mirror: {} ({:?}, {:?})",
-        settings.mirror_store_path(app.config())?.display(),
-        settings.layout,
-        settings.freshness
+        "mirror: {mirror} ({:?}, {:?})",
+        settings.layout, settings.freshness
     );
     println!(
         "{:<16} {:>10} {:>10} {:>10}  built",

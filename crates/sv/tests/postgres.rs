@@ -800,19 +800,14 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_postgres() {
         "{}",
         String::from_utf8_lossy(&as_plugin.stderr)
     );
-    // Mirrors are built from a SQLite core only so far: a plugin that reads one is
-    // refused with the reason, and nothing of it stays behind.
-    let tasks = run_err(&[
+    // tasks reads mirrored users: change capture on the PostgreSQL core feeds the
+    // mirror in the plugin database.
+    run_ok(&[
         "plugins",
         "install",
         repo.join("tasks").to_str().unwrap(),
         "--yes",
     ]);
-    assert!(tasks.contains("SQLite core store only so far"), "{tasks}");
-    assert!(!run_ok(&["plugins", "list"]).contains("tasks"));
-    let sync = run_err(&["sync:status"]);
-    assert!(sync.contains("SQLite core store only so far"), "{sync}");
-
     let created = w.sv_with_input(
         &with(&[
             "users",
@@ -890,8 +885,95 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_postgres() {
         "{}",
         listed.text
     );
+    // A task assigned to Ada shows her mirrored display name (captured on the core
+    // database, applied by the sync worker); renaming her reaches the mirror too.
+    let ada = created.body["id"].as_i64().unwrap();
+    let task = server.send(
+        "POST",
+        "/api/plugins/tasks/tasks",
+        Some(&token),
+        Some(serde_json::json!({ "title": "Port the core", "assignee": ada })),
+    );
+    assert_eq!(task.status, 201, "{}", task.text);
+    let id = task.body["id"].as_i64().unwrap();
+    let assignee_becomes = |name: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let read = server.get(&format!("/api/plugins/tasks/tasks/{id}"), Some(&token));
+            if read.body["assignee_name"] == name {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mirror never had {name}: {}",
+                read.text
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assignee_becomes("Ada");
+    let renamed = server.send(
+        "PATCH",
+        &format!("/api/users/{ada}"),
+        Some(&token),
+        Some(serde_json::json!({ "display_name": "Ada L." })),
+    );
+    assert_eq!(renamed.status, 200, "{}", renamed.text);
+    assignee_becomes("Ada L.");
+    // Completing it twice reaches the core's activity feed once.
+    for _ in 0..2 {
+        let done = server.send(
+            "POST",
+            &format!("/api/plugins/tasks/tasks/{id}/complete"),
+            Some(&token),
+            None,
+        );
+        assert_eq!(done.status, 200, "{}", done.text);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let feed = server.get("/api/activity", Some(&token));
+        let entries = feed.body.as_array().map_or(0, Vec::len);
+        if entries > 0 {
+            assert_eq!(entries, 1, "{}", feed.text);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no activity: {}",
+            feed.text
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let logout = server.send("POST", "/api/auth/logout", Some(&token), None);
     assert!((200..300).contains(&logout.status), "{}", logout.text);
     assert_eq!(server.get("/api/auth/me", Some(&token)).status, 401);
     server.stop();
+    // With the platform stopped: status, a clean reconcile, then drift in the mirror
+    // found and repaired from the core database.
+    let status = run_ok(&["sync:status"]);
+    assert!(status.contains("users"), "{status}");
+    let clean = run_ok(&["sync:reconcile"]);
+    assert!(clean.contains("0 row(s) differ"), "{clean}");
+    let drift = psql(
+        cluster
+            .admin_url()
+            .replace("/postgres", "/sv_plugins")
+            .as_str(),
+        &format!("UPDATE core.core__users SET display_name = 'drifted' WHERE id = {ada}"),
+    );
+    assert!(
+        drift.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drift.stderr)
+    );
+    run_err(&["sync:reconcile"]);
+    let repaired = run_ok(&["sync:reconcile", "--repair"]);
+    assert!(
+        repaired.contains("1 row(s) differ") && repaired.contains("repaired 1 row(s)"),
+        "{repaired}"
+    );
+    assert!(run_ok(&["sync:reconcile"]).contains("0 row(s) differ"));
+    let full = run_ok(&["sync:run", "--full"]);
+    assert!(full.contains("users"), "{full}");
 }

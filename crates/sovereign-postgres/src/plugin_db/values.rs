@@ -197,6 +197,14 @@ impl<'a> FromSql<'a> for Decoded {
     }
 }
 
+/// Every column of `row` as a plugin value (integers, reals, text, blobs, NULL; `bool`
+/// as 0/1, `json` as its text), or the error naming a type that has no such value.
+pub fn row_values(row: &postgres::Row) -> Result<Vec<SqlValue>, postgres::Error> {
+    (0..row.len())
+        .map(|i| row.try_get::<_, Decoded>(i).map(|d| d.0))
+        .collect()
+}
+
 /// Why a column of type `ty` cannot be returned, and the fix.
 fn unsupported(ty: &Type) -> String {
     format!(

@@ -171,7 +171,7 @@ pub fn spawn_worker(
     let worker = sovereign_sync::worker::SyncWorker::spawn(
         sovereign_sync::SyncSettings::default(),
         sovereign_sync::worker::SyncTarget {
-            core_path: core_path.to_owned(),
+            core: sovereign_db_core::CoreLocation::File(core_path.to_owned()),
             open_mirror: open,
             observe: None,
             waker: waker.clone(),
