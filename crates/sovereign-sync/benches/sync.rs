@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{backlog_after, env_num, load_users, measure_lag, median, spawn_worker};
+use common::{
+    backlog_after, env_num, load_users, measure_lag, median, spawn_worker, sqlite_writer,
+};
 use sovereign_db::rusqlite::Connection;
 use sovereign_db_plugins::TrustedPluginStore;
 
@@ -92,7 +94,7 @@ fn full_build(dir: &Path, core_path: &Path, core: &Connection, rows: u64) {
 fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
     let mirror_path = dir.join("lag-plugins.db");
     let (worker, waker) = spawn_worker(
-        core_path,
+        sovereign_db_core::CoreLocation::File(core_path.to_owned()),
         std::sync::Arc::new({
             let p = mirror_path.clone();
             move || Ok(Mirror::Sqlite(TrustedPluginStore::open_shared(&p)?))
@@ -113,7 +115,7 @@ fn lag(dir: &Path, core_path: &Path, rows: u64, seconds: u64) {
     )
     .unwrap();
     let run = measure_lag(
-        core_path,
+        &mut sqlite_writer(core_path),
         rows,
         seconds,
         &waker,

@@ -67,12 +67,36 @@ impl LagRun {
     }
 }
 
-/// Runs 2,000 core writes per second for `seconds` (updates of `rows` users, each
-/// waking the worker as the kernel's pool does) while `poll` reads the mirror's
-/// watermark in a thread of its own; waits until `backlog` is 0; returns when each
-/// commit became visible.
+/// A core writer: renames user `id` to `name` in a transaction of its own and returns the
+/// outbox sequence number of the change.
+pub type Writer = Box<dyn FnMut(i64, &str) -> i64>;
+
+/// Renames user `id` to `name` in a transaction of its own on a SQLite core; returns
+/// the outbox sequence number of the change.
+pub fn sqlite_writer(core_path: &std::path::Path) -> impl FnMut(i64, &str) -> i64 + use<> {
+    let writer = sovereign_db_core::open_existing(core_path).unwrap();
+    move |id, name| {
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        writer
+            .execute(
+                "UPDATE users SET display_name = ?2 WHERE id = ?1",
+                sovereign_db::rusqlite::params![id, name],
+            )
+            .unwrap();
+        let seq: i64 = writer
+            .query_row("SELECT max(seq) FROM _sv_change_outbox", [], |r| r.get(0))
+            .unwrap();
+        writer.execute_batch("COMMIT").unwrap();
+        seq
+    }
+}
+
+/// Runs 2,000 core writes per second for `seconds` (`write` renames one of `rows`
+/// users and returns the change's sequence number; each commit wakes the worker as the
+/// kernel's pool does) while `poll` reads the mirror's watermark in a thread of its
+/// own; waits until `backlog` is 0; returns when each commit became visible.
 pub fn measure_lag(
-    core_path: &std::path::Path,
+    write: &mut dyn FnMut(i64, &str) -> i64,
     rows: u64,
     seconds: u64,
     waker: &sovereign_sync::worker::SyncWaker,
@@ -101,7 +125,6 @@ pub fn measure_lag(
             seen
         })
     };
-    let writer = sovereign_db_core::open_existing(core_path).unwrap();
     let per_second = 2000u64;
     let total = per_second * seconds;
     let start = Instant::now();
@@ -112,17 +135,7 @@ pub fn measure_lag(
             std::thread::sleep(wait);
         }
         let id = 1 + (i as i64 * 7919) % rows as i64;
-        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
-        writer
-            .execute(
-                "UPDATE users SET display_name = ?2 WHERE id = ?1",
-                sovereign_db::rusqlite::params![id, format!("v{i}")],
-            )
-            .unwrap();
-        let seq: i64 = writer
-            .query_row("SELECT max(seq) FROM _sv_change_outbox", [], |r| r.get(0))
-            .unwrap();
-        writer.execute_batch("COMMIT").unwrap();
+        let seq = write(id, &format!("v{i}"));
         commits.push((seq, Instant::now()));
         waker.wake();
     }
@@ -161,7 +174,7 @@ pub fn backlog_after(core: &Connection, watermark: i64) -> i64 {
 /// The near-real-time worker on `open`'s mirror, and the waker a writer calls after
 /// each commit (as the kernel's pool does).
 pub fn spawn_worker(
-    core_path: &std::path::Path,
+    core: sovereign_db_core::CoreLocation,
     open: sovereign_sync::worker::OpenMirror,
 ) -> (
     sovereign_sync::worker::SyncWorker,
@@ -171,7 +184,7 @@ pub fn spawn_worker(
     let worker = sovereign_sync::worker::SyncWorker::spawn(
         sovereign_sync::SyncSettings::default(),
         sovereign_sync::worker::SyncTarget {
-            core: sovereign_db_core::CoreLocation::File(core_path.to_owned()),
+            core,
             open_mirror: open,
             observe: None,
             waker: waker.clone(),
