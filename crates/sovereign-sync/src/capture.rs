@@ -214,6 +214,10 @@ fn install_sqlite(core: &Connection, catalog: &MirrorCatalog) -> Result<bool, Sy
 /// one committed. Without it a batch could pass over a change still in flight.
 const CAPTURE_LOCK: i64 = 0x5356_4341_5054; // "SVCAPT"
 
+/// The channel a PostgreSQL core's capture triggers notify (once per transaction) so
+/// that the sync worker wakes; it carries no data.
+pub const CHANGES_CHANNEL: &str = "sv_core_changes";
+
 /// One slice's capture on PostgreSQL: a trigger function `_sv_capture_<slice>` and a row
 /// trigger of the same name on the source table, as `(name, table, function body)`.
 fn postgres_capture_for(slice: &MirrorSlice) -> (String, String, String) {
@@ -235,6 +239,7 @@ BEGIN
     IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.{key} IS DISTINCT FROM NEW.{key}) THEN
         {}
     END IF;
+    PERFORM pg_notify('{CHANGES_CHANNEL}', '');
     RETURN NULL;
 END
 ",

@@ -76,6 +76,7 @@ pub struct SyncWorker {
     waker: SyncWaker,
     thread: Option<JoinHandle<()>>,
     housekeeping: Option<JoinHandle<()>>,
+    listener: Option<JoinHandle<()>>,
 }
 
 impl SyncWorker {
@@ -86,6 +87,20 @@ impl SyncWorker {
         let waker = target.waker.clone();
         let open = target.open_mirror.clone();
         let core = target.core.clone();
+        // A PostgreSQL core announces commits of every process (`sv` commands, other
+        // kernels) on a channel; SQLite's are found by the poll.
+        let listener = match &core {
+            CoreLocation::Postgres(url) => {
+                let (url, waker, flag) = (url.clone(), waker.clone(), stop.clone());
+                Some(
+                    std::thread::Builder::new()
+                        .name("sv-sync-listen".into())
+                        .spawn(move || listen(&url, &waker, &flag))
+                        .expect("spawning the sync listener thread"),
+                )
+            }
+            CoreLocation::File(_) => None,
+        };
         let thread = std::thread::Builder::new()
             .name("sv-sync".into())
             .spawn(move || run(&settings, &target, &flag))
@@ -100,6 +115,7 @@ impl SyncWorker {
             waker,
             thread: Some(thread),
             housekeeping: Some(housekeeping),
+            listener,
         }
     }
 
@@ -111,9 +127,13 @@ impl SyncWorker {
     fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.waker.wake();
-        for t in [self.thread.take(), self.housekeeping.take()]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.thread.take(),
+            self.housekeeping.take(),
+            self.listener.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = t.join();
         }
@@ -130,6 +150,30 @@ fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) {
     let until = Instant::now() + d;
     while !stop.load(Ordering::SeqCst) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+    }
+}
+
+/// Wakes the worker on every notification of [`crate::capture::CHANGES_CHANNEL`] from
+/// the PostgreSQL core (the capture triggers notify at commit; the notification carries
+/// nothing, the worker reads the outbox). Reconnects after a failure.
+fn listen(url: &sovereign_db::PostgresUrl, waker: &SyncWaker, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        let listened = (|| -> Result<(), postgres::Error> {
+            let mut client = postgres::Client::connect(url.expose(), postgres::NoTls)?;
+            client.batch_execute(&format!("LISTEN {}", crate::capture::CHANGES_CHANNEL))?;
+            while !stop.load(Ordering::SeqCst) {
+                let mut notifications = client.notifications();
+                let mut arrived = notifications.timeout_iter(Duration::from_millis(250));
+                while postgres::fallible_iterator::FallibleIterator::next(&mut arrived)?.is_some() {
+                    waker.wake();
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = listened {
+            tracing::debug!(error = %e, "listening for core commits failed; retrying");
+            sleep_unless_stopped(stop, Duration::from_secs(1));
+        }
     }
 }
 

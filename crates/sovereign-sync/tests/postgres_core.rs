@@ -207,6 +207,44 @@ fn feeds_exactly(kind: Kind) {
 }
 
 #[test]
+fn a_committed_core_change_notifies_the_workers_channel_and_carries_no_data() {
+    let setup = setup();
+    let core = core(&setup);
+    capture::install(&core, &MirrorCatalog::default()).unwrap();
+    let mut listener = postgres::Client::connect(setup.core_url.expose(), postgres::NoTls).unwrap();
+    listener
+        .batch_execute(&format!("LISTEN {}", capture::CHANGES_CHANNEL))
+        .unwrap();
+    let arrived = |listener: &mut postgres::Client| {
+        let mut notes = listener.notifications();
+        let mut it = notes.timeout_iter(std::time::Duration::from_millis(500));
+        let mut got = Vec::new();
+        while let Some(n) = postgres::fallible_iterator::FallibleIterator::next(&mut it).unwrap() {
+            got.push((n.channel().to_owned(), n.payload().to_owned()));
+        }
+        got
+    };
+    sql(
+        &core,
+        "BEGIN; INSERT INTO users (display_name, email) VALUES ('a', 'a@example.com');
+         ROLLBACK;",
+    );
+    assert!(
+        arrived(&mut listener).is_empty(),
+        "a rolled-back change notified"
+    );
+    sql(
+        &core,
+        "INSERT INTO users (display_name, email) VALUES ('b', 'b@example.com'), ('c', 'c@example.com')",
+    );
+    assert_eq!(
+        arrived(&mut listener),
+        [(capture::CHANGES_CHANNEL.to_owned(), String::new())],
+        "one empty notification per committed transaction"
+    );
+}
+
+#[test]
 fn concurrent_core_writers_never_leave_a_change_behind_the_watermark() {
     let setup = setup();
     let core = core(&setup);
