@@ -977,3 +977,76 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_postgres() {
     let full = run_ok(&["sync:run", "--full"]);
     assert!(full.contains("users"), "{full}");
 }
+
+/// Copies a package directory (files and subdirectories).
+fn copy_package(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_package(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn sv_dev_sets_up_and_serves_everything_with_both_stores_on_postgres() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
+    let cluster = Cluster::start(&script).unwrap();
+    let core_url = cluster.url("svc_core", "core-secret", "sv_core");
+    let plugins_url = cluster.url("svc_plugins", "plugins-secret", "sv_plugins");
+    let w = Workdir::new();
+    for id in ["notes", "tasks"] {
+        copy_package(&plugins_dir().join(id), &w.path().join("plugins").join(id));
+    }
+    let urls = [
+        "--database-url",
+        core_url.as_str(),
+        "--plugin-database-url",
+        plugins_url.as_str(),
+    ];
+    let mut roles = urls.to_vec();
+    roles.extend([
+        "postgres:roles",
+        "--apply",
+        "--admin-url",
+        cluster.admin_url(),
+    ]);
+    w.sv_ok(&roles);
+    // `sv dev` alone: migrations of both stores, the first admin, both packages.
+    let mut dev = urls.to_vec();
+    dev.push("dev");
+    let server = w.start(&dev);
+    let password = server.printed_password();
+    let host = server.wait_host_running();
+    let ids: Vec<&str> = host["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["notes", "tasks"], "{host}");
+    let token = server.login("admin@sovereign.local", &password);
+    let task = server.send(
+        "POST",
+        "/api/plugins/tasks/tasks",
+        Some(&token),
+        Some(serde_json::json!({ "title": "from sv dev", "assignee": 1 })),
+    );
+    assert_eq!(task.status, 201, "{}", task.text);
+    let id = task.body["id"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let read = server.get(&format!("/api/plugins/tasks/tasks/{id}"), Some(&token));
+        if read.body["assignee_name"] == "Administrator" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", read.text);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!w.core_db().exists() && !w.plugins_db().exists());
+    server.stop();
+}
