@@ -56,7 +56,7 @@ fn stores() -> Stores {
         applied.len(),
         sovereign_db_core::migrations().migrations().len()
     );
-    let postgres = CoreConn::Postgres(PgCore::connect(&postgres_url).unwrap());
+    let postgres = CoreConn::Postgres(Box::new(PgCore::connect(&postgres_url).unwrap()));
     Stores {
         _dir: dir,
         _cluster: cluster,
@@ -72,7 +72,7 @@ fn on_both(body: impl Fn(&str, &CoreConn)) {
     body("sqlite", &stores.sqlite);
     body("postgres", &stores.postgres);
     // The PostgreSQL one is what a fresh connection sees too (nothing left uncommitted).
-    let fresh = CoreConn::Postgres(PgCore::connect(&stores.postgres_url).unwrap());
+    let fresh = CoreConn::Postgres(Box::new(PgCore::connect(&stores.postgres_url).unwrap()));
     assert_eq!(
         users::count(&fresh).unwrap(),
         users::count(&stores.postgres).unwrap()

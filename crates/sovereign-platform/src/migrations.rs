@@ -274,7 +274,7 @@ pub(crate) fn open_migrated_core_with(
                 core.client_mut(),
                 &sovereign_db_core::postgres_migrations(),
             )?;
-            (CoreConn::Postgres(core), status, url.to_string())
+            (CoreConn::Postgres(Box::new(core)), status, url.to_string())
         }
     };
     if status

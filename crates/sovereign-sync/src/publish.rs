@@ -1,6 +1,8 @@
 //! Incremental sync: batches read from the core outbox, applied to the mirror together
 //! with its watermark, then acknowledged and pruned from the outbox.
 
+use std::collections::HashMap;
+
 use sovereign_db::rusqlite::{self, Connection, OptionalExtension};
 use sovereign_db_core::{CoreAccess, CoreHandle};
 use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog, MirrorChange, MirrorSlice};
@@ -8,8 +10,9 @@ use sovereign_db_plugins::value::SqlValue;
 
 use crate::{Mirror, SyncError, ident, now_ms};
 
-/// The SELECT of `slice`'s projected row whose key is parameter `param` (`?1` on
-/// SQLite, `$1` on PostgreSQL) in `table` (the source table, qualified as needed).
+/// The SELECT of `slice`'s projected rows whose key equals `param` (`?1` on SQLite, `$1`
+/// or `ANY($1::bigint[])` on PostgreSQL; the key is the first column) in `table` (the
+/// source table, qualified as needed).
 fn project_sql(slice: &MirrorSlice, table: &str, param: &str) -> String {
     let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
     let filter = slice
@@ -126,27 +129,51 @@ pub fn next_batch(
             tx.finish()?;
             Ok(Some(MirrorBatch { upto_seq, changes }))
         }
-        CoreHandle::Postgres(pg) => pg.with_client(|client| {
-            // One snapshot for the outbox and the rows.
-            let mut tx = crate::snapshot(client)?;
-            let entries: Vec<(i64, String, i64)> = tx
-                .query(
-                    "SELECT seq, slice, row_key FROM _sv_change_outbox WHERE seq > $1
-                     ORDER BY seq LIMIT $2",
-                    &[&watermark, &(limit as i64)],
-                )?
+        CoreHandle::Postgres(pg) => {
+            // No transaction: rows read after the outbox are at least as new as every
+            // change it lists (a later change gets a later sequence number and comes
+            // again). Prepared statements: one round trip each.
+            let outbox = pg.prepared(
+                "SELECT seq, slice, row_key FROM _sv_change_outbox WHERE seq > $1
+                 ORDER BY seq LIMIT $2",
+            )?;
+            let entries: Vec<(i64, String, i64)> = pg
+                .with_client(|c| c.query(&outbox, &[&watermark, &(limit as i64)]))?
                 .iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2)))
                 .collect();
             let Some(upto_seq) = entries.last().map(|e| e.0) else {
                 return Ok(None);
             };
+            // One query per slice for the whole batch (a round trip per row would cap
+            // the rate the mirror can follow).
+            let mut rows: HashMap<(String, i64), Vec<SqlValue>> = HashMap::new();
+            for slice in catalog.slices() {
+                let keys: Vec<i64> = entries
+                    .iter()
+                    .filter(|(_, name, _)| *name == slice.name)
+                    .map(|(_, _, key)| *key)
+                    .collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                let project = pg.prepared(&project_sql(
+                    slice,
+                    &ident(&slice.source_table),
+                    "ANY($1::bigint[])",
+                ))?;
+                for row in pg.with_client(|c| c.query(&project, &[&keys]))? {
+                    let values = sovereign_postgres::row_values(&row)?;
+                    if let Some(SqlValue::Integer(key)) = values.first() {
+                        rows.insert((slice.name.clone(), *key), values);
+                    }
+                }
+            }
             let changes = changes_of(entries, catalog, &mut |slice, key| {
-                Ok(project_row_postgres(&mut tx, slice, key)?)
+                Ok(rows.remove(&(slice.name.clone(), key)))
             })?;
-            tx.commit()?;
             Ok(Some(MirrorBatch { upto_seq, changes }))
-        }),
+        }
     }
 }
 

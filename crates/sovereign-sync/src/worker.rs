@@ -230,15 +230,14 @@ fn newest_seq(core: &CoreConn) -> Result<i64, SyncError> {
                                   WHERE name = '_sv_change_outbox'), 0)",
             )?
             .query_row([], |r| r.get(0))?,
-        CoreConn::Postgres(pg) => pg
-            .with_client(|client| {
-                client.query_one(
-                    "SELECT coalesce(pg_sequence_last_value(
-                         pg_get_serial_sequence('_sv_change_outbox', 'seq')::regclass), 0)",
-                    &[],
-                )
-            })?
-            .get(0),
+        CoreConn::Postgres(pg) => {
+            let newest = pg.prepared(
+                "SELECT coalesce(pg_sequence_last_value(
+                     pg_get_serial_sequence('_sv_change_outbox', 'seq')::regclass), 0)",
+            )?;
+            pg.with_client(|client| client.query_one(&newest, &[]))?
+                .get(0)
+        }
     })
 }
 

@@ -59,7 +59,7 @@ fn setup() -> Setup {
 }
 
 fn core(setup: &Setup) -> CoreConn {
-    CoreConn::Postgres(PgCore::connect(&setup.core_url).unwrap())
+    CoreConn::Postgres(Box::new(PgCore::connect(&setup.core_url).unwrap()))
 }
 
 fn sql(core: &CoreConn, statement: &str) {
