@@ -139,15 +139,17 @@ pub fn full_resync(
         total += count_source(core, slice)?;
     }
     let (watermark, rows) = match (core.core_handle(), mirror) {
+        // The fast path: the mirror's connection copies from core.db attached.
+        (CoreHandle::Sqlite(conn), Mirror::Sqlite(store))
+            if conn.path().is_some_and(|p| !p.is_empty()) =>
+        {
+            let path = Path::new(conn.path().unwrap_or_default());
+            rebuild_sqlite(path, store, catalog, &dropped, total, progress)?
+        }
         (CoreHandle::Sqlite(conn), Mirror::Sqlite(store)) => {
-            let path =
-                conn.path()
-                    .filter(|p| !p.is_empty())
-                    .ok_or_else(|| SyncError::Projection {
-                        slice: "*".into(),
-                        message: "the core store has no file to attach".into(),
-                    })?;
-            rebuild_sqlite(Path::new(path), store, catalog, &dropped, total, progress)?
+            let source = SqliteSource::begin(conn)?;
+            let rebuilt = rebuild_sqlite_from(&source, store, catalog, &dropped, total, progress);
+            source.end(rebuilt)?
         }
         (CoreHandle::Sqlite(conn), Mirror::Postgres(pg)) => {
             let source = SqliteSource::begin(conn)?;
