@@ -125,26 +125,50 @@ pub struct Layout {
 impl Layout {
     /// The isolated plugin files that exist, as `(id, path)`.
     pub fn isolated_files(&self) -> Result<Vec<(String, PathBuf)>, OpsError> {
-        let mut out = Vec::new();
-        let entries = match std::fs::read_dir(&self.isolated_dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(io(format!("listing {}", self.isolated_dir.display()))(e)),
-        };
-        for entry in entries {
-            let path = entry.map_err(io("listing isolated plugin files"))?.path();
-            if let Some(id) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".db"))
-                .filter(|id| sovereign_db_plugins::is_installable_plugin_id(id))
-            {
-                out.push((id.to_owned(), path));
-            }
-        }
-        out.sort();
-        Ok(out)
+        isolated_files_in(&self.isolated_dir)
     }
+}
+
+/// The SQLite plugin store files alone (what inspecting, purging and vacuuming plugin
+/// data work on, whichever backend the core store is on).
+#[derive(Debug, Clone)]
+pub struct PluginFiles {
+    /// The shared plugin store.
+    pub plugins: PathBuf,
+    /// The directory of isolated plugin files.
+    pub isolated_dir: PathBuf,
+    /// The mirror's own file in the read-only ATTACH layout.
+    pub mirror_file: Option<PathBuf>,
+}
+
+impl PluginFiles {
+    /// The isolated plugin files that exist, as `(id, path)`.
+    pub fn isolated_files(&self) -> Result<Vec<(String, PathBuf)>, OpsError> {
+        isolated_files_in(&self.isolated_dir)
+    }
+}
+
+/// The plugin files (`<id>.db`) in `isolated_dir`, as `(id, path)`, by id.
+fn isolated_files_in(isolated_dir: &Path) -> Result<Vec<(String, PathBuf)>, OpsError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(isolated_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io(format!("listing {}", isolated_dir.display()))(e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(io("listing isolated plugin files"))?.path();
+        if let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".db"))
+            .filter(|id| sovereign_db_plugins::is_installable_plugin_id(id))
+        {
+            out.push((id.to_owned(), path));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Removes a database file with its `-wal` and `-shm`.

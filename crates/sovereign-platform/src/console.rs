@@ -198,10 +198,11 @@ impl Console {
 
     fn check_integrity(&self, app: &App) {
         // The SQLite files' integrity; a PostgreSQL plugin store checks its own pages.
-        let Ok(layout) = app.layout("checking the stores") else {
+        let mut files: Vec<PathBuf> = app.config().core_db_path().into_iter().collect();
+        let Ok(layout) = app.plugin_files("checking the stores") else {
             return;
         };
-        let mut files = vec![layout.core.clone(), layout.plugins.clone()];
+        files.push(layout.plugins.clone());
         files.extend(layout.mirror_file.clone());
         files.extend(
             layout
@@ -528,11 +529,14 @@ fn file_sizes(role: String, path: &Path) -> StoreFile {
 
 /// The stores panel: files, sizes, schema versions and what is not applied.
 pub fn stores(app: &App, console: &Console) -> Result<StoresPanel, PlatformError> {
-    let layout = app.layout("the stores panel")?;
-    let mut files = vec![
-        file_sizes("core".into(), &layout.core),
-        file_sizes("plugins".into(), &layout.plugins),
-    ];
+    let mut files: Vec<_> = app
+        .config()
+        .core_db_path()
+        .map(|core| file_sizes("core".into(), &core))
+        .into_iter()
+        .collect();
+    let layout = app.plugin_files("the stores panel")?;
+    files.push(file_sizes("plugins".into(), &layout.plugins));
     if let Some(mirror) = &layout.mirror_file {
         files.push(file_sizes("mirror".into(), mirror));
     }

@@ -181,6 +181,20 @@ impl App {
         })
     }
 
+    /// The SQLite plugin store files (refused when the plugin store is on PostgreSQL),
+    /// whichever backend the core store is on.
+    pub fn plugin_files(
+        &self,
+        operation: &'static str,
+    ) -> Result<sovereign_ops::PluginFiles, PlatformError> {
+        let location = self.store_location(operation)?;
+        Ok(sovereign_ops::PluginFiles {
+            plugins: location.shared_store.clone(),
+            isolated_dir: location.isolated_dir.clone(),
+            mirror_file: location.mirror_file.clone(),
+        })
+    }
+
     /// The package directory of plugin `id`.
     pub fn package_dir(&self, id: &str) -> PathBuf {
         self.config.plugins_dir_path().join(id)

@@ -910,7 +910,7 @@ pub fn inspect(
     app: &App,
     only: Option<&str>,
 ) -> Result<sovereign_ops::inspect::InspectReport, PlatformError> {
-    let layout = app.layout("inspecting plugin data")?;
+    let layout = app.plugin_files("inspecting plugin data")?;
     Ok(sovereign_ops::inspect::inspect(
         &layout.plugins,
         &layout.isolated_files()?,
@@ -931,7 +931,7 @@ pub struct PurgePlan {
 
 /// Looks at what purging plugin `id` would drop.
 pub fn plan_purge(app: &App, id: &str) -> Result<PurgePlan, PlatformError> {
-    let layout = app.layout("purging plugin data")?;
+    let layout = app.plugin_files("purging plugin data")?;
     let report = sovereign_ops::inspect::inspect(
         &layout.plugins,
         &layout.isolated_files()?,
@@ -965,7 +965,7 @@ pub fn purge(
     plan: &PurgePlan,
     backup: bool,
 ) -> Result<sovereign_ops::inspect::PurgeReport, PlatformError> {
-    let layout = app.layout("purging plugin data")?;
+    let layout = app.plugin_files("purging plugin data")?;
     let isolated = app
         .store_location("purging plugin data")?
         .file_for(&plan.id, DatabaseMode::Isolated);
@@ -994,7 +994,7 @@ pub struct Vacuumed {
 
 /// Reclaims free pages of the plugin store and the isolated files.
 pub fn vacuum(app: &App) -> Result<Vec<Vacuumed>, PlatformError> {
-    let layout = app.layout("vacuum")?;
+    let layout = app.plugin_files("vacuum")?;
     let mut files = vec![layout.plugins.clone()];
     files.extend(layout.isolated_files()?.into_iter().map(|(_, p)| p));
     let mut out = Vec::new();

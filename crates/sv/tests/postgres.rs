@@ -1050,3 +1050,77 @@ fn sv_dev_sets_up_and_serves_everything_with_both_stores_on_postgres() {
     assert!(!w.core_db().exists() && !w.plugins_db().exists());
     server.stop();
 }
+
+#[test]
+fn a_postgres_core_runs_beside_sqlite_plugin_files() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
+    let cluster = Cluster::start(&script).unwrap();
+    let core_url = cluster.url("svc_core", "core-secret", "sv_core");
+    let plugins_url = cluster.url("svc_plugins", "plugins-secret", "sv_plugins");
+    let w = Workdir::new();
+    // The role plan needs a plugin URL; the plugin store itself stays in files here.
+    w.sv_ok(&[
+        "--database-url",
+        &core_url,
+        "--plugin-database-url",
+        &plugins_url,
+        "postgres:roles",
+        "--apply",
+        "--admin-url",
+        cluster.admin_url(),
+    ]);
+    let run_ok = |args: &[&str]| {
+        let mut all = vec!["--database-url", core_url.as_str()];
+        all.extend(args);
+        w.sv_ok(&all)
+    };
+    run_ok(&["migrate:deploy"]);
+    assert!(!w.core_db().exists() && w.plugins_db().exists());
+    let repo = plugins_dir();
+    run_ok(&[
+        "plugins",
+        "install",
+        repo.join("tasks").to_str().unwrap(),
+        "--yes",
+    ]);
+    // Operating the plugin files works whichever backend the core is on.
+    let inspect = run_ok(&["plugins", "db", "inspect"]);
+    assert!(inspect.contains("tasks"), "{inspect}");
+    // The mirror in plugins.db follows the PostgreSQL core.
+    let created = w.sv_with_input(
+        &[
+            "--database-url",
+            &core_url,
+            "users",
+            "create",
+            "--email",
+            "ada@example.com",
+            "--display-name",
+            "Ada",
+            "--password-stdin",
+        ],
+        "a long password\n",
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    run_ok(&["sync:run"]);
+    let names: Vec<String> = common::raw(&w.plugins_db())
+        .prepare("SELECT display_name FROM core__users")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(names, ["Ada"]);
+    common::raw(&w.plugins_db())
+        .execute_batch("UPDATE core__users SET display_name = 'drifted'")
+        .unwrap();
+    let repaired = run_ok(&["sync:reconcile", "--repair"]);
+    assert!(repaired.contains("repaired 1 row(s)"), "{repaired}");
+    let rebuilt = run_ok(&["sync:run", "--full"]);
+    assert!(rebuilt.contains("users"), "{rebuilt}");
+    assert!(run_ok(&["sync:reconcile"]).contains("0 row(s) differ"));
+}
