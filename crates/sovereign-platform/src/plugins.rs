@@ -906,10 +906,15 @@ pub fn move_to(app: &App, id: &str, to: DatabaseMode) -> Result<Moved, PlatformE
 }
 
 /// Per plugin: tables, rows, bytes; per file: size and free pages; the mirror's size.
+/// On PostgreSQL: per plugin schema, its tables' sizes (`pg_total_relation_size`) and
+/// the statistics' row counts (estimates), the database's size, the `core` schema's.
 pub fn inspect(
     app: &App,
     only: Option<&str>,
 ) -> Result<sovereign_ops::inspect::InspectReport, PlatformError> {
+    if let PluginStore::Postgres(store) = app.plugin_store() {
+        return inspect_postgres(store, only);
+    }
     let layout = app.plugin_files("inspecting plugin data")?;
     Ok(sovereign_ops::inspect::inspect(
         &layout.plugins,
@@ -917,6 +922,79 @@ pub fn inspect(
         layout.mirror_file.as_deref(),
         only,
     )?)
+}
+
+fn inspect_postgres(
+    store: &crate::PgPluginStore,
+    only: Option<&str>,
+) -> Result<sovereign_ops::inspect::InspectReport, PlatformError> {
+    use sovereign_ops::inspect::{FileUsage, InspectReport, PluginUsage, TableUsage};
+    let mut owner = store.connect_owner()?;
+    let statement_failed = |statement: &str| {
+        let statement = statement.to_owned();
+        move |source| sovereign_postgres::PgError::Statement { statement, source }
+    };
+    let database =
+        "SELECT pg_database_size(current_database()), current_setting('block_size')::bigint";
+    let row = owner
+        .query_one(database, &[])
+        .map_err(statement_failed(database))?;
+    let (database_bytes, block_size): (i64, i64) = (row.get(0), row.get(1));
+    // Plugin schemas are the ones owned by a plugin's role (`svp_<id>`, schema `<id>`).
+    let tables = "SELECT n.nspname::text, c.relname::text,
+                         coalesce(s.n_live_tup, 0), pg_total_relation_size(c.oid)
+                  FROM pg_class c
+                  JOIN pg_namespace n ON n.oid = c.relnamespace
+                  JOIN pg_roles r ON r.oid = n.nspowner AND r.rolname = 'svp_' || n.nspname
+                  LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+                  WHERE c.relkind IN ('r', 'p') AND ($1::text IS NULL OR n.nspname = $1)
+                  ORDER BY 1, 2";
+    let mut plugins: Vec<PluginUsage> = Vec::new();
+    for row in owner
+        .query(tables, &[&only])
+        .map_err(statement_failed(tables))?
+    {
+        let (id, table): (String, String) = (row.get(0), row.get(1));
+        let usage = TableUsage {
+            name: table,
+            rows: row.get::<_, i64>(2).max(0) as u64,
+            bytes: row.get::<_, i64>(3).max(0) as u64,
+        };
+        match plugins.last_mut().filter(|p| p.id == id) {
+            Some(plugin) => {
+                plugin.bytes += usage.bytes;
+                plugin.tables.push(usage);
+            }
+            None => plugins.push(PluginUsage {
+                file: PathBuf::from(format!("postgres://{}#{id}", store.describe())),
+                id,
+                bytes: usage.bytes,
+                tables: vec![usage],
+                share_of_file: 0.0,
+            }),
+        }
+    }
+    for plugin in &mut plugins {
+        plugin.share_of_file = plugin.bytes as f64 / database_bytes.max(1) as f64;
+    }
+    let mirror = "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = 'core' AND c.relkind = 'r'";
+    let mirror_bytes: i64 = owner
+        .query_one(mirror, &[])
+        .map_err(statement_failed(mirror))?
+        .get(0);
+    Ok(InspectReport {
+        files: vec![FileUsage {
+            path: PathBuf::from(format!("postgres://{}", store.describe())),
+            bytes: database_bytes.max(0) as u64,
+            // PostgreSQL reuses freed space itself (autovacuum); nothing to reclaim here.
+            free_pages: 0,
+            page_size: block_size.max(0) as u64,
+        }],
+        plugins,
+        mirror_bytes: mirror_bytes.max(0) as u64,
+    })
 }
 
 /// What a purge would drop, for the operator to confirm.

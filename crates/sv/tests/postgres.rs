@@ -373,8 +373,13 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
     let refused = run_err(&["plugins", "install", memo.to_str().unwrap(), "--yes"]);
     assert!(refused.contains("\"backends\""), "{refused}");
     assert_eq!(provisioned(cluster.admin_url(), "memo"), (0, 0));
-    let inspect = run_err(&["plugins", "db", "inspect"]);
-    assert!(inspect.contains("PostgreSQL"), "{inspect}");
+    // Plugin data per schema: tables, their sizes, the mirror's.
+    let inspect = run_ok(&["plugins", "db", "inspect", "notes"]);
+    assert!(
+        inspect.contains("plugin notes:") && inspect.contains("notes__notes"),
+        "{inspect}"
+    );
+    assert!(!inspect.contains("plugin tasks"), "{inspect}");
 
     // Migration status reads the store's bookkeeping and the plugin's schema.
     let status = run_ok(&["migrate:status"]);
@@ -390,8 +395,8 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
         "{doctor}"
     );
     // Operations that need SQLite files say so.
-    let inspect = run_err(&["plugins", "db", "inspect"]);
-    assert!(inspect.contains("PostgreSQL"), "{inspect}");
+    let vacuum = run_err(&["plugins", "db", "vacuum"]);
+    assert!(vacuum.contains("PostgreSQL"), "{vacuum}");
 
     // `sv plugins sql` runs as the plugin's role.
     let inserted = sql(
