@@ -18,7 +18,7 @@ use sovereign_kernel::host::HostState;
 use sovereign_ops::inspect::{InspectReport, TableUsage};
 
 use crate::plugin_logs::LogEntry;
-use crate::{App, PlatformError};
+use crate::{App, PlatformError, PluginStore};
 
 /// The page and its files, embedded at build time.
 pub const INDEX_HTML: &str = include_str!("console/index.html");
@@ -527,21 +527,56 @@ fn file_sizes(role: String, path: &Path) -> StoreFile {
     }
 }
 
+/// A PostgreSQL store in the panel: its database's size (the server keeps its own WAL
+/// and checks its own pages).
+fn database_size(
+    role: &str,
+    shown: &str,
+    client: &mut postgres::Client,
+) -> Result<StoreFile, PlatformError> {
+    let query = "SELECT pg_database_size(current_database())";
+    let bytes: i64 = client
+        .query_one(query, &[])
+        .map_err(|source| sovereign_postgres::PgError::Statement {
+            statement: query.into(),
+            source,
+        })?
+        .get(0);
+    Ok(StoreFile {
+        role: role.to_owned(),
+        path: PathBuf::from(shown),
+        bytes: bytes.max(0) as u64,
+        wal_bytes: 0,
+        integrity: None,
+    })
+}
+
 /// The stores panel: files, sizes, schema versions and what is not applied.
 pub fn stores(app: &App, console: &Console) -> Result<StoresPanel, PlatformError> {
-    let mut files: Vec<_> = app
-        .config()
-        .core_db_path()
-        .map(|core| file_sizes("core".into(), &core))
-        .into_iter()
-        .collect();
-    let layout = app.plugin_files("the stores panel")?;
-    files.push(file_sizes("plugins".into(), &layout.plugins));
-    if let Some(mirror) = &layout.mirror_file {
-        files.push(file_sizes("mirror".into(), mirror));
+    let mut files = Vec::new();
+    match app.core_location() {
+        sovereign_db_core::CoreLocation::File(core) => files.push(file_sizes("core".into(), &core)),
+        sovereign_db_core::CoreLocation::Postgres(url) => {
+            let mut core = sovereign_db_core::PgCore::connect(&url)?;
+            files.push(database_size("core", &url.to_string(), core.client_mut())?);
+        }
     }
-    for (id, path) in layout.isolated_files()? {
-        files.push(file_sizes(format!("plugin:{id}"), &path));
+    match app.plugin_store() {
+        PluginStore::Postgres(store) => files.push(database_size(
+            "plugins",
+            &format!("postgres://{}", store.describe()),
+            &mut store.connect_owner()?,
+        )?),
+        PluginStore::Sqlite(_) => {
+            let layout = app.plugin_files("the stores panel")?;
+            files.push(file_sizes("plugins".into(), &layout.plugins));
+            if let Some(mirror) = &layout.mirror_file {
+                files.push(file_sizes("mirror".into(), mirror));
+            }
+            for (id, path) in layout.isolated_files()? {
+                files.push(file_sizes(format!("plugin:{id}"), &path));
+            }
+        }
     }
     {
         let checks = console.integrity.lock().unwrap_or_else(|e| e.into_inner());

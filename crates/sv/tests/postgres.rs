@@ -950,6 +950,34 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_postgres() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // The operator's stores panel and storage report read both databases.
+    let stores = server.get("/api/admin/stores", Some(&token));
+    assert_eq!(stores.status, 200, "{}", stores.text);
+    let roles: Vec<&str> = stores.body["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["core", "plugins"], "{}", stores.text);
+    assert!(
+        stores.body["files"][0]["bytes"].as_u64().unwrap() > 0,
+        "{}",
+        stores.text
+    );
+    assert!(
+        !stores.text.contains("core-secret"),
+        "a password leaked: {}",
+        stores.text
+    );
+    assert!(
+        stores.body["pending"].as_array().unwrap().is_empty(),
+        "{}",
+        stores.text
+    );
+    let storage = server.get("/api/admin/storage", Some(&token));
+    assert_eq!(storage.status, 200, "{}", storage.text);
+    assert!(storage.text.contains("tasks__tasks"), "{}", storage.text);
     let logout = server.send("POST", "/api/auth/logout", Some(&token), None);
     assert!((200..300).contains(&logout.status), "{}", logout.text);
     assert_eq!(server.get("/api/auth/me", Some(&token)).status, 401);
