@@ -272,7 +272,16 @@ impl PgCore {
         };
         self.client.borrow_mut().batch_execute(begin)?;
         self.depth.set(depth + 1);
+        // Undone if `f` panics: the connection goes back to its pool with no
+        // transaction left open.
+        let mut open = OpenTransaction {
+            core: self,
+            depth,
+            rollback,
+            ended: false,
+        };
         let result = f();
+        open.ended = true;
         self.depth.set(depth);
         match result {
             Ok(value) => {
@@ -285,6 +294,26 @@ impl PgCore {
                 }
                 Err(e)
             }
+        }
+    }
+}
+
+/// A transaction [`PgCore::transaction`] began, rolled back if its body unwinds.
+struct OpenTransaction<'a> {
+    core: &'a PgCore,
+    depth: u32,
+    rollback: &'static str,
+    ended: bool,
+}
+
+impl Drop for OpenTransaction<'_> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.core.depth.set(self.depth);
+        if let Ok(mut client) = self.core.client.try_borrow_mut() {
+            let _ = client.batch_execute(self.rollback);
         }
     }
 }

@@ -395,3 +395,27 @@ fn events_are_stored_once_and_a_failing_handler_is_recorded_on_both_backends() {
         sovereign_db_core::health::ping(core).unwrap();
     });
 }
+
+#[test]
+fn a_panic_inside_a_postgres_transaction_leaves_nothing_behind() {
+    let stores = stores();
+    let CoreConn::Postgres(pg) = &stores.postgres else {
+        unreachable!("the PostgreSQL store")
+    };
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = pg.transaction(|| -> Result<(), CoreError> {
+            users::create(&**pg, &new_user("ada@example.com", Role::Admin))?;
+            panic!("a bug in the middle of a transaction");
+        });
+    }));
+    assert!(unwound.is_err());
+    // Rolled back, and the connection takes new work (no transaction left open).
+    assert_eq!(users::count(&**pg).unwrap(), 0);
+    users::create(&**pg, &new_user("ada@example.com", Role::Admin)).unwrap();
+    let fresh = PgCore::connect(&stores.postgres_url).unwrap();
+    assert_eq!(
+        users::count(&fresh).unwrap(),
+        1,
+        "committed, not left in a transaction"
+    );
+}
