@@ -154,10 +154,11 @@ impl App {
 
     /// Where the core store is.
     pub fn core_location(&self) -> CoreLocation {
-        match (self.config.core_db_path(), self.config.core_postgres_url()) {
-            (Some(path), _) => CoreLocation::File(path),
-            (None, Some(url)) => CoreLocation::Postgres(url.clone()),
-            (None, None) => unreachable!("DATABASE_URL is a file or a PostgreSQL URL"),
+        match &self.config.database_url.value {
+            sovereign_db::StoreTarget::File(url) => {
+                CoreLocation::File(url.resolve(&self.config.base_dir))
+            }
+            sovereign_db::StoreTarget::Postgres(url) => CoreLocation::Postgres(url.clone()),
         }
     }
 

@@ -101,9 +101,10 @@ fn changes_of(
 }
 
 /// The next batch after `watermark`: up to `limit` outbox rows, each changed row once,
-/// with its projection as of now. Reading the rows in the same read transaction as the
-/// outbox makes the batch at least as new as every change it covers; later changes get
-/// later sequence numbers and later batches.
+/// with its projection as of now. Reading the rows after the outbox (on SQLite in the
+/// same read transaction, on PostgreSQL in the next statement) makes the batch at least
+/// as new as every change it covers; later changes get later sequence numbers and later
+/// batches, and applying a newer row twice changes nothing.
 pub fn next_batch(
     core: &dyn CoreAccess,
     catalog: &MirrorCatalog,
