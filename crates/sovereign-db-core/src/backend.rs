@@ -133,8 +133,7 @@ impl CoreConn {
 /// SQLite's unchecked transactions do: an inner one runs inside the outer.
 pub struct PgCore {
     client: RefCell<Client>,
-    statements: RefCell<HashMap<&'static str, Statement>>,
-    generated: RefCell<HashMap<String, Statement>>,
+    statements: RefCell<HashMap<String, Statement>>,
     depth: Cell<u32>,
     changes: Cell<u64>,
 }
@@ -175,7 +174,6 @@ impl PgCore {
         Ok(PgCore {
             client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
-            generated: RefCell::new(HashMap::new()),
             depth: Cell::new(0),
             changes: Cell::new(0),
         })
@@ -192,15 +190,15 @@ impl PgCore {
         f(&mut self.client.borrow_mut())
     }
 
-    /// `sql` prepared once per connection, for trusted code whose statements are built
-    /// at run time (the sync publisher's projections): a prepared statement costs one
-    /// round trip per use instead of two.
+    /// `sql` prepared once per connection (the core's own statements, and trusted code's
+    /// built at run time such as the sync publisher's projections): a prepared statement
+    /// costs one round trip per use instead of two.
     pub fn prepared(&self, sql: &str) -> Result<Statement, postgres::Error> {
-        if let Some(statement) = self.generated.borrow().get(sql) {
+        if let Some(statement) = self.statements.borrow().get(sql) {
             return Ok(statement.clone());
         }
         let statement = self.client.borrow_mut().prepare(sql)?;
-        self.generated
+        self.statements
             .borrow_mut()
             .insert(sql.to_owned(), statement.clone());
         Ok(statement)
@@ -212,12 +210,7 @@ impl PgCore {
     }
 
     fn statement(&self, sql: &'static str) -> Result<Statement, CoreError> {
-        if let Some(statement) = self.statements.borrow().get(sql) {
-            return Ok(statement.clone());
-        }
-        let statement = self.client.borrow_mut().prepare(sql)?;
-        self.statements.borrow_mut().insert(sql, statement.clone());
-        Ok(statement)
+        Ok(self.prepared(sql)?)
     }
 
     /// Runs a statement; returns the rows it changed.

@@ -146,38 +146,14 @@ pub fn full_resync(
             let path = Path::new(conn.path().unwrap_or_default());
             rebuild_sqlite(path, store, catalog, &dropped, total, progress)?
         }
-        (CoreHandle::Sqlite(conn), Mirror::Sqlite(store)) => {
+        (CoreHandle::Sqlite(conn), _) => {
             let source = SqliteSource::begin(conn)?;
-            let rebuilt = rebuild_sqlite_from(&source, store, catalog, &dropped, total, progress);
+            let rebuilt = rebuild_from(&source, mirror, catalog, &dropped, total, progress);
             source.end(rebuilt)?
         }
-        (CoreHandle::Sqlite(conn), Mirror::Postgres(pg)) => {
-            let source = SqliteSource::begin(conn)?;
-            let rebuilt = rebuild_postgres(
-                &source,
-                &mut pg.borrow_mut(),
-                catalog,
-                &dropped,
-                total,
-                progress,
-            );
-            source.end(rebuilt)?
-        }
-        (CoreHandle::Postgres(core), Mirror::Postgres(pg)) => core.with_client(|client| {
+        (CoreHandle::Postgres(core), _) => core.with_client(|client| {
             let source = PostgresSource::begin(client)?;
-            let rebuilt = rebuild_postgres(
-                &source,
-                &mut pg.borrow_mut(),
-                catalog,
-                &dropped,
-                total,
-                progress,
-            );
-            source.end(rebuilt)
-        })?,
-        (CoreHandle::Postgres(core), Mirror::Sqlite(store)) => core.with_client(|client| {
-            let source = PostgresSource::begin(client)?;
-            let rebuilt = rebuild_sqlite_from(&source, store, catalog, &dropped, total, progress);
+            let rebuilt = rebuild_from(&source, mirror, catalog, &dropped, total, progress);
             source.end(rebuilt)
         })?,
     };
@@ -190,6 +166,30 @@ pub fn full_resync(
 }
 
 type Rebuilt = (i64, Vec<(String, u64)>);
+
+/// Rebuilds `mirror` from `source`'s snapshot, whichever store the mirror is in.
+fn rebuild_from(
+    source: &dyn Source,
+    mirror: &Mirror,
+    catalog: &MirrorCatalog,
+    dropped: &[String],
+    total: u64,
+    progress: Progress<'_>,
+) -> Result<Rebuilt, SyncError> {
+    match mirror {
+        Mirror::Sqlite(store) => {
+            rebuild_sqlite_from(source, store, catalog, dropped, total, progress)
+        }
+        Mirror::Postgres(pg) => rebuild_postgres(
+            source,
+            &mut pg.borrow_mut(),
+            catalog,
+            dropped,
+            total,
+            progress,
+        ),
+    }
+}
 
 /// Takes one chunk of projected rows.
 type TakeChunk<'a> = &'a mut dyn FnMut(&[Vec<SqlValue>]) -> Result<(), SyncError>;
