@@ -17,8 +17,12 @@ use sovereign_db::{MigrationSet, StoreKind};
 
 use crate::{Layout, OpsError, file_digest, io, remove_db_files, sqlite};
 
-/// The manifest format this build writes and reads.
+/// The manifest format of a backup of SQLite files.
 pub const FORMAT: u32 = 1;
+
+/// The manifest format of a backup of PostgreSQL stores (format 1 plus
+/// [`Manifest::postgres_dumps`]); the newest this build reads.
+pub const FORMAT_POSTGRES: u32 = 2;
 
 /// One file of a backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +60,22 @@ pub struct Manifest {
     pub excluded_plugins: Vec<String>,
     /// What to run after restoring this backup.
     pub after_restore: String,
+    /// The `pg_dump` directories of a backup of PostgreSQL stores (their files are in
+    /// [`Manifest::files`] with the dump's role); none in a backup of SQLite files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub postgres_dumps: Vec<PostgresDump>,
+}
+
+/// One `pg_dump --format=directory` in a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresDump {
+    /// Its directory inside the backup.
+    pub name: String,
+    /// `core`, `plugins` (the plugin database's bookkeeping and mirrors) or
+    /// `plugin:<id>` (one plugin's schema).
+    pub role: String,
+    /// The version of the server it was dumped from.
+    pub server_version: String,
 }
 
 /// What to back up and where.
@@ -67,6 +87,26 @@ pub struct BackupOptions {
     pub include_plugin_data: bool,
     /// Plugins whose data is left out.
     pub exclude_plugins: Vec<String>,
+}
+
+impl BackupOptions {
+    /// Refuses an existing `out`, then makes `<out>.partial` afresh (readable by its
+    /// owner only): the directory a backup is written into and renamed from when whole.
+    pub(crate) fn start_partial(&self) -> Result<PathBuf, OpsError> {
+        if self.out.exists() {
+            return Err(OpsError::Refused(format!(
+                "{} already exists; choose another --out",
+                self.out.display()
+            )));
+        }
+        let partial = PathBuf::from(format!("{}.partial", self.out.display()));
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)
+                .map_err(io(format!("clearing {}", partial.display())))?;
+        }
+        crate::create_private_dir(&partial)?;
+        Ok(partial)
+    }
 }
 
 /// Progress of a backup in bytes: `(done, total)`.
@@ -182,31 +222,14 @@ pub fn backup(
     options: &BackupOptions,
     progress: ByteProgress<'_>,
 ) -> Result<Manifest, OpsError> {
-    if options.out.exists() {
-        return Err(OpsError::Refused(format!(
-            "{} already exists; choose another --out",
-            options.out.display()
-        )));
-    }
     if !layout.core.exists() {
         return Err(OpsError::Refused(format!(
             "{} does not exist; nothing to back up",
             layout.core.display()
         )));
     }
-    let partial = PathBuf::from(format!("{}.partial", options.out.display()));
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(io(format!("clearing {}", partial.display())))?;
-    }
-    std::fs::create_dir_all(partial.join("plugins"))
-        .map_err(io(format!("creating {}", partial.display())))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        for dir in [partial.clone(), partial.join("plugins")] {
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(io(format!("restricting {}", dir.display())))?;
-        }
-    }
+    let partial = options.start_partial()?;
+    crate::create_private_dir(&partial.join("plugins"))?;
 
     // Plugin stores first, the core last (see the module documentation).
     let mut plan: Vec<(String, String, PathBuf)> = Vec::new();
@@ -315,6 +338,7 @@ pub fn backup(
         excluded_plugins: options.exclude_plugins.clone(),
         after_restore:
             "sv sync:run  (catches the mirror up from the restored core, or rebuilds it)".into(),
+        postgres_dumps: vec![],
     };
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
     std::fs::write(partial.join("manifest.json"), text).map_err(io("writing manifest.json"))?;
@@ -364,14 +388,14 @@ pub fn verify(dir: &Path) -> Result<Manifest, OpsError> {
             });
         }
     };
-    if manifest.format > FORMAT {
+    if manifest.format > FORMAT_POSTGRES {
         problems.push(format!(
-            "manifest format {} is newer than this build understands ({FORMAT}); use a newer sv",
+            "manifest format {} is newer than this build understands ({FORMAT_POSTGRES}); use a newer sv",
             manifest.format
         ));
     }
     if !manifest.files.iter().any(|f| f.role == "core") {
-        problems.push("the manifest lists no core.db".into());
+        problems.push("the manifest lists no core store (core.db or core.pgdump)".into());
     }
     let known_core = sovereign_db_core::migrations();
     let latest_core = known_core.migrations().last().map_or(0, |m| m.version);
@@ -407,6 +431,9 @@ pub fn verify(dir: &Path) -> Result<Manifest, OpsError> {
             ));
             continue;
         }
+        if crate::pg_backup::in_dump(&manifest, &file.name) {
+            continue;
+        }
         let copy = scratch.join(file.name.replace('/', "_"));
         std::fs::copy(&path, &copy)
             .map_err(io(format!("copying {} to a scratch file", file.name)))?;
@@ -417,6 +444,7 @@ pub fn verify(dir: &Path) -> Result<Manifest, OpsError> {
         remove_db_files(&copy);
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    crate::pg_backup::check_dumps(dir, &manifest, &mut problems);
     if problems.is_empty() {
         Ok(manifest)
     } else {

@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod inspect;
+pub mod pg_backup;
 pub mod restore;
 pub mod split;
 
@@ -74,6 +75,17 @@ pub enum OpsError {
     /// Sync.
     #[error(transparent)]
     Sync(#[from] sovereign_sync::SyncError),
+    /// A PostgreSQL store or one of PostgreSQL's client programs.
+    #[error(transparent)]
+    Postgres(#[from] sovereign_postgres::PgError),
+}
+
+/// Creates `dir` (and its parents) readable by its owner only.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), OpsError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("restricting {}", dir.display())))
 }
 
 pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> OpsError {

@@ -40,8 +40,8 @@ pub struct RestoreReport {
     pub manifest: Manifest,
     /// Where the replaced files now are.
     pub aside_dir: PathBuf,
-    /// Files restored.
-    pub restored: Vec<PathBuf>,
+    /// What was restored (files, or PostgreSQL databases).
+    pub restored: Vec<String>,
 }
 
 fn rename_if_exists(from: &Path, to: &Path) -> Result<(), OpsError> {
@@ -235,7 +235,7 @@ pub fn restore(
             .moves
             .iter()
             .filter(|m| m.staged.is_some())
-            .map(|m| m.target.clone())
+            .map(|m| m.target.display().to_string())
             .collect(),
     })
 }

@@ -61,6 +61,34 @@ pub enum PlatformError {
         /// What was asked.
         operation: &'static str,
     },
+    /// Backups and restores of an installation whose stores are on different backends.
+    #[error(
+        "{operation} covers installations whose two stores are on one backend (both SQLite \
+         files, or both PostgreSQL databases), and this one has the core on {core} and the \
+         plugin store on {plugins}: until then, stop the platform and copy the SQLite file \
+         with `sqlite3 FILE .backup COPY`, the PostgreSQL database with `pg_dump -Fd`"
+    )]
+    MixedBackends {
+        /// What was asked.
+        operation: &'static str,
+        /// The core store's backend.
+        core: &'static str,
+        /// The plugin store's backend.
+        plugins: &'static str,
+    },
+    /// A backup of one backend restored into an installation on the other.
+    #[error(
+        "{dir} is a backup of {backup} stores and this installation's stores are on \
+         {here}: restore it into an installation on {backup}"
+    )]
+    BackupOfOtherBackend {
+        /// The backup.
+        dir: PathBuf,
+        /// Its backend.
+        backup: &'static str,
+        /// This installation's.
+        here: &'static str,
+    },
     /// A package that does not support the plugin store's backend.
     #[error(
         "plugin {id} supports the {supported} plugin store backends, not {backend}: its \

@@ -182,6 +182,30 @@ impl App {
         })
     }
 
+    /// The two PostgreSQL stores, when both are on PostgreSQL; `None` when both are
+    /// SQLite files; refused (naming `operation`) when the backends differ.
+    pub fn postgres_stores(
+        &self,
+        operation: &'static str,
+    ) -> Result<Option<sovereign_ops::pg_backup::PostgresStores>, PlatformError> {
+        let backend = |postgres: bool| if postgres { "PostgreSQL" } else { "SQLite" };
+        match (self.core_location(), &self.postgres) {
+            (CoreLocation::Postgres(core), Some(plugins)) => {
+                Ok(Some(sovereign_ops::pg_backup::PostgresStores {
+                    core: sovereign_postgres::StoreUrl::parse("DATABASE_URL", core.expose())?,
+                    plugins: plugins.store.clone(),
+                    data_dir: self.config.data_dir_path(),
+                }))
+            }
+            (CoreLocation::File(_), None) => Ok(None),
+            (core, plugins) => Err(PlatformError::MixedBackends {
+                operation,
+                core: backend(matches!(core, CoreLocation::Postgres(_))),
+                plugins: backend(plugins.is_some()),
+            }),
+        }
+    }
+
     /// The SQLite plugin store files (refused when the plugin store is on PostgreSQL),
     /// whichever backend the core store is on.
     pub fn plugin_files(

@@ -44,7 +44,8 @@ pub struct BackupDone {
     pub took: Duration,
 }
 
-/// Takes an online backup of `core.db`, the plugin store and the isolated plugin files.
+/// Takes an online backup of `core.db`, the plugin store and the isolated plugin files,
+/// or (both stores on PostgreSQL) dumps of both databases.
 pub fn backup(
     app: &App,
     request: &BackupRequest,
@@ -57,15 +58,15 @@ pub fn backup(
             .join(format!("sv-backup-{}", sovereign_ops::stamp()))
     });
     let started = Instant::now();
-    let manifest = sovereign_ops::backup::backup(
-        &app.layout("backup")?,
-        &BackupOptions {
-            out: dir.clone(),
-            include_plugin_data: !request.core_only,
-            exclude_plugins: request.exclude_plugins.clone(),
-        },
-        progress,
-    )?;
+    let options = BackupOptions {
+        out: dir.clone(),
+        include_plugin_data: !request.core_only,
+        exclude_plugins: request.exclude_plugins.clone(),
+    };
+    let manifest = match app.postgres_stores("backing up")? {
+        Some(stores) => sovereign_ops::pg_backup::backup(&stores, &options, progress)?,
+        None => sovereign_ops::backup::backup(&app.layout("backup")?, &options, progress)?,
+    };
     Ok(BackupDone {
         dir,
         manifest,
@@ -96,9 +97,25 @@ pub fn restore(
     stop: bool,
     before_swap: &mut dyn FnMut(usize),
 ) -> Result<Restored, PlatformError> {
-    let layout = app.layout("restore")?;
+    let postgres = app.postgres_stores("restoring")?;
+    let layout = match &postgres {
+        Some(_) => None,
+        None => Some(app.layout("restore")?),
+    };
     // Verify before anything else: a bad backup must not even stop the platform.
-    sovereign_ops::backup::verify(backup_dir)?;
+    let manifest = sovereign_ops::backup::verify(backup_dir)?;
+    let of_postgres = !manifest.postgres_dumps.is_empty();
+    if of_postgres != postgres.is_some() {
+        return Err(PlatformError::BackupOfOtherBackend {
+            dir: backup_dir.to_owned(),
+            backup: if of_postgres { "PostgreSQL" } else { "SQLite" },
+            here: if postgres.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            },
+        });
+    }
     let lock_path = app.config().lock_file_path();
     let mut stopped_pid = None;
     if let Some(pid) = RuntimeLock::holder(&lock_path) {
@@ -120,11 +137,47 @@ pub fn restore(
         stopped_pid = Some(pid);
     }
     let _lock = RuntimeLock::acquire(&lock_path)?;
-    let report = sovereign_ops::restore::restore(backup_dir, &layout, before_swap)?;
+    let report = match (&postgres, &layout) {
+        (Some(stores), _) => {
+            before_swap(2);
+            let roles =
+                || -> Result<Vec<sovereign_postgres::PluginRole>, sovereign_ops::OpsError> {
+                    restored_plugin_roles(app).map_err(|e| {
+                        sovereign_ops::OpsError::Refused(format!(
+                            "reading the restored core's plugins: {e}"
+                        ))
+                    })
+                };
+            sovereign_ops::pg_backup::restore(stores, backup_dir, &roles)?
+        }
+        (None, Some(layout)) => sovereign_ops::restore::restore(backup_dir, layout, before_swap)?,
+        (None, None) => unreachable!("a layout is read whenever the stores are SQLite files"),
+    };
     Ok(Restored {
         report,
         stopped_pid,
     })
+}
+
+/// The roles of the plugins a just restored PostgreSQL core has installed, with the
+/// passwords it keeps for them.
+fn restored_plugin_roles(app: &App) -> Result<Vec<sovereign_postgres::PluginRole>, PlatformError> {
+    let core = app.open_migrated_core()?;
+    let mut roles = Vec::new();
+    for record in sovereign_db_core::plugins::list(&core)? {
+        match sovereign_db_core::plugins::store_login(&core, &record.id)? {
+            Some(password) => roles.push(crate::plugins::serving_role(
+                &record.manifest,
+                &password,
+                &record.grants,
+            )),
+            None => tracing::warn!(
+                plugin = %record.id,
+                "the restored core keeps no PostgreSQL login for this plugin; reinstall it"
+            ),
+        }
+    }
+    Ok(roles)
 }
 
 /// Reads one `TABLE=PLUGIN` or `TABLE=skip` attribution.

@@ -198,6 +198,23 @@ fn backend_not_supported(manifest: &Manifest, backend: Backend) -> PlatformError
     }
 }
 
+/// The role plugin `manifest.id` serves with on a PostgreSQL plugin store.
+pub(crate) fn serving_role(
+    manifest: &Manifest,
+    password: &str,
+    grants: &[(String, String)],
+) -> sovereign_postgres::PluginRole {
+    sovereign_postgres::PluginRole {
+        id: manifest.id.clone(),
+        password: password.to_owned(),
+        grants: grants.to_vec(),
+        // A host's lanes and relay connection, twice (a restarted host connects before
+        // the killed one's sessions are gone), and operators' `sv plugins sql`.
+        connection_limit: (2 * (sovereign_host::scheduler::REQUEST_LANES + 1) + 4) as u32,
+        statement_ms: manifest.limits.statement_ms,
+    }
+}
+
 /// A new password for a plugin's role: 32 random hex digits.
 fn generate_password() -> String {
     use rand::Rng;
@@ -235,15 +252,7 @@ fn install_data_postgres(
         })?
         .get(0);
     let password = generate_password();
-    let role = sovereign_postgres::PluginRole {
-        id: id.clone(),
-        password: password.clone(),
-        grants: grants.to_vec(),
-        // A host's lanes and relay connection, twice (a restarted host connects before
-        // the killed one's sessions are gone), and operators' `sv plugins sql`.
-        connection_limit: (2 * (sovereign_host::scheduler::REQUEST_LANES + 1) + 4) as u32,
-        statement_ms: manifest.limits.statement_ms,
-    };
+    let role = serving_role(manifest, &password, grants);
     let provision = |owner: &mut postgres::Client, sql: String, shown: String| {
         owner
             .batch_execute(&sql)

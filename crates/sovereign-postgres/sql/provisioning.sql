@@ -50,8 +50,11 @@ BEGIN
     EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I AUTHORIZATION %I', id, role);
     EXECUTE format('ALTER SCHEMA %I OWNER TO %I', id, role);
     EXECUTE format('REVOKE ALL ON SCHEMA %I FROM PUBLIC', id);
-    -- The plugin store's owner reads the plugin's outbox and runs purges.
+    -- The plugin store's owner reads the plugin's outbox and runs purges; it may act as
+    -- the plugin's role (SET ROLE, never inherited: NOINHERIT) to back up and restore the
+    -- plugin's schema. The plugin's role gains nothing from this.
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', id, '{plugins_role}');
+    EXECUTE format('GRANT %I TO %I', role, '{plugins_role}');
     -- Its own events (row-level security) and its last insert id; nothing else of public.
     EXECUTE format('GRANT USAGE ON SCHEMA public TO %I', role);
     IF to_regclass('public._sv_event_outbox') IS NOT NULL THEN
@@ -113,10 +116,28 @@ BEGIN
     END IF;
 END $fn$;
 
+-- Replaces a plugin's schema by an empty one it owns (a restore then fills it as the
+-- plugin's role); its role and grants stay.
+CREATE OR REPLACE FUNCTION sv_admin.reset_plugin_schema(id text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    role text := sv_admin.plugin_role(id);
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role) THEN
+        RAISE EXCEPTION 'plugin % has no role %', id, role USING ERRCODE = '42704';
+    END IF;
+    EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', id);
+    EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', id, role);
+    EXECUTE format('REVOKE ALL ON SCHEMA %I FROM PUBLIC', id);
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', id, '{plugins_role}');
+END $fn$;
+
 REVOKE ALL ON FUNCTION sv_admin.plugin_role(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sv_admin.reset_plugin_schema(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sv_admin.create_plugin_role(text, text, integer, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sv_admin.grant_mirrors(text, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sv_admin.drop_plugin_role(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION sv_admin.create_plugin_role(text, text, integer, integer) TO "{plugins_role}";
 GRANT EXECUTE ON FUNCTION sv_admin.grant_mirrors(text, text[]) TO "{plugins_role}";
 GRANT EXECUTE ON FUNCTION sv_admin.drop_plugin_role(text) TO "{plugins_role}";
+GRANT EXECUTE ON FUNCTION sv_admin.reset_plugin_schema(text) TO "{plugins_role}";

@@ -13,6 +13,7 @@
 //! script, `apply` runs it as an administrator. Both are idempotent.
 
 mod cluster;
+pub mod dump;
 pub mod migrate;
 pub mod mirror;
 mod plugin_db;

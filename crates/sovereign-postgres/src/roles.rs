@@ -69,6 +69,15 @@ pub enum PgError {
         /// Why.
         source: std::io::Error,
     },
+    /// One of PostgreSQL's client programs (`pg_dump`, `pg_restore`, `psql`) is missing
+    /// or failed.
+    #[error("{program}: {message}")]
+    ClientTool {
+        /// The program.
+        program: String,
+        /// What happened (its last lines of errors) and how to fix it.
+        message: String,
+    },
     /// Connecting failed.
     #[error("cannot connect to {target}: {source}")]
     Connect {

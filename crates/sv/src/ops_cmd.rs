@@ -120,17 +120,14 @@ pub fn run_restore(app: &App, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     }
     let report = &restored.report;
     println!(
-        "restored {} file(s) from {}",
+        "restored {} store(s) from {}",
         report.restored.len(),
         args.path.display()
     );
-    for f in &report.restored {
-        println!("  {}", f.display());
+    for what in &report.restored {
+        println!("  {what}");
     }
-    println!(
-        "the files they replaced are in {}",
-        report.aside_dir.display()
-    );
+    println!("what they replaced is in {}", report.aside_dir.display());
     println!(
         "next: `sv sync:run` (brings the mirror up to date from the restored core), then `sv serve`"
     );

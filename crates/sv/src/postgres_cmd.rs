@@ -21,32 +21,34 @@ pub struct RolesArgs {
 }
 
 /// The store URLs come from `--database-url` / `--plugin-database-url`, the
-/// environment (`DATABASE_URL`, `PLUGIN_DATABASE_URL`), or (the plugin store's)
-/// `sovereign.toml`.
+/// environment (`DATABASE_URL`, `PLUGIN_DATABASE_URL`), or `sovereign.toml`, as for
+/// every other command.
 pub fn roles(
     args: &RolesArgs,
     database_url: Option<String>,
     plugin_database_url: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let named = |flag: Option<String>, var: &str| {
-        flag.or_else(|| std::env::var(var).ok()).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{var} is not set: give the store's postgres:// URL with its role and password"
-            )
-        })
-    };
+    let config = sovereign_config::Config::from_process(&Default::default()).ok();
     // A core store that stays on SQLite (DATABASE_URL unset or `file:`) gets no roles.
     let core = database_url
         .or_else(|| std::env::var("DATABASE_URL").ok())
+        .or_else(|| {
+            let config = config.as_ref()?;
+            Some(config.core_postgres_url()?.expose().to_owned())
+        })
         .filter(|url| !url.trim().starts_with("file:"));
-    let plugins = match named(plugin_database_url, "PLUGIN_DATABASE_URL") {
-        Ok(url) => url,
-        // The plugin store's URL may sit in sovereign.toml, as for every other command.
-        Err(unset) => sovereign_config::Config::from_process(&Default::default())
-            .ok()
-            .and_then(|config| config.plugins_postgres_url().map(|u| u.expose().to_owned()))
-            .ok_or(unset)?,
-    };
+    let plugins = plugin_database_url
+        .or_else(|| std::env::var("PLUGIN_DATABASE_URL").ok())
+        .or_else(|| {
+            let config = config.as_ref()?;
+            Some(config.plugins_postgres_url()?.expose().to_owned())
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "PLUGIN_DATABASE_URL is not set: give the plugin store's postgres:// URL with \
+                 its role and password"
+            )
+        })?;
     let plan = RolePlan::new(core.as_deref(), &plugins, vec![])?;
     if args.print {
         print!("{}", plan.print());

@@ -145,7 +145,7 @@ fn backup_under_concurrent_writes_restores_everything_committed_before_it() {
     // Restore into a fresh data directory.
     let out = w.sv_ok(&["restore", "backups/b1", "--data-dir", "fresh"]);
     assert!(
-        out.contains("restored 3 file(s)") && out.contains("sv sync:run"),
+        out.contains("restored 3 store(s)") && out.contains("sv sync:run"),
         "{out}"
     );
     let fresh = w.path().join("fresh");

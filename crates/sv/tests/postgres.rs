@@ -1156,4 +1156,177 @@ fn a_postgres_core_runs_beside_sqlite_plugin_files() {
     let rebuilt = run_ok(&["sync:run", "--full"]);
     assert!(rebuilt.contains("users"), "{rebuilt}");
     assert!(run_ok(&["sync:reconcile"]).contains("0 row(s) differ"));
+    // Backups cover one backend at a time, and say what to do instead.
+    let refused = w.sv_err(&["--database-url", core_url.as_str(), "backup"]);
+    assert!(
+        refused.contains("core on PostgreSQL and the plugin store on SQLite")
+            && refused.contains("pg_dump"),
+        "{refused}"
+    );
+}
+
+/// `sv backup`, `backup:verify` and `restore` with both stores on PostgreSQL: dumps with
+/// the manifest's checksums, a damaged dump refused before anything changes, and a
+/// restore that brings back exactly the backup's core, plugin data, plugin roles (with
+/// the restored core's passwords) and mirror grants, keeping what it replaced.
+#[test]
+fn sv_backs_up_and_restores_both_postgres_stores() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
+    let cluster = Cluster::start(&script).unwrap();
+    let w = Workdir::new();
+    std::fs::write(
+        w.path().join("sovereign.toml"),
+        format!(
+            "database_url = \"{}\"\nplugin_database_url = \"{}\"\n",
+            cluster.url("svc_core", "core-secret", "sv_core"),
+            cluster.url("svc_plugins", "plugins-secret", "sv_plugins")
+        ),
+    )
+    .unwrap();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
+    let install = |id: &str| {
+        w.sv_ok(&[
+            "plugins",
+            "install",
+            repo.join(id).to_str().unwrap(),
+            "--yes",
+        ])
+    };
+    let sql = |id: &str, statement: &str| w.sv_ok(&["plugins", "sql", id, statement, "--json"]);
+    let core_db = cluster.admin_url().replace("/postgres", "/sv_core");
+    let plugin_db = cluster.admin_url().replace("/postgres", "/sv_plugins");
+    let scalar = |url: &str, statement: &str| {
+        let out = psql(url, statement);
+        assert!(
+            out.status.success(),
+            "{statement}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+
+    w.sv_ok(&[
+        "postgres:roles",
+        "--apply",
+        "--admin-url",
+        cluster.admin_url(),
+    ]);
+    w.sv_ok(&["migrate:deploy"]);
+    w.create_user("root@example.com", "root password 1", true);
+    install("notes");
+    sql(
+        "notes",
+        "INSERT INTO notes__notes (owner, title) VALUES (1, 'kept')",
+    );
+    w.sv_ok(&["sync:run"]);
+
+    let backup = w.path().join("backups/one");
+    let out = w.sv_ok(&["backup", "--out", backup.to_str().unwrap()]);
+    assert!(out.contains("core.pgdump/toc.dat"), "{out}");
+    assert!(out.contains("plugins.pgdump/notes/toc.dat"), "{out}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(backup.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["format"], 2);
+    assert_eq!(manifest["postgres_dumps"].as_array().unwrap().len(), 3);
+    assert!(
+        manifest["mirror_watermark"].as_i64().unwrap() > 0,
+        "{manifest}"
+    );
+    assert_eq!(manifest["schema_versions"]["plugin:notes"], 1, "{manifest}");
+    let verified = w.sv_ok(&["backup:verify", backup.to_str().unwrap()]);
+    assert!(verified.contains("is a valid backup"), "{verified}");
+
+    // A damaged dump is found by its checksum, and its restore changes nothing.
+    let damaged = w.path().join("backups/damaged");
+    copy_package(&backup, &damaged);
+    let toc = damaged.join("core.pgdump/toc.dat");
+    let mut bytes = std::fs::read(&toc).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&toc, bytes).unwrap();
+    let refused = w.sv_err(&["backup:verify", damaged.to_str().unwrap()]);
+    assert!(
+        refused.contains("core.pgdump/toc.dat: checksum"),
+        "{refused}"
+    );
+    let refused = w.sv_err(&["restore", damaged.to_str().unwrap()]);
+    assert!(refused.contains("failed verification"), "{refused}");
+
+    // Life goes on after the backup: a user, a note, another plugin; notes is purged.
+    w.create_user("later@example.com", "later password 1", false);
+    sql(
+        "notes",
+        "INSERT INTO notes__notes (owner, title) VALUES (1, 'after')",
+    );
+    install("tasks");
+    w.sv_ok(&["plugins", "remove", "notes", "--purge"]);
+    assert_eq!(
+        scalar(
+            &plugin_db,
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'svp_notes'"
+        ),
+        "0"
+    );
+
+    let restored = w.sv_ok(&["restore", backup.to_str().unwrap()]);
+    assert!(restored.contains("restored 2 store(s)"), "{restored}");
+    assert_eq!(
+        scalar(&core_db, "SELECT string_agg(email, ',') FROM users"),
+        "root@example.com"
+    );
+    assert_eq!(
+        scalar(
+            &plugin_db,
+            "SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles WHERE rolname LIKE 'svp_%'"
+        ),
+        "svp_notes",
+        "the backup's plugin role is back, the later one gone"
+    );
+    assert_eq!(
+        scalar(&plugin_db, "SELECT to_regnamespace('tasks') IS NULL"),
+        "t"
+    );
+    // The plugin's role logs in with the restored core's password and owns its data.
+    let notes = sql("notes", "SELECT title FROM notes__notes ORDER BY id");
+    assert!(
+        notes.contains("kept") && !notes.contains("after"),
+        "{notes}"
+    );
+    assert_eq!(
+        scalar(
+            &plugin_db,
+            "SELECT tableowner FROM pg_tables WHERE schemaname = 'notes' AND tablename = 'notes__notes'"
+        ),
+        "svp_notes"
+    );
+    let migrated = w.sv_ok(&["migrate:status"]);
+    assert!(!migrated.contains("pending"), "{migrated}");
+    w.sv_ok(&["sync:run"]);
+    w.sv_ok(&["sync:reconcile"]);
+
+    // What the restore replaced is a backup itself, restorable in turn.
+    let aside: Vec<PathBuf> = std::fs::read_dir(w.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("pre-restore-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    w.sv_ok(&["backup:verify", aside[0].to_str().unwrap()]);
+    w.sv_ok(&["restore", aside[0].to_str().unwrap()]);
+    assert_eq!(
+        scalar(&core_db, "SELECT count(*) FROM users"),
+        "2",
+        "the later user is back"
+    );
+    // The mirror catches up from the restored core, and the plugin's grant on it is back.
+    w.sv_ok(&["sync:run"]);
+    let tasks = sql("tasks", "SELECT count(*) AS n FROM core__users");
+    assert!(tasks.contains("\"n\": 2"), "{tasks}");
 }

@@ -1,0 +1,571 @@
+//! Backups and restores of an installation whose two stores are PostgreSQL databases.
+//!
+//! A backup holds `pg_dump` directory-format dumps with the same manifest as a backup of
+//! files (every file's size and SHA-256, schema versions, the mirror's watermark, the
+//! core's acknowledged sequence number), format [`FORMAT_POSTGRES`]:
+//!
+//! - `plugins.pgdump/store`: the plugin database's bookkeeping and mirrors (schemas
+//!   `public` and `core`; `sv_admin` belongs to the administrator and is not dumped);
+//! - `plugins.pgdump/<id>`: one plugin's schema, dumped as the plugin's role (the store's
+//!   owner may `SET ROLE` to it, and nothing else may read it);
+//! - `core.pgdump`: the core database.
+//!
+//! As with files, the plugin database is captured before the core, so the mirror's
+//! watermark is never ahead of its core; all dumps of one database come from one
+//! snapshot exported by a transaction held open while they run, and the watermark and
+//! schema versions are read in that same snapshot.
+//!
+//! A restore first takes a backup of what is there (the `pre-restore-<time>` directory:
+//! nothing is lost), then replaces the core database's schema in one transaction and the
+//! plugin database's schemas in another; if the second fails, the core is put back from
+//! that first backup.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sovereign_postgres::dump::{ClientTools, DumpRequest, ExportedSnapshot};
+use sovereign_postgres::{PgError, PluginRole, StoreUrl, plugin_role_name};
+
+use crate::backup::{
+    BackupFile, BackupOptions, ByteProgress, FORMAT_POSTGRES, Manifest, PostgresDump,
+};
+use crate::restore::RestoreReport;
+use crate::{OpsError, file_digest, io};
+
+/// The two PostgreSQL stores of an installation.
+#[derive(Debug, Clone)]
+pub struct PostgresStores {
+    /// The core database, as its owner (`svc_core`).
+    pub core: StoreUrl,
+    /// The plugin database, as its owner (`svc_plugins`).
+    pub plugins: StoreUrl,
+    /// The data directory (where a restore keeps what it replaced).
+    pub data_dir: PathBuf,
+}
+
+impl PostgresStores {
+    fn login(url: &StoreUrl) -> String {
+        url.login_as(&url.role, &url.password)
+    }
+
+    fn describe(url: &StoreUrl) -> String {
+        format!(
+            "database {} on {} (as {})",
+            url.database, url.server, url.role
+        )
+    }
+}
+
+fn statement(sql: &str) -> impl FnOnce(postgres::Error) -> OpsError + '_ {
+    move |source| {
+        OpsError::Postgres(PgError::Statement {
+            statement: sql.to_owned(),
+            source,
+        })
+    }
+}
+
+/// `scope -> highest version` from a `_sv_migrations` table (`qualified`), if it exists.
+fn schema_versions(
+    client: &mut postgres::Client,
+    qualified: &str,
+) -> Result<BTreeMap<String, u32>, OpsError> {
+    let exists = "SELECT to_regclass($1) IS NOT NULL";
+    let present: bool = client
+        .query_one(exists, &[&qualified])
+        .map_err(statement(exists))?
+        .get(0);
+    if !present {
+        return Ok(BTreeMap::new());
+    }
+    let query = format!("SELECT scope, max(version) FROM {qualified} GROUP BY scope");
+    Ok(client
+        .query(&query, &[])
+        .map_err(statement(&query))?
+        .into_iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, i32>(1) as u32))
+        .collect())
+}
+
+fn single_i64(client: &mut postgres::Client, query: &str) -> Result<i64, OpsError> {
+    Ok(client
+        .query_one(query, &[])
+        .map_err(statement(query))?
+        .get::<_, Option<i64>>(0)
+        .unwrap_or(0))
+}
+
+fn server_version(client: &mut postgres::Client) -> Result<String, OpsError> {
+    let query = "SHOW server_version";
+    Ok(client
+        .query_one(query, &[])
+        .map_err(statement(query))?
+        .get(0))
+}
+
+/// The plugin schemas of the plugin database: those owned by `svp_<schema>`.
+fn plugin_schemas(client: &mut impl postgres::GenericClient) -> Result<Vec<String>, OpsError> {
+    let query = "SELECT n.nspname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+                 WHERE r.rolname = 'svp_' || n.nspname ORDER BY 1";
+    Ok(client
+        .query(query, &[])
+        .map_err(statement(query))?
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
+/// Takes a backup of both PostgreSQL stores into `options.out` (written as
+/// `<out>.partial` and renamed when complete).
+pub fn backup(
+    stores: &PostgresStores,
+    options: &BackupOptions,
+    progress: ByteProgress<'_>,
+) -> Result<Manifest, OpsError> {
+    let tools = ClientTools::find()?;
+    let partial = options.start_partial()?;
+    let mut dumps = Vec::new();
+    let mut versions = BTreeMap::new();
+    let mut mirror_watermark = 0;
+    let mut done_bytes = 0;
+    progress(0, 0);
+
+    // The plugin database first (see the module documentation).
+    if options.include_plugin_data {
+        let url = &stores.plugins;
+        let mut snapshot =
+            ExportedSnapshot::begin(&PostgresStores::login(url), &PostgresStores::describe(url))?;
+        let client = snapshot.client();
+        let version = server_version(client)?;
+        let size = single_i64(client, "SELECT pg_database_size(current_database())")?;
+        progress(0, size as u64);
+        mirror_watermark = single_i64(
+            client,
+            "SELECT CASE WHEN to_regclass('public._sv_mirror_state') IS NULL THEN 0 ELSE
+               (SELECT value FROM public._sv_mirror_state WHERE key = 'watermark') END",
+        )?;
+        versions.extend(schema_versions(client, "public._sv_migrations")?);
+        let plugins: Vec<String> = plugin_schemas(client)?
+            .into_iter()
+            .filter(|id| !options.exclude_plugins.contains(id))
+            .collect();
+        for id in &plugins {
+            let set_role = format!("SET LOCAL ROLE {}", plugin_role_name(id));
+            client
+                .batch_execute(&set_role)
+                .map_err(statement(&set_role))?;
+            versions.extend(schema_versions(client, &format!("{id}._sv_migrations"))?);
+            client
+                .batch_execute("RESET ROLE")
+                .map_err(statement("RESET ROLE"))?;
+        }
+        crate::create_private_dir(&partial.join("plugins.pgdump"))?;
+        let mut plan = vec![(
+            "plugins.pgdump/store".to_owned(),
+            "plugins".to_owned(),
+            vec!["public".to_owned(), "core".to_owned()],
+            None,
+        )];
+        for id in &plugins {
+            plan.push((
+                format!("plugins.pgdump/{id}"),
+                format!("plugin:{id}"),
+                vec![id.clone()],
+                Some(plugin_role_name(id)),
+            ));
+        }
+        for (name, role, schemas, as_role) in plan {
+            tools.dump(
+                url,
+                &DumpRequest {
+                    out: &partial.join(&name),
+                    snapshot: snapshot.id(),
+                    schemas: &schemas,
+                    exclude_schemas: &[],
+                    role: as_role.as_deref(),
+                },
+            )?;
+            dumps.push(PostgresDump {
+                name,
+                role,
+                server_version: version.clone(),
+            });
+        }
+        snapshot.finish()?;
+        done_bytes += size as u64;
+        progress(done_bytes, done_bytes);
+    }
+
+    let url = &stores.core;
+    let mut snapshot =
+        ExportedSnapshot::begin(&PostgresStores::login(url), &PostgresStores::describe(url))?;
+    let client = snapshot.client();
+    let version = server_version(client)?;
+    let size = single_i64(client, "SELECT pg_database_size(current_database())")? as u64;
+    progress(done_bytes, done_bytes + size);
+    let core_acked_seq = single_i64(
+        client,
+        "SELECT CASE WHEN to_regclass('public._sv_sync_state') IS NULL THEN 0 ELSE
+           (SELECT CAST(value AS bigint) FROM public._sv_sync_state WHERE key = 'acked_seq') END",
+    )?;
+    versions.extend(schema_versions(client, "public._sv_migrations")?);
+    tools.dump(
+        url,
+        &DumpRequest {
+            out: &partial.join("core.pgdump"),
+            snapshot: snapshot.id(),
+            schemas: &[],
+            exclude_schemas: &[],
+            role: None,
+        },
+    )?;
+    snapshot.finish()?;
+    dumps.push(PostgresDump {
+        name: "core.pgdump".into(),
+        role: "core".into(),
+        server_version: version,
+    });
+    progress(done_bytes + size, done_bytes + size);
+
+    let mut files = Vec::new();
+    for dump in &dumps {
+        for path in files_in(&partial.join(&dump.name))? {
+            let (sha256, size) = file_digest(&path)?;
+            let name = path
+                .strip_prefix(&partial)
+                .expect("a dump's files are inside the backup")
+                .to_string_lossy()
+                .into_owned();
+            files.push(BackupFile {
+                name,
+                role: dump.role.clone(),
+                size,
+                sha256,
+            });
+        }
+    }
+    let manifest = Manifest {
+        format: FORMAT_POSTGRES,
+        project_version: env!("CARGO_PKG_VERSION").to_owned(),
+        created_at: crate::now_rfc3339(),
+        files,
+        schema_versions: versions,
+        mirror_watermark,
+        core_acked_seq,
+        includes_plugin_data: options.include_plugin_data,
+        excluded_plugins: options.exclude_plugins.clone(),
+        after_restore:
+            "sv sync:run  (catches the mirror up from the restored core, or rebuilds it)".into(),
+        postgres_dumps: dumps,
+    };
+    let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+    std::fs::write(partial.join("manifest.json"), text).map_err(io("writing manifest.json"))?;
+    std::fs::rename(&partial, &options.out)
+        .map_err(io(format!("completing {}", options.out.display())))?;
+    Ok(manifest)
+}
+
+/// The files under `dir`, recursively, sorted.
+fn files_in(dir: &Path) -> Result<Vec<PathBuf>, OpsError> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(io(format!("listing {}", dir.display())))? {
+            let path = entry
+                .map_err(io(format!("listing {}", dir.display())))?
+                .path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Checks each dump of a verified manifest with `pg_restore --list` (the dump can be
+/// read) and that it holds what its role says: the core's store marker, the plugin
+/// store's event outbox, the plugin's schema.
+pub(crate) fn check_dumps(dir: &Path, manifest: &Manifest, problems: &mut Vec<String>) {
+    if manifest.postgres_dumps.is_empty() {
+        return;
+    }
+    let tools = match ClientTools::find() {
+        Ok(tools) => tools,
+        Err(e) => {
+            problems.push(format!("cannot check the PostgreSQL dumps: {e}"));
+            return;
+        }
+    };
+    for dump in &manifest.postgres_dumps {
+        let path = dir.join(&dump.name);
+        if dump.name.contains("..") || Path::new(&dump.name).is_absolute() {
+            problems.push(format!("{}: not a path inside the backup", dump.name));
+            continue;
+        }
+        let entries = match tools.list(&path) {
+            Ok(entries) => entries,
+            Err(e) => {
+                problems.push(format!("{}: {e}", dump.name));
+                continue;
+            }
+        };
+        let holds = match dump.role.as_str() {
+            "core" => entries.iter().any(|e| e.is_table("public", "_sv_store")),
+            "plugins" => entries
+                .iter()
+                .any(|e| e.is_table("public", "_sv_event_outbox")),
+            role => match role.strip_prefix("plugin:") {
+                Some(id) => entries
+                    .iter()
+                    .any(|e| e.kind == "SCHEMA" && e.object.get(1) == Some(&id.to_owned())),
+                None => {
+                    problems.push(format!("{}: unknown role {role:?}", dump.name));
+                    continue;
+                }
+            },
+        };
+        if !holds {
+            problems.push(format!(
+                "{}: not a dump of the {} (its store marker or schema is missing)",
+                dump.name, dump.role
+            ));
+        }
+        if !manifest
+            .files
+            .iter()
+            .any(|f| f.name.starts_with(&format!("{}/", dump.name)))
+        {
+            problems.push(format!(
+                "{}: the manifest lists none of its files",
+                dump.name
+            ));
+        }
+    }
+}
+
+/// Whether `name` (a manifest file) is part of one of the manifest's dumps.
+pub(crate) fn in_dump(manifest: &Manifest, name: &str) -> bool {
+    manifest
+        .postgres_dumps
+        .iter()
+        .any(|d| name.starts_with(&format!("{}/", d.name)))
+}
+
+/// The plugins the restored core has on the PostgreSQL plugin store, with the passwords
+/// it keeps for them: called after the core is restored.
+pub type RestoredRoles<'a> = &'a dyn Fn() -> Result<Vec<PluginRole>, OpsError>;
+
+/// Restores a verified PostgreSQL backup into `stores` (the platform must be stopped).
+pub fn restore(
+    stores: &PostgresStores,
+    backup_dir: &Path,
+    restored_roles: RestoredRoles<'_>,
+) -> Result<RestoreReport, OpsError> {
+    let manifest = crate::backup::verify(backup_dir)?;
+    let dump_of = |role: &str| manifest.postgres_dumps.iter().find(|d| d.role == role);
+    if dump_of("core").is_none() {
+        return Err(OpsError::Refused(format!(
+            "{} is a backup of SQLite files, but both stores are PostgreSQL databases: \
+             restore it into an installation on SQLite",
+            backup_dir.display()
+        )));
+    }
+    if manifest.includes_plugin_data && dump_of("plugins").is_none() {
+        return Err(OpsError::Refused(format!(
+            "{} has no dump of the plugin store; it cannot be restored here",
+            backup_dir.display()
+        )));
+    }
+    let tools = ClientTools::find()?;
+    let mut owner =
+        postgres::Client::connect(&PostgresStores::login(&stores.plugins), postgres::NoTls)
+            .map_err(|source| PgError::Connect {
+                target: PostgresStores::describe(&stores.plugins),
+                source,
+            })?;
+    let check = "SELECT to_regprocedure('sv_admin.reset_plugin_schema(text)') IS NOT NULL";
+    let provisioned: bool = owner
+        .query_one(check, &[])
+        .map_err(statement(check))?
+        .get(0);
+    if !provisioned {
+        return Err(OpsError::Refused(
+            "the plugin database lacks sv_admin.reset_plugin_schema, which restores need: \
+             apply the current role plan first (`sv postgres:roles --admin-url URL --apply`, \
+             or have a DBA run the script of `--print`)"
+                .into(),
+        ));
+    }
+
+    // What is there now, kept whole before anything changes.
+    let aside_dir = stores
+        .data_dir
+        .join(format!("pre-restore-{}", crate::stamp()));
+    std::fs::create_dir_all(&stores.data_dir)
+        .map_err(io(format!("creating {}", stores.data_dir.display())))?;
+    backup(
+        stores,
+        &BackupOptions {
+            out: aside_dir.clone(),
+            include_plugin_data: true,
+            exclude_plugins: vec![],
+        },
+        &|_, _| {},
+    )?;
+
+    let scratch = tempfile::Builder::new()
+        .prefix(".sv-restore-")
+        .tempdir_in(&stores.data_dir)
+        .map_err(io(format!(
+            "creating a scratch directory in {}",
+            stores.data_dir.display()
+        )))?;
+    restore_core(&tools, &stores.core, backup_dir, scratch.path())?;
+    let mut restored = vec![format!(
+        "the core: {}",
+        PostgresStores::describe(&stores.core)
+    )];
+    if manifest.includes_plugin_data {
+        let plugins = (|| {
+            let roles = restored_roles()?;
+            let live = plugin_schemas(&mut owner)?;
+            restore_plugins(
+                &tools,
+                &stores.plugins,
+                &manifest,
+                backup_dir,
+                scratch.path(),
+                &roles,
+                &live,
+            )
+        })();
+        if let Err(e) = plugins {
+            let put_back = restore_core(&tools, &stores.core, &aside_dir, scratch.path());
+            return Err(OpsError::Refused(match put_back {
+                Ok(()) => format!(
+                    "the plugin store could not be restored ({e}); the core was put back as \
+                     it was, and both stores are as before the restore"
+                ),
+                Err(again) => format!(
+                    "the plugin store could not be restored ({e}), and putting the core back \
+                     from {} failed too ({again}): restore that backup once the cause is fixed",
+                    aside_dir.display()
+                ),
+            }));
+        }
+        restored.push(format!(
+            "the plugin store: {}",
+            PostgresStores::describe(&stores.plugins)
+        ));
+    }
+    Ok(RestoreReport {
+        manifest,
+        aside_dir,
+        restored,
+    })
+}
+
+/// Replaces the core database's `public` schema by the dump's, in one transaction.
+fn restore_core(
+    tools: &ClientTools,
+    url: &StoreUrl,
+    backup_dir: &Path,
+    scratch: &Path,
+) -> Result<(), OpsError> {
+    tools.restore_script(
+        &backup_dir.join("core.pgdump"),
+        &scratch.join("core.sql"),
+        false,
+    )?;
+    let script = scratch.join("restore-core.sql");
+    write_script(
+        &script,
+        "DROP SCHEMA IF EXISTS public CASCADE;\n\
+         CREATE SCHEMA public;\n\
+         REVOKE ALL ON SCHEMA public FROM PUBLIC;\n\
+         \\ir core.sql\n",
+    )?;
+    tools.run_in_one_transaction(url, &script)?;
+    Ok(())
+}
+
+/// Replaces the plugin database's bookkeeping, mirrors and plugin schemas by the
+/// backup's, in one transaction: plugins the restored core no longer has lose their role
+/// and schema (both are in the pre-restore backup); every plugin it has gets its role
+/// with the restored core's password, and its schema back as its own role.
+fn restore_plugins(
+    tools: &ClientTools,
+    url: &StoreUrl,
+    manifest: &Manifest,
+    backup_dir: &Path,
+    scratch: &Path,
+    roles: &[PluginRole],
+    live: &[String],
+) -> Result<(), OpsError> {
+    let mut script = String::new();
+    for id in live {
+        let kept = roles.iter().any(|r| &r.id == id) || manifest.excluded_plugins.contains(id);
+        if !kept {
+            script.push_str(&format!("{};\n", PluginRole::drop_sql(id)));
+        }
+    }
+    script.push_str(
+        "DROP SCHEMA IF EXISTS core CASCADE;\n\
+         CREATE SCHEMA core;\n\
+         REVOKE ALL ON SCHEMA core FROM PUBLIC;\n\
+         DROP SCHEMA IF EXISTS public CASCADE;\n\
+         CREATE SCHEMA public;\n\
+         REVOKE ALL ON SCHEMA public FROM PUBLIC;\n",
+    );
+    for role in roles {
+        script.push_str(&format!("{};\n", role.create_sql()));
+    }
+    tools.restore_script(
+        &backup_dir.join("plugins.pgdump/store"),
+        &scratch.join("store.sql"),
+        true,
+    )?;
+    script.push_str("\\ir store.sql\n");
+    for dump in &manifest.postgres_dumps {
+        let Some(id) = dump.role.strip_prefix("plugin:") else {
+            continue;
+        };
+        if !roles.iter().any(|r| r.id == id) {
+            tracing::warn!(
+                plugin = id,
+                "the restored core does not list this plugin; its schema is not restored"
+            );
+            continue;
+        }
+        let file = format!("plugin-{id}.sql");
+        tools.restore_script(&backup_dir.join(&dump.name), &scratch.join(&file), true)?;
+        script.push_str(&format!(
+            "SELECT sv_admin.reset_plugin_schema('{id}');\nSET ROLE {};\n\\ir {file}\nRESET ROLE;\n",
+            plugin_role_name(id)
+        ));
+    }
+    for role in roles {
+        script.push_str(&format!("{};\n", role.grant_sql()));
+    }
+    let path = scratch.join("restore-plugins.sql");
+    write_script(&path, &script)?;
+    tools.run_in_one_transaction(url, &path)?;
+    Ok(())
+}
+
+/// Writes a script readable by its owner only (it holds passwords).
+fn write_script(path: &Path, text: &str) -> Result<(), OpsError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(io(format!("writing {}", path.display())))
+}
