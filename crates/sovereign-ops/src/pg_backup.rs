@@ -179,7 +179,7 @@ pub fn backup(
                 url,
                 &DumpRequest {
                     out: &partial.join(&name),
-                    snapshot: snapshot.id(),
+                    snapshot: Some(snapshot.id()),
                     schemas: &schemas,
                     exclude_schemas: &[],
                     role: as_role.as_deref(),
@@ -213,7 +213,7 @@ pub fn backup(
         url,
         &DumpRequest {
             out: &partial.join("core.pgdump"),
-            snapshot: snapshot.id(),
+            snapshot: Some(snapshot.id()),
             schemas: &[],
             exclude_schemas: &[],
             role: None,
@@ -568,4 +568,107 @@ fn write_script(path: &Path, text: &str) -> Result<(), OpsError> {
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .map_err(io(format!("writing {}", path.display())))
+}
+
+/// Drops plugin `id`'s data on the PostgreSQL plugin store (`url`, as its owner): its
+/// schema is replaced by an empty one (role and grants stay) and its undelivered events
+/// go, in one transaction, after a `pg_dump` of the schema into `backup_dir` (unless
+/// `None`), taken as the plugin's role.
+pub fn purge_plugin(
+    url: &StoreUrl,
+    id: &str,
+    backup_dir: Option<&Path>,
+) -> Result<crate::inspect::PurgeReport, OpsError> {
+    sovereign_db_plugins::check_plugin_id(id)?;
+    let backup = match backup_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+            let out = dir.join(format!("purge-{id}-{}.pgdump", crate::stamp()));
+            ClientTools::find()?.dump(
+                url,
+                &DumpRequest {
+                    out: &out,
+                    snapshot: None,
+                    schemas: &[id.to_owned()],
+                    exclude_schemas: &[],
+                    role: Some(&plugin_role_name(id)),
+                },
+            )?;
+            Some(out)
+        }
+        None => None,
+    };
+    let mut owner = postgres::Client::connect(&PostgresStores::login(url), postgres::NoTls)
+        .map_err(|source| PgError::Connect {
+            target: PostgresStores::describe(url),
+            source,
+        })?;
+    let mut tx = owner.transaction().map_err(statement("BEGIN"))?;
+    let tables = "SELECT c.relname::text FROM pg_class c
+                  WHERE c.relnamespace = to_regnamespace($1) AND c.relkind IN ('r', 'p')
+                  ORDER BY 1";
+    let dropped_tables: Vec<String> = tx
+        .query(tables, &[&id])
+        .map_err(statement(tables))?
+        .into_iter()
+        .map(|row| format!("table {id}.{}", row.get::<_, String>(0)))
+        .collect();
+    let reset = "SELECT sv_admin.reset_plugin_schema($1)";
+    tx.execute(reset, &[&id]).map_err(statement(reset))?;
+    let events = "DELETE FROM public._sv_event_outbox WHERE plugin = $1";
+    let deleted = tx.execute(events, &[&id]).map_err(statement(events))?;
+    tx.commit().map_err(statement("COMMIT"))?;
+    let mut dropped = dropped_tables;
+    if deleted > 0 {
+        dropped.push(format!("{deleted} undelivered event(s)"));
+    }
+    Ok(crate::inspect::PurgeReport { backup, dropped })
+}
+
+/// `VACUUM (ANALYZE)` of the plugin database's bookkeeping and mirrors (as the store's
+/// owner) and of each plugin's tables (as the plugin's role, who owns them); returns the
+/// database's size before and after. PostgreSQL reuses freed space itself: this
+/// returns trailing free pages and refreshes the statistics inspect reads.
+pub fn vacuum(url: &StoreUrl) -> Result<(u64, u64), OpsError> {
+    let mut owner = postgres::Client::connect(&PostgresStores::login(url), postgres::NoTls)
+        .map_err(|source| PgError::Connect {
+            target: PostgresStores::describe(url),
+            source,
+        })?;
+    let size = "SELECT pg_database_size(current_database())";
+    let before = single_i64(&mut owner, size)?;
+    for schema in ["public", "core"] {
+        vacuum_schema(&mut owner, schema)?;
+    }
+    for id in plugin_schemas(&mut owner)? {
+        let set_role = format!("SET ROLE {}", plugin_role_name(&id));
+        owner
+            .batch_execute(&set_role)
+            .map_err(statement(&set_role))?;
+        vacuum_schema(&mut owner, &id)?;
+        owner
+            .batch_execute("RESET ROLE")
+            .map_err(statement("RESET ROLE"))?;
+    }
+    let after = single_i64(&mut owner, size)?;
+    Ok((before.max(0) as u64, after.max(0) as u64))
+}
+
+/// Vacuums every table of `schema` (the current role must own them).
+fn vacuum_schema(client: &mut postgres::Client, schema: &str) -> Result<(), OpsError> {
+    let tables = "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+                  JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')
+                  ORDER BY 1";
+    let names: Vec<String> = client
+        .query(tables, &[&schema])
+        .map_err(statement(tables))?
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect();
+    for name in names {
+        let vacuum = format!("VACUUM (ANALYZE) {name}");
+        client.batch_execute(&vacuum).map_err(statement(&vacuum))?;
+    }
+    Ok(())
 }

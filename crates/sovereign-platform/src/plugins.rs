@@ -1018,6 +1018,20 @@ pub struct PurgePlan {
 
 /// Looks at what purging plugin `id` would drop.
 pub fn plan_purge(app: &App, id: &str) -> Result<PurgePlan, PlatformError> {
+    if let PluginStore::Postgres(store) = app.plugin_store() {
+        sovereign_db_plugins::check_plugin_id(id)?;
+        let usage = inspect_postgres(store, Some(id))?
+            .plugins
+            .into_iter()
+            .find(|p| p.id == id)
+            .ok_or_else(|| PlatformError::NothingToPurge { id: id.to_owned() })?;
+        return Ok(PurgePlan {
+            id: id.to_owned(),
+            usage,
+            // A schema of the plugin database, whatever the manifest asks for.
+            mode: DatabaseMode::Shared,
+        });
+    }
     let layout = app.plugin_files("purging plugin data")?;
     let report = sovereign_ops::inspect::inspect(
         &layout.plugins,
@@ -1052,11 +1066,18 @@ pub fn purge(
     plan: &PurgePlan,
     backup: bool,
 ) -> Result<sovereign_ops::inspect::PurgeReport, PlatformError> {
+    let backups = app.config().base_dir.join("backups");
+    if let PluginStore::Postgres(store) = app.plugin_store() {
+        return Ok(sovereign_ops::pg_backup::purge_plugin(
+            &store.store,
+            &plan.id,
+            backup.then_some(backups.as_path()),
+        )?);
+    }
     let layout = app.plugin_files("purging plugin data")?;
     let isolated = app
         .store_location("purging plugin data")?
         .file_for(&plan.id, DatabaseMode::Isolated);
-    let backups = app.config().base_dir.join("backups");
     Ok(sovereign_ops::inspect::purge(
         &layout.plugins,
         Some(&isolated),
@@ -1079,8 +1100,18 @@ pub struct Vacuumed {
     pub full: bool,
 }
 
-/// Reclaims free pages of the plugin store and the isolated files.
+/// Reclaims free pages of the plugin store and the isolated files; on PostgreSQL,
+/// `VACUUM (ANALYZE)` of every table of the plugin database, each as its owner.
 pub fn vacuum(app: &App) -> Result<Vec<Vacuumed>, PlatformError> {
+    if let PluginStore::Postgres(store) = app.plugin_store() {
+        let (before, after) = sovereign_ops::pg_backup::vacuum(&store.store)?;
+        return Ok(vec![Vacuumed {
+            file: PathBuf::from(format!("postgres://{}", store.describe())),
+            before,
+            after,
+            full: false,
+        }]);
+    }
     let layout = app.plugin_files("vacuum")?;
     let mut files = vec![layout.plugins.clone()];
     files.extend(layout.isolated_files()?.into_iter().map(|(_, p)| p));

@@ -99,9 +99,11 @@ impl ClientTools {
         command
             .arg("--format=directory")
             .arg("--compress=6")
-            .arg(format!("--snapshot={}", request.snapshot))
             .arg("--file")
             .arg(request.out);
+        if let Some(snapshot) = request.snapshot {
+            command.arg(format!("--snapshot={snapshot}"));
+        }
         for schema in request.schemas {
             command.arg(format!("--schema={schema}"));
         }
@@ -192,8 +194,8 @@ fn checked(program: &str, output: std::io::Result<Output>) -> Result<Output, PgE
 pub struct DumpRequest<'a> {
     /// The directory to create.
     pub out: &'a Path,
-    /// The snapshot to dump (from [`ExportedSnapshot`]).
-    pub snapshot: &'a str,
+    /// The snapshot to dump (from [`ExportedSnapshot`]); `None`: a snapshot of its own.
+    pub snapshot: Option<&'a str>,
     /// Only these schemas (none: every schema).
     pub schemas: &'a [String],
     /// Not these schemas.

@@ -395,8 +395,10 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
         "{doctor}"
     );
     // Operations that need SQLite files say so.
-    let vacuum = run_err(&["plugins", "db", "vacuum"]);
-    assert!(vacuum.contains("PostgreSQL"), "{vacuum}");
+    let moved = run_err(&["plugins", "move", "notes", "--to", "shared"]);
+    assert!(moved.contains("PostgreSQL"), "{moved}");
+    let vacuumed = run_ok(&["plugins", "db", "vacuum"]);
+    assert!(vacuumed.contains("postgres://"), "{vacuumed}");
 
     // `sv plugins sql` runs as the plugin's role.
     let inserted = sql(
@@ -577,6 +579,20 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
     let upgraded = run_ok(&["plugins", "upgrade", next.to_str().unwrap(), "--yes"]);
     assert!(upgraded.contains("0002_pinned.sql"), "{upgraded}");
     sql("notes", "SELECT pinned FROM notes__notes");
+    // Purging drops the plugin's data after a dump of its schema; its role stays, and
+    // its migrations make the tables again.
+    let purged = run_ok(&["plugins", "db", "purge", "notes", "--yes"]);
+    assert!(
+        purged.contains("dropped table notes.notes__notes") && purged.contains(".pgdump"),
+        "{purged}"
+    );
+    let gone = sql_refused("notes", "SELECT count(*) FROM notes__notes");
+    assert!(gone.contains("notes__notes"), "{gone}");
+    assert_eq!(provisioned(cluster.admin_url(), "notes"), (1, 1));
+    let remigrated = run_ok(&["migrate:deploy", "--scope=plugins"]);
+    assert!(remigrated.contains("0002_pinned.sql"), "{remigrated}");
+    let empty = sql("notes", "SELECT count(*) AS n FROM notes__notes");
+    assert!(empty.contains("\"n\": 0"), "{empty}");
     run_ok(&["plugins", "remove", "notes", "--purge"]);
     assert_eq!(provisioned(cluster.admin_url(), "notes"), (0, 0));
 }
