@@ -54,15 +54,16 @@ pub struct HostCommand {
     /// refuse, and `/health` shows that it did. `None` when the core store is on
     /// PostgreSQL: there is no file, and the host is never given a core login.
     pub core_db: Option<PathBuf>,
-    /// When the plugin store is on PostgreSQL: a plugin's connection string from its id
-    /// and its role's password (kept in the core store), handed to the host.
+    /// When the plugin store is on PostgreSQL: a plugin's connection string from its id,
+    /// mode and its role's password (kept in the core store), handed to the host.
     pub postgres_login: Option<PostgresLoginFn>,
 }
 
-/// `(plugin id, password) -> connection string`.
-type LoginBuilder = dyn Fn(&str, &str) -> String + Send + Sync;
+/// `(plugin id, its database mode, password) -> connection string`.
+type LoginBuilder = dyn Fn(&str, sovereign_db_plugins::DatabaseMode, &str) -> String + Send + Sync;
 
-/// Builds a plugin's PostgreSQL connection string from its id and password.
+/// Builds a plugin's PostgreSQL connection string from its id, its database mode (an
+/// isolated plugin has a database of its own) and its role's password.
 #[derive(Clone)]
 pub struct PostgresLoginFn(pub Arc<LoginBuilder>);
 
@@ -385,7 +386,7 @@ async fn plugin_specs(
                     Some(login) => {
                         sovereign_db_core::plugins::store_login(conn, &p.id)?.map(|password| {
                             PostgresLogin {
-                                url: (login.0)(&p.id, &password),
+                                url: (login.0)(&p.id, p.manifest.database, &password),
                             }
                         })
                     }

@@ -71,11 +71,16 @@ pub struct Manifest {
 pub struct PostgresDump {
     /// Its directory inside the backup.
     pub name: String,
-    /// `core`, `plugins` (the plugin database's bookkeeping and mirrors) or
-    /// `plugin:<id>` (one plugin's schema).
+    /// `core`, `plugins` (the plugin database's bookkeeping and mirrors),
+    /// `plugin:<id>` (one plugin's schema) or `plugin-store:<id>` (an isolated plugin's
+    /// database's bookkeeping).
     pub role: String,
     /// The version of the server it was dumped from.
     pub server_version: String,
+    /// A plugin's schema (or, with role `plugin-store:<id>`, the bookkeeping) in the
+    /// plugin's own database (isolated mode) rather than the plugin database.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub isolated: bool,
 }
 
 /// What to back up and where.

@@ -145,55 +145,64 @@ pub fn backup(
                (SELECT value FROM public._sv_mirror_state WHERE key = 'watermark') END",
         )?;
         versions.extend(schema_versions(client, "public._sv_migrations")?);
+        // An isolated plugin's data is in its own database (its schema here is empty).
+        let isolated = sovereign_postgres::isolated::databases(client, url)?;
         let plugins: Vec<String> = plugin_schemas(client)?
             .into_iter()
             .filter(|id| !options.exclude_plugins.contains(id))
+            .filter(|id| !isolated.iter().any(|(own, _)| own == id))
             .collect();
         for id in &plugins {
-            let set_role = format!("SET LOCAL ROLE {}", plugin_role_name(id));
-            client
-                .batch_execute(&set_role)
-                .map_err(statement(&set_role))?;
-            versions.extend(schema_versions(client, &format!("{id}._sv_migrations"))?);
-            client
-                .batch_execute("RESET ROLE")
-                .map_err(statement("RESET ROLE"))?;
+            versions.extend(plugin_versions(client, id)?);
         }
         crate::create_private_dir(&partial.join("plugins.pgdump"))?;
-        let mut plan = vec![(
-            "plugins.pgdump/store".to_owned(),
-            "plugins".to_owned(),
-            vec!["public".to_owned(), "core".to_owned()],
-            None,
-        )];
-        for id in &plugins {
-            plan.push((
-                format!("plugins.pgdump/{id}"),
-                format!("plugin:{id}"),
-                vec![id.clone()],
-                Some(plugin_role_name(id)),
-            ));
-        }
-        for (name, role, schemas, as_role) in plan {
-            tools.dump(
-                url,
-                &DumpRequest {
-                    out: &partial.join(&name),
-                    snapshot: Some(snapshot.id()),
-                    schemas: &schemas,
-                    exclude_schemas: &[],
-                    role: as_role.as_deref(),
-                },
-            )?;
-            dumps.push(PostgresDump {
-                name,
-                role,
-                server_version: version.clone(),
-            });
-        }
+        let mut parts = vec![DumpPart {
+            name: "plugins.pgdump/store".to_owned(),
+            role: "plugins".to_owned(),
+            schemas: vec!["public".to_owned(), "core".to_owned()],
+            as_role: None,
+            isolated: false,
+        }];
+        parts.extend(
+            plugins
+                .iter()
+                .map(|id| DumpPart::plugin_schema(id, format!("plugins.pgdump/{id}"), false)),
+        );
+        dump_parts(
+            &tools, url, &snapshot, &partial, parts, &version, &mut dumps,
+        )?;
         snapshot.finish()?;
         done_bytes += size as u64;
         progress(done_bytes, done_bytes);
+        // Each isolated plugin's own database, from a snapshot of its own.
+        for (id, database) in isolated {
+            if options.exclude_plugins.contains(&id) {
+                continue;
+            }
+            let mut own = url.clone();
+            own.database = database;
+            let mut snapshot = ExportedSnapshot::begin(
+                &PostgresStores::login(&own),
+                &PostgresStores::describe(&own),
+            )?;
+            versions.extend(plugin_versions(snapshot.client(), &id)?);
+            let dir = format!("plugins.pgdump/isolated-{id}");
+            crate::create_private_dir(&partial.join(&dir))?;
+            let parts = vec![
+                DumpPart {
+                    name: format!("{dir}/store"),
+                    role: format!("plugin-store:{id}"),
+                    schemas: vec!["public".to_owned()],
+                    as_role: None,
+                    isolated: true,
+                },
+                DumpPart::plugin_schema(&id, format!("{dir}/schema"), true),
+            ];
+            dump_parts(
+                &tools, &own, &snapshot, &partial, parts, &version, &mut dumps,
+            )?;
+            snapshot.finish()?;
+        }
     }
 
     let url = &stores.core;
@@ -209,22 +218,22 @@ pub fn backup(
            (SELECT CAST(value AS bigint) FROM public._sv_sync_state WHERE key = 'acked_seq') END",
     )?;
     versions.extend(schema_versions(client, "public._sv_migrations")?);
-    tools.dump(
+    dump_parts(
+        &tools,
         url,
-        &DumpRequest {
-            out: &partial.join("core.pgdump"),
-            snapshot: Some(snapshot.id()),
-            schemas: &[],
-            exclude_schemas: &[],
-            role: None,
-        },
+        &snapshot,
+        &partial,
+        vec![DumpPart {
+            name: "core.pgdump".to_owned(),
+            role: "core".to_owned(),
+            schemas: vec![],
+            as_role: None,
+            isolated: false,
+        }],
+        &version,
+        &mut dumps,
     )?;
     snapshot.finish()?;
-    dumps.push(PostgresDump {
-        name: "core.pgdump".into(),
-        role: "core".into(),
-        server_version: version,
-    });
     progress(done_bytes + size, done_bytes + size);
 
     let mut files = Vec::new();
@@ -263,6 +272,74 @@ pub fn backup(
     std::fs::rename(&partial, &options.out)
         .map_err(io(format!("completing {}", options.out.display())))?;
     Ok(manifest)
+}
+
+/// One `pg_dump` of a backup.
+struct DumpPart {
+    name: String,
+    role: String,
+    schemas: Vec<String>,
+    as_role: Option<String>,
+    isolated: bool,
+}
+
+impl DumpPart {
+    /// Plugin `id`'s schema, dumped as its role.
+    fn plugin_schema(id: &str, name: String, isolated: bool) -> DumpPart {
+        DumpPart {
+            name,
+            role: format!("plugin:{id}"),
+            schemas: vec![id.to_owned()],
+            as_role: Some(plugin_role_name(id)),
+            isolated,
+        }
+    }
+}
+
+/// Dumps `parts` of `url`'s database from `snapshot` into `partial`, recording each.
+fn dump_parts(
+    tools: &ClientTools,
+    url: &StoreUrl,
+    snapshot: &ExportedSnapshot,
+    partial: &Path,
+    parts: Vec<DumpPart>,
+    server_version: &str,
+    dumps: &mut Vec<PostgresDump>,
+) -> Result<(), OpsError> {
+    for part in parts {
+        tools.dump(
+            url,
+            &DumpRequest {
+                out: &partial.join(&part.name),
+                snapshot: Some(snapshot.id()),
+                schemas: &part.schemas,
+                role: part.as_role.as_deref(),
+            },
+        )?;
+        dumps.push(PostgresDump {
+            name: part.name,
+            role: part.role,
+            server_version: server_version.to_owned(),
+            isolated: part.isolated,
+        });
+    }
+    Ok(())
+}
+
+/// Plugin `id`'s migration versions, read as its role inside the current transaction.
+fn plugin_versions(
+    client: &mut postgres::Client,
+    id: &str,
+) -> Result<BTreeMap<String, u32>, OpsError> {
+    let set_role = format!("SET LOCAL ROLE {}", plugin_role_name(id));
+    client
+        .batch_execute(&set_role)
+        .map_err(statement(&set_role))?;
+    let versions = schema_versions(client, &format!("{id}._sv_migrations"))?;
+    client
+        .batch_execute("RESET ROLE")
+        .map_err(statement("RESET ROLE"))?;
+    Ok(versions)
 }
 
 /// The files under `dir`, recursively, sorted.
@@ -314,7 +391,7 @@ pub(crate) fn check_dumps(dir: &Path, manifest: &Manifest, problems: &mut Vec<St
         };
         let holds = match dump.role.as_str() {
             "core" => entries.iter().any(|e| e.is_table("public", "_sv_store")),
-            "plugins" => entries
+            role if role == "plugins" || role.starts_with("plugin-store:") => entries
                 .iter()
                 .any(|e| e.is_table("public", "_sv_event_outbox")),
             role => match role.strip_prefix("plugin:") {
@@ -406,7 +483,7 @@ pub fn restore(
         .join(format!("pre-restore-{}", crate::stamp()));
     std::fs::create_dir_all(&stores.data_dir)
         .map_err(io(format!("creating {}", stores.data_dir.display())))?;
-    backup(
+    let aside = backup(
         stores,
         &BackupOptions {
             out: aside_dir.clone(),
@@ -415,7 +492,6 @@ pub fn restore(
         },
         &|_, _| {},
     )?;
-
     let scratch = tempfile::Builder::new()
         .prefix(".sv-restore-")
         .tempdir_in(&stores.data_dir)
@@ -423,39 +499,38 @@ pub fn restore(
             "creating a scratch directory in {}",
             stores.data_dir.display()
         )))?;
-    restore_core(&tools, &stores.core, backup_dir, scratch.path())?;
+    let run = Restore {
+        tools: &tools,
+        stores,
+        scratch: scratch.path(),
+        restored_roles,
+    };
+    // The core's transaction changes nothing when it fails; anything after it is undone
+    // by restoring what was there.
+    run.core(backup_dir)?;
+    if manifest.includes_plugin_data
+        && let Err(e) = run.plugin_stores(&manifest, backup_dir)
+    {
+        let put_back = run
+            .core(&aside_dir)
+            .and_then(|()| run.plugin_stores(&aside, &aside_dir));
+        return Err(OpsError::Refused(match put_back {
+            Ok(()) => format!(
+                "the plugin store could not be restored ({e}); both stores were put back as \
+                 they were before the restore"
+            ),
+            Err(again) => format!(
+                "the plugin store could not be restored ({e}), and putting things back from \
+                 {} failed too ({again}): restore that backup once the cause is fixed",
+                aside_dir.display()
+            ),
+        }));
+    }
     let mut restored = vec![format!(
         "the core: {}",
         PostgresStores::describe(&stores.core)
     )];
     if manifest.includes_plugin_data {
-        let plugins = (|| {
-            let roles = restored_roles()?;
-            let live = plugin_schemas(&mut owner)?;
-            restore_plugins(
-                &tools,
-                &stores.plugins,
-                &manifest,
-                backup_dir,
-                scratch.path(),
-                &roles,
-                &live,
-            )
-        })();
-        if let Err(e) = plugins {
-            let put_back = restore_core(&tools, &stores.core, &aside_dir, scratch.path());
-            return Err(OpsError::Refused(match put_back {
-                Ok(()) => format!(
-                    "the plugin store could not be restored ({e}); the core was put back as \
-                     it was, and both stores are as before the restore"
-                ),
-                Err(again) => format!(
-                    "the plugin store could not be restored ({e}), and putting the core back \
-                     from {} failed too ({again}): restore that backup once the cause is fixed",
-                    aside_dir.display()
-                ),
-            }));
-        }
         restored.push(format!(
             "the plugin store: {}",
             PostgresStores::describe(&stores.plugins)
@@ -466,6 +541,102 @@ pub fn restore(
         aside_dir,
         restored,
     })
+}
+
+/// One restore's tools, stores and scratch directory.
+struct Restore<'a> {
+    tools: &'a ClientTools,
+    stores: &'a PostgresStores,
+    scratch: &'a Path,
+    restored_roles: RestoredRoles<'a>,
+}
+
+impl Restore<'_> {
+    fn core(&self, backup_dir: &Path) -> Result<(), OpsError> {
+        restore_core(self.tools, &self.stores.core, backup_dir, self.scratch)
+    }
+
+    /// The plugin database in one transaction, then each isolated plugin's database in
+    /// one transaction each; isolated databases of plugins the restored core does not
+    /// have are dropped first (they are in the pre-restore backup).
+    fn plugin_stores(&self, manifest: &Manifest, backup_dir: &Path) -> Result<(), OpsError> {
+        let url = &self.stores.plugins;
+        let roles = (self.restored_roles)()?;
+        let mut owner = postgres::Client::connect(&PostgresStores::login(url), postgres::NoTls)
+            .map_err(|source| PgError::Connect {
+                target: PostgresStores::describe(url),
+                source,
+            })?;
+        let live = plugin_schemas(&mut owner)?;
+        let kept = |id: &str| {
+            roles.iter().any(|r| r.id == id) || manifest.excluded_plugins.iter().any(|e| e == id)
+        };
+        // Before their roles go (a role with a database of its own cannot be dropped).
+        for (id, _) in sovereign_postgres::isolated::databases(&mut owner, url)? {
+            if !kept(&id) {
+                sovereign_postgres::isolated::drop_database(&mut owner, url, &id)?;
+            }
+        }
+        restore_plugins(
+            self.tools,
+            url,
+            manifest,
+            backup_dir,
+            self.scratch,
+            &roles,
+            &live,
+        )?;
+        for dump in &manifest.postgres_dumps {
+            let Some(id) = dump.role.strip_prefix("plugin:").filter(|_| dump.isolated) else {
+                continue;
+            };
+            if !roles.iter().any(|r| r.id == id) {
+                continue;
+            }
+            sovereign_postgres::isolated::provision(&mut owner, url, id)?;
+            let mut own = url.clone();
+            own.database = sovereign_postgres::isolated::database_name(url, id)?;
+            let store_dump = manifest
+                .postgres_dumps
+                .iter()
+                .find(|d| d.role == format!("plugin-store:{id}"))
+                .ok_or_else(|| {
+                    OpsError::Refused(format!(
+                        "the backup has plugin {id}'s schema but not its database's bookkeeping"
+                    ))
+                })?;
+            let store_file = format!("isolated-{id}-store.sql");
+            let schema_file = format!("isolated-{id}.sql");
+            self.tools.restore_script(
+                &backup_dir.join(&store_dump.name),
+                &self.scratch.join(&store_file),
+                true,
+            )?;
+            self.tools.restore_script(
+                &backup_dir.join(&dump.name),
+                &self.scratch.join(&schema_file),
+                true,
+            )?;
+            let script = self.scratch.join(format!("restore-isolated-{id}.sql"));
+            write_script(
+                &script,
+                &format!(
+                    "DROP SCHEMA IF EXISTS public CASCADE;\n\
+                     CREATE SCHEMA public;\n\
+                     REVOKE ALL ON SCHEMA public FROM PUBLIC;\n\
+                     \\ir {store_file}\n\
+                     {reset}\n\
+                     SET ROLE {role};\n\
+                     \\ir {schema_file}\n\
+                     RESET ROLE;\n",
+                    reset = sovereign_postgres::isolated::reset_schema_sql(id),
+                    role = plugin_role_name(id),
+                ),
+            )?;
+            self.tools.run_in_one_transaction(&own, &script)?;
+        }
+        Ok(())
+    }
 }
 
 /// Replaces the core database's `public` schema by the dump's, in one transaction.
@@ -529,7 +700,7 @@ fn restore_plugins(
         true,
     )?;
     script.push_str("\\ir store.sql\n");
-    for dump in &manifest.postgres_dumps {
+    for dump in manifest.postgres_dumps.iter().filter(|d| !d.isolated) {
         let Some(id) = dump.role.strip_prefix("plugin:") else {
             continue;
         };
@@ -570,16 +741,23 @@ fn write_script(path: &Path, text: &str) -> Result<(), OpsError> {
         .map_err(io(format!("writing {}", path.display())))
 }
 
-/// Drops plugin `id`'s data on the PostgreSQL plugin store (`url`, as its owner): its
+/// Drops plugin `id`'s data on the PostgreSQL plugin store (`store`, as its owner; in
+/// its own database when `isolated`): its
 /// schema is replaced by an empty one (role and grants stay) and its undelivered events
 /// go, in one transaction, after a `pg_dump` of the schema into `backup_dir` (unless
 /// `None`), taken as the plugin's role.
 pub fn purge_plugin(
-    url: &StoreUrl,
+    store: &StoreUrl,
     id: &str,
+    isolated: bool,
     backup_dir: Option<&Path>,
 ) -> Result<crate::inspect::PurgeReport, OpsError> {
     sovereign_db_plugins::check_plugin_id(id)?;
+    let mut url = store.clone();
+    if isolated {
+        url.database = sovereign_postgres::isolated::database_name(store, id)?;
+    }
+    let url = &url;
     let backup = match backup_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
@@ -590,7 +768,6 @@ pub fn purge_plugin(
                     out: &out,
                     snapshot: None,
                     schemas: &[id.to_owned()],
-                    exclude_schemas: &[],
                     role: Some(&plugin_role_name(id)),
                 },
             )?;
@@ -613,8 +790,13 @@ pub fn purge_plugin(
         .into_iter()
         .map(|row| format!("table {id}.{}", row.get::<_, String>(0)))
         .collect();
-    let reset = "SELECT sv_admin.reset_plugin_schema($1)";
-    tx.execute(reset, &[&id]).map_err(statement(reset))?;
+    if isolated {
+        let reset = sovereign_postgres::isolated::reset_schema_sql(id);
+        tx.batch_execute(&reset).map_err(statement(&reset))?;
+    } else {
+        let reset = "SELECT sv_admin.reset_plugin_schema($1)";
+        tx.execute(reset, &[&id]).map_err(statement(reset))?;
+    }
     let events = "DELETE FROM public._sv_event_outbox WHERE plugin = $1";
     let deleted = tx.execute(events, &[&id]).map_err(statement(events))?;
     tx.commit().map_err(statement("COMMIT"))?;
@@ -626,8 +808,8 @@ pub fn purge_plugin(
 }
 
 /// `VACUUM (ANALYZE)` of the plugin database's bookkeeping and mirrors (as the store's
-/// owner) and of each plugin's tables (as the plugin's role, who owns them); returns the
-/// database's size before and after. PostgreSQL reuses freed space itself: this
+/// owner) and of each plugin's tables (as the plugin's role, who owns them), in the
+/// isolated plugins' databases too; returns the databases' size before and after. PostgreSQL reuses freed space itself: this
 /// returns trailing free pages and refreshes the statistics inspect reads.
 pub fn vacuum(url: &StoreUrl) -> Result<(u64, u64), OpsError> {
     let mut owner = postgres::Client::connect(&PostgresStores::login(url), postgres::NoTls)
@@ -636,7 +818,7 @@ pub fn vacuum(url: &StoreUrl) -> Result<(u64, u64), OpsError> {
             source,
         })?;
     let size = "SELECT pg_database_size(current_database())";
-    let before = single_i64(&mut owner, size)?;
+    let mut before = single_i64(&mut owner, size)?;
     for schema in ["public", "core"] {
         vacuum_schema(&mut owner, schema)?;
     }
@@ -650,7 +832,19 @@ pub fn vacuum(url: &StoreUrl) -> Result<(u64, u64), OpsError> {
             .batch_execute("RESET ROLE")
             .map_err(statement("RESET ROLE"))?;
     }
-    let after = single_i64(&mut owner, size)?;
+    let mut after = single_i64(&mut owner, size)?;
+    for (id, database) in sovereign_postgres::isolated::databases(&mut owner, url)? {
+        let mut own = sovereign_postgres::isolated::connect_owner_to(url, &database)?;
+        let before_own = single_i64(&mut own, size)?;
+        vacuum_schema(&mut own, "public")?;
+        let set_role = format!("SET ROLE {}", plugin_role_name(&id));
+        own.batch_execute(&set_role).map_err(statement(&set_role))?;
+        vacuum_schema(&mut own, &id)?;
+        own.batch_execute("RESET ROLE")
+            .map_err(statement("RESET ROLE"))?;
+        after += single_i64(&mut own, size)?;
+        before += before_own;
+    }
     Ok((before.max(0) as u64, after.max(0) as u64))
 }
 

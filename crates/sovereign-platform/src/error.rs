@@ -89,6 +89,17 @@ pub enum PlatformError {
         /// This installation's.
         here: &'static str,
     },
+    /// An isolated plugin that reads mirrored core data, on PostgreSQL.
+    #[error(
+        "plugin {id} asks for a database of its own (\"database\": \"isolated\") and reads \
+         mirrored core data (\"reads\"): on PostgreSQL a database cannot read another's \
+         tables, so give it \"database\": \"shared\" (a schema of the plugin database, \
+         as fenced) or drop its \"reads\""
+    )]
+    IsolatedReadsMirrors {
+        /// Plugin id.
+        id: String,
+    },
     /// A package that does not support the plugin store's backend.
     #[error(
         "plugin {id} supports the {supported} plugin store backends, not {backend}: its \

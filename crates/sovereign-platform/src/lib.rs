@@ -64,31 +64,58 @@ impl PgPluginStore {
         })
     }
 
+    /// The database plugin `id` keeps its data in: the plugin database (shared mode) or
+    /// one of its own (isolated mode, `<plugin database>_<id>`).
+    pub fn plugin_database(&self, id: &str, mode: DatabaseMode) -> Result<String, PlatformError> {
+        Ok(match mode {
+            DatabaseMode::Shared => self.store.database.clone(),
+            DatabaseMode::Isolated => sovereign_postgres::isolated::database_name(&self.store, id)?,
+        })
+    }
+
     /// How plugin `id`'s role logs in (a connection string with its password).
-    pub fn plugin_login(&self, id: &str, password: &str) -> String {
-        self.store
-            .login_as(&sovereign_postgres::plugin_role_name(id), password)
+    pub fn plugin_login(&self, id: &str, mode: DatabaseMode, password: &str) -> String {
+        let mut url = self.store.clone();
+        // An over-long name cannot have been installed: connecting to it fails and says so.
+        if let Ok(database) = self.plugin_database(id, mode) {
+            url.database = database;
+        }
+        url.login_as(&sovereign_postgres::plugin_role_name(id), password)
     }
 
     /// Plugin `id`'s fenced connection, as its own role.
     pub fn open_plugin(
         &self,
         id: &str,
+        mode: DatabaseMode,
         password: &str,
         limits: Limits,
     ) -> Result<sovereign_postgres::PgPluginDb, PlatformError> {
         Ok(sovereign_postgres::PgPluginDb::open(
             &sovereign_postgres::PgPluginConfig {
                 plugin_id: id.to_owned(),
-                url: self.plugin_login(id, password),
+                url: self.plugin_login(id, mode, password),
                 limits,
             },
         )?)
     }
 
+    /// The plugin store's role and server (for the isolated databases).
+    pub(crate) fn store_url(&self) -> &sovereign_postgres::StoreUrl {
+        &self.store
+    }
+
     /// The store's database, as `host:port/database`.
     pub fn describe(&self) -> String {
         format!("{}/{}", self.store.server, self.store.database)
+    }
+
+    /// Where plugin `id`'s data is, as `postgres://host:port/database#schema`.
+    pub fn describe_plugin(&self, id: &str, mode: DatabaseMode) -> String {
+        let database = self
+            .plugin_database(id, mode)
+            .unwrap_or_else(|_| self.store.database.clone());
+        format!("postgres://{}/{database}#{id}", self.store.server)
     }
 }
 

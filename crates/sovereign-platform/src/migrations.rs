@@ -46,7 +46,7 @@ fn open_postgres_plugin(
     plugin: &PluginDbConfig,
     password: &str,
 ) -> Result<PgPluginDb, PlatformError> {
-    store.open_plugin(&plugin.plugin_id, password, plugin.limits)
+    store.open_plugin(&plugin.plugin_id, plugin.mode, password, plugin.limits)
 }
 
 /// One migration set and the file it applies to (on PostgreSQL, the store's URL with
@@ -241,7 +241,7 @@ pub fn targets(
                             &id,
                             Backend::Postgres,
                         )?,
-                        path: PathBuf::from(format!("postgres://{}#{id}", store.describe())),
+                        path: PathBuf::from(store.describe_plugin(&id, plugin_config.mode)),
                         store: Store::PostgresPlugin {
                             store: store.clone(),
                             plugin: plugin_config,

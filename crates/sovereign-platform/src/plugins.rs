@@ -261,24 +261,39 @@ fn install_data_postgres(
                 source,
             })
     };
+    let mode = manifest.database;
+    if mode == DatabaseMode::Isolated && !grants.is_empty() {
+        return Err(PlatformError::IsolatedReadsMirrors { id: id.clone() });
+    }
     provision(
         &mut owner,
         role.create_sql(),
         format!("SELECT sv_admin.create_plugin_role('{id}', '...', ...)"),
     )?;
+    let mut made_database = false;
     let migrated = (|| -> Result<Vec<String>, PlatformError> {
         provision(&mut owner, role.grant_sql(), role.grant_sql())?;
-        let mut db = pg.open_plugin(id, &password, manifest.limits)?;
+        if mode == DatabaseMode::Isolated {
+            made_database =
+                sovereign_postgres::isolated::provision(&mut owner, pg.store_url(), id)?;
+        }
+        let mut db = pg.open_plugin(id, mode, &password, manifest.limits)?;
         // All of the package's migrations or none.
         Ok(db.migrate_all_or_nothing(&set)?)
     })();
     match migrated {
         Ok(applied) => Ok(Stored {
             applied,
-            data_location: format!("schema {id} of {} (role svp_{id})", pg.describe()),
+            data_location: format!("{} (role svp_{id})", pg.describe_plugin(id, mode)),
             login: Some(password),
         }),
         Err(e) => {
+            if made_database
+                && let Err(undo) =
+                    sovereign_postgres::isolated::drop_database(&mut owner, pg.store_url(), id)
+            {
+                tracing::error!(plugin = %id, error = %undo, "could not drop the database of a failed install");
+            }
             if !schema_existed {
                 let drop = sovereign_postgres::PluginRole::drop_sql(id);
                 if let Err(undo) = provision(&mut owner, drop.clone(), drop) {
@@ -632,7 +647,7 @@ pub fn remove(app: &App, id: &str, purge: bool) -> Result<Removed, PlatformError
     let record = installed(&core, id)?;
     let mut removed = Removed::default();
     if let PluginStore::Postgres(pg) = app.plugin_store() {
-        remove_postgres(pg, id, purge, &mut removed)?;
+        remove_postgres(pg, id, record.manifest.database, purge, &mut removed)?;
     } else if purge {
         let location = app.store_location("removing a plugin")?;
         match record.manifest.database {
@@ -693,20 +708,29 @@ fn upgrade_data_postgres(
         &sovereign_db_plugins::migration_scope(id),
         &source.join("migrations").join("postgres"),
     )?;
-    let mut db = pg.open_plugin(id, &password, manifest.limits)?;
+    let mut db = pg.open_plugin(id, manifest.database, &password, manifest.limits)?;
     Ok(db.migrate_all_or_nothing(&set)?)
 }
 
-/// On PostgreSQL: `purge` drops the plugin's role with its schema and events; without
-/// it the schema stays (a later install migrates it on) and the role's password is
-/// replaced by one nobody knows.
+/// On PostgreSQL: `purge` drops the plugin's role with its schema and events (and an
+/// isolated plugin's database); without it the data stays (a later install migrates it
+/// on) and the role's password is replaced by one nobody knows.
 fn remove_postgres(
     pg: &crate::PgPluginStore,
     id: &str,
+    mode: DatabaseMode,
     purge: bool,
     removed: &mut Removed,
 ) -> Result<(), PlatformError> {
     let mut owner = pg.connect_owner()?;
+    if purge
+        && mode == DatabaseMode::Isolated
+        && sovereign_postgres::isolated::drop_database(&mut owner, pg.store_url(), id)?
+    {
+        removed
+            .dropped
+            .push(format!("database {}", pg.plugin_database(id, mode)?));
+    }
     let (sql, shown) = if purge {
         let drop = sovereign_postgres::PluginRole::drop_sql(id);
         (drop.clone(), drop)
@@ -783,7 +807,7 @@ pub fn open_fenced(app: &App, id: &str) -> Result<Box<dyn FencedConnection>, Pla
                     dir: app.package_dir(id),
                 }
             })?;
-            Box::new(pg.open_plugin(id, &password, config.limits)?)
+            Box::new(pg.open_plugin(id, config.mode, &password, config.limits)?)
         }
     })
 }
@@ -937,19 +961,73 @@ fn inspect_postgres(
     store: &crate::PgPluginStore,
     only: Option<&str>,
 ) -> Result<sovereign_ops::inspect::InspectReport, PlatformError> {
-    use sovereign_ops::inspect::{FileUsage, InspectReport, PluginUsage, TableUsage};
+    use sovereign_ops::inspect::{FileUsage, InspectReport};
     let mut owner = store.connect_owner()?;
-    let statement_failed = |statement: &str| {
-        let statement = statement.to_owned();
-        move |source| sovereign_postgres::PgError::Statement { statement, source }
-    };
+    let mut files = Vec::new();
+    let mut plugins = Vec::new();
+    let (database_bytes, page_size, mut usages) =
+        schema_usages(&mut owner, only, store, DatabaseMode::Shared)?;
+    files.push(FileUsage {
+        path: PathBuf::from(format!("postgres://{}", store.describe())),
+        bytes: database_bytes,
+        // PostgreSQL reuses freed space itself (autovacuum); nothing to reclaim here.
+        free_pages: 0,
+        page_size,
+    });
+    plugins.append(&mut usages);
+    for (id, database) in sovereign_postgres::isolated::databases(&mut owner, store.store_url())? {
+        if only.is_some_and(|only| only != id) {
+            continue;
+        }
+        let mut own = sovereign_postgres::isolated::connect_owner_to(store.store_url(), &database)?;
+        let (bytes, page_size, mut usages) =
+            schema_usages(&mut own, Some(&id), store, DatabaseMode::Isolated)?;
+        files.push(FileUsage {
+            path: PathBuf::from(format!(
+                "postgres://{}/{database}",
+                store.store_url().server
+            )),
+            bytes,
+            free_pages: 0,
+            page_size,
+        });
+        plugins.append(&mut usages);
+    }
+    let mirror = "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = 'core' AND c.relkind = 'r'";
+    let mirror_bytes: i64 = owner
+        .query_one(mirror, &[])
+        .map_err(pg_statement(mirror))?
+        .get(0);
+    Ok(InspectReport {
+        files,
+        plugins,
+        mirror_bytes: mirror_bytes.max(0) as u64,
+    })
+}
+
+fn pg_statement(statement: &str) -> impl FnOnce(postgres::Error) -> sovereign_postgres::PgError {
+    let statement = statement.to_owned();
+    move |source| sovereign_postgres::PgError::Statement { statement, source }
+}
+
+/// The plugin schemas of the database `client` is connected to (the ones owned by a
+/// plugin's role, `svp_<id>` owning `<id>`), with their tables' sizes and the
+/// statistics' row counts; and the database's size and page size.
+fn schema_usages(
+    client: &mut postgres::Client,
+    only: Option<&str>,
+    store: &crate::PgPluginStore,
+    mode: DatabaseMode,
+) -> Result<(u64, u64, Vec<sovereign_ops::inspect::PluginUsage>), PlatformError> {
+    use sovereign_ops::inspect::{PluginUsage, TableUsage};
     let database =
         "SELECT pg_database_size(current_database()), current_setting('block_size')::bigint";
-    let row = owner
+    let row = client
         .query_one(database, &[])
-        .map_err(statement_failed(database))?;
+        .map_err(pg_statement(database))?;
     let (database_bytes, block_size): (i64, i64) = (row.get(0), row.get(1));
-    // Plugin schemas are the ones owned by a plugin's role (`svp_<id>`, schema `<id>`).
     let tables = "SELECT n.nspname::text, c.relname::text,
                          coalesce(s.n_live_tup, 0), pg_total_relation_size(c.oid)
                   FROM pg_class c
@@ -959,9 +1037,9 @@ fn inspect_postgres(
                   WHERE c.relkind IN ('r', 'p') AND ($1::text IS NULL OR n.nspname = $1)
                   ORDER BY 1, 2";
     let mut plugins: Vec<PluginUsage> = Vec::new();
-    for row in owner
+    for row in client
         .query(tables, &[&only])
-        .map_err(statement_failed(tables))?
+        .map_err(pg_statement(tables))?
     {
         let (id, table): (String, String) = (row.get(0), row.get(1));
         let usage = TableUsage {
@@ -975,7 +1053,7 @@ fn inspect_postgres(
                 plugin.tables.push(usage);
             }
             None => plugins.push(PluginUsage {
-                file: PathBuf::from(format!("postgres://{}#{id}", store.describe())),
+                file: PathBuf::from(store.describe_plugin(&id, mode)),
                 id,
                 bytes: usage.bytes,
                 tables: vec![usage],
@@ -986,24 +1064,11 @@ fn inspect_postgres(
     for plugin in &mut plugins {
         plugin.share_of_file = plugin.bytes as f64 / database_bytes.max(1) as f64;
     }
-    let mirror = "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
-                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = 'core' AND c.relkind = 'r'";
-    let mirror_bytes: i64 = owner
-        .query_one(mirror, &[])
-        .map_err(statement_failed(mirror))?
-        .get(0);
-    Ok(InspectReport {
-        files: vec![FileUsage {
-            path: PathBuf::from(format!("postgres://{}", store.describe())),
-            bytes: database_bytes.max(0) as u64,
-            // PostgreSQL reuses freed space itself (autovacuum); nothing to reclaim here.
-            free_pages: 0,
-            page_size: block_size.max(0) as u64,
-        }],
+    Ok((
+        database_bytes.max(0) as u64,
+        block_size.max(0) as u64,
         plugins,
-        mirror_bytes: mirror_bytes.max(0) as u64,
-    })
+    ))
 }
 
 /// What a purge would drop, for the operator to confirm.
@@ -1025,11 +1090,13 @@ pub fn plan_purge(app: &App, id: &str) -> Result<PurgePlan, PlatformError> {
             .into_iter()
             .find(|p| p.id == id)
             .ok_or_else(|| PlatformError::NothingToPurge { id: id.to_owned() })?;
+        let mode = app
+            .registered(id)?
+            .map_or(DatabaseMode::Shared, |record| record.manifest.database);
         return Ok(PurgePlan {
             id: id.to_owned(),
             usage,
-            // A schema of the plugin database, whatever the manifest asks for.
-            mode: DatabaseMode::Shared,
+            mode,
         });
     }
     let layout = app.plugin_files("purging plugin data")?;
@@ -1069,8 +1136,9 @@ pub fn purge(
     let backups = app.config().base_dir.join("backups");
     if let PluginStore::Postgres(store) = app.plugin_store() {
         return Ok(sovereign_ops::pg_backup::purge_plugin(
-            &store.store,
+            store.store_url(),
             &plan.id,
+            plan.mode == DatabaseMode::Isolated,
             backup.then_some(backups.as_path()),
         )?);
     }

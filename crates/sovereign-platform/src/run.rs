@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sovereign_db_core::users::{self, NewUser, Role};
+use sovereign_db_plugins::DatabaseMode;
 pub use sovereign_kernel::RuntimeLock;
 use sovereign_kernel::host::HostCommand;
 use sovereign_kernel::{Kernel, KernelOptions};
@@ -325,7 +326,9 @@ fn host_command(app: &App, options: &ServeOptions) -> Result<HostCommand, Platfo
         PluginStore::Postgres(store) => {
             let store = store.clone();
             Some(sovereign_kernel::host::PostgresLoginFn(Arc::new(
-                move |id: &str, password: &str| store.plugin_login(id, password),
+                move |id: &str, mode: DatabaseMode, password: &str| {
+                    store.plugin_login(id, mode, password)
+                },
             )))
         }
     };

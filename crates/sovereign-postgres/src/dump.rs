@@ -107,9 +107,6 @@ impl ClientTools {
         for schema in request.schemas {
             command.arg(format!("--schema={schema}"));
         }
-        for schema in request.exclude_schemas {
-            command.arg(format!("--exclude-schema={schema}"));
-        }
         if let Some(role) = request.role {
             command.arg(format!("--role={role}"));
         }
@@ -198,8 +195,6 @@ pub struct DumpRequest<'a> {
     pub snapshot: Option<&'a str>,
     /// Only these schemas (none: every schema).
     pub schemas: &'a [String],
-    /// Not these schemas.
-    pub exclude_schemas: &'a [String],
     /// The role to dump as (`SET ROLE`), for a schema only that role may read.
     pub role: Option<&'a str>,
 }

@@ -4,9 +4,10 @@
 //! - `svc_core` (the user of `DATABASE_URL`) owns the core database and is the only role
 //!   that may connect to it;
 //! - `svc_plugins` (the user of `PLUGIN_DATABASE_URL`) owns the plugin database, its
-//!   `public` schema and the `core` schema of mirrored slices;
+//!   `public` schema and the `core` schema of mirrored slices, and the databases of
+//!   isolated plugins ([`isolated`]);
 //! - every plugin has a LOGIN role of its own (`svp_<id>`) owning one schema (`<id>`),
-//!   with `CONNECT` on the plugin database only, no `TEMP`, no `CREATE` outside its
+//!   with `CONNECT` on the plugin database (or its own) only, no `TEMP`, no `CREATE` outside its
 //!   schema, a connection limit, and `SELECT` on exactly the mirror columns it was granted.
 //!
 //! [`RolePlan`] turns the two URLs and the plugins into SQL; `print` gives a DBA the
@@ -14,6 +15,7 @@
 
 mod cluster;
 pub mod dump;
+pub mod isolated;
 pub mod migrate;
 pub mod mirror;
 mod plugin_db;

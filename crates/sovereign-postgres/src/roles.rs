@@ -345,6 +345,12 @@ impl RolePlan {
         let mut stores = vec![&self.plugins];
         stores.extend(&self.core);
         for (role, password) in stores.iter().map(|s| (&s.role, &s.password)) {
+            // The plugin store's role makes the databases of isolated plugins.
+            let createdb = if role == plugins_role {
+                "CREATEDB"
+            } else {
+                "NOCREATEDB"
+            };
             steps.push(sql(
                 Maintenance,
                 format!(
@@ -353,7 +359,7 @@ impl RolePlan {
                 ),
             ));
             let alter = format!(
-                "ALTER ROLE \"{role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+                "ALTER ROLE \"{role}\" LOGIN NOSUPERUSER {createdb} NOCREATEROLE NOREPLICATION \
                  NOBYPASSRLS NOINHERIT CONNECTION LIMIT 50 PASSWORD"
             );
             steps.push(Step::Sql {

@@ -277,6 +277,16 @@ fn the_notes_plugin_runs_unchanged_on_both_plugin_store_backends() {
 }
 
 /// How many roles and schemas named after plugin `id` the plugin database has.
+/// Asserts that logging in with `url` is refused for want of `CONNECT`.
+fn refused_connect(url: &str) {
+    let out = psql(url, "SELECT 1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("permission denied for database"),
+        "{url}: {stderr}"
+    );
+}
+
 fn provisioned(admin_url: &str, id: &str) -> (i64, i64) {
     let mut admin = postgres::Client::connect(
         &admin_url.replace("/postgres", "/sv_plugins"),
@@ -332,7 +342,8 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
         repo.join("notes").to_str().unwrap(),
         "--yes",
     ]);
-    assert!(installed.contains("schema notes of"), "{installed}");
+    // notes asks for isolated mode: a database of its own, which only its role reaches.
+    assert!(installed.contains("/sv_plugins_notes#notes"), "{installed}");
     assert_eq!(provisioned(cluster.admin_url(), "notes"), (1, 1));
     let password: String = common::raw(&w.core_db())
         .query_row(
@@ -342,6 +353,17 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
         )
         .unwrap();
     assert_eq!(password.len(), 32);
+    let own = psql(
+        &cluster.url("svp_notes", &password, "sv_plugins_notes"),
+        "SELECT count(*) FROM notes__notes",
+    );
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    // An isolated plugin's role cannot connect to the shared plugin database.
+    refused_connect(&cluster.url("svp_notes", &password, "sv_plugins"));
 
     // tasks reads mirrored users: installing it builds the mirror on PostgreSQL (typed
     // from the core's columns) and grants its role exactly the columns it asked for.
@@ -352,6 +374,15 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
         "--yes",
     ]);
     assert_eq!(provisioned(cluster.admin_url(), "tasks"), (1, 1));
+    let tasks_password: String = common::raw(&w.core_db())
+        .query_row(
+            "SELECT password FROM plugin_store_logins WHERE plugin_id = 'tasks'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // Nor another plugin's role to an isolated plugin's database.
+    refused_connect(&cluster.url("svp_tasks", &tasks_password, "sv_plugins_notes"));
     let ungranted = sql_refused("tasks", "SELECT tenant_id FROM core__users");
     assert!(ungranted.contains("may not"), "{ungranted}");
     let written = sql_refused("tasks", "DELETE FROM core__users");
@@ -372,6 +403,22 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
     common::add_component(&memo);
     let refused = run_err(&["plugins", "install", memo.to_str().unwrap(), "--yes"]);
     assert!(refused.contains("\"backends\""), "{refused}");
+    assert_eq!(provisioned(cluster.admin_url(), "memo"), (0, 0));
+    // A database of its own cannot read the mirrors of the plugin database.
+    std::fs::write(
+        memo.join("plugin.json"),
+        r#"{"id": "memo", "name": "Memo", "version": "0.1.0", "database": "isolated",
+            "backends": ["sqlite", "postgres"], "reads": {"users": ["id"]}}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(memo.join("migrations/postgres")).unwrap();
+    std::fs::write(
+        memo.join("migrations/postgres/0001_init.sql"),
+        "CREATE TABLE memo__items (id bigint PRIMARY KEY);",
+    )
+    .unwrap();
+    let refused = run_err(&["plugins", "install", memo.to_str().unwrap(), "--yes"]);
+    assert!(refused.contains("\"database\": \"shared\""), "{refused}");
     assert_eq!(provisioned(cluster.admin_url(), "memo"), (0, 0));
     // Plugin data per schema: tables, their sizes, the mirror's.
     let inspect = run_ok(&["plugins", "db", "inspect", "notes"]);
@@ -593,8 +640,14 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
     assert!(remigrated.contains("0002_pinned.sql"), "{remigrated}");
     let empty = sql("notes", "SELECT count(*) AS n FROM notes__notes");
     assert!(empty.contains("\"n\": 0"), "{empty}");
-    run_ok(&["plugins", "remove", "notes", "--purge"]);
+    let removed = run_ok(&["plugins", "remove", "notes", "--purge"]);
+    assert!(removed.contains("database sv_plugins_notes"), "{removed}");
     assert_eq!(provisioned(cluster.admin_url(), "notes"), (0, 0));
+    let databases = psql(
+        cluster.admin_url(),
+        "SELECT count(*) FROM pg_database WHERE datname = 'sv_plugins_notes'",
+    );
+    assert_eq!(String::from_utf8_lossy(&databases.stdout).trim(), "0");
 }
 
 /// A served platform with `notes` installed and a user logged in, on a SQLite plugin
@@ -1239,12 +1292,17 @@ fn sv_backs_up_and_restores_both_postgres_stores() {
     let backup = w.path().join("backups/one");
     let out = w.sv_ok(&["backup", "--out", backup.to_str().unwrap()]);
     assert!(out.contains("core.pgdump/toc.dat"), "{out}");
-    assert!(out.contains("plugins.pgdump/notes/toc.dat"), "{out}");
+    // notes is isolated: its own database's bookkeeping and its schema.
+    assert!(
+        out.contains("plugins.pgdump/isolated-notes/schema/toc.dat")
+            && out.contains("plugins.pgdump/isolated-notes/store/toc.dat"),
+        "{out}"
+    );
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(backup.join("manifest.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["format"], 2);
-    assert_eq!(manifest["postgres_dumps"].as_array().unwrap().len(), 3);
+    assert_eq!(manifest["postgres_dumps"].as_array().unwrap().len(), 4);
     assert!(
         manifest["mirror_watermark"].as_i64().unwrap() > 0,
         "{manifest}"
@@ -1311,7 +1369,9 @@ fn sv_backs_up_and_restores_both_postgres_stores() {
     );
     assert_eq!(
         scalar(
-            &plugin_db,
+            &cluster
+                .admin_url()
+                .replace("/postgres", "/sv_plugins_notes"),
             "SELECT tableowner FROM pg_tables WHERE schemaname = 'notes' AND tablename = 'notes__notes'"
         ),
         "svp_notes"
@@ -1340,6 +1400,14 @@ fn sv_backs_up_and_restores_both_postgres_stores() {
         scalar(&core_db, "SELECT count(*) FROM users"),
         "2",
         "the later user is back"
+    );
+    assert_eq!(
+        scalar(
+            cluster.admin_url(),
+            "SELECT count(*) FROM pg_database WHERE datname = 'sv_plugins_notes'"
+        ),
+        "0",
+        "notes (purged then) has no database"
     );
     // The mirror catches up from the restored core, and the plugin's grant on it is back.
     w.sv_ok(&["sync:run"]);
