@@ -204,7 +204,8 @@ impl PgCore {
         Ok(statement)
     }
 
-    /// Rows changed through this connection so far.
+    /// Rows changed through this connection so far, by statements not rolled back (a
+    /// rolled-back transaction or savepoint takes its changes off again).
     pub fn total_changes(&self) -> u64 {
         self.changes.get()
     }
@@ -265,11 +266,13 @@ impl PgCore {
         };
         self.client.borrow_mut().batch_execute(begin)?;
         self.depth.set(depth + 1);
+        let changes_before = self.changes.get();
         // Undone if `f` panics: the connection goes back to its pool with no
         // transaction left open.
         let mut open = OpenTransaction {
             core: self,
             depth,
+            changes_before,
             rollback,
             ended: false,
         };
@@ -282,6 +285,7 @@ impl PgCore {
                 Ok(value)
             }
             Err(e) => {
+                self.changes.set(changes_before);
                 if let Err(undo) = self.client.borrow_mut().batch_execute(rollback) {
                     tracing::warn!(error = %undo, "rolling back a core transaction failed");
                 }
@@ -295,6 +299,7 @@ impl PgCore {
 struct OpenTransaction<'a> {
     core: &'a PgCore,
     depth: u32,
+    changes_before: u64,
     rollback: &'static str,
     ended: bool,
 }
@@ -305,6 +310,7 @@ impl Drop for OpenTransaction<'_> {
             return;
         }
         self.core.depth.set(self.depth);
+        self.core.changes.set(self.changes_before);
         if let Ok(mut client) = self.core.client.try_borrow_mut() {
             let _ = client.batch_execute(self.rollback);
         }

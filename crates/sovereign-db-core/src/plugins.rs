@@ -68,6 +68,16 @@ pub fn record_load(conn: &dyn CoreAccess, id: &str, error: Option<&str>) -> Resu
 
 /// Registers or updates a plugin and replaces its grants, in one transaction.
 pub fn register(conn: &dyn CoreAccess, record: &PluginRecord) -> Result<(), CoreError> {
+    register_with_login(conn, record, None)
+}
+
+/// Like [`register`], recording in the same transaction the password of the plugin's
+/// PostgreSQL role when `login` is given (see [`set_store_login`]).
+pub fn register_with_login(
+    conn: &dyn CoreAccess,
+    record: &PluginRecord,
+    login: Option<&str>,
+) -> Result<(), CoreError> {
     let manifest = serde_json::to_string(&record.manifest).expect("a manifest serializes");
     match conn.core_handle() {
         CoreHandle::Sqlite(conn) => {
@@ -88,6 +98,9 @@ pub fn register(conn: &dyn CoreAccess, record: &PluginRecord) -> Result<(), Core
                     params![record.id, slice, column],
                 )?;
             }
+            if let Some(password) = login {
+                set_store_login(&*tx, &record.id, password)?;
+            }
             tx.commit()?;
             Ok(())
         }
@@ -107,6 +120,9 @@ pub fn register(conn: &dyn CoreAccess, record: &PluginRecord) -> Result<(), Core
                     "INSERT INTO plugin_grants (plugin_id, slice, column_name) VALUES ($1, $2, $3)",
                     &[&record.id, slice, column],
                 )?;
+            }
+            if let Some(password) = login {
+                set_store_login(pg, &record.id, password)?;
             }
             Ok(())
         }),

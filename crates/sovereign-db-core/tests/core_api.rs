@@ -402,6 +402,7 @@ fn a_panic_inside_a_postgres_transaction_leaves_nothing_behind() {
     let CoreConn::Postgres(pg) = &stores.postgres else {
         unreachable!("the PostgreSQL store")
     };
+    let changes = pg.total_changes();
     let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let _ = pg.transaction(|| -> Result<(), CoreError> {
             users::create(&**pg, &new_user("ada@example.com", Role::Admin))?;
@@ -411,11 +412,33 @@ fn a_panic_inside_a_postgres_transaction_leaves_nothing_behind() {
     assert!(unwound.is_err());
     // Rolled back, and the connection takes new work (no transaction left open).
     assert_eq!(users::count(&**pg).unwrap(), 0);
+    assert_eq!(
+        pg.total_changes(),
+        changes,
+        "rolled-back rows are not counted as changes (no commit hook runs for them)"
+    );
+    // A savepoint rolled back inside a committed transaction takes off its rows only.
+    let bob = pg
+        .transaction(|| -> Result<i64, CoreError> {
+            let bob = users::create(&**pg, &new_user("bob@example.com", Role::Member))?;
+            let inner = pg.transaction(|| -> Result<(), CoreError> {
+                users::create(&**pg, &new_user("eve@example.com", Role::Member))?;
+                Err(CoreError::NotOnSqlite {
+                    operation: "a deliberate failure",
+                })
+            });
+            assert!(inner.is_err());
+            Ok(bob.id)
+        })
+        .unwrap();
+    assert!(pg.total_changes() > changes, "the committed row counts");
+    assert_eq!(users::count(&**pg).unwrap(), 1);
+    assert!(users::get(&**pg, bob).unwrap().is_some());
     users::create(&**pg, &new_user("ada@example.com", Role::Admin)).unwrap();
     let fresh = PgCore::connect(&stores.postgres_url).unwrap();
     assert_eq!(
         users::count(&fresh).unwrap(),
-        1,
+        2,
         "committed, not left in a transaction"
     );
 }

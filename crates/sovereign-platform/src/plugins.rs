@@ -96,7 +96,7 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
     if let Some(staging) = staged {
         swap_in(&staging, &target)?;
     }
-    registry::register(
+    registry::register_with_login(
         &core,
         &PluginRecord {
             id: id.clone(),
@@ -105,10 +105,8 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
             grants,
             load: registry::LoadState::NotReported,
         },
+        login.as_deref(),
     )?;
-    if let Some(password) = login {
-        registry::set_store_login(&core, &id, &password)?;
-    }
     sovereign_db_core::audit::record(
         &core,
         None,
