@@ -1234,15 +1234,11 @@ fn a_postgres_core_runs_beside_sqlite_plugin_files() {
     );
 }
 
-/// `sv backup`, `backup:verify` and `restore` with both stores on PostgreSQL: dumps with
-/// the manifest's checksums, a damaged dump refused before anything changes, and a
-/// restore that brings back exactly the backup's core, plugin data, plugin roles (with
-/// the restored core's passwords) and mirror grants, keeping what it replaced.
-#[test]
-fn sv_backs_up_and_restores_both_postgres_stores() {
+/// A throwaway cluster with both stores of `w` on it (their URLs in `sovereign.toml`)
+/// and the role plan applied.
+fn both_stores_on_postgres(w: &Workdir) -> Cluster {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
     let cluster = Cluster::start(&script).unwrap();
-    let w = Workdir::new();
     std::fs::write(
         w.path().join("sovereign.toml"),
         format!(
@@ -1252,6 +1248,23 @@ fn sv_backs_up_and_restores_both_postgres_stores() {
         ),
     )
     .unwrap();
+    w.sv_ok(&[
+        "postgres:roles",
+        "--apply",
+        "--admin-url",
+        cluster.admin_url(),
+    ]);
+    cluster
+}
+
+/// `sv backup`, `backup:verify` and `restore` with both stores on PostgreSQL: dumps with
+/// the manifest's checksums, a damaged dump refused before anything changes, and a
+/// restore that brings back exactly the backup's core, plugin data, plugin roles (with
+/// the restored core's passwords) and mirror grants, keeping what it replaced.
+#[test]
+fn sv_backs_up_and_restores_both_postgres_stores() {
+    let w = Workdir::new();
+    let cluster = both_stores_on_postgres(&w);
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
     let install = |id: &str| {
         w.sv_ok(&[
@@ -1274,12 +1287,6 @@ fn sv_backs_up_and_restores_both_postgres_stores() {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
 
-    w.sv_ok(&[
-        "postgres:roles",
-        "--apply",
-        "--admin-url",
-        cluster.admin_url(),
-    ]);
     w.sv_ok(&["migrate:deploy"]);
     w.create_user("root@example.com", "root password 1", true);
     install("notes");
@@ -1432,26 +1439,7 @@ fn backup_round_trip(backend: sovereign_db_plugins::Backend) {
     let w = Workdir::new();
     let _cluster = match backend {
         sovereign_db_plugins::Backend::Sqlite => None,
-        sovereign_db_plugins::Backend::Postgres => {
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
-            let cluster = Cluster::start(&script).unwrap();
-            std::fs::write(
-                w.path().join("sovereign.toml"),
-                format!(
-                    "database_url = \"{}\"\nplugin_database_url = \"{}\"\n",
-                    cluster.url("svc_core", "core-secret", "sv_core"),
-                    cluster.url("svc_plugins", "plugins-secret", "sv_plugins")
-                ),
-            )
-            .unwrap();
-            w.sv_ok(&[
-                "postgres:roles",
-                "--apply",
-                "--admin-url",
-                cluster.admin_url(),
-            ]);
-            Some(cluster)
-        }
+        sovereign_db_plugins::Backend::Postgres => Some(both_stores_on_postgres(&w)),
     };
     let sql = |id: &str, statement: &str| w.sv_ok(&["plugins", "sql", id, statement, "--json"]);
     w.sv_ok(&["migrate:deploy"]);
