@@ -54,6 +54,30 @@ impl ColumnKind {
         }
     }
 
+    /// `expr`, a value of PostgreSQL type `source`, cast to this kind's mirror column
+    /// type, for a binary `COPY` from a PostgreSQL core straight into the mirror; `None`
+    /// for a type whose cast could differ from the value-by-value conversion (which then
+    /// copies it).
+    pub fn cast(self, source: &Type, expr: &str) -> Option<String> {
+        let plain = [
+            Type::INT2,
+            Type::INT4,
+            Type::INT8,
+            Type::FLOAT4,
+            Type::FLOAT8,
+            Type::NUMERIC,
+            Type::TEXT,
+            Type::VARCHAR,
+            Type::JSON,
+            Type::BYTEA,
+        ];
+        if *source == Type::BOOL && self == ColumnKind::Integer {
+            return Some(format!("({expr})::int::{}", self.sql()));
+        }
+        (ColumnKind::from_pg(source) == self && plain.contains(source))
+            .then(|| format!("({expr})::{}", self.sql()))
+    }
+
     fn sql(self) -> &'static str {
         match self {
             ColumnKind::Integer => "bigint",
@@ -322,12 +346,7 @@ impl Rebuild<'_> {
         kinds: &[ColumnKind],
         rows: &[Vec<SqlValue>],
     ) -> Result<u64, PgError> {
-        let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
-        let copy = format!(
-            "COPY core.{} ({}) FROM STDIN BINARY",
-            ident(&slice.table_name()),
-            columns.join(", ")
-        );
+        let copy = copy_in_sql(slice);
         let types: Vec<Type> = kinds.iter().map(|k| k.pg_type()).collect();
         let sink = self.tx.copy_in(&copy).map_err(statement_error(&copy))?;
         let mut writer = BinaryCopyInWriter::new(sink, &types);
@@ -346,11 +365,36 @@ impl Rebuild<'_> {
         writer.finish().map_err(statement_error(&copy))
     }
 
+    /// Appends a binary `COPY` stream (columns in slice order, typed as the mirror's
+    /// columns: see [`ColumnKind::cast`]) to `slice`'s new table; returns the rows.
+    pub fn copy_binary(
+        &mut self,
+        slice: &MirrorSlice,
+        stream: &mut dyn std::io::Read,
+    ) -> Result<u64, PgError> {
+        let copy = copy_in_sql(slice);
+        let mut sink = self.tx.copy_in(&copy).map_err(statement_error(&copy))?;
+        std::io::copy(stream, &mut sink).map_err(|e| PgError::MirrorState {
+            message: format!("copying slice {}: {e}", slice.name),
+        })?;
+        sink.finish().map_err(statement_error(&copy))
+    }
+
     /// Sets the watermark and commits the rebuild.
     pub fn finish(mut self, watermark: i64, now_ms: i64) -> Result<(), PgError> {
         set_state(&mut self.tx, watermark, now_ms)?;
         self.tx.commit().map_err(statement_error("COMMIT"))
     }
+}
+
+/// `COPY` of binary rows into `slice`'s mirror table, columns in slice order.
+fn copy_in_sql(slice: &MirrorSlice) -> String {
+    let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+    format!(
+        "COPY core.{} ({}) FROM STDIN BINARY",
+        ident(&slice.table_name()),
+        columns.join(", ")
+    )
 }
 
 fn set_state(tx: &mut Transaction<'_>, watermark: i64, now_ms: i64) -> Result<(), PgError> {

@@ -191,6 +191,9 @@ fn rebuild_from(
     }
 }
 
+/// Takes a binary `COPY` stream; returns the rows it held.
+type CopySink<'a> = &'a mut dyn FnMut(&mut dyn std::io::Read) -> Result<u64, SyncError>;
+
 /// Takes one chunk of projected rows.
 type TakeChunk<'a> = &'a mut dyn FnMut(&[Vec<SqlValue>]) -> Result<(), SyncError>;
 
@@ -202,6 +205,18 @@ trait Source {
     fn kinds(&self, slice: &MirrorSlice) -> Result<Vec<ColumnKind>, SyncError>;
     /// `slice`'s projected rows in key order, handed to `take` [`CHUNK`] at a time.
     fn chunks(&self, slice: &MirrorSlice, take: TakeChunk<'_>) -> Result<(), SyncError>;
+
+    /// Hands `sink` `slice`'s rows as one binary `COPY` stream typed as a PostgreSQL
+    /// mirror's columns of `kinds`, when this source can make one; `None`: it cannot
+    /// (read [`Source::chunks`] instead).
+    fn copy_binary(
+        &self,
+        _slice: &MirrorSlice,
+        _kinds: &[ColumnKind],
+        _sink: CopySink<'_>,
+    ) -> Result<Option<u64>, SyncError> {
+        Ok(None)
+    }
 }
 
 /// The projection query of `slice` in key order (`$`-free: no parameters).
@@ -319,6 +334,35 @@ impl Source for PostgresSource<'_> {
             .iter()
             .map(|c| ColumnKind::from_pg(c.type_()))
             .collect())
+    }
+
+    /// Between two PostgreSQL databases the rows go as the server writes them: `COPY
+    /// (projection) TO STDOUT BINARY`, cast to the mirror's column types, into `COPY ...
+    /// FROM STDIN BINARY`, never decoded here.
+    fn copy_binary(
+        &self,
+        slice: &MirrorSlice,
+        kinds: &[ColumnKind],
+        sink: CopySink<'_>,
+    ) -> Result<Option<u64>, SyncError> {
+        let mut tx = self.0.borrow_mut();
+        let projection = projection_sql(slice);
+        let statement = tx.prepare(&projection)?;
+        let casts: Option<Vec<String>> = statement
+            .columns()
+            .iter()
+            .zip(kinds)
+            .map(|(column, kind)| kind.cast(column.type_(), &format!("p.{}", ident(column.name()))))
+            .collect();
+        let Some(casts) = casts else {
+            return Ok(None);
+        };
+        let copy = format!(
+            "COPY (SELECT {} FROM ({projection}) AS p) TO STDOUT (FORMAT binary)",
+            casts.join(", ")
+        );
+        let mut stream = tx.copy_out(&copy)?;
+        Ok(Some(sink(&mut stream)?))
     }
 
     fn chunks(&self, slice: &MirrorSlice, take: TakeChunk<'_>) -> Result<(), SyncError> {
@@ -468,13 +512,26 @@ fn rebuild_postgres(
     for slice in catalog.slices() {
         let kinds = source.kinds(slice)?;
         rebuild.create_slice(slice, &kinds)?;
-        let mut copied = 0u64;
-        source.chunks(slice, &mut |rows| {
-            copied += rebuild.copy_rows(slice, &kinds, rows)?;
-            done += rows.len() as u64;
-            progress(done, total);
-            Ok(())
+        let streamed = source.copy_binary(slice, &kinds, &mut |stream| {
+            Ok(rebuild.copy_binary(slice, stream)?)
         })?;
+        let copied = match streamed {
+            Some(copied) => {
+                done += copied;
+                progress(done, total);
+                copied
+            }
+            None => {
+                let mut copied = 0u64;
+                source.chunks(slice, &mut |rows| {
+                    copied += rebuild.copy_rows(slice, &kinds, rows)?;
+                    done += rows.len() as u64;
+                    progress(done, total);
+                    Ok(())
+                })?;
+                copied
+            }
+        };
         counts.push((slice.name.clone(), copied));
     }
     rebuild.finish(watermark, now_ms())?;
