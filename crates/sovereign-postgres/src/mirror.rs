@@ -6,8 +6,10 @@
 //! `sv_admin.grant_mirrors` granted them.
 
 use postgres::binary_copy::BinaryCopyInWriter;
+use std::collections::{BTreeMap, HashMap};
+
 use postgres::types::{ToSql, Type};
-use postgres::{Client, Transaction};
+use postgres::{Client, GenericClient, Statement, Transaction};
 use sovereign_db_plugins::SqlValue;
 use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog, MirrorSlice};
 
@@ -111,6 +113,66 @@ fn statement_error(statement: &str) -> impl FnOnce(postgres::Error) -> PgError +
 /// The mirror's writer: the plugin store owner's connection.
 pub struct PgMirror {
     client: Client,
+    /// Statements prepared on this connection, by their text.
+    statements: HashMap<String, Statement>,
+    /// The column kinds of each slice's mirror table, read once (a rebuild forgets them).
+    table_kinds: HashMap<String, Vec<ColumnKind>>,
+}
+
+/// The last row of each key a batch changed (`None`: deleted).
+type LastRows<'a> = BTreeMap<i64, Option<&'a [SqlValue]>>;
+
+/// `sql` prepared once per connection.
+fn cached(
+    client: &mut impl GenericClient,
+    statements: &mut HashMap<String, Statement>,
+    sql: &str,
+) -> Result<Statement, PgError> {
+    if let Some(statement) = statements.get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = client.prepare(sql).map_err(statement_error(sql))?;
+    statements.insert(sql.to_owned(), statement.clone());
+    Ok(statement)
+}
+
+/// One column of a batch's rows, as an array parameter of the mirror column's type.
+fn column_array(
+    kind: ColumnKind,
+    values: impl Iterator<Item = SqlValue>,
+) -> Result<Box<dyn ToSql + Sync>, String> {
+    fn collect<T>(
+        values: impl Iterator<Item = SqlValue>,
+        ty: &Type,
+        take: impl Fn(values::Encoded) -> Option<T>,
+    ) -> Result<Vec<Option<T>>, String> {
+        values
+            .map(|value| match values::encode(&value, ty)? {
+                values::Encoded::Null => Ok(None),
+                encoded => take(encoded)
+                    .map(Some)
+                    .ok_or_else(|| format!("{value:?} does not fit a {ty} column")),
+            })
+            .collect()
+    }
+    Ok(match kind {
+        ColumnKind::Integer => Box::new(collect(values, &Type::INT8, |e| match e {
+            values::Encoded::Int8(i) => Some(i),
+            _ => None,
+        })?),
+        ColumnKind::Real => Box::new(collect(values, &Type::FLOAT8, |e| match e {
+            values::Encoded::Float8(f) => Some(f),
+            _ => None,
+        })?),
+        ColumnKind::Text => Box::new(collect(values, &Type::TEXT, |e| match e {
+            values::Encoded::Text(t) => Some(t),
+            _ => None,
+        })?),
+        ColumnKind::Blob => Box::new(collect(values, &Type::BYTEA, |e| match e {
+            values::Encoded::Bytes(b) => Some(b),
+            _ => None,
+        })?),
+    })
 }
 
 impl PgMirror {
@@ -126,7 +188,50 @@ impl PgMirror {
         client
             .batch_execute(quiet)
             .map_err(statement_error(quiet))?;
-        Ok(PgMirror { client })
+        Ok(PgMirror {
+            client,
+            statements: HashMap::new(),
+            table_kinds: HashMap::new(),
+        })
+    }
+
+    /// The column kinds of `slice`'s mirror table (in slice column order), read once.
+    fn kinds_of(&mut self, slice: &MirrorSlice) -> Result<Vec<ColumnKind>, PgError> {
+        if let Some(kinds) = self.table_kinds.get(&slice.name) {
+            return Ok(kinds.clone());
+        }
+        let query = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+                     FROM pg_attribute a
+                     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped";
+        let table = format!("core.{}", ident(&slice.table_name()));
+        let types: HashMap<String, String> = self
+            .client
+            .query(query, &[&table])
+            .map_err(statement_error(query))?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let kinds = slice
+            .columns
+            .iter()
+            .map(|column| {
+                match types.get(column).map(String::as_str) {
+                    Some("bigint") => Some(ColumnKind::Integer),
+                    Some("double precision") => Some(ColumnKind::Real),
+                    Some("text") => Some(ColumnKind::Text),
+                    Some("bytea") => Some(ColumnKind::Blob),
+                    _ => None,
+                }
+                .ok_or_else(|| PgError::MirrorState {
+                    message: format!(
+                        "{table} has no column {column} of a mirror type ({:?})",
+                        types.get(column)
+                    ),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.table_kinds.insert(slice.name.clone(), kinds.clone());
+        Ok(kinds)
     }
 
     /// A transaction of the mirror's one writer: writers (the worker, a rebuild, a
@@ -136,8 +241,8 @@ impl PgMirror {
             .client
             .transaction()
             .map_err(statement_error("BEGIN"))?;
-        let lock = "SELECT pg_advisory_xact_lock(hashtextextended('sv-mirror', 0))";
-        tx.execute(lock, &[]).map_err(statement_error(lock))?;
+        tx.execute(WRITER_LOCK, &[])
+            .map_err(statement_error(WRITER_LOCK))?;
         Ok(tx)
     }
 
@@ -185,22 +290,90 @@ impl PgMirror {
         batch: &MirrorBatch,
         now_ms: i64,
     ) -> Result<bool, PgError> {
-        let mut tx = self.writer_transaction()?;
+        // The last state of each key in the batch (its rows are the projection as the
+        // batch was read, so every change of one key carries the same row).
+        let mut last: BTreeMap<&str, (&MirrorSlice, LastRows<'_>)> = BTreeMap::new();
+        for change in &batch.changes {
+            if let Some(slice) = catalog.slice(&change.slice) {
+                last.entry(slice.name.as_str())
+                    .or_insert_with(|| (slice, BTreeMap::new()))
+                    .1
+                    .insert(change.key, change.row.as_deref());
+            }
+        }
+        let mut kinds = HashMap::new();
+        for (slice, rows) in last.values() {
+            if rows.values().any(Option::is_some) {
+                kinds.insert(slice.name.as_str(), self.kinds_of(slice)?);
+            }
+        }
+        let PgMirror {
+            client, statements, ..
+        } = self;
+        let mut tx = client.transaction().map_err(statement_error("BEGIN"))?;
+        let lock = cached(&mut tx, statements, WRITER_LOCK)?;
+        tx.execute(&lock, &[])
+            .map_err(statement_error(WRITER_LOCK))?;
         let query = "SELECT coalesce((SELECT value FROM public._sv_mirror_state WHERE key = 'watermark'), 0)";
+        let read = cached(&mut tx, statements, query)?;
         let watermark: i64 = tx
-            .query_one(query, &[])
+            .query_one(&read, &[])
             .map_err(statement_error(query))?
             .get(0);
         if batch.upto_seq <= watermark {
             return Ok(false);
         }
-        for change in &batch.changes {
-            let Some(slice) = catalog.slice(&change.slice) else {
+        for (slice, rows) in last.values() {
+            let table = format!("core.{}", ident(&slice.table_name()));
+            let key_column = ident(slice.key_column());
+            let deleted: Vec<i64> = rows
+                .iter()
+                .filter(|(_, row)| row.is_none())
+                .map(|(key, _)| *key)
+                .collect();
+            if !deleted.is_empty() {
+                let delete = format!("DELETE FROM {table} WHERE {key_column} = ANY($1)");
+                let statement = cached(&mut tx, statements, &delete)?;
+                tx.execute(&statement, &[&deleted])
+                    .map_err(statement_error(&delete))?;
+            }
+            let written: Vec<&[SqlValue]> = rows.values().filter_map(|row| *row).collect();
+            if written.is_empty() {
                 continue;
-            };
-            write_row(&mut tx, slice, change.key, change.row.as_deref())?;
+            }
+            let kinds = &kinds[slice.name.as_str()];
+            let arrays: Vec<String> = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, kind)| format!("${}::{}[]", i + 1, kind.sql()))
+                .collect();
+            let upsert = upsert_sql(
+                slice,
+                &format!("SELECT * FROM unnest({})", arrays.join(", ")),
+            );
+            let parameters = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, kind)| {
+                    column_array(
+                        *kind,
+                        written
+                            .iter()
+                            .map(|row| row.get(i).cloned().unwrap_or(SqlValue::Null)),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|message| PgError::MirrorState {
+                    message: format!("slice {}: {message}", slice.name),
+                })?;
+            let refs: Vec<&(dyn ToSql + Sync)> = parameters.iter().map(|p| p.as_ref()).collect();
+            let statement = cached(&mut tx, statements, &upsert)?;
+            tx.execute(&statement, &refs)
+                .map_err(statement_error(&upsert))?;
         }
-        set_state(&mut tx, batch.upto_seq, now_ms)?;
+        let set = cached(&mut tx, statements, SET_STATE)?;
+        tx.execute(&set, &[&batch.upto_seq, &now_ms])
+            .map_err(statement_error(SET_STATE))?;
         tx.commit().map_err(statement_error("COMMIT"))?;
         Ok(true)
     }
@@ -254,6 +427,9 @@ impl PgMirror {
 
     /// Starts a rebuild: one transaction that replaces slices and sets the watermark.
     pub fn rebuild(&mut self) -> Result<Rebuild<'_>, PgError> {
+        // The tables are made anew: statements and column kinds are read again.
+        self.statements.clear();
+        self.table_kinds.clear();
         let tx = self.writer_transaction()?;
         Ok(Rebuild { tx })
     }
@@ -397,13 +573,39 @@ fn copy_in_sql(slice: &MirrorSlice) -> String {
     )
 }
 
+/// Taken by each transaction of the mirror's writers (the worker, a rebuild, a repair).
+const WRITER_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended('sv-mirror', 0))";
+
+/// Sets the watermark and when it was applied.
+const SET_STATE: &str = "INSERT INTO public._sv_mirror_state (key, value)
+                         VALUES ('watermark', $1), ('applied_at_ms', $2)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
 fn set_state(tx: &mut Transaction<'_>, watermark: i64, now_ms: i64) -> Result<(), PgError> {
-    let set = "INSERT INTO public._sv_mirror_state (key, value)
-               VALUES ('watermark', $1), ('applied_at_ms', $2)
-               ON CONFLICT (key) DO UPDATE SET value = excluded.value";
-    tx.execute(set, &[&watermark, &now_ms])
-        .map_err(statement_error(set))?;
+    tx.execute(SET_STATE, &[&watermark, &now_ms])
+        .map_err(statement_error(SET_STATE))?;
     Ok(())
+}
+
+/// Inserts the rows of `source` (`VALUES ...` or a `SELECT`, columns in slice order)
+/// into `slice`'s mirror table, replacing rows with the same key.
+fn upsert_sql(slice: &MirrorSlice, source: &str) -> String {
+    let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
+    let updates: Vec<String> = columns[1..]
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO core.{} ({}) {source} ON CONFLICT ({}) {}",
+        ident(&slice.table_name()),
+        columns.join(", "),
+        ident(slice.key_column()),
+        if updates.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        }
+    )
 }
 
 /// Replaces one mirror row with `row`, or deletes the key when `row` is `None`.
@@ -417,22 +619,8 @@ fn write_row(
     let key_column = ident(slice.key_column());
     match row {
         Some(row) => {
-            let columns: Vec<String> = slice.columns.iter().map(|c| ident(c)).collect();
             let placeholders: Vec<String> = (1..=row.len()).map(|i| format!("${i}")).collect();
-            let updates: Vec<String> = columns[1..]
-                .iter()
-                .map(|c| format!("{c} = excluded.{c}"))
-                .collect();
-            let upsert = format!(
-                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({key_column}) {}",
-                columns.join(", "),
-                placeholders.join(", "),
-                if updates.is_empty() {
-                    "DO NOTHING".to_owned()
-                } else {
-                    format!("DO UPDATE SET {}", updates.join(", "))
-                }
-            );
+            let upsert = upsert_sql(slice, &format!("VALUES ({})", placeholders.join(", ")));
             let statement = tx.prepare(&upsert).map_err(statement_error(&upsert))?;
             let encoded = row
                 .iter()
