@@ -111,7 +111,9 @@ fn plugin_schemas(client: &mut impl postgres::GenericClient) -> Result<Vec<Strin
         .query(query, &[])
         .map_err(statement(query))?
         .into_iter()
-        .map(|row| row.get(0))
+        .map(|row| row.get::<_, String>(0))
+        // Only names a plugin id could have made (the id goes into SQL as a name).
+        .filter(|id| sovereign_db_plugins::check_plugin_id(id).is_ok())
         .collect())
 }
 

@@ -134,6 +134,10 @@ pub fn databases(owner: &mut Client, store: &StoreUrl) -> Result<Vec<(String, St
     let mut out = Vec::new();
     for database in names {
         let id = database[prefix.len()..].to_owned();
+        // Only names a plugin id could have made (the id goes into SQL as a name).
+        if sovereign_db_plugins::check_plugin_id(&id).is_err() {
+            continue;
+        }
         let mut client = connect_owner_to(store, &database)?;
         let check = "SELECT count(*) > 0 FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
                      WHERE n.nspname = $1 AND r.rolname = $2";
