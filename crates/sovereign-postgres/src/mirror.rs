@@ -351,17 +351,20 @@ impl PgMirror {
                 slice,
                 &format!("SELECT * FROM unnest({})", arrays.join(", ")),
             );
+            if let Some(row) = written.iter().find(|row| row.len() != kinds.len()) {
+                return Err(PgError::MirrorState {
+                    message: format!(
+                        "slice {}: a row of {} values for {} columns",
+                        slice.name,
+                        row.len(),
+                        kinds.len()
+                    ),
+                });
+            }
             let parameters = kinds
                 .iter()
                 .enumerate()
-                .map(|(i, kind)| {
-                    column_array(
-                        *kind,
-                        written
-                            .iter()
-                            .map(|row| row.get(i).cloned().unwrap_or(SqlValue::Null)),
-                    )
-                })
+                .map(|(i, kind)| column_array(*kind, written.iter().map(|row| row[i].clone())))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|message| PgError::MirrorState {
                     message: format!("slice {}: {message}", slice.name),
