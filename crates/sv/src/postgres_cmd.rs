@@ -28,25 +28,24 @@ pub fn roles(
     database_url: Option<String>,
     plugin_database_url: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let config = sovereign_config::Config::from_process(&Default::default()).ok();
+    let read = sovereign_config::Config::from_process(&Default::default());
+    let config = read.as_ref().ok();
     // A core store that stays on SQLite (DATABASE_URL unset or `file:`) gets no roles.
     let core = database_url
         .or_else(|| std::env::var("DATABASE_URL").ok())
-        .or_else(|| {
-            let config = config.as_ref()?;
-            Some(config.core_postgres_url()?.expose().to_owned())
-        })
+        .or_else(|| Some(config?.core_postgres_url()?.expose().to_owned()))
         .filter(|url| !url.trim().starts_with("file:"));
     let plugins = plugin_database_url
         .or_else(|| std::env::var("PLUGIN_DATABASE_URL").ok())
-        .or_else(|| {
-            let config = config.as_ref()?;
-            Some(config.plugins_postgres_url()?.expose().to_owned())
-        })
+        .or_else(|| Some(config?.plugins_postgres_url()?.expose().to_owned()))
         .ok_or_else(|| {
+            let unread = match &read {
+                Err(e) => format!(" (and the configuration could not be read: {e})"),
+                Ok(_) => String::new(),
+            };
             anyhow::anyhow!(
-                "PLUGIN_DATABASE_URL is not set: give the plugin store's postgres:// URL with \
-                 its role and password"
+                "PLUGIN_DATABASE_URL is not set{unread}: give the plugin store's postgres:// \
+                 URL with its role and password"
             )
         })?;
     let plan = RolePlan::new(core.as_deref(), &plugins, vec![])?;
