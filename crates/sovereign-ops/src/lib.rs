@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod pg_backup;
 pub mod restore;
 pub mod split;
+pub mod table_copy;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

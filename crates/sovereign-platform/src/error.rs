@@ -43,6 +43,9 @@ pub enum PlatformError {
     /// Backups, restores, splits, inspection.
     #[error(transparent)]
     Ops(#[from] sovereign_ops::OpsError),
+    /// Moving an install to PostgreSQL.
+    #[error(transparent)]
+    Move(#[from] crate::to_postgres::MoveError),
     /// The runtime lock.
     #[error(transparent)]
     Lock(#[from] sovereign_kernel::RuntimeLockError),

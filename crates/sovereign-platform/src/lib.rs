@@ -14,6 +14,7 @@ pub mod plugin_logs;
 pub mod plugins;
 pub mod run;
 pub mod sync;
+pub mod to_postgres;
 pub mod users;
 
 use std::path::PathBuf;

@@ -214,7 +214,7 @@ pub(crate) fn serving_role(
 }
 
 /// A new password for a plugin's role: 32 random hex digits.
-fn generate_password() -> String {
+pub(crate) fn generate_password() -> String {
     use rand::Rng;
     let bytes: [u8; 16] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -120,6 +120,32 @@ pub fn deploy_all_or_nothing(
     Ok(done)
 }
 
+/// Applies every pending migration of `set` inside the caller's transaction `tx`
+/// (creating the tracking table there if missing): nothing is applied until the caller
+/// commits, so a larger job (moving an install) stays one unit. Returns the files applied.
+pub fn deploy_in_transaction(
+    tx: &mut postgres::Transaction<'_>,
+    set: &MigrationSet,
+) -> Result<Vec<String>, PgError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('sv-migrations', 0))",
+        &[],
+    )
+    .map_err(bookkeeping("SELECT pg_advisory_xact_lock(...)"))?;
+    tx.batch_execute(TRACKING_TABLE)
+        .map_err(bookkeeping("CREATE TABLE _sv_migrations"))?;
+    let scope = set.scope();
+    lock_scope(tx, scope)?;
+    let applied = rows_of(tx, scope)?;
+    let pending: Vec<_> = set.plan_of(&applied)?.into_iter().cloned().collect();
+    let mut done = Vec::new();
+    for migration in &pending {
+        apply_one(tx, scope, migration)?;
+        done.push(migration.file_name());
+    }
+    Ok(done)
+}
+
 /// One deployer of `scope` at a time; the lock ends with the transaction.
 fn lock_scope(tx: &mut postgres::Transaction<'_>, scope: &str) -> Result<(), PgError> {
     tx.execute(

@@ -100,6 +100,9 @@ enum Command {
     /// Split a legacy single-file install into core.db and the plugin store.
     #[command(name = "migrate:split")]
     MigrateSplit(ops_cmd::SplitArgs),
+    /// Move a stopped SQLite install into PostgreSQL (both stores), checked table by table.
+    #[command(name = "migrate:to-postgres")]
+    MigrateToPostgres(postgres_cmd::ToPostgresArgs),
     /// What an operator should know, in one report (exit 1 when something needs action).
     Doctor,
     /// Run the extension host (started by `sv dev`/`sv serve`, not by hand).
@@ -192,6 +195,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => run::serve(&app, &args.server),
         Command::MigrateDeploy(args) => migrate::deploy(&app, &args),
         Command::MigrateStatus(args) => migrate::status(&app, &args),
+        Command::MigrateToPostgres(args) => postgres_cmd::to_postgres(&app, &args),
         Command::Migrate { command } => match command {
             migrate::MigrateCommand::Deploy(args) => migrate::deploy(&app, &args),
             migrate::MigrateCommand::Status(args) => migrate::status(&app, &args),

@@ -4,6 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use sovereign_platform::App;
+use sovereign_platform::to_postgres::{self, MoveOptions, MoveTarget, TargetState};
 use sovereign_postgres::RolePlan;
 
 #[derive(Args)]
@@ -64,5 +67,126 @@ pub fn roles(
         "the plugin database (the core store stays on SQLite)"
     };
     println!("applied {ran} statements: {databases}, their roles and grants");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sv migrate:to-postgres`: the two target URLs and how to move.
+#[derive(Args)]
+pub struct ToPostgresArgs {
+    /// The core database, as its owner (`postgres://svc_core:...@host/sovereign_core`).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SV_MOVE_CORE_URL",
+        hide_env_values = true
+    )]
+    core_url: String,
+    /// The plugin database, as its owner (`postgres://svc_plugins:...@host/sovereign_plugins`).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SV_MOVE_PLUGINS_URL",
+        hide_env_values = true
+    )]
+    plugins_url: String,
+    /// Print the plan (tables, rows, plugins, the target's state) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The target holds what an interrupted move of this install left: clear it and
+    /// start again, or check the moved data and finish.
+    #[arg(long)]
+    resume: bool,
+    /// Move plugins whose packages do not support PostgreSQL as disabled (their data
+    /// stays in the SQLite files).
+    #[arg(long)]
+    disable_unsupported: bool,
+}
+
+/// Moves the stopped SQLite install into PostgreSQL, or prints the plan.
+pub fn to_postgres(app: &App, args: &ToPostgresArgs) -> anyhow::Result<ExitCode> {
+    let target = MoveTarget::parse(&args.core_url, &args.plugins_url)?;
+    let plan = to_postgres::plan(app, &target)?;
+    if args.dry_run {
+        println!(
+            "move {} (and its plugin files) to {} and {}:",
+            plan.source_core.display(),
+            target.describe_core(),
+            target.describe_plugins()
+        );
+        for table in &plan.tables {
+            println!(
+                "  {:<24} {:<32} {:>10} rows",
+                table.store, table.table, table.rows
+            );
+        }
+        println!("  {} rows in all", plan.rows());
+        for plugin in &plan.plugins {
+            println!(
+                "plugin {} ({}): {}",
+                plugin.id,
+                plugin.mode.as_str(),
+                plugin.action
+            );
+        }
+        println!(
+            "target: {}",
+            match &plan.target {
+                TargetState::Empty => "empty".to_owned(),
+                TargetState::PluginSideOnly => {
+                    "holds a plugin side without a core (an interrupted move): --resume clears it"
+                        .to_owned()
+                }
+                TargetState::Moved(from) => {
+                    format!("holds an install moved from {from}: --resume checks and finishes it")
+                }
+                TargetState::Foreign(what) => format!("not empty ({what}): refused"),
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = ProgressBar::new(plan.rows());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:<32} [{bar:30}] {human_pos}/{human_len} rows ({per_sec}, eta {eta})",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    let report = to_postgres::run(
+        app,
+        &target,
+        MoveOptions {
+            resume: args.resume,
+            disable_unsupported: args.disable_unsupported,
+        },
+        &mut |step| {
+            bar.set_message(step.table.to_owned());
+            bar.inc(step.rows);
+        },
+    );
+    bar.finish_and_clear();
+    let report = report?;
+    for table in &report.tables {
+        println!("  {:<24} {:<32} {}", table.store, table.table, table.digest);
+    }
+    println!(
+        "{} {} rows in {:.1} s ({:.0} rows/s); both sides match, table by table",
+        if report.resumed { "checked" } else { "moved" },
+        report.rows(),
+        report.copy_seconds,
+        report.rows() as f64 / report.copy_seconds.max(1e-9)
+    );
+    println!(
+        "mirror rebuilt ({} rows) and reconciled: no differences",
+        report.mirror_rows
+    );
+    for id in &report.disabled {
+        println!("plugin {id} is registered disabled: its package does not support PostgreSQL");
+    }
+    println!(
+        "done in {:.1} s. Next: set DATABASE_URL and PLUGIN_DATABASE_URL to the new URLs \
+         (the platform's own logins) and start; keep the SQLite files until you have checked it",
+        report.seconds
+    );
     Ok(ExitCode::SUCCESS)
 }
