@@ -166,6 +166,38 @@ pub fn postgres_tables(
         .collect())
 }
 
+/// `tables` of `schema` ordered so that each comes after the tables its foreign keys
+/// reference (a cycle keeps the remaining tables' order; `COPY` then says which row).
+pub fn foreign_key_order(
+    client: &mut impl postgres::GenericClient,
+    schema: &str,
+    tables: Vec<String>,
+) -> Result<Vec<String>, OpsError> {
+    let query = "SELECT c.relname::text, r.relname::text FROM pg_constraint k
+                 JOIN pg_class c ON c.oid = k.conrelid
+                 JOIN pg_class r ON r.oid = k.confrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE k.contype = 'f' AND n.nspname = $1 AND k.conrelid <> k.confrelid";
+    let edges: Vec<(String, String)> = client
+        .query(query, &[&schema])
+        .map_err(pg(query))?
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let mut left = tables;
+    let mut ordered: Vec<String> = Vec::new();
+    while !left.is_empty() {
+        let ready = left.iter().position(|t| {
+            edges
+                .iter()
+                .filter(|(from, _)| from == t)
+                .all(|(_, to)| ordered.contains(to) || !left.contains(to))
+        });
+        ordered.push(left.remove(ready.unwrap_or(0)));
+    }
+    Ok(ordered)
+}
+
 /// The SQLite database's tables (SQLite's own aside), by name.
 pub fn sqlite_tables(conn: &Connection) -> Result<Vec<String>, OpsError> {
     let query = "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name";

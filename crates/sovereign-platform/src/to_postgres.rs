@@ -844,7 +844,7 @@ fn core_plans(
             return Err(MoveError::CoreTableNotOnPostgres { table }.into());
         }
     }
-    let tables: Vec<String> = foreign_key_order(tx, "public", on_postgres)?
+    let tables: Vec<String> = table_copy::foreign_key_order(tx, "public", on_postgres)?
         .into_iter()
         .filter(|t| !CORE_TABLES_NOT_COPIED.contains(&t.as_str()))
         .collect();
@@ -1098,7 +1098,7 @@ fn plugin_plans(
             .into());
         }
     }
-    foreign_key_order(tx, id, on_postgres)?
+    table_copy::foreign_key_order(tx, id, on_postgres)?
         .iter()
         .map(|t| Ok(TableCopy::plan(tx, id, t, file, t)?))
         .collect()
@@ -1161,36 +1161,4 @@ fn clear_plugin_side(
                  COMMIT;";
     owner.batch_execute(reset).map_err(statement(reset))?;
     Ok(())
-}
-
-/// `tables` of `schema` ordered so that each comes after the tables its foreign keys
-/// reference (a cycle keeps the remaining tables' order; `COPY` then says which row).
-fn foreign_key_order(
-    client: &mut impl postgres::GenericClient,
-    schema: &str,
-    tables: Vec<String>,
-) -> Result<Vec<String>, PlatformError> {
-    let query = "SELECT c.relname::text, r.relname::text FROM pg_constraint k
-                 JOIN pg_class c ON c.oid = k.conrelid
-                 JOIN pg_class r ON r.oid = k.confrelid
-                 JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE k.contype = 'f' AND n.nspname = $1 AND k.conrelid <> k.confrelid";
-    let edges: Vec<(String, String)> = client
-        .query(query, &[&schema])
-        .map_err(statement(query))?
-        .into_iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    let mut left = tables;
-    let mut ordered: Vec<String> = Vec::new();
-    while !left.is_empty() {
-        let ready = left.iter().position(|t| {
-            edges
-                .iter()
-                .filter(|(from, _)| from == t)
-                .all(|(_, to)| ordered.contains(to) || !left.contains(to))
-        });
-        ordered.push(left.remove(ready.unwrap_or(0)));
-    }
-    Ok(ordered)
 }

@@ -1081,18 +1081,6 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_postgres() {
 }
 
 /// Copies a package directory (files and subdirectories).
-fn copy_package(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_package(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 #[test]
 fn sv_dev_sets_up_and_serves_everything_with_both_stores_on_postgres() {
@@ -1102,7 +1090,7 @@ fn sv_dev_sets_up_and_serves_everything_with_both_stores_on_postgres() {
     let plugins_url = cluster.url("svc_plugins", "plugins-secret", "sv_plugins");
     let w = Workdir::new();
     for id in ["notes", "tasks"] {
-        copy_package(&plugins_dir().join(id), &w.path().join("plugins").join(id));
+        common::copy_package(&plugins_dir().join(id), &w.path().join("plugins").join(id));
     }
     let urls = [
         "--database-url",
@@ -1320,7 +1308,7 @@ fn sv_backs_up_and_restores_both_postgres_stores() {
 
     // A damaged dump is found by its checksum, and its restore changes nothing.
     let damaged = w.path().join("backups/damaged");
-    copy_package(&backup, &damaged);
+    common::copy_package(&backup, &damaged);
     let toc = damaged.join("core.pgdump/toc.dat");
     let mut bytes = std::fs::read(&toc).unwrap();
     let middle = bytes.len() / 2;

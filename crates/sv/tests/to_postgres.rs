@@ -55,19 +55,6 @@ fn wait_for_line(child: &mut std::process::Child, text: &str) {
     }
 }
 
-fn copy_package(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_package(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// Every file of the data directory and its SHA-256.
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, String)> {
     use sha2::Digest;
@@ -110,7 +97,7 @@ fn generated_install() -> Install {
     let w = Workdir::new();
     let packages = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
     for id in ["notes", "tasks"] {
-        copy_package(&packages.join(id), &w.path().join("plugins").join(id));
+        common::copy_package(&packages.join(id), &w.path().join("plugins").join(id));
     }
     let server = w.start(&["dev"]);
     let password = server.printed_password();
@@ -361,6 +348,20 @@ fn sv_moves_a_sqlite_install_to_postgres_and_it_serves_the_same_data() {
     // Resuming a finished move checks it again.
     let checked = w.sv_ok(&move_args(&target, &["--resume"]));
     assert!(checked.contains("checked "), "{checked}");
+    // What a move killed between its plugin side's commit and its core's leaves: a
+    // plugin side without a core. Refused as it is; --resume clears it and moves again.
+    psql(
+        &cluster.admin_url().replace("/postgres", "/sv_core"),
+        "DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION svc_core; \
+         REVOKE ALL ON SCHEMA public FROM PUBLIC",
+    );
+    let refused = w.sv_err(&move_args(&target, &[]));
+    assert!(
+        refused.contains("holds plugin schemas or bookkeeping"),
+        "{refused}"
+    );
+    let resumed = w.sv_ok(&move_args(&target, &["--resume"]));
+    assert!(resumed.contains("moved "), "{resumed}");
 
     // Every user row, as PostgreSQL has it.
     let on_postgres = psql(

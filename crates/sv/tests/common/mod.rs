@@ -391,3 +391,17 @@ pub fn example_component() -> PathBuf {
 pub fn add_component(dir: &Path) {
     std::fs::copy(example_component(), dir.join("plugin.wasm")).unwrap();
 }
+
+/// Copies a plugin package directory (recursively).
+pub fn copy_package(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_package(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
