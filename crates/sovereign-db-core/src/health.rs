@@ -64,3 +64,62 @@ pub fn backlog(conn: &dyn CoreAccess) -> Result<Backlog, CoreError> {
         }
     }
 }
+
+/// The advisory lock (two-key form, on the core database) whose holder publishes the
+/// mirror when several kernels share a PostgreSQL core: one leader at a time, and the
+/// server frees it the moment the leader's session ends.
+pub const SYNC_LEADER_LOCK: (i32, i32) = (0x5356, 1);
+
+/// The advisory lock every running kernel holds shared on a PostgreSQL core, so that an
+/// operation that must not run beside kernels (a restore) can tell any of them runs.
+pub const KERNEL_RUNNING_LOCK: (i32, i32) = (0x5356, 2);
+
+/// The `application_name` prefix of each kernel's sync session on a PostgreSQL core;
+/// the rest is the kernel's name.
+pub const KERNEL_SESSION_PREFIX: &str = "sv-kernel ";
+
+/// The kernels serving a PostgreSQL core, as their sync sessions show them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Kernels {
+    /// Every kernel connected, by name (`host/pid address`), sorted.
+    pub running: Vec<String>,
+    /// The one publishing the mirror now (`None` while leadership changes hands).
+    pub sync_leader: Option<String>,
+}
+
+/// Who serves a PostgreSQL core and who leads its sync; `None` on a SQLite core (one
+/// platform per data directory, which leads its own sync).
+pub fn kernels(conn: &dyn CoreAccess) -> Result<Option<Kernels>, CoreError> {
+    let CoreHandle::Postgres(pg) = conn.core_handle() else {
+        return Ok(None);
+    };
+    let rows = pg.query(
+        "SELECT substr(a.application_name, length($1) + 1),
+                EXISTS (SELECT FROM pg_locks l
+                        WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted
+                          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                          AND l.classid = $2::int4::oid AND l.objid = $3::int4::oid
+                          AND l.objsubid = 2 AND l.mode = 'ExclusiveLock')
+         FROM pg_stat_activity a
+         WHERE a.datname = current_database() AND starts_with(a.application_name, $1)
+         ORDER BY 1",
+        &[
+            &KERNEL_SESSION_PREFIX,
+            &SYNC_LEADER_LOCK.0,
+            &SYNC_LEADER_LOCK.1,
+        ],
+    )?;
+    let mut kernels = Kernels {
+        running: Vec::new(),
+        sync_leader: None,
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        if row.get::<_, bool>(1) {
+            kernels.sync_leader = Some(name.clone());
+        }
+        kernels.running.push(name);
+    }
+    kernels.running.dedup();
+    Ok(Some(kernels))
+}

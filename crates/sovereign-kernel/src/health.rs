@@ -31,6 +31,21 @@ pub struct Health {
     pub extension_host: ExtensionHost,
     /// Plugins the running host could not load (served by nobody).
     pub plugins_not_loaded: Vec<sovereign_protocol::PluginLoad>,
+    /// This kernel, the kernels sharing its core, and which one leads the sync.
+    pub sync: SyncHealth,
+}
+
+/// Who publishes the mirror.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncHealth {
+    /// The kernel that answered (`host/pid address`).
+    pub kernel: String,
+    /// The kernel publishing the mirror now: this one on a SQLite core; on a PostgreSQL
+    /// core the holder of the leader lock (`None` while it changes hands, or when the
+    /// core does not answer).
+    pub leader: Option<String>,
+    /// Every kernel serving the core (this one alone on a SQLite core).
+    pub kernels: Vec<String>,
 }
 
 /// The platform as a whole.
@@ -84,6 +99,31 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
                 .map_err(|e| crate::ApiError::unavailable(e.to_string()))
         })
         .await;
+    let kernels = state
+        .core
+        .run(&state.metrics, |conn| {
+            sovereign_db_core::health::kernels(conn)
+                .map_err(|e| crate::ApiError::unavailable(e.to_string()))
+        })
+        .await;
+    let this = state.kernel_name.to_string();
+    let sync = match kernels {
+        Ok(Some(kernels)) => SyncHealth {
+            kernel: this,
+            leader: kernels.sync_leader,
+            kernels: kernels.running,
+        },
+        Ok(None) => SyncHealth {
+            leader: Some(this.clone()),
+            kernels: vec![this.clone()],
+            kernel: this,
+        },
+        Err(_) => SyncHealth {
+            kernel: this,
+            leader: None,
+            kernels: Vec::new(),
+        },
+    };
     let core = match core {
         Ok(_) => StoreHealth::Ok,
         Err(e) => StoreHealth::Unavailable {
@@ -145,6 +185,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
             plugins,
             extension_host,
             plugins_not_loaded,
+            sync,
         }),
     )
 }

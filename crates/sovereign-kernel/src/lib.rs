@@ -69,6 +69,7 @@ pub struct AppState {
     pub(crate) session_ttl_seconds: i64,
     pub(crate) host: Option<host::HostHandle>,
     pub(crate) logins: Arc<throttle::LoginThrottle>,
+    pub(crate) kernel_name: Arc<str>,
 }
 
 impl AppState {
@@ -86,6 +87,15 @@ impl AppState {
 /// The HTTP router with every route (the kernel's and `routes`) and middleware.
 pub fn router(state: AppState, routes: axum::Router<AppState>) -> axum::Router {
     api::router(state, routes)
+}
+
+/// The machine's host name (the kernel's name starts with it).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// A bound, not yet serving kernel.
@@ -107,6 +117,15 @@ impl Kernel {
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|e| StartError::Bind(options.listen, e))?;
+        let kernel_name: Arc<str> = format!(
+            "{}/{} {}",
+            host_name(),
+            std::process::id(),
+            listener
+                .local_addr()
+                .map_err(|e| StartError::Bind(options.listen, e))?
+        )
+        .into();
         let metrics = Arc::new(Metrics::new());
         let host = match &options.host {
             Some(command) => Some(
@@ -130,8 +149,15 @@ impl Kernel {
                 session_ttl_seconds: options.session_ttl_seconds,
                 host,
                 logins: Arc::default(),
+                kernel_name,
             },
         })
+    }
+
+    /// This kernel's name, `host/pid address`: what `/health` calls it and what its sync
+    /// session on a PostgreSQL core shows.
+    pub fn name(&self) -> String {
+        self.state.kernel_name.to_string()
     }
 
     /// The kernel's metrics (for parts that run beside it, such as the sync worker).

@@ -139,9 +139,23 @@ pub fn report(app: &App) -> Result<Report, PlatformError> {
             "cannot read free space of the data directory".into(),
         ),
     }
-    match RuntimeLock::holder(&app.config().lock_file_path()) {
-        Some(pid) => report.add(Level::Ok, "platform", format!("running (pid {pid})")),
-        None => report.add(Level::Ok, "platform", "not running".into()),
+    let local: Vec<String> = app
+        .running_locks()
+        .iter()
+        .filter_map(|lock| RuntimeLock::holder(lock))
+        .collect();
+    match local.as_slice() {
+        [] => report.add(Level::Ok, "platform", "not running here".into()),
+        [pid] => report.add(Level::Ok, "platform", format!("running (pid {pid})")),
+        pids => report.add(
+            Level::Ok,
+            "platform",
+            format!(
+                "{} kernels running here (pids {})",
+                pids.len(),
+                pids.join(", ")
+            ),
+        ),
     }
     Ok(report)
 }
@@ -286,6 +300,36 @@ fn check_sync(report: &mut Report, app: &App) {
         Ok(status) => status,
         Err(e) => return report.add(Level::Fail, "sync", e.to_string()),
     };
+    // Kernels sharing a PostgreSQL core: who serves it, and who publishes the mirror.
+    let kernels = app
+        .core_location()
+        .open_existing_read_only()
+        .map_err(PlatformError::from)
+        .and_then(|core| Ok(sovereign_db_core::health::kernels(&core)?));
+    match kernels {
+        Ok(Some(kernels)) if kernels.running.is_empty() => {
+            report.add(Level::Ok, "kernels", "no kernel serves the core now".into())
+        }
+        Ok(Some(kernels)) => report.add(
+            if kernels.sync_leader.is_some() {
+                Level::Ok
+            } else {
+                Level::Warn
+            },
+            "kernels",
+            format!(
+                "{} serving the core ({}); sync leader: {}",
+                kernels.running.len(),
+                kernels.running.join(", "),
+                kernels
+                    .sync_leader
+                    .as_deref()
+                    .unwrap_or("none (changing hands)")
+            ),
+        ),
+        Ok(None) => {}
+        Err(e) => report.add(Level::Warn, "kernels", e.to_string()),
+    }
     for s in &status.slices {
         let detail = format!(
             "slice {}: backlog {} rows, lag {} ms, watermark {}",
@@ -317,7 +361,10 @@ fn check_sync(report: &mut Report, app: &App) {
 }
 
 fn check_sandbox(report: &mut Report, app: &App) {
-    let running = RuntimeLock::address(&app.config().lock_file_path())
+    let running = app
+        .running_locks()
+        .first()
+        .and_then(|lock| RuntimeLock::address(lock))
         .and_then(|addr| platform_health(&addr));
     let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     if let Some(health) = running {
@@ -332,6 +379,17 @@ fn check_sandbox(report: &mut Report, app: &App) {
                 format!(
                     "the running extension host is sandboxed; opening core.db was refused ({error})"
                 ),
+            ),
+            ExtensionHost::Watched(HostState::Running {
+                sandbox: SandboxStatus::Enforced,
+                core_db_probe: CoreDbProbe::NoCoreFile,
+                ..
+            }) => report.add(
+                Level::Ok,
+                "sandbox",
+                "the running extension host is sandboxed; the core store is on PostgreSQL and \
+                 the host holds no login for it"
+                    .into(),
             ),
             ExtensionHost::Watched(HostState::Running {
                 sandbox,

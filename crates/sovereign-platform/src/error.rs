@@ -443,6 +443,16 @@ pub enum PlatformError {
         /// The lock file.
         lock: PathBuf,
     },
+    /// Kernels (on any machine) serve the PostgreSQL core.
+    #[error(
+        "kernels are serving this PostgreSQL core: {}; stop every one of them (on each \
+         machine) and try again",
+        kernels.join(", ")
+    )]
+    KernelsRunning {
+        /// Their names (`host/pid address`).
+        kernels: Vec<String>,
+    },
     /// The lock file holds no pid.
     #[error("the lock file {} holds no pid ({content:?})", lock.display())]
     BadLockFile {

@@ -180,6 +180,60 @@ impl App {
         }
     }
 
+    /// Whether both stores are PostgreSQL databases: then several kernels may serve them
+    /// (on one machine or many) and the data directory holds only each kernel's own
+    /// runtime files.
+    pub fn shares_stores(&self) -> bool {
+        self.postgres.is_some() && matches!(self.core_location(), CoreLocation::Postgres(_))
+    }
+
+    /// Where this process's runtime files go (its lock, its host's socket): the data
+    /// directory itself when a store is a SQLite file (one platform per data directory,
+    /// `sv.lock`, `host.sock`); `<data dir>/kernels/` with files named by pid when both
+    /// stores are PostgreSQL, so that kernels sharing a directory do not meet.
+    pub fn runtime_file(&self, extension: &str) -> PathBuf {
+        if self.shares_stores() {
+            self.kernels_dir()
+                .join(format!("{}.{extension}", std::process::id()))
+        } else if extension == "lock" {
+            self.config.lock_file_path()
+        } else {
+            self.config
+                .data_dir_path()
+                .join(format!("host.{extension}"))
+        }
+    }
+
+    /// The directory of the kernels' runtime files when both stores are PostgreSQL.
+    pub fn kernels_dir(&self) -> PathBuf {
+        self.config.data_dir_path().join("kernels")
+    }
+
+    /// The lock files of the platforms running from this data directory now: `sv.lock`
+    /// when a store is SQLite; each kernel's when both are PostgreSQL (stale ones, of
+    /// kernels killed, are not held and not listed).
+    pub fn running_locks(&self) -> Vec<PathBuf> {
+        let candidates = if self.shares_stores() {
+            std::fs::read_dir(self.kernels_dir())
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|e| e == "lock"))
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            vec![self.config.lock_file_path()]
+        };
+        let mut held: Vec<PathBuf> = candidates
+            .into_iter()
+            .filter(|path| sovereign_kernel::RuntimeLock::holder(path).is_some())
+            .collect();
+        held.sort();
+        held
+    }
+
     /// Where the core store is.
     pub fn core_location(&self) -> CoreLocation {
         match &self.config.database_url.value {

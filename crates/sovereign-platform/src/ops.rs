@@ -116,9 +116,11 @@ pub fn restore(
             },
         });
     }
-    let lock_path = app.config().lock_file_path();
     let mut stopped_pid = None;
-    if let Some(pid) = RuntimeLock::holder(&lock_path) {
+    for lock_path in app.running_locks() {
+        let Some(pid) = RuntimeLock::holder(&lock_path) else {
+            continue;
+        };
         if !stop {
             return Err(PlatformError::RunningRefusesRestore {
                 pid,
@@ -136,7 +138,18 @@ pub fn restore(
         }
         stopped_pid = Some(pid);
     }
-    let _lock = RuntimeLock::acquire(&lock_path)?;
+    let _lock = crate::run::lock(app)?;
+    // Kernels on other machines share a PostgreSQL core: they must be stopped there.
+    if postgres.is_some() {
+        let core = app.core_location().open_existing()?;
+        if let Some(kernels) = sovereign_db_core::health::kernels(&core)?
+            && !kernels.running.is_empty()
+        {
+            return Err(PlatformError::KernelsRunning {
+                kernels: kernels.running,
+            });
+        }
+    }
     let report = match (&postgres, &layout) {
         (Some(stores), _) => {
             before_swap(2);

@@ -1195,9 +1195,12 @@ pub fn vacuum(app: &App) -> Result<Vec<Vacuumed>, PlatformError> {
 }
 
 /// Asks the running platform to restart its extension host (also out of a crash loop);
-/// returns the platform's pid.
-pub fn restart_host(app: &App) -> Result<i32, PlatformError> {
-    let pid = crate::run::running_pid(app)?;
-    crate::run::signal(pid, rustix::process::Signal::USR1)?;
-    Ok(pid)
+/// returns the platform's pid. With both stores on PostgreSQL, every kernel running from
+/// this data directory restarts its own host (kernels on other machines: run it there).
+pub fn restart_host(app: &App) -> Result<Vec<i32>, PlatformError> {
+    let pids = crate::run::running_pids(app)?;
+    for pid in &pids {
+        crate::run::signal(*pid, rustix::process::Signal::USR1)?;
+    }
+    Ok(pids)
 }

@@ -21,9 +21,28 @@ const SESSION_TTL_SECONDS: i64 = 24 * 60 * 60;
 /// The e-mail address of the admin that a development start creates on an empty install.
 pub const FIRST_ADMIN_EMAIL: &str = "admin@sovereign.local";
 
-/// Takes the data directory's runtime lock (one platform per data directory).
+/// Takes this process's runtime lock: the data directory's (one platform per data
+/// directory) when a store is SQLite; its own under `<data dir>/kernels/` when both are
+/// PostgreSQL (kernels share the databases, not files).
 pub fn lock(app: &App) -> Result<RuntimeLock, PlatformError> {
-    Ok(RuntimeLock::acquire(&app.config().lock_file_path())?)
+    if app.shares_stores() {
+        clear_stale_kernel_files(app);
+    }
+    Ok(RuntimeLock::acquire(&app.runtime_file("lock"))?)
+}
+
+/// Removes the lock and socket files of kernels that are gone (killed: nobody holds
+/// their lock).
+fn clear_stale_kernel_files(app: &App) {
+    let Ok(entries) = std::fs::read_dir(app.kernels_dir()) else {
+        return;
+    };
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if path.extension().is_some_and(|e| e == "lock") && RuntimeLock::holder(&path).is_none() {
+            let _ = std::fs::remove_file(path.with_extension("sock"));
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// The first administrator, created on an empty install; its password is shown once.
@@ -226,7 +245,8 @@ pub fn serve(
         }
         // Installing capture connects to the core store (blocking).
         let metrics = kernel.metrics();
-        let sync = tokio::task::block_in_place(|| start_sync(app, waker, metrics))?;
+        let name = kernel.name();
+        let sync = tokio::task::block_in_place(|| start_sync(app, waker, metrics, name))?;
         lock.record_address(&kernel.local_addr().to_string())
             .map_err(|source| PlatformError::Io {
                 what: "recording the address in the lock file".into(),
@@ -278,6 +298,7 @@ fn start_sync(
     app: &App,
     waker: SyncWaker,
     metrics: Arc<sovereign_kernel::Metrics>,
+    kernel_name: String,
 ) -> Result<SyncWorker, PlatformError> {
     let settings = app.sync_settings().clone();
     let location = app.core_location();
@@ -293,6 +314,7 @@ fn start_sync(
                 metrics.observe_sync_batch(changes, took.as_secs_f64())
             })),
             waker,
+            kernel_name,
         },
     ))
 }
@@ -300,7 +322,7 @@ fn start_sync(
 /// How the kernel starts the extension host: the executable in host mode, with an
 /// empty environment (but the log filter) and only the plugin store paths.
 fn host_command(app: &App, options: &ServeOptions) -> Result<HostCommand, PlatformError> {
-    let socket = app.config().data_dir_path().join("host.sock");
+    let socket = app.runtime_file("sock");
     let mut args: Vec<std::ffi::OsString> = vec![
         "host".into(),
         "--socket".into(),
@@ -348,13 +370,21 @@ fn host_command(app: &App, options: &ServeOptions) -> Result<HostCommand, Platfo
     })
 }
 
-/// The pid of the running platform, from its lock file.
-pub fn running_pid(app: &App) -> Result<i32, PlatformError> {
-    let lock = app.config().lock_file_path();
-    let Some(pid) = RuntimeLock::holder(&lock) else {
-        return Err(PlatformError::NotRunning { lock });
-    };
-    parse_pid(&lock, &pid)
+/// The pids of the platforms running from this data directory (one when a store is
+/// SQLite; each kernel on this machine when both are PostgreSQL), from their lock files.
+pub fn running_pids(app: &App) -> Result<Vec<i32>, PlatformError> {
+    let mut pids = Vec::new();
+    for lock in app.running_locks() {
+        if let Some(pid) = RuntimeLock::holder(&lock) {
+            pids.push(parse_pid(&lock, &pid)?);
+        }
+    }
+    if pids.is_empty() {
+        return Err(PlatformError::NotRunning {
+            lock: app.runtime_file("lock"),
+        });
+    }
+    Ok(pids)
 }
 
 pub(crate) fn parse_pid(lock: &Path, pid: &str) -> Result<i32, PlatformError> {

@@ -258,6 +258,9 @@ fn install_postgres(core: &PgCore, catalog: &MirrorCatalog) -> Result<bool, Sync
         catalog.slices().iter().map(postgres_capture_for).collect();
     Ok(core.with_client(|client| -> Result<bool, postgres::Error> {
         let mut tx = client.transaction()?;
+        // Kernels starting together install one at a time (concurrent DDL on one
+        // trigger fails); the later one then finds the triggers in place.
+        tx.batch_execute("SELECT pg_advisory_xact_lock(hashtextextended('sv-capture-install', 0))")?;
         let existing: Vec<(String, String, String)> = tx
             .query(
                 "SELECT p.proname::text, coalesce(t.tgrelid::regclass::text, ''), p.prosrc

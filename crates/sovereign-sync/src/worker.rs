@@ -39,6 +39,9 @@ pub struct SyncTarget {
     pub observe: Option<Observe>,
     /// Wakes the worker when the core commits.
     pub waker: SyncWaker,
+    /// The kernel's name (`host/pid address`): on a PostgreSQL core, its sync session
+    /// shows it, so that `/health` and `sv doctor` can tell which kernel leads.
+    pub kernel_name: String,
 }
 
 /// Opens a trusted handle on the mirror store.
@@ -73,6 +76,7 @@ impl SyncWaker {
 /// A running sync worker; stops when dropped.
 pub struct SyncWorker {
     stop: Arc<AtomicBool>,
+    leading: Arc<AtomicBool>,
     waker: SyncWaker,
     thread: Option<JoinHandle<()>>,
     housekeeping: Option<JoinHandle<()>>,
@@ -101,9 +105,11 @@ impl SyncWorker {
             }
             CoreLocation::File(_) => None,
         };
+        let leading = Arc::new(AtomicBool::new(false));
+        let leads = leading.clone();
         let thread = std::thread::Builder::new()
             .name("sv-sync".into())
-            .spawn(move || run(&settings, &target, &flag))
+            .spawn(move || run(&settings, &target, &flag, &leads))
             .expect("spawning the sync thread");
         let flag = stop.clone();
         let housekeeping = std::thread::Builder::new()
@@ -112,11 +118,19 @@ impl SyncWorker {
             .expect("spawning the sync housekeeping thread");
         SyncWorker {
             stop,
+            leading,
             waker,
             thread: Some(thread),
             housekeeping: Some(housekeeping),
             listener,
         }
+    }
+
+    /// Whether this worker publishes the mirror now: always, once it runs, on a SQLite
+    /// core; on a PostgreSQL core while it holds the leader lock (kernels sharing the
+    /// core take turns, one at a time).
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
     }
 
     /// Stops the worker and waits for it.
@@ -241,7 +255,43 @@ fn newest_seq(core: &CoreConn) -> Result<i64, SyncError> {
     })
 }
 
-fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
+/// Names the worker's session after its kernel and marks the kernel as running (a
+/// shared lock held as long as the session lives).
+fn announce(core: &CoreConn, kernel_name: &str) -> Result<(), SyncError> {
+    let CoreConn::Postgres(pg) = core else {
+        return Ok(());
+    };
+    let (class, id) = sovereign_db_core::health::KERNEL_RUNNING_LOCK;
+    let name = format!(
+        "{}{kernel_name}",
+        sovereign_db_core::health::KERNEL_SESSION_PREFIX
+    );
+    pg.with_client(|client| {
+        client.batch_execute(&format!(
+            "SET application_name = '{}'",
+            name.replace('\'', "''")
+        ))?;
+        client.execute("SELECT pg_advisory_lock_shared($1, $2)", &[&class, &id])
+    })?;
+    Ok(())
+}
+
+/// Takes the sync leadership if nobody holds it: on a SQLite core the worker always
+/// leads (one platform per data directory); on a PostgreSQL core the session-level
+/// leader lock, held until this session ends.
+fn take_leadership(core: &CoreConn) -> Result<bool, SyncError> {
+    let CoreConn::Postgres(pg) = core else {
+        return Ok(true);
+    };
+    let (class, id) = sovereign_db_core::health::SYNC_LEADER_LOCK;
+    Ok(pg
+        .with_client(|client| {
+            client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &id])
+        })?
+        .get(0))
+}
+
+fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool, leading: &AtomicBool) {
     let mut backoff = Duration::from_millis(100);
     let mut core: Option<CoreConn> = None;
     let mut mirror: Option<Mirror> = None;
@@ -259,9 +309,22 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
         }
         let step = (|| -> Result<bool, SyncError> {
             if core.is_none() {
-                core = Some(target.core.open_existing()?);
+                let opened = target.core.open_existing()?;
+                announce(&opened, &target.kernel_name)?;
+                core = Some(opened);
             }
             let core = core.as_ref().expect("opened above");
+            if !leading.load(Ordering::SeqCst) {
+                if !take_leadership(core)? {
+                    // Another kernel publishes; ask again at the next wake or poll.
+                    return Ok(false);
+                }
+                tracing::info!(kernel = %target.kernel_name, "this kernel leads the sync now");
+                leading.store(true, Ordering::SeqCst);
+                // Whatever the previous leader left half-done is looked at afresh.
+                last_rebuild_check = None;
+                seen_seq = -1;
+            }
             if settings.freshness == Freshness::NearRealTime {
                 let newest = newest_seq(core)?;
                 if newest == seen_seq && mirror.is_some() {
@@ -334,6 +397,14 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                 }
                 // Reopen the mirror next time: it may have been replaced or repaired.
                 mirror = None;
+                // A PostgreSQL session that failed may be gone, and the leadership with it:
+                // connect again and ask for it again.
+                if matches!(core, Some(CoreConn::Postgres(_))) {
+                    core = None;
+                    if leading.swap(false, Ordering::SeqCst) {
+                        tracing::warn!(kernel = %target.kernel_name, "this kernel no longer leads the sync");
+                    }
+                }
                 last_rebuild_check = None;
                 sleep_unless_stopped(stop, backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -191,8 +191,9 @@ pub fn run(app: &App, command: PluginsCommand) -> anyhow::Result<ExitCode> {
         PluginsCommand::Host {
             command: HostCommand::Restart,
         } => {
-            let pid = plugins::restart_host(app)?;
-            println!("asked the platform (pid {pid}) to restart its extension host");
+            for pid in plugins::restart_host(app)? {
+                println!("asked the platform (pid {pid}) to restart its extension host");
+            }
             Ok(ExitCode::SUCCESS)
         }
         PluginsCommand::Db { command } => match command {

@@ -190,6 +190,7 @@ pub fn spawn_worker(
             open_mirror: open,
             observe: None,
             waker: waker.clone(),
+            kernel_name: "sync bench".into(),
         },
     );
     (worker, waker)
