@@ -46,6 +46,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_plugin_store_logins.sql",
         include_str!("../migrations/0006_plugin_store_logins.sql"),
     ),
+    (
+        "0007_plugin_packages.sql",
+        include_str!("../migrations/0007_plugin_packages.sql"),
+    ),
 ];
 
 /// Core migrations in PostgreSQL's dialect: the same files, one for one, for a core
@@ -74,6 +78,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0006_plugin_store_logins.sql",
         include_str!("../migrations/postgres/0006_plugin_store_logins.sql"),
+    ),
+    (
+        "0007_plugin_packages.sql",
+        include_str!("../migrations/postgres/0007_plugin_packages.sql"),
     ),
 ];
 

@@ -314,3 +314,128 @@ pub fn unregister(conn: &dyn CoreAccess, id: &str) -> Result<bool, CoreError> {
         CoreHandle::Postgres(pg) => pg.execute("DELETE FROM plugins WHERE id = $1", &[&id])?,
     } > 0)
 }
+
+/// One file of a stored plugin package: its path inside the package and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageFile {
+    /// The path, `/`-separated, relative to the package directory.
+    pub path: String,
+    /// The file's bytes.
+    pub content: Vec<u8>,
+}
+
+/// Replaces plugin `id`'s stored package by `files` (their digest is `sha256`), in one
+/// transaction.
+pub fn store_package(
+    conn: &dyn CoreAccess,
+    id: &str,
+    sha256: &str,
+    files: &[PackageFile],
+) -> Result<(), CoreError> {
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            let tx = crate::write_transaction(conn)?;
+            tx.execute("DELETE FROM plugin_package_files WHERE plugin_id = ?1", [id])?;
+            for file in files {
+                tx.execute(
+                    "INSERT INTO plugin_package_files (plugin_id, path, content) VALUES (?1, ?2, ?3)",
+                    params![id, file.path, file.content],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO plugin_packages (plugin_id, sha256) VALUES (?1, ?2)
+                 ON CONFLICT (plugin_id) DO UPDATE SET sha256 = excluded.sha256,
+                     stored_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                params![id, sha256],
+            )?;
+            tx.commit()?;
+        }
+        CoreHandle::Postgres(pg) => pg.transaction(|| {
+            pg.execute(
+                "DELETE FROM plugin_package_files WHERE plugin_id = $1",
+                &[&id],
+            )?;
+            for file in files {
+                pg.execute(
+                    "INSERT INTO plugin_package_files (plugin_id, path, content) VALUES ($1, $2, $3)",
+                    &[&id, &file.path, &file.content],
+                )?;
+            }
+            pg.execute(
+                "INSERT INTO plugin_packages (plugin_id, sha256) VALUES ($1, $2)
+                 ON CONFLICT (plugin_id) DO UPDATE SET sha256 = excluded.sha256,
+                     stored_at = sv_now_text()",
+                &[&id, &sha256],
+            )?;
+            Ok(())
+        })?,
+    }
+    Ok(())
+}
+
+/// The stored packages: `(plugin id, digest)`, by id.
+pub fn package_digests(conn: &dyn CoreAccess) -> Result<Vec<(String, String)>, CoreError> {
+    Ok(match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => conn
+            .prepare("SELECT plugin_id, sha256 FROM plugin_packages ORDER BY plugin_id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?,
+        CoreHandle::Postgres(pg) => pg
+            .query(
+                "SELECT plugin_id, sha256 FROM plugin_packages ORDER BY plugin_id",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect(),
+    })
+}
+
+/// Plugin `id`'s stored package files, by path.
+pub fn package_files(conn: &dyn CoreAccess, id: &str) -> Result<Vec<PackageFile>, CoreError> {
+    Ok(match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => conn
+            .prepare(
+                "SELECT path, content FROM plugin_package_files WHERE plugin_id = ?1 ORDER BY path",
+            )?
+            .query_map([id], |r| {
+                Ok(PackageFile {
+                    path: r.get(0)?,
+                    content: r.get(1)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?,
+        CoreHandle::Postgres(pg) => pg
+            .query(
+                "SELECT path, content FROM plugin_package_files WHERE plugin_id = $1 ORDER BY path",
+                &[&id],
+            )?
+            .iter()
+            .map(|r| PackageFile {
+                path: r.get(0),
+                content: r.get(1),
+            })
+            .collect(),
+    })
+}
+
+/// Forgets plugin `id`'s stored package.
+pub fn forget_package(conn: &dyn CoreAccess, id: &str) -> Result<(), CoreError> {
+    match conn.core_handle() {
+        CoreHandle::Sqlite(conn) => {
+            conn.execute(
+                "DELETE FROM plugin_package_files WHERE plugin_id = ?1",
+                [id],
+            )?;
+            conn.execute("DELETE FROM plugin_packages WHERE plugin_id = ?1", [id])?;
+        }
+        CoreHandle::Postgres(pg) => {
+            pg.execute(
+                "DELETE FROM plugin_package_files WHERE plugin_id = $1",
+                &[&id],
+            )?;
+            pg.execute("DELETE FROM plugin_packages WHERE plugin_id = $1", &[&id])?;
+        }
+    }
+    Ok(())
+}

@@ -57,6 +57,19 @@ pub struct HostCommand {
     /// When the plugin store is on PostgreSQL: a plugin's connection string from its id,
     /// mode and its role's password (kept in the core store), handed to the host.
     pub postgres_login: Option<PostgresLoginFn>,
+    /// Run (blocking) before every start of the host: with the core on PostgreSQL, the
+    /// platform brings the plugins directory in line with the packages the core stores.
+    pub before_start: Option<BeforeStart>,
+}
+
+/// Work before a host starts; an error is logged and the host starts anyway.
+#[derive(Clone)]
+pub struct BeforeStart(pub Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for BeforeStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeStart")
+    }
 }
 
 /// `(plugin id, its database mode, password) -> connection string`.
@@ -524,6 +537,15 @@ enum Ending {
 
 /// Spawns the host, configures it and serves it until it ends.
 async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) -> Ending {
+    if let Some(BeforeStart(prepare)) = inner.command.before_start.clone() {
+        match tokio::task::spawn_blocking(move || prepare()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "preparing the extension host's start failed")
+            }
+            Err(e) => tracing::error!(error = %e, "preparing the extension host's start panicked"),
+        }
+    }
     let mut command = tokio::process::Command::new(&inner.command.program);
     command
         .args(&inner.command.args)

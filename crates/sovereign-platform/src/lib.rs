@@ -10,6 +10,7 @@ pub mod events;
 pub mod http;
 pub mod migrations;
 pub mod ops;
+pub mod packages;
 pub mod plugin_logs;
 pub mod plugins;
 pub mod run;

@@ -96,6 +96,8 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
     if let Some(staging) = staged {
         swap_in(&staging, &target)?;
     }
+    // Before the registry names it: a kernel that sees the new plugin finds its package.
+    crate::packages::store(app, &id)?;
     registry::register_with_login(
         &core,
         &PluginRecord {
@@ -451,6 +453,7 @@ pub fn upgrade(
     if let Some(staging) = staged {
         swap_in(&staging, &app.package_dir(&id))?;
     }
+    crate::packages::store(app, &id)?;
     let from_version = old.version.clone();
     record.manifest = manifest.clone();
     record.grants = grants;
@@ -563,7 +566,7 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// Replaces `target` with `staging`, keeping the old package until the new one is in.
-fn swap_in(staging: &Path, target: &Path) -> Result<(), PlatformError> {
+pub(crate) fn swap_in(staging: &Path, target: &Path) -> Result<(), PlatformError> {
     let old = target.with_file_name(format!(
         ".{}.old-{}",
         target
@@ -661,6 +664,7 @@ pub fn remove(app: &App, id: &str, purge: bool) -> Result<Removed, PlatformError
         }
     }
     registry::unregister(&core, id)?;
+    registry::forget_package(&core, id)?;
     sovereign_db_core::audit::record(
         &core,
         None,

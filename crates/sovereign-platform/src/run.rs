@@ -367,6 +367,14 @@ fn host_command(app: &App, options: &ServeOptions) -> Result<HostCommand, Platfo
         socket,
         core_db: app.config().core_db_path(),
         postgres_login,
+        before_start: {
+            let app = app.clone();
+            Some(sovereign_kernel::host::BeforeStart(Arc::new(move || {
+                crate::packages::sync_plugins_dir(&app)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })))
+        },
     })
 }
 

@@ -682,6 +682,10 @@ pub fn run(
                     source,
                 })?;
         }
+        // Kernels on other machines run the moved plugins from the core's copies.
+        for (plugin, _) in &logins {
+            crate::packages::store(&after, plugin.id())?;
+        }
         let reconciled = crate::sync::reconcile(&after, false, &|_, _| {})?;
         if !reconciled.differences.is_empty() {
             return Err(MoveError::MirrorDiffers {

@@ -1,7 +1,8 @@
 //! Several kernels on one PostgreSQL (issue 12): two `sv` processes with the same URLs
 //! serve every route; sessions made on one work on the other; one sync leader at a time,
 //! taken over when it dies; events ingested once whichever kernel's host relays them;
-//! a plugin installed while both run reaches both hosts. Under 50 clients writing
+//! a plugin installed while both run reaches both hosts, and a third kernel with a
+//! directory of its own and no packages runs them from the core's copies. Under 50 clients writing
 //! through both in turn, `kill -9` of the leading kernel and then of the other one's
 //! extension host lose no acknowledged write.
 
@@ -151,6 +152,35 @@ fn two_kernels_share_one_postgres_and_survive_kill_9_of_either() {
             }
         });
     }
+
+    // A kernel on "another machine": its own directory, the same URLs, no packages. It
+    // runs both plugins from the packages the core stores.
+    let elsewhere = Workdir::new();
+    std::fs::copy(
+        w.path().join("sovereign.toml"),
+        elsewhere.path().join("sovereign.toml"),
+    )
+    .unwrap();
+    let third = elsewhere.start(&["serve"]);
+    third.wait_host_running();
+    for path in ["/api/plugins/notes/notes", "/api/plugins/tasks/tasks"] {
+        eventually("the third kernel serves both plugins", || {
+            let reply = third.get(path, Some(&token));
+            if reply.status == 200 {
+                Ok(())
+            } else {
+                Err(reply.text)
+            }
+        });
+    }
+    assert!(elsewhere.path().join("plugins/tasks/plugin.wasm").exists());
+    assert!(
+        elsewhere
+            .path()
+            .join("plugins/notes/migrations/postgres")
+            .is_dir()
+    );
+    third.stop();
 
     // 50 clients, each sending its requests to the two kernels in turn.
     let (leading, other) = if leader == names[0] {
