@@ -6,7 +6,9 @@
 //! /api/plugins/notes/notes/{id}` (one row) with the plugin store on PostgreSQL, and the
 //! core route `GET /api/auth/me` (the session and its user) with the core store on
 //! PostgreSQL. The servers are throwaway clusters from `scripts/postgres` on this
-//! machine.
+//! machine. Then (issue 12) a second kernel joins the platform with both stores on
+//! PostgreSQL, and the same two routes are measured through one kernel against through
+//! both in turn (on a 2-core machine: no regression is the point, not scaling).
 //!
 //! Run: `cargo bench -p sv --bench postgres`.
 
@@ -22,18 +24,20 @@ const CLIENTS: usize = 4;
 const ROUND: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 3;
 
-/// Requests per second on `url` from [`CLIENTS`] clients for one round.
-fn throughput(url: &str, token: &str) -> f64 {
+/// Requests per second from [`CLIENTS`] clients for one round, each client sending its
+/// requests to `urls` in turn (one URL per kernel serving the same route).
+fn throughput(urls: &[String], token: &str) -> f64 {
     let deadline = Instant::now() + ROUND;
     let threads: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (url, token) = (url.to_owned(), token.to_owned());
+        .map(|client| {
+            let (urls, token) = (urls.to_vec(), token.to_owned());
             std::thread::spawn(move || {
                 let agent = agent();
                 let mut n = 0u64;
                 while Instant::now() < deadline {
+                    let url = &urls[(client + n as usize) % urls.len()];
                     let mut r = agent
-                        .get(&url)
+                        .get(url)
                         .header("Authorization", format!("Bearer {token}"))
                         .call()
                         .unwrap();
@@ -103,14 +107,14 @@ fn cluster_for(script: &std::path::Path, urls: &dyn Fn(&Cluster) -> Vec<String>)
 
 /// Median requests per second of `ROUNDS` rounds on each target, rounds alternating
 /// between them so that the machine's load hits all alike.
-fn compare(targets: &[(&str, &str)]) -> Vec<f64> {
-    for (url, token) in targets {
-        throughput(url, token);
+fn compare(targets: &[(Vec<String>, &str)]) -> Vec<f64> {
+    for (urls, token) in targets {
+        throughput(urls, token);
     }
     let mut rounds = vec![Vec::new(); targets.len()];
     for _ in 0..ROUNDS {
-        for (i, (url, token)) in targets.iter().enumerate() {
-            rounds[i].push(throughput(url, token));
+        for (i, (urls, token)) in targets.iter().enumerate() {
+            rounds[i].push(throughput(urls, token));
         }
     }
     rounds
@@ -143,15 +147,21 @@ fn main() {
         None,
         Some(&plugins_only.url("svc_plugins", "bench-plugins-secret", "sv_plugins")),
     );
-    let (pg_both, _, pg_both_token) = platform(
+    let (pg_both, pg_both_note, pg_both_token) = platform(
         Some(&both.url("svc_core", "bench-core-secret", "sv_core")),
         Some(&both.url("svc_plugins", "bench-plugins-secret", "sv_plugins")),
     );
     let sqlite_me = format!("{}/api/auth/me", sqlite.base);
     let pg_me = format!("{}/api/auth/me", pg_both.base);
 
-    let plugin = compare(&[(&sqlite_note, &sqlite_token), (&pg_note, &pg_plugins_token)]);
-    let core = compare(&[(&sqlite_me, &sqlite_token), (&pg_me, &pg_both_token)]);
+    let plugin = compare(&[
+        (vec![sqlite_note], &sqlite_token),
+        (vec![pg_note], &pg_plugins_token),
+    ]);
+    let core = compare(&[
+        (vec![sqlite_me], &sqlite_token),
+        (vec![pg_me.clone()], &pg_both_token),
+    ]);
     println!(
         "{CLIENTS} clients, median of {ROUNDS} rounds of {}s, rounds alternating:",
         ROUND.as_secs()
@@ -173,5 +183,52 @@ fn main() {
         core[0],
         core[1],
         core[1] / core[0]
+    );
+
+    // A second kernel on the same two databases (its own directory, no packages: it
+    // fetches notes from the core): the same routes through one kernel, then through
+    // both in turn.
+    let second_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        pg_both.dir.path().join("sovereign.toml"),
+        second_dir.path().join("sovereign.toml"),
+    )
+    .unwrap();
+    let second = Platform::serve(second_dir);
+    let note_path = pg_both_note
+        .strip_prefix(&pg_both.base)
+        .expect("the note's URL is on the first kernel")
+        .to_owned();
+    let plugin_kernels = compare(&[
+        (vec![pg_both_note.clone()], &pg_both_token),
+        (
+            vec![pg_both_note.clone(), format!("{}{note_path}", second.base)],
+            &pg_both_token,
+        ),
+    ]);
+    let core_kernels = compare(&[
+        (vec![pg_me.clone()], &pg_both_token),
+        (
+            vec![pg_me, format!("{}/api/auth/me", second.base)],
+            &pg_both_token,
+        ),
+    ]);
+    println!(
+        "{:<44} {:>12} {:>12} {:>12}",
+        "both stores on PostgreSQL", "one kernel", "two kernels", "two / one"
+    );
+    println!(
+        "{:<44} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
+        "plugin GET /api/plugins/notes/notes/{id}",
+        plugin_kernels[0],
+        plugin_kernels[1],
+        plugin_kernels[1] / plugin_kernels[0]
+    );
+    println!(
+        "{:<44} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
+        "core   GET /api/auth/me",
+        core_kernels[0],
+        core_kernels[1],
+        core_kernels[1] / core_kernels[0]
     );
 }
