@@ -32,13 +32,16 @@ use sovereign_postgres::{PgError, PluginRole, StoreUrl};
 use crate::{App, PlatformError, PluginStore};
 
 /// Core tables that are not copied: the store marker and migration bookkeeping are the
-/// target's own, and the change outbox and sync state belong to the mirror, which is
-/// rebuilt from the moved core.
+/// target's own, the change outbox and sync state belong to the mirror, which is rebuilt
+/// from the moved core, and the stored packages (empty with a SQLite core) are written
+/// from the plugins directory once the data is in.
 const CORE_TABLES_NOT_COPIED: &[&str] = &[
     "_sv_store",
     "_sv_migrations",
     "_sv_change_outbox",
     "_sv_sync_state",
+    "plugin_packages",
+    "plugin_package_files",
 ];
 
 /// The `_sv_sync_state` key a move writes in the core transaction: the target holds a

@@ -170,6 +170,8 @@ fn main() {
                 "_sv_migrations",
                 "_sv_change_outbox",
                 "_sv_sync_state",
+                "plugin_packages",
+                "plugin_package_files",
             ],
         );
         let mut plugins = postgres::Client::connect(&plugins_url, postgres::NoTls).unwrap();

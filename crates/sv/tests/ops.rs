@@ -111,7 +111,7 @@ fn backup_under_concurrent_writes_restores_everything_committed_before_it() {
         .map(|f| f["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["plugins.db", "plugins/notes.db", "core.db"]);
-    assert_eq!(manifest["schema_versions"]["core"], 6);
+    assert_eq!(manifest["schema_versions"]["core"], 7);
     assert_eq!(manifest["schema_versions"]["plugin:tasks"], 1);
     assert!(manifest["files"][0]["sha256"].as_str().unwrap().len() == 64);
     {
