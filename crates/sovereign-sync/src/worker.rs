@@ -76,7 +76,6 @@ impl SyncWaker {
 /// A running sync worker; stops when dropped.
 pub struct SyncWorker {
     stop: Arc<AtomicBool>,
-    leading: Arc<AtomicBool>,
     waker: SyncWaker,
     thread: Option<JoinHandle<()>>,
     housekeeping: Option<JoinHandle<()>>,
@@ -105,11 +104,9 @@ impl SyncWorker {
             }
             CoreLocation::File(_) => None,
         };
-        let leading = Arc::new(AtomicBool::new(false));
-        let leads = leading.clone();
         let thread = std::thread::Builder::new()
             .name("sv-sync".into())
-            .spawn(move || run(&settings, &target, &flag, &leads))
+            .spawn(move || run(&settings, &target, &flag))
             .expect("spawning the sync thread");
         let flag = stop.clone();
         let housekeeping = std::thread::Builder::new()
@@ -118,19 +115,11 @@ impl SyncWorker {
             .expect("spawning the sync housekeeping thread");
         SyncWorker {
             stop,
-            leading,
             waker,
             thread: Some(thread),
             housekeeping: Some(housekeeping),
             listener,
         }
-    }
-
-    /// Whether this worker publishes the mirror now: always, once it runs, on a SQLite
-    /// core; on a PostgreSQL core while it holds the leader lock (kernels sharing the
-    /// core take turns, one at a time).
-    pub fn leading(&self) -> bool {
-        self.leading.load(Ordering::SeqCst)
     }
 
     /// Stops the worker and waits for it.
@@ -291,7 +280,10 @@ fn take_leadership(core: &CoreConn) -> Result<bool, SyncError> {
         .get(0))
 }
 
-fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool, leading: &AtomicBool) {
+fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
+    // Whether this worker publishes the mirror: always on a SQLite core, once it runs; on
+    // a PostgreSQL core while it holds the leader lock (kernels sharing it take turns).
+    let mut leading = false;
     let mut backoff = Duration::from_millis(100);
     let mut core: Option<CoreConn> = None;
     let mut mirror: Option<Mirror> = None;
@@ -314,13 +306,13 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool, leading:
                 core = Some(opened);
             }
             let core = core.as_ref().expect("opened above");
-            if !leading.load(Ordering::SeqCst) {
+            if !leading {
                 if !take_leadership(core)? {
                     // Another kernel publishes; ask again at the next wake or poll.
                     return Ok(false);
                 }
                 tracing::info!(kernel = %target.kernel_name, "this kernel leads the sync now");
-                leading.store(true, Ordering::SeqCst);
+                leading = true;
                 // Whatever the previous leader left half-done is looked at afresh.
                 last_rebuild_check = None;
                 seen_seq = -1;
@@ -401,7 +393,7 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool, leading:
                 // connect again and ask for it again.
                 if matches!(core, Some(CoreConn::Postgres(_))) {
                     core = None;
-                    if leading.swap(false, Ordering::SeqCst) {
+                    if std::mem::take(&mut leading) {
                         tracing::warn!(kernel = %target.kernel_name, "this kernel no longer leads the sync");
                     }
                 }

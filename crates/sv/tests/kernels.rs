@@ -77,8 +77,17 @@ struct Tally {
     completed: BTreeSet<i64>,
     /// Requests answered with success, per kernel.
     served: BTreeMap<String, u64>,
-    /// Failed requests (refused connections, 5xx), per kernel.
+    /// Failed requests, per kernel and kind (a status, or the connection refused).
     errors: BTreeMap<String, u64>,
+}
+
+/// `<kernel> <status>` or `<kernel> <transport error>` of a failed request.
+fn failure(base: &str, reply: &Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> String {
+    match reply {
+        Ok(r) => format!("{base} {}", r.status().as_u16()),
+        Err(ureq::Error::Io(e)) => format!("{base} {:?}", e.kind()),
+        Err(e) => format!("{base} {e}"),
+    }
 }
 
 #[test]
@@ -214,12 +223,12 @@ fn two_kernels_share_one_postgres_and_survive_kill_9_of_either() {
                             let body: Value = r.body_mut().read_json().unwrap();
                             body["id"].as_i64().unwrap()
                         }
-                        _ => {
+                        failed => {
                             *tally
                                 .lock()
                                 .unwrap()
                                 .errors
-                                .entry(base.clone())
+                                .entry(failure(base, &failed))
                                 .or_default() += 1;
                             continue;
                         }
@@ -244,7 +253,7 @@ fn two_kernels_share_one_postgres_and_survive_kill_9_of_either() {
                             tally.completed.insert(id);
                             *tally.served.entry(base.clone()).or_default() += 1;
                         }
-                        _ => *tally.errors.entry(base.clone()).or_default() += 1,
+                        failed => *tally.errors.entry(failure(base, &failed)).or_default() += 1,
                     }
                 }
             })
@@ -271,6 +280,17 @@ fn two_kernels_share_one_postgres_and_survive_kill_9_of_either() {
         tally.errors,
         tally.created.len(),
         tally.completed.len()
+    );
+    // Only the killed kernel may refuse connections; the survivor answers every request
+    // (503 while its host restarts).
+    assert!(
+        tally
+            .errors
+            .keys()
+            .filter(|k| k.starts_with(&format!("{} ", bases[1])))
+            .all(|k| k.ends_with(" 503")),
+        "{:?}",
+        tally.errors
     );
     assert!(tally.served.get(&bases[0]).copied().unwrap_or(0) > 0);
     assert!(tally.served.get(&bases[1]).copied().unwrap_or(0) > 0);
