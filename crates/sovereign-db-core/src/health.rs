@@ -123,3 +123,19 @@ pub fn kernels(conn: &dyn CoreAccess) -> Result<Option<Kernels>, CoreError> {
     kernels.running.dedup();
     Ok(Some(kernels))
 }
+
+/// Takes the kernels' "running" lock exclusively on this connection (held until it
+/// closes), if no kernel holds it: `false` when a kernel serves the PostgreSQL core.
+/// Always `true` on a SQLite core (its data directory's lock file does this job).
+pub fn exclude_kernels(conn: &dyn CoreAccess) -> Result<bool, CoreError> {
+    let CoreHandle::Postgres(pg) = conn.core_handle() else {
+        return Ok(true);
+    };
+    Ok(pg
+        .query_opt(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&KERNEL_RUNNING_LOCK.0, &KERNEL_RUNNING_LOCK.1],
+        )?
+        .expect("a function call returns a row")
+        .get(0))
+}

@@ -138,18 +138,23 @@ pub fn restore(
         }
         stopped_pid = Some(pid);
     }
-    let _lock = crate::run::lock(app)?;
-    // Kernels on other machines share a PostgreSQL core: they must be stopped there.
-    if postgres.is_some() {
+    // Files: the data directory's lock keeps a platform from starting meanwhile. A
+    // PostgreSQL core: kernels on any machine hold the "running" lock shared; holding it
+    // exclusively until the restore ends refuses running ones and holds up new ones.
+    let _held = if postgres.is_some() {
         let core = app.core_location().open_existing()?;
-        if let Some(kernels) = sovereign_db_core::health::kernels(&core)?
-            && !kernels.running.is_empty()
-        {
-            return Err(PlatformError::KernelsRunning {
-                kernels: kernels.running,
-            });
+        if !sovereign_db_core::health::exclude_kernels(&core)? {
+            let kernels = sovereign_db_core::health::kernels(&core)?
+                .map(|k| k.running)
+                .unwrap_or_default();
+            return Err(PlatformError::KernelsRunning { kernels });
         }
-    }
+        Held::Core { _connection: core }
+    } else {
+        Held::Lock {
+            _lock: crate::run::lock(app)?,
+        }
+    };
     let report = match (&postgres, &layout) {
         (Some(stores), _) => {
             before_swap(2);
@@ -256,4 +261,14 @@ pub fn split(app: &App, from: &Path, plan: &SplitPlan) -> Result<Split, Platform
         copied,
         mirror_rows: report.rows,
     })
+}
+
+/// What keeps platforms from starting while a restore runs.
+enum Held {
+    /// The data directory's runtime lock.
+    Lock { _lock: crate::run::RuntimeLock },
+    /// A core connection holding the kernels' "running" lock exclusively.
+    Core {
+        _connection: sovereign_db_core::CoreConn,
+    },
 }

@@ -170,7 +170,7 @@ pub fn to_postgres(app: &App, args: &ToPostgresArgs) -> anyhow::Result<ExitCode>
         println!("  {:<24} {:<32} {}", table.store, table.table, table.digest);
     }
     println!(
-        "{} {} rows in {:.1} s ({:.0} rows/s); both sides match, table by table",
+        "{} {} rows in {:.2} s ({:.0} rows/s); both sides match, table by table",
         if report.resumed { "checked" } else { "moved" },
         report.rows(),
         report.copy_seconds,

@@ -378,5 +378,13 @@ fn two_kernels_share_one_postgres_and_survive_kill_9_of_either() {
     });
     let reconciled = w.sv_ok(&["sync:reconcile"]);
     assert!(reconciled.contains("0 row(s) differ"), "{reconciled}");
+    // A restore from another machine's directory refuses while a kernel serves the core.
+    let backup = elsewhere.path().join("backup");
+    elsewhere.sv_ok(&["backup", "--out", backup.to_str().unwrap()]);
+    let refused = elsewhere.sv_err(&["restore", backup.to_str().unwrap()]);
+    assert!(
+        refused.contains("kernels are serving this PostgreSQL core"),
+        "{refused}"
+    );
     other.stop();
 }
