@@ -8,6 +8,7 @@
 pub mod migrate;
 pub mod open;
 pub mod store;
+pub mod throwaway;
 pub mod url;
 
 pub use migrate::{

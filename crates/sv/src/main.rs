@@ -3,6 +3,7 @@
 
 mod config_cmd;
 mod migrate;
+mod mysql_cmd;
 mod ops_cmd;
 mod plugins_cmd;
 mod postgres_cmd;
@@ -112,6 +113,10 @@ enum Command {
     /// `PLUGIN_DATABASE_URL` name (`--apply`), or print the SQL for a DBA (`--print`).
     #[command(name = "postgres:roles")]
     PostgresRoles(postgres_cmd::RolesArgs),
+    /// MySQL/MariaDB: create the databases, accounts and provisioning procedures the
+    /// `mysql://` store URLs name (`--apply`), or print the SQL for a DBA (`--print`).
+    #[command(name = "mysql:roles")]
+    MysqlRoles(postgres_cmd::RolesArgs),
     /// Manage users.
     Users {
         #[command(subcommand)]
@@ -174,6 +179,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cli.global.plugin_database_url.clone(),
         );
     }
+    if let Command::MysqlRoles(args) = &cli.command {
+        return mysql_cmd::roles(
+            args,
+            cli.global.database_url.clone(),
+            cli.global.plugin_database_url.clone(),
+        );
+    }
     let bind = match &cli.command {
         Command::Serve(args) => args.bind,
         _ => None,
@@ -214,7 +226,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(args) => ops_cmd::run_restore(&app, &args),
         Command::MigrateSplit(args) => ops_cmd::run_split(&app, &args),
         Command::Doctor => ops_cmd::run_doctor(&app),
-        Command::Host(_) | Command::PostgresRoles(_) => {
+        Command::Host(_) | Command::PostgresRoles(_) | Command::MysqlRoles(_) => {
             unreachable!("handled before the configuration is read")
         }
     }

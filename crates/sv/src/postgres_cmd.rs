@@ -9,18 +9,23 @@ use sovereign_platform::App;
 use sovereign_platform::to_postgres::{self, MoveOptions, MoveTarget, TargetState};
 use sovereign_postgres::RolePlan;
 
+/// `sv postgres:roles` and `sv mysql:roles`: print the plan, or apply it as an
+/// administrator.
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["print", "apply"])))]
 pub struct RolesArgs {
-    /// A superuser's (or CREATEROLE + CREATEDB role's) URL, used only with --apply.
+    /// An administrator's URL, used only with --apply: on PostgreSQL a superuser (or a
+    /// CREATEROLE + CREATEDB role), on MySQL an account with CREATE USER and GRANT OPTION
+    /// (it becomes the definer of the provisioning procedures).
     #[arg(long, value_name = "URL")]
-    admin_url: Option<String>,
-    /// Print the SQL (for `psql -v ON_ERROR_STOP=1 -f`); it holds the passwords.
+    pub(crate) admin_url: Option<String>,
+    /// Print the SQL (for `psql -v ON_ERROR_STOP=1 -f` or `mariadb <`); it holds the
+    /// passwords.
     #[arg(long)]
-    print: bool,
-    /// Create or update the roles, databases and grants now.
+    pub(crate) print: bool,
+    /// Create or update the databases, roles or accounts, and grants now.
     #[arg(long)]
-    apply: bool,
+    pub(crate) apply: bool,
 }
 
 /// The store URLs come from `--database-url` / `--plugin-database-url`, the

@@ -1,0 +1,20 @@
+//! Sovereign on MySQL/MariaDB (RFC-0003 in MySQL's terms). MySQL has no schemas apart
+//! from databases, so the fence is: the core's database, owned by the account
+//! `svc_core`; the plugin database (`svc_plugins`: mirrors and bookkeeping); and per
+//! plugin a database `<plugin database>_<id>` that only its own account `svp_<id>`
+//! (and the store's account) may use, with `SELECT` on exactly its approved mirror
+//! columns and a connection limit. The store's account provisions plugin accounts
+//! through `sv_admin` procedures that run as the administrator who applied the plan, so
+//! the platform never holds an administrator's login.
+//!
+//! So far: the role plan (`sv mysql:roles`), the provisioning procedures, what the
+//! server refuses (typed, by error code), and a throwaway server for tests. The core
+//! store, plugin connections, sync, backups and moves on MySQL come next (issue 15).
+
+pub mod denial;
+pub mod roles;
+pub mod server;
+
+pub use denial::Denial;
+pub use roles::{MyError, RolePlan, StoreUrl, plugin_account_name};
+pub use server::Server;
