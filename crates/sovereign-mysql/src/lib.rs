@@ -8,12 +8,14 @@
 //! the platform never holds an administrator's login.
 //!
 //! So far: the role plan (`sv mysql:roles`), the provisioning procedures, what the
-//! server refuses (typed, by error code), and a throwaway server for tests. The core
+//! server refuses (typed, by error code), the check of plugin SQL that closes what the
+//! grants leave open (`sql_text`), and a throwaway server for tests. The core
 //! store, plugin connections, sync, backups and moves on MySQL come next (issue 15).
 
 pub mod denial;
 pub mod roles;
 pub mod server;
+pub mod sql_text;
 
 pub use denial::Denial;
 pub use roles::{MyError, RolePlan, StoreUrl, plugin_account_name};

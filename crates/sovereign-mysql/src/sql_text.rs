@@ -1,0 +1,351 @@
+//! Plugin SQL as MySQL/MariaDB reads it, checked before it is sent. Portable parameters
+//! (`?1`, `?`) become MySQL's positional `?` with the order of the values to bind; the
+//! statement's first keyword decides whether it may run at all. Lexed as MySQL lexes:
+//! `'…'` and `"…"` strings with backslash escapes, `` `…` `` names, `#` and `-- ` comments,
+//! `/* */` comments (a `?` or `;` inside them is text).
+//!
+//! What the grants of a plugin's account do not fence, this refuses by kind: `HANDLER`
+//! (it reads every column of a table with any column privilege), executable comments
+//! (`/*! … */`, `/*M! … */`: code the server runs that a reader of the text takes for a
+//! comment), user and system variables (`@x`, `@@x`: state that outlives a request),
+//! `SELECT … INTO`, and every statement that is not data or schema work (transaction
+//! control, `SET`, `PREPARE`, `CALL`, `LOAD`, `KILL`, …): the platform runs the request's
+//! transaction and its deadline itself.
+
+/// Why plugin SQL is not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    /// Only whitespace and comments.
+    #[error("the SQL text holds no statement")]
+    Empty,
+    /// More than one statement.
+    #[error("pass exactly one SQL statement per call")]
+    Multiple,
+    /// A string, quoted name or comment that never ends.
+    #[error("the SQL text ends inside {0}")]
+    Unterminated(&'static str),
+    /// `?0` or a number too large.
+    #[error("parameter ?{0} is out of range: parameters are numbered ?1 to ?65535")]
+    BadParameter(String),
+    /// A statement of a kind plugins may not run.
+    #[error("{0} statements are not available to plugins")]
+    Kind(String),
+    /// `/*! … */` or `/*M! … */`.
+    #[error("executable comments (/*! … */) are not available to plugins")]
+    ExecutableComment,
+    /// `@name` or `@@name`.
+    #[error("variables (@name, @@name) are not available to plugins: pass values as parameters")]
+    Variable,
+    /// `SELECT … INTO`.
+    #[error("SELECT … INTO is not available to plugins: read the rows instead")]
+    SelectInto,
+}
+
+/// What a statement does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementKind {
+    /// Reads (`SELECT`, `WITH`, `SHOW`, `EXPLAIN`, `VALUES`).
+    Read,
+    /// Changes rows (`INSERT`, `UPDATE`, `DELETE`, `REPLACE`).
+    Write,
+    /// Changes the schema (`CREATE`, `ALTER`, `DROP`, `TRUNCATE`, `RENAME`): MySQL commits
+    /// the open transaction before and after each, so these run in migrations only.
+    Schema,
+}
+
+/// One statement, ready for MySQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MyStatement {
+    /// The text with positional `?` parameters (and no trailing `;`).
+    pub text: String,
+    /// For each `?` in `text`, the index (from 0) of the caller's value it binds.
+    pub bind: Vec<usize>,
+    /// The first keyword, upper-cased.
+    pub keyword: String,
+    /// What it does.
+    pub kind: StatementKind,
+}
+
+const READ: &[&str] = &[
+    "SELECT", "WITH", "SHOW", "EXPLAIN", "DESCRIBE", "DESC", "VALUES",
+];
+const WRITE: &[&str] = &["INSERT", "UPDATE", "DELETE", "REPLACE"];
+const SCHEMA: &[&str] = &["CREATE", "ALTER", "DROP", "TRUNCATE", "RENAME"];
+
+/// Checks and rewrites one portable statement: `?N` becomes `?` binding value `N`, a bare
+/// `?` binds one more than the largest number so far (SQLite's rule); everything else is
+/// kept byte for byte.
+pub fn to_mysql(sql: &str) -> Result<MyStatement, TextError> {
+    let bytes = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut bind = Vec::new();
+    let mut keyword = String::new();
+    let mut largest: usize = 0;
+    let mut ended = false;
+    let mut saw_code = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let start = i;
+        let mut token_is_code = true;
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => {
+                i += 1;
+                token_is_code = false;
+            }
+            // `--` starts a comment only before whitespace or the end (else: minus minus).
+            b'-' if bytes.get(i + 1) == Some(&b'-')
+                && bytes.get(i + 2).is_none_or(|b| b.is_ascii_whitespace()) =>
+            {
+                i = sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
+                token_is_code = false;
+            }
+            b'#' => {
+                i = sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
+                token_is_code = false;
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                let body = &bytes[i + 2..];
+                if body.starts_with(b"!") || body.starts_with(b"M!") {
+                    return Err(TextError::ExecutableComment);
+                }
+                let close = sql[i + 2..]
+                    .find("*/")
+                    .ok_or(TextError::Unterminated("a /* comment */"))?;
+                i = i + 2 + close + 2;
+                token_is_code = false;
+            }
+            b'\'' | b'"' => {
+                i = skip_quoted(bytes, i, c, true).ok_or(TextError::Unterminated("a 'string'"))?;
+            }
+            b'`' => {
+                i = skip_quoted(bytes, i, b'`', false)
+                    .ok_or(TextError::Unterminated("a `quoted name`"))?;
+            }
+            b'@' => return Err(TextError::Variable),
+            b'?' => {
+                let digits = bytes[i + 1..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                let number = if digits == 0 {
+                    largest + 1
+                } else {
+                    let text = &sql[i + 1..i + 1 + digits];
+                    match text.parse::<usize>() {
+                        Ok(n) if (1..=65535).contains(&n) => n,
+                        _ => return Err(TextError::BadParameter(text.to_owned())),
+                    }
+                };
+                if ended {
+                    return Err(TextError::Multiple);
+                }
+                largest = largest.max(number);
+                bind.push(number - 1);
+                saw_code = true;
+                out.push('?');
+                i += 1 + digits;
+                continue;
+            }
+            b';' => {
+                ended = true;
+                i += 1;
+                continue;
+            }
+            c if is_name_byte(c) => {
+                i += bytes[i..].iter().take_while(|b| is_name_byte(**b)).count();
+                let word = sql[start..i].to_ascii_uppercase();
+                if keyword.is_empty() && !c.is_ascii_digit() {
+                    keyword = word.clone();
+                }
+                if word == "HANDLER" {
+                    return Err(TextError::Kind(word));
+                }
+                // `INTO` in a read (`INSERT INTO` and `REPLACE INTO` are writes).
+                if word == "INTO" && READ.contains(&keyword.as_str()) {
+                    return Err(TextError::SelectInto);
+                }
+            }
+            _ => {
+                i += sql[i..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        if token_is_code && ended {
+            return Err(TextError::Multiple);
+        }
+        saw_code |= token_is_code;
+        if !ended {
+            out.push_str(&sql[start..i]);
+        }
+    }
+    if !saw_code {
+        return Err(TextError::Empty);
+    }
+    let kind = if READ.contains(&keyword.as_str()) {
+        StatementKind::Read
+    } else if WRITE.contains(&keyword.as_str()) {
+        StatementKind::Write
+    } else if SCHEMA.contains(&keyword.as_str()) {
+        StatementKind::Schema
+    } else {
+        return Err(TextError::Kind(if keyword.is_empty() {
+            "these".into()
+        } else {
+            keyword
+        }));
+    };
+    Ok(MyStatement {
+        text: out.trim_end().to_owned(),
+        bind,
+        keyword,
+        kind,
+    })
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// The index after the quoted run starting at `at` (a `quote`; doubled quotes are
+/// literal; with `escapes`, a backslash escapes the next byte), or `None` if unclosed.
+fn skip_quoted(bytes: &[u8], at: usize, quote: u8, escapes: bool) -> Option<usize> {
+    let mut i = at + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if escapes => i += 2,
+            b if b == quote => {
+                if bytes.get(i + 1) == Some(&quote) {
+                    i += 2;
+                } else {
+                    return Some(i + 1);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(sql: &str) -> MyStatement {
+        to_mysql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    fn refused(sql: &str) -> TextError {
+        to_mysql(sql).expect_err(sql)
+    }
+
+    #[test]
+    fn portable_parameters_become_positional_with_their_values_order() {
+        let s = ok("SELECT * FROM t WHERE b = ?2 AND a = ?1 OR c = ?2");
+        assert_eq!(s.text, "SELECT * FROM t WHERE b = ? AND a = ? OR c = ?");
+        assert_eq!(s.bind, [1, 0, 1]);
+        let s = ok("INSERT INTO t (a, b) VALUES (?, ?);");
+        assert_eq!(s.text, "INSERT INTO t (a, b) VALUES (?, ?)");
+        assert_eq!(s.bind, [0, 1]);
+        assert_eq!(s.kind, StatementKind::Write);
+        let s = ok(
+            "SELECT '?1', \"it''s ?\", `odd?name`, 'a\\'?' /* ? ; */ -- ? ;\n FROM t # ?;\n WHERE x = ?3",
+        );
+        assert_eq!(s.bind, [2]);
+        assert_eq!(ok("SELECT 5--1").kind, StatementKind::Read);
+        assert!(matches!(refused("SELECT ?0"), TextError::BadParameter(_)));
+    }
+
+    #[test]
+    fn one_statement_of_the_kinds_plugins_use() {
+        assert_eq!(
+            ok("  with x as (select 1) select * from x").kind,
+            StatementKind::Read
+        );
+        assert_eq!(ok("SHOW TABLES").kind, StatementKind::Read);
+        assert_eq!(
+            ok("CREATE TABLE t (id BIGINT PRIMARY KEY)").kind,
+            StatementKind::Schema
+        );
+        assert_eq!(ok("REPLACE INTO t VALUES (1)").kind, StatementKind::Write);
+        assert_eq!(refused("SELECT 1; SELECT 2"), TextError::Multiple);
+        assert_eq!(ok("SELECT 1; -- done").text, "SELECT 1");
+        assert_eq!(refused(" -- nothing\n /* here */ "), TextError::Empty);
+        assert_eq!(
+            refused("SELECT 'open"),
+            TextError::Unterminated("a 'string'")
+        );
+    }
+
+    #[test]
+    fn what_the_grants_do_not_fence_is_refused_by_kind() {
+        for (sql, expected) in [
+            (
+                "HANDLER core__users OPEN",
+                TextError::Kind("HANDLER".into()),
+            ),
+            ("handler m READ FIRST", TextError::Kind("HANDLER".into())),
+            (
+                "SELECT 1 /*! , (SELECT email FROM core__users) */",
+                TextError::ExecutableComment,
+            ),
+            (
+                "SELECT 1 /*M!100000 UNION SELECT 2 */",
+                TextError::ExecutableComment,
+            ),
+            ("SELECT @@version", TextError::Variable),
+            ("SELECT @x := 1", TextError::Variable),
+            ("SELECT 'x' INTO OUTFILE '/tmp/x'", TextError::SelectInto),
+            ("SELECT id INTO @id FROM t", TextError::SelectInto),
+            (
+                "SELECT id FROM t INTO DUMPFILE '/tmp/x'",
+                TextError::SelectInto,
+            ),
+            (
+                "SET GLOBAL max_connections = 1",
+                TextError::Kind("SET".into()),
+            ),
+            (
+                "SET SESSION max_statement_time = 0",
+                TextError::Kind("SET".into()),
+            ),
+            (
+                "LOAD DATA INFILE '/etc/passwd' INTO TABLE t",
+                TextError::Kind("LOAD".into()),
+            ),
+            (
+                "PREPARE s FROM 'SELECT 1'",
+                TextError::Kind("PREPARE".into()),
+            ),
+            ("EXECUTE s", TextError::Kind("EXECUTE".into())),
+            (
+                "CALL sv_admin.drop_plugin_account('beta')",
+                TextError::Kind("CALL".into()),
+            ),
+            ("START TRANSACTION", TextError::Kind("START".into())),
+            ("BEGIN", TextError::Kind("BEGIN".into())),
+            ("COMMIT", TextError::Kind("COMMIT".into())),
+            ("ROLLBACK", TextError::Kind("ROLLBACK".into())),
+            ("SAVEPOINT a", TextError::Kind("SAVEPOINT".into())),
+            ("LOCK TABLES t WRITE", TextError::Kind("LOCK".into())),
+            ("KILL QUERY 7", TextError::Kind("KILL".into())),
+            ("USE sv_core", TextError::Kind("USE".into())),
+            ("GRANT ALL ON *.* TO x", TextError::Kind("GRANT".into())),
+            ("FLUSH PRIVILEGES", TextError::Kind("FLUSH".into())),
+            ("DO SLEEP(10)", TextError::Kind("DO".into())),
+            ("XA START 'x'", TextError::Kind("XA".into())),
+            ("INSTALL SONAME 'x'", TextError::Kind("INSTALL".into())),
+        ] {
+            assert_eq!(refused(sql), expected, "{sql}");
+        }
+        // INTO of a write is a write.
+        assert_eq!(
+            ok("INSERT INTO t SELECT * FROM u").kind,
+            StatementKind::Write
+        );
+        // Words inside strings and names are text.
+        assert_eq!(
+            ok("SELECT 'HANDLER @x INTO' AS `handler`").kind,
+            StatementKind::Read
+        );
+    }
+}
