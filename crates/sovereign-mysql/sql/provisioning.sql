@@ -47,6 +47,15 @@ BEGIN
         ''' WITH MAX_USER_CONNECTIONS ', connection_limit);
     PREPARE sv_admin_statement FROM @sv_admin_sql;
     EXECUTE sv_admin_statement;
+    -- Its event outbox, in its own database: its connection writes events in the
+    -- request's transaction; the platform relays and marks them.
+    SET @sv_admin_sql = CONCAT('CREATE TABLE IF NOT EXISTS `{plugins_db}_', id, '`.`_sv_event_outbox` (',
+        'seq BIGINT AUTO_INCREMENT PRIMARY KEY, event_id CHAR(32) NOT NULL UNIQUE, ',
+        'plugin VARCHAR(64) NOT NULL, topic VARCHAR(255) NOT NULL, payload LONGTEXT NOT NULL, ',
+        'created_at_ms BIGINT NOT NULL, delivered_at_ms BIGINT NULL, ',
+        'KEY pending (delivered_at_ms, seq)) ENGINE=InnoDB');
+    PREPARE sv_admin_statement FROM @sv_admin_sql;
+    EXECUTE sv_admin_statement;
     SET @sv_admin_sql = CONCAT('GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, ',
         'REFERENCES, CREATE VIEW, SHOW VIEW ON `{plugins_db}_', id, '`.* TO ''svp_', id, '''@''%''');
     PREPARE sv_admin_statement FROM @sv_admin_sql;

@@ -13,10 +13,12 @@
 //! store, plugin connections, sync, backups and moves on MySQL come next (issue 15).
 
 pub mod denial;
+pub mod plugin_db;
 pub mod roles;
 pub mod server;
 pub mod sql_text;
 
 pub use denial::Denial;
+pub use plugin_db::{MyPluginConfig, MyPluginDb};
 pub use roles::{MyError, RolePlan, StoreUrl, plugin_account_name};
 pub use server::Server;

@@ -1,0 +1,623 @@
+//! A plugin's connection on MySQL/MariaDB, as its own account (`svp_<id>`) in its own
+//! database: the server keeps the fence (that database and the granted mirror columns,
+//! nothing else); this side keeps what grants cannot:
+//!
+//! - plugin SQL is checked before it is sent ([`crate::sql_text`]: one statement, no
+//!   `HANDLER`, variables, executable comments, `SET`, transaction control, ...);
+//! - one transaction per request; schema changes only outside requests (MySQL commits
+//!   the open transaction around every DDL statement, which would break a request's
+//!   all-or-nothing), that is in migrations;
+//! - deadlines: every statement runs under `max_statement_time` (MariaDB enforces it on
+//!   every statement kind) set to what is left of `limits.statement_ms` and of the
+//!   request; the plugin cannot change it, since `SET` never reaches the server;
+//! - the storage quota (the database's data and index bytes after every write; the write
+//!   that goes past it is undone), and the same value and result caps as elsewhere;
+//! - cursors, read in one pass and handed out in batches (MySQL's protocol holds the
+//!   connection while a result streams): capped at `limits.memory_mb`;
+//! - the event outbox, a table of the plugin's own database.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql::consts::ColumnType;
+use mysql::prelude::Queryable;
+use sovereign_db_plugins::{
+    CursorId, FenceError, FencedConnection, Limits, MAX_OPEN_CURSORS, MAX_RESULT_ROWS, OutboxEvent,
+    Outcome, SqlValue,
+};
+
+use crate::Denial;
+use crate::sql_text::{self, StatementKind, TextError};
+
+/// What a plugin's MySQL connection needs.
+#[derive(Debug, Clone)]
+pub struct MyPluginConfig {
+    /// Plugin id.
+    pub plugin_id: String,
+    /// `mysql://svp_<id>:PASSWORD@HOST:PORT/<plugin database>_<id>`.
+    pub url: String,
+    /// Limits from the manifest.
+    pub limits: Limits,
+}
+
+/// An open cursor: its columns and the rows not handed out yet.
+struct Cursor {
+    id: CursorId,
+    columns: Arc<[String]>,
+    rows: VecDeque<Vec<SqlValue>>,
+}
+
+/// A plugin's fenced connection on MySQL/MariaDB (see the module documentation).
+pub struct MyPluginDb {
+    plugin: String,
+    conn: mysql::Conn,
+    limits: Limits,
+    in_request: bool,
+    deadline: Option<Instant>,
+    /// The `max_statement_time` last set, in milliseconds.
+    statement_time_ms: u64,
+    cursors: Vec<Cursor>,
+    next_cursor: u64,
+}
+
+/// Why a statement failed, before it is told to the plugin.
+enum Failure {
+    Fence(FenceError),
+    Server(mysql::Error),
+}
+
+impl From<mysql::Error> for Failure {
+    fn from(e: mysql::Error) -> Failure {
+        Failure::Server(e)
+    }
+}
+
+impl From<FenceError> for Failure {
+    fn from(e: FenceError) -> Failure {
+        Failure::Fence(e)
+    }
+}
+
+impl MyPluginDb {
+    /// Connects as the plugin's account and checks that it is `svp_<id>` in its own
+    /// database.
+    pub fn open(config: &MyPluginConfig) -> Result<MyPluginDb, crate::MyError> {
+        let mut conn = crate::roles::connect(&config.url)?;
+        let expected = crate::plugin_account_name(&config.plugin_id);
+        let check = "SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)";
+        let account: Option<String> =
+            conn.query_first(check)
+                .map_err(|source| crate::MyError::Statement {
+                    statement: check.into(),
+                    source,
+                })?;
+        if account.as_deref() != Some(expected.as_str()) {
+            return Err(crate::MyError::BadUrl {
+                what: format!("plugin {}'s login", config.plugin_id),
+                shown: format!("{:?}", crate::StoreUrl::parse("it", &config.url).ok()),
+                problem: format!("it logs in as {account:?}, not {expected}"),
+            });
+        }
+        Ok(MyPluginDb {
+            plugin: config.plugin_id.clone(),
+            conn,
+            limits: config.limits,
+            in_request: false,
+            deadline: None,
+            statement_time_ms: 0,
+            cursors: Vec::new(),
+            next_cursor: 1,
+        })
+    }
+
+    fn denied(&self, action: &str, object: impl Into<String>) -> FenceError {
+        FenceError::Denied {
+            plugin: self.plugin.clone(),
+            action: action.to_owned(),
+            object: object.into(),
+        }
+    }
+
+    /// A statement's text refused before it was sent, as the plugin's error.
+    fn text_error(&self, e: TextError) -> FenceError {
+        match e {
+            TextError::Empty => FenceError::EmptyStatement {
+                plugin: self.plugin.clone(),
+            },
+            TextError::Multiple => FenceError::MultipleStatements {
+                plugin: self.plugin.clone(),
+            },
+            TextError::Unterminated(_) | TextError::BadParameter(_) => FenceError::Sql {
+                plugin: self.plugin.clone(),
+                message: e.to_string(),
+            },
+            TextError::Kind(kind) => self.denied("run", format!("{kind} statements")),
+            TextError::ExecutableComment => self.denied("use", "executable comments"),
+            TextError::Variable => self.denied("use", "variables"),
+            TextError::SelectInto => self.denied("run", "SELECT ... INTO"),
+        }
+    }
+
+    /// A server error as the plugin's error: denials by their code, the deadline, the
+    /// rest as SQL errors of its own statement.
+    fn server_error(&self, e: mysql::Error) -> FenceError {
+        match Denial::of(&e) {
+            Some(Denial::Interrupted) => FenceError::Deadline {
+                plugin: self.plugin.clone(),
+                limit_ms: self.limits.statement_ms,
+            },
+            Some(_) => self.denied("reach", "what this statement names"),
+            None => match &e {
+                mysql::Error::MySqlError(server)
+                    if [1062, 1048, 1451, 1452, 3819, 4025].contains(&server.code) =>
+                {
+                    FenceError::Constraint {
+                        plugin: self.plugin.clone(),
+                        message: server.message.clone(),
+                    }
+                }
+                mysql::Error::MySqlError(server) if [1205, 1213].contains(&server.code) => {
+                    FenceError::Busy {
+                        plugin: self.plugin.clone(),
+                        message: server.message.clone(),
+                    }
+                }
+                mysql::Error::MySqlError(server) => FenceError::Sql {
+                    plugin: self.plugin.clone(),
+                    message: server.message.clone(),
+                },
+                other => FenceError::Sql {
+                    plugin: self.plugin.clone(),
+                    message: format!("the connection failed: {other}"),
+                },
+            },
+        }
+    }
+
+    fn fail(&self, failure: Failure) -> FenceError {
+        match failure {
+            Failure::Fence(e) => e,
+            Failure::Server(e) => self.server_error(e),
+        }
+    }
+
+    /// Sets `max_statement_time` to what is left of the statement's and the request's
+    /// time (refusing to start past the request's deadline).
+    fn pin_deadline(&mut self) -> Result<(), Failure> {
+        let mut limit = Duration::from_millis(u64::from(self.limits.statement_ms.max(1)));
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(FenceError::Deadline {
+                    plugin: self.plugin.clone(),
+                    limit_ms: self.limits.request_ms,
+                }
+                .into());
+            }
+            limit = limit.min(left);
+        }
+        let ms = (limit.as_millis() as u64).max(1);
+        if ms.abs_diff(self.statement_time_ms) > 5 {
+            self.conn.query_drop(format!(
+                "SET SESSION max_statement_time = {}.{:03}",
+                ms / 1000,
+                ms % 1000
+            ))?;
+            self.statement_time_ms = ms;
+        }
+        Ok(())
+    }
+
+    fn params(
+        &self,
+        statement: &sql_text::MyStatement,
+        params: &[SqlValue],
+    ) -> Result<mysql::Params, FenceError> {
+        let max = self.limits.value_kb as usize * 1024;
+        let mut values = Vec::with_capacity(statement.bind.len());
+        for index in &statement.bind {
+            let value = params.get(*index).ok_or_else(|| FenceError::Sql {
+                plugin: self.plugin.clone(),
+                message: format!(
+                    "the statement uses parameter ?{} but {} values were given",
+                    index + 1,
+                    params.len()
+                ),
+            })?;
+            if value.size() > max {
+                return Err(FenceError::Limit {
+                    plugin: self.plugin.clone(),
+                    message: format!("a value is larger than limits.value_kb ({max} bytes)"),
+                });
+            }
+            values.push(match value {
+                SqlValue::Null => mysql::Value::NULL,
+                SqlValue::Integer(v) => mysql::Value::Int(*v),
+                SqlValue::Real(v) => mysql::Value::Double(*v),
+                SqlValue::Text(v) => mysql::Value::Bytes(v.as_bytes().to_vec()),
+                SqlValue::Blob(v) => mysql::Value::Bytes(v.clone()),
+            });
+        }
+        Ok(if values.is_empty() {
+            mysql::Params::Empty
+        } else {
+            mysql::Params::Positional(values)
+        })
+    }
+
+    /// Runs a checked statement and collects its rows (capped) or what it changed.
+    fn run(
+        &mut self,
+        sql: &str,
+        params: &[SqlValue],
+        max_bytes: usize,
+    ) -> Result<Outcome, Failure> {
+        let statement = sql_text::to_mysql(sql).map_err(|e| self.text_error(e))?;
+        if statement.kind == StatementKind::Schema && self.in_request {
+            return Err(self
+                .denied(
+                    "change",
+                    "the schema in a request (MySQL would commit the request's writes): use a migration",
+                )
+                .into());
+        }
+        let bound = self.params(&statement, params)?;
+        self.pin_deadline()?;
+        let plugin = self.plugin.clone();
+        let too_large = FenceError::ResultTooLarge {
+            plugin: plugin.clone(),
+            max_bytes,
+        };
+        let mut result = self.conn.exec_iter(statement.text.as_str(), bound)?;
+        let columns: Arc<[String]> = result
+            .columns()
+            .as_ref()
+            .iter()
+            .map(|c| c.name_str().into_owned())
+            .collect();
+        let outcome = if columns.is_empty() {
+            let rows_affected = result.affected_rows();
+            let last_insert_id = result.last_insert_id().unwrap_or(0) as i64;
+            drop(result);
+            Outcome::Changed {
+                rows_affected,
+                last_insert_id,
+            }
+        } else {
+            let mut rows = Vec::new();
+            let mut bytes = 0usize;
+            for row in result.by_ref() {
+                let row = row?;
+                if rows.len() >= MAX_RESULT_ROWS {
+                    return Err(too_large.into());
+                }
+                let values = decode(&plugin, row)?;
+                bytes += values.iter().map(SqlValue::size).sum::<usize>();
+                if bytes > max_bytes {
+                    return Err(too_large.into());
+                }
+                rows.push(values);
+            }
+            drop(result);
+            Outcome::Rows { columns, rows }
+        };
+        if statement.kind == StatementKind::Write {
+            self.check_quota()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Bytes the plugin's database holds (InnoDB's data and index pages).
+    pub fn measure_bytes(&mut self) -> Result<u64, FenceError> {
+        self.conn
+            .query_first::<u64, _>(
+                "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS UNSIGNED)
+                 FROM information_schema.tables WHERE table_schema = DATABASE()",
+            )
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.server_error(e))
+    }
+
+    fn check_quota(&mut self) -> Result<(), Failure> {
+        let used = self.measure_bytes()?;
+        let quota = u64::from(self.limits.storage_mb) * 1024 * 1024;
+        if used > quota {
+            return Err(FenceError::Quota {
+                plugin: self.plugin.clone(),
+                used_bytes: used,
+                quota_bytes: quota,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Runs a migration's statement (schema changes allowed), outside requests.
+    pub fn execute_migration(&mut self, sql: &str) -> Result<Outcome, FenceError> {
+        if self.in_request {
+            self.rollback()?;
+        }
+        let max_bytes = self.limits.result_kb as usize * 1024;
+        self.run(sql, &[], max_bytes).map_err(|f| self.fail(f))
+    }
+}
+
+/// Converts one row, by column type: binary strings are blobs, other strings text,
+/// decimals integers or reals, dates and times their text.
+fn decode(plugin: &str, row: mysql::Row) -> Result<Vec<SqlValue>, Failure> {
+    let columns = row.columns();
+    let mut out = Vec::with_capacity(columns.len());
+    for (value, column) in row.unwrap().into_iter().zip(columns.iter()) {
+        let binary = column.character_set() == 63;
+        out.push(match value {
+            mysql::Value::NULL => SqlValue::Null,
+            mysql::Value::Int(v) => SqlValue::Integer(v),
+            mysql::Value::UInt(v) => match i64::try_from(v) {
+                Ok(v) => SqlValue::Integer(v),
+                Err(_) => SqlValue::Real(v as f64),
+            },
+            mysql::Value::Float(v) => SqlValue::Real(f64::from(v)),
+            mysql::Value::Double(v) => SqlValue::Real(v),
+            mysql::Value::Bytes(bytes) => match column.column_type() {
+                ColumnType::MYSQL_TYPE_DECIMAL | ColumnType::MYSQL_TYPE_NEWDECIMAL => {
+                    let text = String::from_utf8_lossy(&bytes);
+                    let integer = if column.decimals() == 0 {
+                        text.parse::<i64>().ok()
+                    } else {
+                        None
+                    };
+                    match integer {
+                        Some(v) => SqlValue::Integer(v),
+                        None => SqlValue::Real(text.parse().map_err(|_| FenceError::Sql {
+                            plugin: plugin.to_owned(),
+                            message: format!(
+                                "column {} holds the decimal {text}, which is not a number here",
+                                column.name_str()
+                            ),
+                        })?),
+                    }
+                }
+                _ if binary => SqlValue::Blob(bytes),
+                _ => SqlValue::Text(String::from_utf8(bytes).map_err(|_| FenceError::Sql {
+                    plugin: plugin.to_owned(),
+                    message: format!("column {} holds text that is not UTF-8", column.name_str()),
+                })?),
+            },
+            date @ (mysql::Value::Date(..) | mysql::Value::Time(..)) => {
+                SqlValue::Text(date.as_sql(true).trim_matches('\'').to_owned())
+            }
+        });
+    }
+    Ok(out)
+}
+
+impl FencedConnection for MyPluginDb {
+    fn plugin_id(&self) -> &str {
+        &self.plugin
+    }
+
+    fn begin(&mut self, _writes_expected: bool) -> Result<(), FenceError> {
+        if self.in_request {
+            self.rollback()?;
+        }
+        self.conn
+            .query_drop("START TRANSACTION")
+            .map_err(|e| self.server_error(e))?;
+        self.in_request = true;
+        Ok(())
+    }
+
+    fn set_request_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    fn commit(&mut self) -> Result<(), FenceError> {
+        self.cursors.clear();
+        self.in_request = false;
+        self.conn
+            .query_drop("COMMIT")
+            .map_err(|e| self.server_error(e))
+    }
+
+    fn rollback(&mut self) -> Result<(), FenceError> {
+        self.cursors.clear();
+        self.in_request = false;
+        self.conn
+            .query_drop("ROLLBACK")
+            .map_err(|e| self.server_error(e))
+    }
+
+    fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<Outcome, FenceError> {
+        let max_bytes = self.limits.result_kb as usize * 1024;
+        match self.run(sql, params, max_bytes) {
+            Ok(outcome) => Ok(outcome),
+            Err(Failure::Fence(FenceError::Quota {
+                plugin,
+                used_bytes,
+                quota_bytes,
+            })) => {
+                // The write that went past the quota is undone with its request.
+                let _ = self.rollback();
+                Err(FenceError::Quota {
+                    plugin,
+                    used_bytes,
+                    quota_bytes,
+                })
+            }
+            Err(f) => Err(self.fail(f)),
+        }
+    }
+
+    fn open_cursor(&mut self, sql: &str, params: &[SqlValue]) -> Result<CursorId, FenceError> {
+        let statement = sql_text::to_mysql(sql).map_err(|e| self.text_error(e))?;
+        if statement.kind != StatementKind::Read {
+            return Err(FenceError::NotAQuery {
+                plugin: self.plugin.clone(),
+            });
+        }
+        if self.cursors.len() >= MAX_OPEN_CURSORS {
+            return Err(FenceError::Limit {
+                plugin: self.plugin.clone(),
+                message: format!("at most {MAX_OPEN_CURSORS} cursors are open at once"),
+            });
+        }
+        // Read in one pass (the protocol holds the connection while rows stream), within
+        // the plugin's memory limit rather than its per-result cap.
+        let budget = self.limits.memory_mb as usize * 1024 * 1024;
+        let Read { columns, rows } = match self.run_unbounded(sql, params, budget) {
+            Ok(read) => read,
+            Err(f) => return Err(self.fail(f)),
+        };
+        let id = CursorId::from_raw(self.next_cursor);
+        self.next_cursor += 1;
+        self.cursors.push(Cursor {
+            id,
+            columns,
+            rows: rows.into(),
+        });
+        Ok(id)
+    }
+
+    fn cursor_columns(&self, id: CursorId) -> Result<Arc<[String]>, FenceError> {
+        self.cursors
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.columns.clone())
+            .ok_or_else(|| FenceError::CursorClosed {
+                plugin: self.plugin.clone(),
+            })
+    }
+
+    fn cursor_next(
+        &mut self,
+        id: CursorId,
+        max_rows: usize,
+    ) -> Result<Vec<Vec<SqlValue>>, FenceError> {
+        let max_bytes = self.limits.result_kb as usize * 1024;
+        let plugin = self.plugin.clone();
+        let cursor = self
+            .cursors
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or_else(|| FenceError::CursorClosed {
+                plugin: plugin.clone(),
+            })?;
+        let want = max_rows.clamp(1, MAX_RESULT_ROWS);
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        while batch.len() < want {
+            let Some(row) = cursor.rows.front() else {
+                break;
+            };
+            let size: usize = row.iter().map(SqlValue::size).sum();
+            if bytes + size > max_bytes {
+                if batch.is_empty() {
+                    return Err(FenceError::ResultTooLarge { plugin, max_bytes });
+                }
+                break;
+            }
+            bytes += size;
+            batch.push(cursor.rows.pop_front().expect("front was there"));
+        }
+        Ok(batch)
+    }
+
+    fn close_cursor(&mut self, id: CursorId) {
+        self.cursors.retain(|c| c.id != id);
+    }
+
+    fn emit_event(&mut self, topic: &str, payload_json: &str) -> Result<String, FenceError> {
+        let insert = "INSERT INTO _sv_event_outbox (event_id, plugin, topic, payload, created_at_ms)
+                      VALUES (REPLACE(UUID(), '-', ''), ?, ?, ?, CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))";
+        self.conn
+            .exec_drop(insert, (&self.plugin, topic, payload_json))
+            .map_err(|e| self.server_error(e))?;
+        let seq = self.conn.last_insert_id();
+        self.conn
+            .exec_first::<String, _, _>(
+                "SELECT event_id FROM _sv_event_outbox WHERE seq = ?",
+                (seq,),
+            )
+            .map_err(|e| self.server_error(e))?
+            .ok_or_else(|| FenceError::Sql {
+                plugin: self.plugin.clone(),
+                message: "the event just recorded is gone".into(),
+            })
+    }
+
+    fn pending_events(&mut self, limit: usize) -> Result<Vec<OutboxEvent>, FenceError> {
+        self.conn
+            .exec(
+                "SELECT event_id, topic, payload, created_at_ms FROM _sv_event_outbox
+                 WHERE delivered_at_ms IS NULL ORDER BY seq LIMIT ?",
+                (limit as u64,),
+            )
+            .map_err(|e| self.server_error(e))
+    }
+
+    fn mark_delivered(
+        &mut self,
+        event_ids: &[String],
+        now_ms: i64,
+        retain_ms: i64,
+    ) -> Result<(), FenceError> {
+        for id in event_ids {
+            self.conn
+                .exec_drop(
+                    "UPDATE _sv_event_outbox SET delivered_at_ms = ? WHERE event_id = ? AND delivered_at_ms IS NULL",
+                    (now_ms, id),
+                )
+                .map_err(|e| self.server_error(e))?;
+        }
+        self.conn
+            .exec_drop(
+                "DELETE FROM _sv_event_outbox WHERE delivered_at_ms IS NOT NULL AND delivered_at_ms < ?",
+                (now_ms - retain_ms,),
+            )
+            .map_err(|e| self.server_error(e))
+    }
+}
+
+impl MyPluginDb {
+    /// A query's columns and every row, up to `budget` bytes of values.
+    fn run_unbounded(
+        &mut self,
+        sql: &str,
+        params: &[SqlValue],
+        budget: usize,
+    ) -> Result<Read, Failure> {
+        let statement = sql_text::to_mysql(sql).map_err(|e| self.text_error(e))?;
+        let bound = self.params(&statement, params)?;
+        self.pin_deadline()?;
+        let plugin = self.plugin.clone();
+        let mut result = self.conn.exec_iter(statement.text.as_str(), bound)?;
+        let columns: Arc<[String]> = result
+            .columns()
+            .as_ref()
+            .iter()
+            .map(|c| c.name_str().into_owned())
+            .collect();
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        for row in result.by_ref() {
+            let values = decode(&plugin, row?)?;
+            bytes += values.iter().map(SqlValue::size).sum::<usize>();
+            if bytes > budget {
+                return Err(FenceError::ResultTooLarge {
+                    plugin,
+                    max_bytes: budget,
+                }
+                .into());
+            }
+            rows.push(values);
+        }
+        Ok(Read { columns, rows })
+    }
+}
+
+/// A query's columns and rows.
+struct Read {
+    columns: Arc<[String]>,
+    rows: Vec<Vec<SqlValue>>,
+}
