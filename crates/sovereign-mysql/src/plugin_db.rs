@@ -10,8 +10,9 @@
 //! - deadlines: every statement runs under `max_statement_time` (MariaDB enforces it on
 //!   every statement kind) set to what is left of `limits.statement_ms` and of the
 //!   request; the plugin cannot change it, since `SET` never reaches the server;
-//! - the storage quota (the database's data and index bytes after every write; the write
-//!   that goes past it is undone), and the same value and result caps as elsewhere;
+//! - the storage quota (the database's data and index bytes after every write; a write
+//!   that goes past it rolls its request back), and the same value and result caps as
+//!   elsewhere;
 //! - cursors, read in one pass and handed out in batches (MySQL's protocol holds the
 //!   connection while a result streams): capped at `limits.memory_mb`;
 //! - the event outbox, a table of the plugin's own database.
