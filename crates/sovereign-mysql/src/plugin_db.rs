@@ -137,6 +137,7 @@ impl MyPluginDb {
             TextError::ExecutableComment => self.denied("use", "executable comments"),
             TextError::Variable => self.denied("use", "variables"),
             TextError::SelectInto => self.denied("run", "SELECT ... INTO"),
+            TextError::Engine(engine) => self.denied("use", format!("the storage engine {engine}")),
         }
     }
 

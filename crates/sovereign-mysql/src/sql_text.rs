@@ -39,6 +39,13 @@ pub enum TextError {
     /// `SELECT … INTO`.
     #[error("SELECT … INTO is not available to plugins: read the rows instead")]
     SelectInto,
+    /// A storage engine other than InnoDB (others lose the request's all-or-nothing, or
+    /// reach outside the database).
+    #[error(
+        "tables of plugins use the InnoDB engine (ENGINE = {0} is not available; a column \
+         named engine is written `engine`)"
+    )]
+    Engine(String),
 }
 
 /// What a statement does.
@@ -83,6 +90,8 @@ pub fn to_mysql(sql: &str) -> Result<MyStatement, TextError> {
     let mut largest: usize = 0;
     let mut ended = false;
     let mut saw_code = false;
+    // After `ENGINE` in a schema change: the engine's name (InnoDB only) comes next.
+    let mut engine_expected = false;
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
@@ -161,14 +170,27 @@ pub fn to_mysql(sql: &str) -> Result<MyStatement, TextError> {
                 if word == "HANDLER" {
                     return Err(TextError::Kind(word));
                 }
+                if std::mem::take(&mut engine_expected) && word != "INNODB" {
+                    return Err(TextError::Engine(sql[start..i].to_owned()));
+                }
+                if word == "ENGINE" && SCHEMA.contains(&keyword.as_str()) {
+                    engine_expected = true;
+                }
                 // `INTO` in a read (`INSERT INTO` and `REPLACE INTO` are writes).
                 if word == "INTO" && READ.contains(&keyword.as_str()) {
                     return Err(TextError::SelectInto);
                 }
             }
             _ => {
+                if engine_expected && c != b'=' {
+                    return Err(TextError::Engine(sql[i..].chars().take(20).collect()));
+                }
                 i += sql[i..].chars().next().map_or(1, char::len_utf8);
             }
+        }
+        // A quoted engine name is refused too (only the bare InnoDB passes).
+        if engine_expected && token_is_code && matches!(c, b'\'' | b'"' | b'`') {
+            return Err(TextError::Engine(sql[start..i].to_owned()));
         }
         if token_is_code && ended {
             return Err(TextError::Multiple);
@@ -337,6 +359,29 @@ mod tests {
         ] {
             assert_eq!(refused(sql), expected, "{sql}");
         }
+        for (sql, engine) in [
+            ("CREATE TABLE t (id INT) ENGINE=MyISAM", "MyISAM"),
+            (
+                "CREATE TABLE t (id INT) ENGINE = CONNECT TABLE_TYPE=CSV FILE_NAME='/etc/passwd'",
+                "CONNECT",
+            ),
+            ("ALTER TABLE t ENGINE MEMORY", "MEMORY"),
+            ("CREATE TABLE t (id INT) ENGINE='MyISAM'", "'MyISAM'"),
+        ] {
+            assert_eq!(refused(sql), TextError::Engine(engine.into()), "{sql}");
+        }
+        assert_eq!(
+            ok("CREATE TABLE t (id INT) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4").kind,
+            StatementKind::Schema
+        );
+        assert_eq!(
+            ok("SELECT engine FROM information_schema.tables").kind,
+            StatementKind::Read
+        );
+        assert_eq!(
+            ok("CREATE TABLE t (`engine` TEXT)").kind,
+            StatementKind::Schema
+        );
         // INTO of a write is a write.
         assert_eq!(
             ok("INSERT INTO t SELECT * FROM u").kind,
