@@ -3,6 +3,7 @@
 //! This crate never sees `core.db`: it depends on `sovereign-db` only, and a test in `sv`
 //! checks that through `cargo metadata`.
 
+pub mod deadline;
 pub mod fence;
 mod fenced;
 mod functions;

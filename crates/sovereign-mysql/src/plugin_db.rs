@@ -7,9 +7,11 @@
 //! - one transaction per request; schema changes only outside requests (MySQL commits
 //!   the open transaction around every DDL statement, which would break a request's
 //!   all-or-nothing), that is in migrations;
-//! - deadlines: every statement runs under `max_statement_time` (MariaDB enforces it on
-//!   every statement kind) set to what is left of `limits.statement_ms` and of the
-//!   request; the plugin cannot change it, since `SET` never reaches the server;
+//! - deadlines: a statement still running at its deadline (what is left of
+//!   `limits.statement_ms` and of the request) is stopped from outside with `KILL
+//!   QUERY`, sent over a connection of the plugin's own account
+//!   ([`sovereign_db_plugins::deadline`]); MariaDB's `max_statement_time`, set a margin
+//!   later, is the backstop (the plugin cannot change it: `SET` never reaches the server);
 //! - the storage quota (the database's data and index bytes after every write; a write
 //!   that goes past it rolls its request back), and the same value and result caps as
 //!   elsewhere;
@@ -28,8 +30,14 @@ use sovereign_db_plugins::{
     Outcome, SqlValue,
 };
 
+use sovereign_db_plugins::deadline::{self, Alarm};
+
 use crate::Denial;
 use crate::sql_text::{self, StatementKind, TextError};
+
+/// How much later than the watchdog the server's own `max_statement_time` stops a
+/// statement (when the kill could not be sent).
+const SERVER_BACKSTOP: Duration = Duration::from_secs(1);
 
 /// What a plugin's MySQL connection needs.
 #[derive(Debug, Clone)]
@@ -60,6 +68,10 @@ pub struct MyPluginDb {
     statement_time_ms: u64,
     cursors: Vec<Cursor>,
     next_cursor: u64,
+    /// Stops this connection's statement at its deadline.
+    alarm: Arc<Alarm>,
+    /// Statements the watchdog stopped.
+    stopped: u64,
 }
 
 /// Why a statement failed, before it is told to the plugin.
@@ -100,9 +112,24 @@ impl MyPluginDb {
                 problem: format!("it logs in as {account:?}, not {expected}"),
             });
         }
+        let (login, thread) = (config.url.clone(), conn.connection_id());
+        let alarm = Alarm::new(Box::new(move || {
+            let killed = crate::roles::connect(&login).and_then(|mut own| {
+                own.query_drop(format!("KILL QUERY {thread}"))
+                    .map_err(|source| crate::MyError::Statement {
+                        statement: "KILL QUERY".into(),
+                        source,
+                    })
+            });
+            if let Err(e) = killed {
+                tracing::warn!(error = %e, "could not stop a plugin statement past its deadline");
+            }
+        }));
         Ok(MyPluginDb {
             plugin: config.plugin_id.clone(),
             conn,
+            alarm,
+            stopped: 0,
             limits: config.limits,
             in_request: false,
             deadline: None,
@@ -184,9 +211,10 @@ impl MyPluginDb {
         }
     }
 
-    /// Sets `max_statement_time` to what is left of the statement's and the request's
-    /// time (refusing to start past the request's deadline).
-    fn pin_deadline(&mut self) -> Result<(), Failure> {
+    /// The statement's deadline (what is left of the statement's and the request's
+    /// time; refusing to start past the request's), with the server's backstop set a
+    /// margin after it.
+    fn pin_deadline(&mut self) -> Result<Instant, Failure> {
         let mut limit = Duration::from_millis(u64::from(self.limits.statement_ms.max(1)));
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -199,7 +227,8 @@ impl MyPluginDb {
             }
             limit = limit.min(left);
         }
-        let ms = (limit.as_millis() as u64).max(1);
+        let deadline = Instant::now() + limit;
+        let ms = ((limit + SERVER_BACKSTOP).as_millis() as u64).max(1);
         if ms.abs_diff(self.statement_time_ms) > 5 {
             self.conn.query_drop(format!(
                 "SET SESSION max_statement_time = {}.{:03}",
@@ -208,7 +237,19 @@ impl MyPluginDb {
             ))?;
             self.statement_time_ms = ms;
         }
-        Ok(())
+        Ok(deadline)
+    }
+
+    /// Statements the watchdog stopped at their deadline (with `KILL QUERY`).
+    pub fn stopped_at_deadline(&self) -> u64 {
+        self.stopped
+    }
+
+    /// Counts a statement the watchdog stopped.
+    fn note_stop(&mut self) {
+        if self.alarm.fired() {
+            self.stopped += 1;
+        }
     }
 
     fn params(
@@ -265,7 +306,25 @@ impl MyPluginDb {
                 .into());
         }
         let bound = self.params(&statement, params)?;
-        self.pin_deadline()?;
+        let deadline = self.pin_deadline()?;
+        let armed = deadline::arm(&self.alarm, deadline);
+        let outcome = self.collect(&statement, bound, max_bytes);
+        drop(armed);
+        self.note_stop();
+        let outcome = outcome?;
+        if statement.kind == StatementKind::Write {
+            self.check_quota()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Sends a checked statement and collects its rows (capped) or what it changed.
+    fn collect(
+        &mut self,
+        statement: &sql_text::MyStatement,
+        bound: mysql::Params,
+        max_bytes: usize,
+    ) -> Result<Outcome, Failure> {
         let plugin = self.plugin.clone();
         let too_large = FenceError::ResultTooLarge {
             plugin: plugin.clone(),
@@ -304,9 +363,6 @@ impl MyPluginDb {
             drop(result);
             Outcome::Rows { columns, rows }
         };
-        if statement.kind == StatementKind::Write {
-            self.check_quota()?;
-        }
         Ok(outcome)
     }
 
@@ -591,7 +647,21 @@ impl MyPluginDb {
     ) -> Result<Read, Failure> {
         let statement = sql_text::to_mysql(sql).map_err(|e| self.text_error(e))?;
         let bound = self.params(&statement, params)?;
-        self.pin_deadline()?;
+        let deadline = self.pin_deadline()?;
+        let armed = deadline::arm(&self.alarm, deadline);
+        let read = self.read_all(&statement, bound, budget);
+        drop(armed);
+        self.note_stop();
+        read
+    }
+
+    /// Sends a checked query and reads every row, up to `budget` bytes of values.
+    fn read_all(
+        &mut self,
+        statement: &sql_text::MyStatement,
+        bound: mysql::Params,
+        budget: usize,
+    ) -> Result<Read, Failure> {
         let plugin = self.plugin.clone();
         let mut result = self.conn.exec_iter(statement.text.as_str(), bound)?;
         let columns: Arc<[String]> = result

@@ -202,6 +202,13 @@ fn the_plugin_connection_keeps_the_fence_and_the_request() {
     let stopped = quick.execute(heavy, &[]).unwrap_err();
     assert!(matches!(stopped, FenceError::Deadline { .. }), "{stopped}");
     assert!(started.elapsed() < Duration::from_secs(10));
+    // Stopped from outside (KILL QUERY by the watchdog), before the server's backstop.
+    assert_eq!(quick.stopped_at_deadline(), 1);
+    // The kill does not reach the connection's next statement.
+    assert_eq!(
+        rows(quick.execute("SELECT 1", &[]).unwrap()),
+        [vec![SqlValue::Integer(1)]]
+    );
     db.begin(false).unwrap();
     db.set_request_deadline(Some(Instant::now() + Duration::from_millis(200)));
     let stopped = db.execute(heavy, &[]).unwrap_err();

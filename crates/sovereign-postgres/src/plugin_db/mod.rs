@@ -17,7 +17,6 @@
 
 mod session;
 pub(crate) mod values;
-mod watchdog;
 
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;

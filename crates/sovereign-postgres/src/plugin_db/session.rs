@@ -14,10 +14,10 @@ use sovereign_db_plugins::{
 };
 
 use super::values::{Decoded, Encoded};
-use super::watchdog::{self, Alarm};
 use super::{PgPluginConfig, values};
 use crate::sql_text::{self, TextError};
 use crate::{PgError, plugin_role_name};
+use sovereign_db_plugins::deadline::{self, Alarm};
 
 /// Statements that would end the request's transaction, change the pooled session or
 /// reach outside SQL; the platform runs transactions and cursors itself.
@@ -163,7 +163,13 @@ impl Session {
              SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {statement_ms}",
             statement_ms.saturating_add(1000)
         );
-        let alarm = Alarm::new(client.cancel_token());
+        let token = client.cancel_token();
+        // The statement fails with SQLSTATE 57014 (query_canceled): a deadline.
+        let alarm = Alarm::new(Box::new(move || {
+            if let Err(e) = token.cancel_query(postgres::NoTls) {
+                tracing::warn!(error = %e, "could not send PostgreSQL a cancel request");
+            }
+        }));
         Ok(Session {
             plugin,
             limits: config.limits,
@@ -399,7 +405,7 @@ impl Session {
             self.savepoint = true;
         }
         let result = {
-            let _armed = watchdog::arm(&self.alarm, deadline);
+            let _armed = deadline::arm(&self.alarm, deadline);
             work(self)
         };
         if self.alarm.fired() {

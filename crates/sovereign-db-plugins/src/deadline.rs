@@ -1,37 +1,51 @@
-//! Deadlines kept from outside the plugin's session: a plugin can `set_config` its own
-//! `statement_timeout` away, so one thread per process sends PostgreSQL's cancel request
-//! (a separate connection to the server) for any statement still running at its deadline.
+//! Deadlines kept from outside a plugin's session, for the database backends whose
+//! statements the plugin could otherwise keep running (PostgreSQL: a plugin can
+//! `set_config` its own `statement_timeout` away; MySQL proper has no statement time
+//! limit for writes): one thread per process calls each armed alarm's `stop` (a cancel
+//! request, a `KILL QUERY`) for any statement still running at its deadline.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::Instant;
 
-use postgres::CancelToken;
+/// How to stop a connection's running statement (from another thread).
+pub type Stop = Box<dyn Fn() + Send + Sync>;
 
-/// A connection's alarm: how to cancel its statement, and whether it did.
-pub(crate) struct Alarm {
-    token: CancelToken,
-    /// Held while a cancel is sent; `true` while a statement of this connection runs.
+/// A connection's alarm: how to stop its statement, and whether it did.
+pub struct Alarm {
+    stop: Stop,
+    /// Held while a stop is sent; `true` while a statement of this connection runs.
     running: Mutex<bool>,
-    /// A cancel was sent for the statement armed last.
+    /// A stop was sent for the statement armed last.
     fired: AtomicBool,
 }
 
 impl Alarm {
-    pub(crate) fn new(token: CancelToken) -> Arc<Alarm> {
+    /// An alarm that calls `stop` when a statement of its connection outlives its
+    /// deadline.
+    pub fn new(stop: Stop) -> Arc<Alarm> {
         Arc::new(Alarm {
-            token,
+            stop,
             running: Mutex::new(false),
             fired: AtomicBool::new(false),
         })
     }
 
-    /// Whether a cancel was sent for the statement armed last. PostgreSQL may act on
-    /// it late (after the statement ended by itself), so the session must absorb it
-    /// before its next statement.
-    pub(crate) fn fired(&self) -> bool {
+    /// Whether a stop was sent for the statement armed last. A server may act on it
+    /// late (after the statement ended by itself), so the session must absorb it before
+    /// its next statement.
+    pub fn fired(&self) -> bool {
         self.fired.load(Ordering::SeqCst)
+    }
+
+    fn fire(&self) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if *running {
+            self.fired.store(true, Ordering::SeqCst);
+            (self.stop)();
+        }
+        drop(running);
     }
 }
 
@@ -51,9 +65,9 @@ static WATCHDOG: LazyLock<Arc<Watchdog>> = LazyLock::new(|| {
     });
     let worker = Arc::clone(&watchdog);
     std::thread::Builder::new()
-        .name("sv-pg-deadlines".into())
+        .name("sv-deadlines".into())
         .spawn(move || worker.run())
-        .expect("spawning the PostgreSQL deadline thread");
+        .expect("spawning the deadline thread");
     watchdog
 });
 
@@ -66,7 +80,7 @@ impl Watchdog {
                 Some(key) if key.0 <= now => {
                     let alarm = armed.1.remove(&key).expect("the first key is there");
                     drop(armed);
-                    alarm.cancel();
+                    alarm.fire();
                     armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
                 }
                 Some((deadline, _)) => {
@@ -82,29 +96,15 @@ impl Watchdog {
     }
 }
 
-impl Alarm {
-    fn cancel(&self) {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if *running {
-            // The statement fails with SQLSTATE 57014 (query_canceled): a deadline.
-            self.fired.store(true, Ordering::SeqCst);
-            if let Err(e) = self.token.cancel_query(postgres::NoTls) {
-                tracing::warn!(error = %e, "could not send PostgreSQL a cancel request");
-            }
-        }
-        drop(running);
-    }
-}
-
-/// A statement's deadline; dropping it disarms (waiting for a cancel being sent, so that
-/// a cancel never reaches the connection's next statement).
-pub(crate) struct Armed {
+/// A statement's deadline; dropping it disarms (waiting for a stop being sent, so that
+/// a stop never reaches the connection's next statement).
+pub struct Armed {
     key: (Instant, u64),
     alarm: Arc<Alarm>,
 }
 
 /// Arms `alarm` for a statement that must end by `deadline`.
-pub(crate) fn arm(alarm: &Arc<Alarm>, deadline: Instant) -> Armed {
+pub fn arm(alarm: &Arc<Alarm>, deadline: Instant) -> Armed {
     alarm.fired.store(false, Ordering::SeqCst);
     *alarm.running.lock().unwrap_or_else(|e| e.into_inner()) = true;
     let watchdog = &*WATCHDOG;
