@@ -56,8 +56,11 @@ BEGIN
         'KEY pending (delivered_at_ms, seq)) ENGINE=InnoDB');
     PREPARE sv_admin_statement FROM @sv_admin_sql;
     EXECUTE sv_admin_statement;
+    -- Routines of its own (the SQLite functions its statements use, such as strftime)
+    -- run as itself; it cannot CALL procedures (the plugin connection refuses CALL).
     SET @sv_admin_sql = CONCAT('GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, ',
-        'REFERENCES, CREATE VIEW, SHOW VIEW ON `{plugins_db}_', id, '`.* TO ''svp_', id, '''@''%''');
+        'REFERENCES, CREATE VIEW, SHOW VIEW, CREATE ROUTINE, ALTER ROUTINE, EXECUTE ',
+        'ON `{plugins_db}_', id, '`.* TO ''svp_', id, '''@''%''');
     PREPARE sv_admin_statement FROM @sv_admin_sql;
     EXECUTE sv_admin_statement;
     SET @sv_admin_sql = NULL;
@@ -65,7 +68,9 @@ BEGIN
 END;
 
 -- Grants plugin `id` SELECT on exactly `columns` (comma-separated names) of the mirror
--- table core__<slice> in the plugin database.
+-- table core__<slice> in the plugin database, and makes in the plugin's own database a
+-- view core__<slice> of those columns (SQL SECURITY INVOKER: it reads with the plugin's
+-- own column grants), so that plugin SQL names the mirror as on SQLite.
 CREATE OR REPLACE DEFINER = CURRENT_USER PROCEDURE sv_admin.grant_mirror(
     IN id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
     IN slice VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
@@ -81,6 +86,10 @@ BEGIN
     END IF;
     SET @sv_admin_sql = CONCAT('GRANT SELECT (', columns, ') ON `{plugins_db}`.`core__', slice,
         '` TO ''svp_', id, '''@''%''');
+    PREPARE sv_admin_statement FROM @sv_admin_sql;
+    EXECUTE sv_admin_statement;
+    SET @sv_admin_sql = CONCAT('CREATE OR REPLACE SQL SECURITY INVOKER VIEW `{plugins_db}_', id,
+        '`.`core__', slice, '` AS SELECT ', columns, ' FROM `{plugins_db}`.`core__', slice, '`');
     PREPARE sv_admin_statement FROM @sv_admin_sql;
     EXECUTE sv_admin_statement;
     SET @sv_admin_sql = NULL;

@@ -226,8 +226,8 @@ fn a_plugin_account_reaches_its_own_database_and_granted_mirror_columns_only() {
         // What its own database does not include.
         "CREATE TEMPORARY TABLE shadow (id INT)",
         "LOCK TABLES notes WRITE",
-        "CREATE PROCEDURE p() SELECT 1",
-        "CREATE FUNCTION f() RETURNS INT RETURN 1",
+        "CREATE PROCEDURE sv_plugins_beta.p() SELECT 1",
+        "CREATE FUNCTION sv_plugins.f() RETURNS INT RETURN 1",
         "CREATE EVENT e ON SCHEDULE EVERY 1 HOUR DO DELETE FROM notes",
         "CREATE TRIGGER t BEFORE INSERT ON notes FOR EACH ROW SET NEW.title = 'x'",
         // Prepared, the same.
