@@ -391,6 +391,86 @@ impl MyPluginDb {
         Ok(())
     }
 
+    /// Applies the pending migrations of `set` (the package's `migrations/mysql/`), each
+    /// statement checked like any plugin SQL, tracked in the database's `_sv_migrations`;
+    /// returns the files applied. MySQL commits every DDL statement, so a migration that
+    /// fails part-way keeps its statements before the failing one: the error says which
+    /// statement failed and how many ran (a migration should be written so that it can
+    /// be finished by hand, or be one statement).
+    pub fn migrate(
+        &mut self,
+        set: &sovereign_db::MigrationSet,
+    ) -> Result<Vec<String>, crate::MyError> {
+        if self.in_request {
+            let _ = self.rollback();
+        }
+        let bookkeeping = |statement: &str| {
+            let statement = statement.to_owned();
+            move |source| crate::MyError::Statement { statement, source }
+        };
+        let tracking = "CREATE TABLE IF NOT EXISTS _sv_migrations (
+                            scope VARCHAR(100) NOT NULL, version INT NOT NULL,
+                            name VARCHAR(200) NOT NULL, checksum CHAR(64) NOT NULL,
+                            applied_at VARCHAR(30) NOT NULL,
+                            PRIMARY KEY (scope, version)) ENGINE = InnoDB";
+        self.conn
+            .query_drop(tracking)
+            .map_err(bookkeeping(tracking))?;
+        let read = "SELECT version, name, checksum, applied_at FROM _sv_migrations
+                    WHERE scope = ? ORDER BY version";
+        let applied: Vec<sovereign_db::AppliedRow> = self
+            .conn
+            .exec_map(
+                read,
+                (set.scope(),),
+                |(version, name, checksum, applied_at): (u32, String, String, String)| {
+                    sovereign_db::AppliedRow {
+                        version,
+                        name,
+                        checksum,
+                        applied_at,
+                    }
+                },
+            )
+            .map_err(bookkeeping(read))?;
+        let pending: Vec<sovereign_db::Migration> =
+            set.plan_of(&applied)?.into_iter().cloned().collect();
+        let mut done = Vec::new();
+        for migration in pending {
+            let statements = sql_text::split_script(&migration.sql).map_err(|e| {
+                crate::MyError::MigrationFailed {
+                    file: migration.file_name(),
+                    ran: 0,
+                    source: self.text_error(e),
+                }
+            })?;
+            for (ran, statement) in statements.iter().enumerate() {
+                self.execute_migration(statement).map_err(|source| {
+                    crate::MyError::MigrationFailed {
+                        file: migration.file_name(),
+                        ran,
+                        source,
+                    }
+                })?;
+            }
+            let record = "INSERT INTO _sv_migrations (scope, version, name, checksum, applied_at)
+                          VALUES (?, ?, ?, ?, DATE_FORMAT(UTC_TIMESTAMP(3), '%Y-%m-%dT%H:%i:%s.%fZ'))";
+            self.conn
+                .exec_drop(
+                    record,
+                    (
+                        set.scope(),
+                        migration.version,
+                        &migration.name,
+                        migration.checksum(),
+                    ),
+                )
+                .map_err(bookkeeping(record))?;
+            done.push(migration.file_name());
+        }
+        Ok(done)
+    }
+
     /// Runs a migration's statement (schema changes allowed), outside requests.
     pub fn execute_migration(&mut self, sql: &str) -> Result<Outcome, FenceError> {
         if self.in_request {

@@ -27,6 +27,24 @@ pub enum MyError {
         /// The driver's error.
         source: mysql::Error,
     },
+    /// A migration's set is inconsistent with what was applied (changed, unknown).
+    #[error(transparent)]
+    Migration(#[from] sovereign_db::MigrationError),
+    /// A migration's statement failed; the `ran` statements before it stay applied
+    /// (MySQL commits every DDL statement).
+    #[error(
+        "migration {file} failed at its statement {} ({ran} before it stay applied: MySQL \
+         commits each DDL statement; finish or undo them by hand, fix the file, and migrate \
+         again): {source}", ran + 1
+    )]
+    MigrationFailed {
+        /// The migration file.
+        file: String,
+        /// Statements of it that ran before the failing one.
+        ran: usize,
+        /// Why the statement failed.
+        source: sovereign_db_plugins::FenceError,
+    },
     /// A statement failed.
     #[error("MySQL refused `{statement}`: {source}")]
     Statement {

@@ -96,51 +96,17 @@ pub fn to_mysql(sql: &str) -> Result<MyStatement, TextError> {
     while i < bytes.len() {
         let c = bytes[i];
         let start = i;
-        let mut token_is_code = true;
-        match c {
-            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => {
-                i += 1;
-                token_is_code = false;
-            }
-            // `--` starts a comment only before whitespace or the end (else: minus minus).
-            b'-' if bytes.get(i + 1) == Some(&b'-')
-                && bytes.get(i + 2).is_none_or(|b| b.is_ascii_whitespace()) =>
-            {
-                i = sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
-                token_is_code = false;
-            }
-            b'#' => {
-                i = sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
-                token_is_code = false;
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                let body = &bytes[i + 2..];
-                if body.starts_with(b"!") || body.starts_with(b"M!") {
-                    return Err(TextError::ExecutableComment);
-                }
-                let close = sql[i + 2..]
-                    .find("*/")
-                    .ok_or(TextError::Unterminated("a /* comment */"))?;
-                i = i + 2 + close + 2;
-                token_is_code = false;
-            }
-            b'\'' | b'"' => {
-                i = skip_quoted(bytes, i, c, true).ok_or(TextError::Unterminated("a 'string'"))?;
-            }
-            b'`' => {
-                i = skip_quoted(bytes, i, b'`', false)
-                    .ok_or(TextError::Unterminated("a `quoted name`"))?;
-            }
-            b'@' => return Err(TextError::Variable),
-            b'?' => {
-                let digits = bytes[i + 1..]
-                    .iter()
-                    .take_while(|b| b.is_ascii_digit())
-                    .count();
-                let number = if digits == 0 {
+        let (token, next) = next_token(sql, i)?;
+        i = next;
+        let token_is_code = !matches!(token, Token::Space | Token::Comment);
+        match token {
+            Token::Space | Token::Comment | Token::Quoted | Token::Other => {}
+            Token::Variable => return Err(TextError::Variable),
+            Token::Parameter => {
+                let text = &sql[start + 1..i];
+                let number = if text.is_empty() {
                     largest + 1
                 } else {
-                    let text = &sql[i + 1..i + 1 + digits];
                     match text.parse::<usize>() {
                         Ok(n) if (1..=65535).contains(&n) => n,
                         _ => return Err(TextError::BadParameter(text.to_owned())),
@@ -153,16 +119,13 @@ pub fn to_mysql(sql: &str) -> Result<MyStatement, TextError> {
                 bind.push(number - 1);
                 saw_code = true;
                 out.push('?');
-                i += 1 + digits;
                 continue;
             }
-            b';' => {
+            Token::Semicolon => {
                 ended = true;
-                i += 1;
                 continue;
             }
-            c if is_name_byte(c) => {
-                i += bytes[i..].iter().take_while(|b| is_name_byte(**b)).count();
+            Token::Name => {
                 let word = sql[start..i].to_ascii_uppercase();
                 if keyword.is_empty() && !c.is_ascii_digit() {
                     keyword = word.clone();
@@ -181,16 +144,10 @@ pub fn to_mysql(sql: &str) -> Result<MyStatement, TextError> {
                     return Err(TextError::SelectInto);
                 }
             }
-            _ => {
-                if engine_expected && c != b'=' {
-                    return Err(TextError::Engine(sql[i..].chars().take(20).collect()));
-                }
-                i += sql[i..].chars().next().map_or(1, char::len_utf8);
-            }
         }
-        // A quoted engine name is refused too (only the bare InnoDB passes).
-        if engine_expected && token_is_code && matches!(c, b'\'' | b'"' | b'`') {
-            return Err(TextError::Engine(sql[start..i].to_owned()));
+        // After ENGINE only `=` and a bare InnoDB may come (quoted names are refused).
+        if engine_expected && token_is_code && !matches!(token, Token::Name) && c != b'=' {
+            return Err(TextError::Engine(sql[start..].chars().take(20).collect()));
         }
         if token_is_code && ended {
             return Err(TextError::Multiple);
@@ -222,6 +179,106 @@ pub fn to_mysql(sql: &str) -> Result<MyStatement, TextError> {
         keyword,
         kind,
     })
+}
+
+/// A lexical token of MySQL's SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    /// Whitespace.
+    Space,
+    /// `-- `, `#` or `/* */` comment.
+    Comment,
+    /// A string or a quoted name.
+    Quoted,
+    /// `@name` or `@@name` (their first byte).
+    Variable,
+    /// `?` or `?N`.
+    Parameter,
+    /// `;`.
+    Semicolon,
+    /// A word or a number.
+    Name,
+    /// Anything else: one character.
+    Other,
+}
+
+/// The token starting at byte `i` of `sql`, and where it ends.
+fn next_token(sql: &str, i: usize) -> Result<(Token, usize), TextError> {
+    let bytes = sql.as_bytes();
+    let line_end = |from: usize| sql[from..].find('\n').map_or(bytes.len(), |n| from + n + 1);
+    Ok(match bytes[i] {
+        b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => (Token::Space, i + 1),
+        // `--` starts a comment only before whitespace or the end (else: minus minus).
+        b'-' if bytes.get(i + 1) == Some(&b'-')
+            && bytes.get(i + 2).is_none_or(|b| b.is_ascii_whitespace()) =>
+        {
+            (Token::Comment, line_end(i))
+        }
+        b'#' => (Token::Comment, line_end(i)),
+        b'/' if bytes.get(i + 1) == Some(&b'*') => {
+            let body = &bytes[i + 2..];
+            if body.starts_with(b"!") || body.starts_with(b"M!") {
+                return Err(TextError::ExecutableComment);
+            }
+            let close = sql[i + 2..]
+                .find("*/")
+                .ok_or(TextError::Unterminated("a /* comment */"))?;
+            (Token::Comment, i + 2 + close + 2)
+        }
+        quote @ (b'\'' | b'"') => (
+            Token::Quoted,
+            skip_quoted(bytes, i, quote, true).ok_or(TextError::Unterminated("a 'string'"))?,
+        ),
+        b'`' => (
+            Token::Quoted,
+            skip_quoted(bytes, i, b'`', false).ok_or(TextError::Unterminated("a `quoted name`"))?,
+        ),
+        b'@' => (Token::Variable, i + 1),
+        b'?' => {
+            let digits = bytes[i + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            (Token::Parameter, i + 1 + digits)
+        }
+        b';' => (Token::Semicolon, i + 1),
+        c if is_name_byte(c) => (
+            Token::Name,
+            i + bytes[i..].iter().take_while(|b| is_name_byte(**b)).count(),
+        ),
+        _ => (
+            Token::Other,
+            i + sql[i..].chars().next().map_or(1, char::len_utf8),
+        ),
+    })
+}
+
+/// Splits a migration script into its statements at the `;`s outside strings, names and
+/// comments (each statement is then checked like any plugin SQL).
+pub fn split_script(sql: &str) -> Result<Vec<String>, TextError> {
+    let mut statements = Vec::new();
+    let mut current_start = 0;
+    let mut has_code = false;
+    let mut i = 0;
+    while i < sql.len() {
+        let (token, next) = next_token(sql, i)?;
+        match token {
+            Token::Semicolon => {
+                if has_code {
+                    statements.push(sql[current_start..next].trim().to_owned());
+                }
+                current_start = next;
+                has_code = false;
+            }
+            Token::Space | Token::Comment => {}
+            _ => has_code = true,
+        }
+        i = next;
+    }
+    if has_code {
+        statements.push(sql[current_start..].trim().to_owned());
+    }
+    Ok(statements)
 }
 
 fn is_name_byte(b: u8) -> bool {
@@ -294,6 +351,25 @@ mod tests {
         assert_eq!(refused(" -- nothing\n /* here */ "), TextError::Empty);
         assert_eq!(
             refused("SELECT 'open"),
+            TextError::Unterminated("a 'string'")
+        );
+    }
+
+    #[test]
+    fn a_script_splits_at_the_semicolons_outside_strings_names_and_comments() {
+        let script = "-- a comment; with a semicolon\nCREATE TABLE a (x TEXT DEFAULT ';');\n\n\
+                      /* ; */ CREATE TABLE `b;c` (y INT) ; # done; really\nINSERT INTO a VALUES ('it''s; fine')";
+        assert_eq!(
+            split_script(script).unwrap(),
+            [
+                "-- a comment; with a semicolon\nCREATE TABLE a (x TEXT DEFAULT ';');",
+                "/* ; */ CREATE TABLE `b;c` (y INT) ;",
+                "# done; really\nINSERT INTO a VALUES ('it''s; fine')",
+            ]
+        );
+        assert!(split_script(" -- only\n ; ;").unwrap().is_empty());
+        assert_eq!(
+            split_script("SELECT 'open").unwrap_err(),
             TextError::Unterminated("a 'string'")
         );
     }

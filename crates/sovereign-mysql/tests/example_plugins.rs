@@ -41,34 +41,17 @@ fn text(v: &SqlValue) -> &str {
     }
 }
 
-/// The package's `migrations/mysql/` files, statement by statement (each ends with `;`
-/// at the end of a line).
+/// Applies the package's `migrations/mysql/` (again: nothing to do).
 fn migrate(db: &mut MyPluginDb, id: &str) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../plugins")
         .join(id)
         .join("migrations/mysql");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for file in files {
-        let script = std::fs::read_to_string(&file).unwrap();
-        let mut statement = String::new();
-        for line in script.lines() {
-            if line.trim_start().starts_with("--") {
-                continue;
-            }
-            statement.push_str(line);
-            statement.push('\n');
-            if line.trim_end().ends_with(';') {
-                db.execute_migration(&statement)
-                    .unwrap_or_else(|e| panic!("{}: {statement}: {e}", file.display()));
-                statement.clear();
-            }
-        }
-    }
+    let set =
+        sovereign_db::MigrationSet::from_dir(&sovereign_db_plugins::migration_scope(id), &dir)
+            .unwrap();
+    assert_eq!(db.migrate(&set).unwrap(), ["0001_init.sql"]);
+    assert!(db.migrate(&set).unwrap().is_empty());
 }
 
 fn iso_time(value: &SqlValue) -> bool {

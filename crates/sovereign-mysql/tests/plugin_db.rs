@@ -86,6 +86,30 @@ fn the_plugin_connection_keeps_the_fence_and_the_request() {
     )
     .unwrap();
 
+    // A migration that fails part-way says where; what MySQL committed before it stays.
+    let broken = sovereign_db::MigrationSet::embedded(
+        "plugin:alpha",
+        &[(
+            "0001_broken.sql",
+            "CREATE TABLE kept (id INT);\nCREATE TABLE broken (id NO_SUCH_TYPE);",
+        )],
+    )
+    .unwrap();
+    let failed = db.migrate(&broken).unwrap_err();
+    assert!(
+        matches!(
+            failed,
+            sovereign_mysql::MyError::MigrationFailed { ran: 1, .. }
+        ),
+        "{failed}"
+    );
+    assert!(
+        failed
+            .to_string()
+            .contains("0001_broken.sql failed at its statement 2")
+    );
+    db.execute("SELECT * FROM kept", &[]).unwrap();
+
     // Values both ways, in the request's transaction.
     db.begin(true).unwrap();
     let inserted = db
