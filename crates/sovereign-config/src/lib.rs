@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sovereign_db::{DatabaseUrl, PostgresUrl, StoreTarget};
+use sovereign_db::{DatabaseUrl, MysqlUrl, PostgresUrl, StoreTarget};
 
 /// Where a configuration value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,10 +274,23 @@ impl Config {
             "DATABASE_URL",
             layers.toml.database_url.clone(),
         ) {
-            Some(s) => Sourced {
-                value: StoreTarget::parse(&format!("DATABASE_URL (from {})", s.source), &s.value)?,
-                source: s.source,
-            },
+            Some(s) => {
+                let value =
+                    StoreTarget::parse(&format!("DATABASE_URL (from {})", s.source), &s.value)?;
+                if let StoreTarget::Mysql(url) = &value {
+                    return Err(ConfigError::Invalid {
+                        variable: "DATABASE_URL",
+                        value: url.to_string(),
+                        origin: s.source,
+                        expected: "a file: or postgres:// URL: the core store is not available \
+                                   on MySQL yet (PLUGIN_DATABASE_URL may be mysql://)",
+                    });
+                }
+                Sourced {
+                    value,
+                    source: s.source,
+                }
+            }
             None => Sourced {
                 value: StoreTarget::File(DatabaseUrl::from_path(data_dir.value.join("core.db"))),
                 source: Source::Default,
@@ -376,7 +389,7 @@ impl Config {
     pub fn core_postgres_url(&self) -> Option<&PostgresUrl> {
         match &self.database_url.value {
             StoreTarget::Postgres(url) => Some(url),
-            StoreTarget::File(_) => None,
+            StoreTarget::File(_) | StoreTarget::Mysql(_) => None,
         }
     }
 
@@ -393,7 +406,15 @@ impl Config {
     pub fn plugins_postgres_url(&self) -> Option<&PostgresUrl> {
         match &self.plugin_database_url.value {
             StoreTarget::Postgres(url) => Some(url),
-            StoreTarget::File(_) => None,
+            StoreTarget::File(_) | StoreTarget::Mysql(_) => None,
+        }
+    }
+
+    /// The MySQL/MariaDB database of the plugin store, if it is on MySQL.
+    pub fn plugins_mysql_url(&self) -> Option<&MysqlUrl> {
+        match &self.plugin_database_url.value {
+            StoreTarget::Mysql(url) => Some(url),
+            StoreTarget::File(_) | StoreTarget::Postgres(_) => None,
         }
     }
 

@@ -37,14 +37,17 @@ pub enum Backend {
     Sqlite,
     /// A PostgreSQL database (a schema and a role per plugin).
     Postgres,
+    /// A MySQL/MariaDB server (a database and an account per plugin).
+    Mysql,
 }
 
 impl Backend {
-    /// `sqlite` or `postgres`.
+    /// `sqlite`, `postgres` or `mysql`.
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
+            Backend::Mysql => "mysql",
         }
     }
 
@@ -54,6 +57,7 @@ impl Backend {
         match self {
             Backend::Sqlite => None,
             Backend::Postgres => Some("postgres"),
+            Backend::Mysql => Some("mysql"),
         }
     }
 }

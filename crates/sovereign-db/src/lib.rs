@@ -16,7 +16,7 @@ pub use migrate::{
 };
 pub use open::{OpenError, OpenOptions, open_database};
 pub use store::{StoreError, StoreKind};
-pub use url::{DatabaseUrl, PostgresUrl, StoreTarget, UrlError};
+pub use url::{DatabaseUrl, MysqlUrl, PostgresUrl, StoreTarget, UrlError};
 
 /// Re-exported so that dependants use the exact same rusqlite as this crate.
 pub use rusqlite;

@@ -102,13 +102,57 @@ fn is_postgres(value: &str) -> bool {
     value.starts_with("postgres://") || value.starts_with("postgresql://")
 }
 
-/// Where a store lives: a SQLite file, or a PostgreSQL database.
+fn is_mysql(value: &str) -> bool {
+    value.starts_with("mysql://") || value.starts_with("mariadb://")
+}
+
+/// Where a store lives: a SQLite file, a PostgreSQL database, or a MySQL/MariaDB one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreTarget {
     /// `file:PATH`: the store's file.
     File(DatabaseUrl),
     /// `postgres://ROLE:PASSWORD@HOST:PORT/DB`.
     Postgres(PostgresUrl),
+    /// `mysql://ACCOUNT:PASSWORD@HOST:PORT/DB` (the plugin store only, so far).
+    Mysql(MysqlUrl),
+}
+
+/// A `mysql://` URL as given (checked in full where it is used); shown without its
+/// password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MysqlUrl(String);
+
+impl MysqlUrl {
+    /// The URL, password included.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for MysqlUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        masked(&self.0, f)
+    }
+}
+
+impl std::fmt::Debug for MysqlUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MysqlUrl({self})")
+    }
+}
+
+/// `scheme://user:secret@host/db` shown as `scheme://user:***@host/db`.
+fn masked(url: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((login, server)) => {
+                let user = login.split(':').next().unwrap_or_default();
+                write!(f, "{scheme}://{user}:***@{server}")
+            }
+            None => write!(f, "{scheme}://{rest}"),
+        },
+        None => f.write_str("?://?"),
+    }
 }
 
 /// A `postgres://` URL as given (checked in full where it is used); shown without its
@@ -145,16 +189,7 @@ impl PostgresUrl {
 impl std::fmt::Display for PostgresUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // postgres://role:secret@host/db -> postgres://role:***@host/db
-        match self.0.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((login, server)) => {
-                    let role = login.split(':').next().unwrap_or_default();
-                    write!(f, "{scheme}://{role}:***@{server}")
-                }
-                None => write!(f, "{scheme}://{rest}"),
-            },
-            None => f.write_str("postgres://?"),
-        }
+        masked(&self.0, f)
     }
 }
 
@@ -171,6 +206,9 @@ impl StoreTarget {
         if is_postgres(trimmed) {
             return Ok(StoreTarget::Postgres(PostgresUrl(trimmed.to_owned())));
         }
+        if is_mysql(trimmed) {
+            return Ok(StoreTarget::Mysql(MysqlUrl(trimmed.to_owned())));
+        }
         Ok(StoreTarget::File(DatabaseUrl::parse(variable, value)?))
     }
 
@@ -178,7 +216,7 @@ impl StoreTarget {
     pub fn file(&self) -> Option<&DatabaseUrl> {
         match self {
             StoreTarget::File(url) => Some(url),
-            StoreTarget::Postgres(_) => None,
+            StoreTarget::Postgres(_) | StoreTarget::Mysql(_) => None,
         }
     }
 }
@@ -188,6 +226,7 @@ impl std::fmt::Display for StoreTarget {
         match self {
             StoreTarget::File(url) => url.fmt(f),
             StoreTarget::Postgres(url) => url.fmt(f),
+            StoreTarget::Mysql(url) => url.fmt(f),
         }
     }
 }
@@ -222,7 +261,7 @@ mod tests {
     fn two_postgres_urls_name_one_database_whatever_role_logs_in() {
         let identity = |url: &str| match StoreTarget::parse("X", url).unwrap() {
             StoreTarget::Postgres(url) => url.database_identity(),
-            StoreTarget::File(_) => panic!("{url} is not a PostgreSQL URL"),
+            other => panic!("{url} is not a PostgreSQL URL: {other}"),
         };
         assert_eq!(
             identity("postgres://svc_core:a@DB.example:5432/sv"),

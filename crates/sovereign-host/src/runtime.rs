@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use sovereign_db_plugins::{
     FencedConnection, Limits, Manifest, PluginDb, PluginDbConfig, StoreLocation,
 };
+use sovereign_mysql::{MyPluginConfig, MyPluginDb};
 use sovereign_postgres::{PgPluginConfig, PgPluginDb};
+use sovereign_protocol::StoreLogin;
 use sovereign_protocol::{
     Caller, HostError, HttpRequest, HttpResponse, LogLevel, PluginEvent, PluginLogLine, PluginSpec,
 };
@@ -286,16 +288,23 @@ impl Runtime {
             spec.id
         );
         let open = || -> anyhow::Result<Box<dyn FencedConnection>> {
-            Ok(match &spec.postgres {
-                Some(login) => Box::new(PgPluginDb::open(&PgPluginConfig {
+            Ok(match &spec.store_login {
+                Some(StoreLogin::Postgres { url }) => {
+                    Box::new(PgPluginDb::open(&PgPluginConfig {
+                        plugin_id: spec.id.clone(),
+                        url: url.clone(),
+                        limits: manifest.limits,
+                    })?)
+                }
+                Some(StoreLogin::Mysql { url }) => Box::new(MyPluginDb::open(&MyPluginConfig {
                     plugin_id: spec.id.clone(),
-                    url: login.url.clone(),
+                    url: url.clone(),
                     limits: manifest.limits,
                 })?),
                 None => Box::new(PluginDb::open(
                     location.ok_or_else(|| {
                         anyhow::anyhow!(
-                            "the plugin store is on PostgreSQL and this plugin has no role \
+                            "the plugin store is a database server and this plugin has no \
                              login there; reinstall it (`sv plugins install`)"
                         )
                     })?,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sovereign_db_core::CoreError;
 use sovereign_protocol::{
     Caller, HostError, HostToKernel, HttpRequest, HttpResponse, KernelToHost, PluginEvent,
-    PluginLoad, PluginSpec, PostgresLogin, SandboxStatus, VERSION,
+    PluginLoad, PluginSpec, SandboxStatus, StoreLogin, VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -54,9 +54,9 @@ pub struct HostCommand {
     /// refuse, and `/health` shows that it did. `None` when the core store is on
     /// PostgreSQL: there is no file, and the host is never given a core login.
     pub core_db: Option<PathBuf>,
-    /// When the plugin store is on PostgreSQL: a plugin's connection string from its id,
-    /// mode and its role's password (kept in the core store), handed to the host.
-    pub postgres_login: Option<PostgresLoginFn>,
+    /// When the plugin store is a database server: a plugin's login from its id, mode
+    /// and its password (kept in the core store), handed to the host.
+    pub store_login: Option<StoreLoginFn>,
     /// Run (blocking) before every start of the host: with the core on PostgreSQL, the
     /// platform brings the plugins directory in line with the packages the core stores.
     pub before_start: Option<BeforeStart>,
@@ -72,17 +72,18 @@ impl std::fmt::Debug for BeforeStart {
     }
 }
 
-/// `(plugin id, its database mode, password) -> connection string`.
-type LoginBuilder = dyn Fn(&str, sovereign_db_plugins::DatabaseMode, &str) -> String + Send + Sync;
+/// `(plugin id, its database mode, password) -> its login`.
+type LoginBuilder =
+    dyn Fn(&str, sovereign_db_plugins::DatabaseMode, &str) -> StoreLogin + Send + Sync;
 
-/// Builds a plugin's PostgreSQL connection string from its id, its database mode (an
-/// isolated plugin has a database of its own) and its role's password.
+/// Builds a plugin's login to the plugin store's server from its id, its database mode
+/// (an isolated plugin has a database of its own) and its password.
 #[derive(Clone)]
-pub struct PostgresLoginFn(pub Arc<LoginBuilder>);
+pub struct StoreLoginFn(pub Arc<LoginBuilder>);
 
-impl std::fmt::Debug for PostgresLoginFn {
+impl std::fmt::Debug for StoreLoginFn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PostgresLoginFn")
+        f.write_str("StoreLoginFn")
     }
 }
 
@@ -388,28 +389,23 @@ fn set_state(inner: &Inner, state: HostState) {
 
 async fn plugin_specs(
     core: &CorePool,
-    postgres_login: Option<PostgresLoginFn>,
+    store_login: Option<StoreLoginFn>,
 ) -> Result<Vec<PluginSpec>, CoreError> {
     core.call(move |conn| {
         sovereign_db_core::plugins::list(conn)?
             .into_iter()
             .map(|p| {
-                let postgres = match &postgres_login {
+                let store_login = match &store_login {
                     // A plugin without a login cannot load (the host says why).
-                    Some(login) => {
-                        sovereign_db_core::plugins::store_login(conn, &p.id)?.map(|password| {
-                            PostgresLogin {
-                                url: (login.0)(&p.id, p.manifest.database, &password),
-                            }
-                        })
-                    }
+                    Some(login) => sovereign_db_core::plugins::store_login(conn, &p.id)?
+                        .map(|password| (login.0)(&p.id, p.manifest.database, &password)),
                     None => None,
                 };
                 Ok(PluginSpec {
                     id: p.id,
                     grants: p.grants,
                     manifest: p.manifest,
-                    postgres,
+                    store_login,
                 })
             })
             .collect()
@@ -570,7 +566,7 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
     let (reader, mut writer) = stream.into_split();
     // Buffered: under load several frames arrive per read.
     let mut reader = tokio::io::BufReader::new(reader);
-    let specs = plugin_specs(&inner.core, inner.command.postgres_login.clone()).await.unwrap_or_else(|e| {
+    let specs = plugin_specs(&inner.core, inner.command.store_login.clone()).await.unwrap_or_else(|e| {
         tracing::error!(error = ?e, "cannot read the plugin registry; starting the host without plugins");
         vec![]
     });
@@ -747,7 +743,7 @@ async fn run_once(inner: &Arc<Inner>, listener: &UnixListener, restarts: u64) ->
             _ = registry_check.tick() => {
                 // A plugin installed, upgraded, moved or removed while the platform runs:
                 // the host loads the registry at start, so start a fresh one.
-                if plugin_specs(&inner.core, inner.command.postgres_login.clone()).await.is_ok_and(|now| now != specs) {
+                if plugin_specs(&inner.core, inner.command.store_login.clone()).await.is_ok_and(|now| now != specs) {
                     tracing::info!("the plugin registry changed; restarting the extension host");
                     break Ending::Restart;
                 }

@@ -408,31 +408,7 @@ impl MyPluginDb {
             let statement = statement.to_owned();
             move |source| crate::MyError::Statement { statement, source }
         };
-        let tracking = "CREATE TABLE IF NOT EXISTS _sv_migrations (
-                            scope VARCHAR(100) NOT NULL, version INT NOT NULL,
-                            name VARCHAR(200) NOT NULL, checksum CHAR(64) NOT NULL,
-                            applied_at VARCHAR(30) NOT NULL,
-                            PRIMARY KEY (scope, version)) ENGINE = InnoDB";
-        self.conn
-            .query_drop(tracking)
-            .map_err(bookkeeping(tracking))?;
-        let read = "SELECT version, name, checksum, applied_at FROM _sv_migrations
-                    WHERE scope = ? ORDER BY version";
-        let applied: Vec<sovereign_db::AppliedRow> = self
-            .conn
-            .exec_map(
-                read,
-                (set.scope(),),
-                |(version, name, checksum, applied_at): (u32, String, String, String)| {
-                    sovereign_db::AppliedRow {
-                        version,
-                        name,
-                        checksum,
-                        applied_at,
-                    }
-                },
-            )
-            .map_err(bookkeeping(read))?;
+        let applied = self.applied(set)?;
         let pending: Vec<sovereign_db::Migration> =
             set.plan_of(&applied)?.into_iter().cloned().collect();
         let mut done = Vec::new();
@@ -469,6 +445,63 @@ impl MyPluginDb {
             done.push(migration.file_name());
         }
         Ok(done)
+    }
+
+    /// The tracking table's rows of `set`'s scope (made if missing).
+    fn applied(
+        &mut self,
+        set: &sovereign_db::MigrationSet,
+    ) -> Result<Vec<sovereign_db::AppliedRow>, crate::MyError> {
+        let bookkeeping = |statement: &str| {
+            let statement = statement.to_owned();
+            move |source| crate::MyError::Statement { statement, source }
+        };
+        let tracking = "CREATE TABLE IF NOT EXISTS _sv_migrations (
+                            scope VARCHAR(100) NOT NULL, version INT NOT NULL,
+                            name VARCHAR(200) NOT NULL, checksum CHAR(64) NOT NULL,
+                            applied_at VARCHAR(30) NOT NULL,
+                            PRIMARY KEY (scope, version)) ENGINE = InnoDB";
+        self.conn
+            .query_drop(tracking)
+            .map_err(bookkeeping(tracking))?;
+        let read = "SELECT version, name, checksum, applied_at FROM _sv_migrations
+                    WHERE scope = ? ORDER BY version";
+        self.conn
+            .exec_map(
+                read,
+                (set.scope(),),
+                |(version, name, checksum, applied_at): (u32, String, String, String)| {
+                    sovereign_db::AppliedRow {
+                        version,
+                        name,
+                        checksum,
+                        applied_at,
+                    }
+                },
+            )
+            .map_err(bookkeeping(read))
+    }
+
+    /// Where each of `set`'s migrations stands in the plugin's database.
+    pub fn migration_status(
+        &mut self,
+        set: &sovereign_db::MigrationSet,
+    ) -> Result<Vec<sovereign_db::MigrationStatus>, crate::MyError> {
+        let applied = self.applied(set)?;
+        Ok(set.status_of(&applied))
+    }
+
+    /// The migrations `migrate` would apply, by file name.
+    pub fn migration_plan(
+        &mut self,
+        set: &sovereign_db::MigrationSet,
+    ) -> Result<Vec<String>, crate::MyError> {
+        let applied = self.applied(set)?;
+        Ok(set
+            .plan_of(&applied)?
+            .iter()
+            .map(|m| m.file_name())
+            .collect())
     }
 
     /// Runs a migration's statement (schema changes allowed), outside requests.

@@ -567,6 +567,11 @@ pub fn stores(app: &App, console: &Console) -> Result<StoresPanel, PlatformError
             &format!("postgres://{}", store.describe()),
             &mut store.connect_owner()?,
         )?),
+        PluginStore::Mysql(_) => {
+            return Err(PlatformError::NotOnMysql {
+                operation: "the stores panel",
+            });
+        }
         PluginStore::Sqlite(_) => {
             let layout = app.plugin_files("the stores panel")?;
             files.push(file_sizes("plugins".into(), &layout.plugins));

@@ -82,6 +82,7 @@ pub fn report(app: &App) -> Result<Report, PlatformError> {
             }
         }
         PluginStore::Postgres(store) => check_postgres_store(&mut report, app, store),
+        PluginStore::Mysql(store) => check_mysql_store(&mut report, app, store),
     }
     let mut total_bytes = 0u64;
     for (what, path) in &files {
@@ -286,7 +287,71 @@ fn check_postgres_store(report: &mut Report, app: &App, store: &crate::PgPluginS
     }
 }
 
+/// The MySQL plugin store answers its account, and every installed plugin's account
+/// logs in with the password the core keeps.
+fn check_mysql_store(report: &mut Report, app: &App, store: &crate::MyPluginStore) {
+    let version = store.connect_owner().and_then(|mut owner| {
+        mysql::prelude::Queryable::query_first::<String, _>(&mut owner, "SELECT VERSION()").map_err(
+            |source| {
+                sovereign_mysql::MyError::Statement {
+                    statement: "SELECT VERSION()".into(),
+                    source,
+                }
+                .into()
+            },
+        )
+    });
+    match version {
+        Ok(version) => report.add(
+            Level::Ok,
+            "plugin store",
+            format!(
+                "MySQL {} at {} answers",
+                version.unwrap_or_default(),
+                store.describe()
+            ),
+        ),
+        Err(e) => return report.add(Level::Fail, "plugin store", e.to_string()),
+    }
+    let plugins = match app
+        .open_migrated_core_read_only()
+        .and_then(|core| Ok(sovereign_db_core::plugins::list(&core)?))
+    {
+        Ok(plugins) => plugins,
+        Err(e) => return report.add(Level::Fail, "plugin store", e.to_string()),
+    };
+    for plugin in plugins {
+        match crate::plugins::open_fenced(app, &plugin.id) {
+            Ok(_) => report.add(
+                Level::Ok,
+                "plugin store",
+                format!(
+                    "plugin {}: account svp_{} logs in to {}",
+                    plugin.id,
+                    plugin.id,
+                    store.describe_plugin(&plugin.id)
+                ),
+            ),
+            Err(e) => report.add(
+                Level::Fail,
+                "plugin store",
+                format!(
+                    "plugin {}: {e}; reinstall it (`sv plugins install`) to reset its account",
+                    plugin.id
+                ),
+            ),
+        }
+    }
+}
+
 fn check_sync(report: &mut Report, app: &App) {
+    if let PluginStore::Mysql(_) = app.plugin_store() {
+        return report.add(
+            Level::Ok,
+            "sync",
+            "the plugin store is on MySQL: no mirror of core data there yet".into(),
+        );
+    }
     let status = (|| -> Result<sovereign_sync::status::SyncStatus, PlatformError> {
         let core = app.core_location().open_existing_read_only()?;
         let mirror = app.sync_settings().open_mirror_read_only(app.config())?;

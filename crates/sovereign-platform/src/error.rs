@@ -55,6 +55,18 @@ pub enum PlatformError {
     /// PostgreSQL (the plugin store's roles, migrations and connections).
     #[error(transparent)]
     Postgres(#[from] sovereign_postgres::PgError),
+    /// A MySQL/MariaDB store.
+    #[error(transparent)]
+    Mysql(#[from] sovereign_mysql::MyError),
+    /// An operation not available with the plugin store on MySQL yet.
+    #[error(
+        "{operation} is not available with the plugin store on MySQL yet (PLUGIN_DATABASE_URL \
+         is mysql://); use a SQLite or PostgreSQL plugin store for it"
+    )]
+    NotOnMysql {
+        /// What was asked.
+        operation: &'static str,
+    },
     /// An operation that works on SQLite plugin stores only so far.
     #[error(
         "{operation} works on a SQLite plugin store only so far, and PLUGIN_DATABASE_URL \

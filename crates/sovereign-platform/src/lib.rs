@@ -36,6 +36,7 @@ pub struct App {
     sync: SyncSettings,
     location: StoreLocation,
     postgres: Option<PgPluginStore>,
+    mysql: Option<MyPluginStore>,
 }
 
 /// Where plugin data lives.
@@ -44,6 +45,49 @@ pub enum PluginStore<'a> {
     Sqlite(&'a StoreLocation),
     /// A PostgreSQL database: a schema and a role per plugin.
     Postgres(&'a PgPluginStore),
+    /// A MySQL/MariaDB server: a database and an account per plugin.
+    Mysql(&'a MyPluginStore),
+}
+
+/// The plugin store on MySQL/MariaDB (`PLUGIN_DATABASE_URL=mysql://...`): its account
+/// (`svc_plugins`), which provisions plugin accounts through the `sv_admin` procedures,
+/// and the server where those accounts log in. No mirror lives there yet: plugins that
+/// read core data are refused.
+#[derive(Clone)]
+pub struct MyPluginStore {
+    store: sovereign_mysql::StoreUrl,
+}
+
+impl MyPluginStore {
+    /// Connects as the store's account.
+    pub fn connect_owner(&self) -> Result<mysql::Conn, PlatformError> {
+        Ok(self.store.connect()?)
+    }
+
+    /// The database plugin `id` keeps its data in (`<plugin database>_<id>`, whatever its
+    /// mode: MySQL's only namespace is a database).
+    pub fn plugin_database(&self, id: &str) -> String {
+        format!("{}_{id}", self.store.database)
+    }
+
+    /// How plugin `id`'s account logs in (a URL with its password).
+    pub fn plugin_login(&self, id: &str, password: &str) -> String {
+        self.store.login_as(
+            &sovereign_mysql::plugin_account_name(id),
+            password,
+            &self.plugin_database(id),
+        )
+    }
+
+    /// The store's database, as `host:port/database`.
+    pub fn describe(&self) -> String {
+        format!("{}/{}", self.store.server, self.store.database)
+    }
+
+    /// Where plugin `id`'s data is, as `mysql://host:port/database`.
+    pub fn describe_plugin(&self, id: &str) -> String {
+        format!("mysql://{}/{}", self.store.server, self.plugin_database(id))
+    }
 }
 
 /// The plugin store on PostgreSQL (`PLUGIN_DATABASE_URL=postgres://...`): its owner
@@ -133,6 +177,12 @@ impl App {
             }),
             None => None,
         };
+        let mysql = match config.plugins_mysql_url() {
+            Some(url) => Some(MyPluginStore {
+                store: sovereign_mysql::StoreUrl::parse("PLUGIN_DATABASE_URL", url.expose())?,
+            }),
+            None => None,
+        };
         let location = StoreLocation {
             // On PostgreSQL no SQLite store is opened: `store_location` refuses.
             shared_store: config
@@ -146,6 +196,7 @@ impl App {
             sync,
             location,
             postgres,
+            mysql,
         })
     }
 
@@ -166,9 +217,10 @@ impl App {
 
     /// Where plugin data lives.
     pub fn plugin_store(&self) -> PluginStore<'_> {
-        match &self.postgres {
-            Some(pg) => PluginStore::Postgres(pg),
-            None => PluginStore::Sqlite(&self.location),
+        match (&self.postgres, &self.mysql) {
+            (Some(pg), _) => PluginStore::Postgres(pg),
+            (None, Some(my)) => PluginStore::Mysql(my),
+            (None, None) => PluginStore::Sqlite(&self.location),
         }
     }
 
@@ -178,6 +230,7 @@ impl App {
         match self.plugin_store() {
             PluginStore::Sqlite(location) => Ok(location),
             PluginStore::Postgres(_) => Err(PlatformError::NotOnPostgres { operation }),
+            PluginStore::Mysql(_) => Err(PlatformError::NotOnMysql { operation }),
         }
     }
 
@@ -242,6 +295,9 @@ impl App {
                 CoreLocation::File(url.resolve(&self.config.base_dir))
             }
             sovereign_db::StoreTarget::Postgres(url) => CoreLocation::Postgres(url.clone()),
+            sovereign_db::StoreTarget::Mysql(_) => {
+                unreachable!("the configuration refuses a mysql:// DATABASE_URL")
+            }
         }
     }
 

@@ -38,6 +38,27 @@ enum Store {
         plugin: PluginDbConfig,
         password: String,
     },
+    /// A plugin's database on MySQL, migrated as the plugin's account.
+    MysqlPlugin {
+        store: crate::MyPluginStore,
+        plugin: PluginDbConfig,
+        password: String,
+    },
+}
+
+/// Plugin `plugin`'s connection as its own account, for its migrations.
+fn open_mysql_plugin(
+    store: &crate::MyPluginStore,
+    plugin: &PluginDbConfig,
+    password: &str,
+) -> Result<sovereign_mysql::MyPluginDb, PlatformError> {
+    Ok(sovereign_mysql::MyPluginDb::open(
+        &sovereign_mysql::MyPluginConfig {
+            plugin_id: plugin.plugin_id.clone(),
+            url: store.plugin_login(&plugin.plugin_id, password),
+            limits: plugin.limits,
+        },
+    )?)
 }
 
 /// Plugin `plugin`'s connection as its own role, for its migrations.
@@ -100,6 +121,11 @@ impl Target {
                 plugin,
                 password,
             } => open_postgres_plugin(store, plugin, password)?.migrate(&self.set)?,
+            Store::MysqlPlugin {
+                store,
+                plugin,
+                password,
+            } => open_mysql_plugin(store, plugin, password)?.migrate(&self.set)?,
         };
         Ok(applied)
     }
@@ -130,6 +156,11 @@ impl Target {
                 plugin,
                 password,
             } => Ok(open_postgres_plugin(store, plugin, password)?.migration_plan(&self.set)?),
+            Store::MysqlPlugin {
+                store,
+                plugin,
+                password,
+            } => Ok(open_mysql_plugin(store, plugin, password)?.migration_plan(&self.set)?),
         }
     }
 
@@ -153,6 +184,11 @@ impl Target {
                 plugin,
                 password,
             } => Ok(open_postgres_plugin(store, plugin, password)?.migration_status(&self.set)?),
+            Store::MysqlPlugin {
+                store,
+                plugin,
+                password,
+            } => Ok(open_mysql_plugin(store, plugin, password)?.migration_status(&self.set)?),
         }
     }
 
@@ -243,6 +279,29 @@ pub fn targets(
                         )?,
                         path: PathBuf::from(store.describe_plugin(&id, plugin_config.mode)),
                         store: Store::PostgresPlugin {
+                            store: store.clone(),
+                            plugin: plugin_config,
+                            password,
+                        },
+                    }
+                }
+                PluginStore::Mysql(store) => {
+                    let password = sovereign_db_core::plugins::store_login(
+                        &app.open_migrated_core_read_only()?,
+                        &id,
+                    )?
+                    .ok_or_else(|| PlatformError::NotInstalledPackage {
+                        id: id.clone(),
+                        dir: app.package_dir(&id),
+                    })?;
+                    Target {
+                        set: sovereign_db_plugins::plugin_migrations_for(
+                            &plugins_dir,
+                            &id,
+                            Backend::Mysql,
+                        )?,
+                        path: PathBuf::from(store.describe_plugin(&id)),
+                        store: Store::MysqlPlugin {
                             store: store.clone(),
                             plugin: plugin_config,
                             password,

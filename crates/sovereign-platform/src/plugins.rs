@@ -76,6 +76,7 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
             install_data_sqlite(app, location, &source, &manifest, &grants)
         }
         PluginStore::Postgres(pg) => install_data_postgres(app, pg, &source, &manifest, &grants),
+        PluginStore::Mysql(my) => install_data_mysql(my, &source, &manifest, &grants),
     };
     let Stored {
         applied,
@@ -208,11 +209,16 @@ pub(crate) fn serving_role(
         id: manifest.id.clone(),
         password: password.to_owned(),
         grants: grants.to_vec(),
-        // A host's lanes and relay connection, twice (a restarted host connects before
-        // the killed one's sessions are gone), and operators' `sv plugins sql`.
-        connection_limit: (2 * (sovereign_host::scheduler::REQUEST_LANES + 1) + 4) as u32,
+        connection_limit: serving_connection_limit(),
         statement_ms: manifest.limits.statement_ms,
     }
+}
+
+/// How many connections a plugin's role or account may hold: a host's lanes and relay
+/// connection, twice (a restarted host connects before the killed one's sessions are
+/// gone), and operators' `sv plugins sql` and deadline kills.
+fn serving_connection_limit() -> u32 {
+    (2 * (sovereign_host::scheduler::REQUEST_LANES + 1) + 4) as u32
 }
 
 /// A new password for a plugin's role: 32 random hex digits.
@@ -299,6 +305,67 @@ fn install_data_postgres(
                 if let Err(undo) = provision(&mut owner, drop.clone(), drop) {
                     tracing::error!(plugin = %id, error = %undo, "could not drop the role of a failed install");
                 }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Provisions the plugin's account and database on the MySQL plugin store (through
+/// `sv_admin.create_plugin_account`, as the store's account) and applies its
+/// `migrations/mysql/` as that account. No mirror lives on MySQL yet: a plugin that
+/// reads core data is refused. A failure drops what this install made.
+fn install_data_mysql(
+    my: &crate::MyPluginStore,
+    source: &Path,
+    manifest: &Manifest,
+    grants: &[(String, String)],
+) -> Result<Stored, PlatformError> {
+    let id = &manifest.id;
+    if !manifest.backends.contains(&Backend::Mysql) {
+        return Err(backend_not_supported(manifest, Backend::Mysql));
+    }
+    if !grants.is_empty() {
+        return Err(PlatformError::NotOnMysql {
+            operation: "a plugin that reads mirrored core data (\"reads\")",
+        });
+    }
+    let set = sovereign_db::MigrationSet::from_dir(
+        &sovereign_db_plugins::migration_scope(id),
+        &source.join("migrations").join("mysql"),
+    )?;
+    let mut owner = my.connect_owner()?;
+    let password = generate_password();
+    let limit = serving_connection_limit();
+    let call = "CALL sv_admin.create_plugin_account(?, ?, ?)";
+    mysql::prelude::Queryable::exec_drop(&mut owner, call, (id, &password, limit)).map_err(
+        |source| sovereign_mysql::MyError::Statement {
+            statement: call.into(),
+            source,
+        },
+    )?;
+    let migrated = (|| -> Result<Vec<String>, PlatformError> {
+        let mut db = sovereign_mysql::MyPluginDb::open(&sovereign_mysql::MyPluginConfig {
+            plugin_id: id.clone(),
+            url: my.plugin_login(id, &password),
+            limits: manifest.limits,
+        })?;
+        Ok(db.migrate(&set)?)
+    })();
+    match migrated {
+        Ok(applied) => Ok(Stored {
+            applied,
+            data_location: format!(
+                "{} (account {})",
+                my.describe_plugin(id),
+                sovereign_mysql::plugin_account_name(id)
+            ),
+            login: Some(password),
+        }),
+        Err(e) => {
+            let drop = "CALL sv_admin.drop_plugin_account(?)";
+            if let Err(undo) = mysql::prelude::Queryable::exec_drop(&mut owner, drop, (id,)) {
+                tracing::error!(plugin = %id, error = %undo, "could not drop the account of a failed install");
             }
             Err(e)
         }
@@ -417,6 +484,9 @@ pub fn upgrade(
     let applied = (|| -> Result<Vec<String>, PlatformError> {
         app.ensure_mirrors(&grants)?;
         match app.plugin_store() {
+            PluginStore::Mysql(_) => Err(PlatformError::NotOnMysql {
+                operation: "upgrading a plugin",
+            }),
             PluginStore::Sqlite(location) => {
                 let set = sovereign_db::MigrationSet::from_dir(
                     &sovereign_db_plugins::migration_scope(&id),
@@ -649,6 +719,8 @@ pub fn remove(app: &App, id: &str, purge: bool) -> Result<Removed, PlatformError
     let mut removed = Removed::default();
     if let PluginStore::Postgres(pg) = app.plugin_store() {
         remove_postgres(pg, id, record.manifest.database, purge, &mut removed)?;
+    } else if let PluginStore::Mysql(my) = app.plugin_store() {
+        remove_mysql(my, id, purge, &mut removed)?;
     } else if purge {
         let location = app.store_location("removing a plugin")?;
         match record.manifest.database {
@@ -673,6 +745,39 @@ pub fn remove(app: &App, id: &str, purge: bool) -> Result<Removed, PlatformError
         Some(&serde_json::json!({ "purge": purge })),
     )?;
     Ok(removed)
+}
+
+/// On MySQL: with `purge` the plugin's account and database are dropped; without, the
+/// account gets a password nobody knows (its data stays for a later install, which sets
+/// a new one).
+fn remove_mysql(
+    my: &crate::MyPluginStore,
+    id: &str,
+    purge: bool,
+    removed: &mut Removed,
+) -> Result<(), PlatformError> {
+    let mut owner = my.connect_owner()?;
+    let (call, params): (&str, mysql::Params) = if purge {
+        (
+            "CALL sv_admin.drop_plugin_account(?)",
+            mysql::Params::from((id,)),
+        )
+    } else {
+        (
+            "CALL sv_admin.create_plugin_account(?, ?, ?)",
+            mysql::Params::from((id, generate_password(), serving_connection_limit())),
+        )
+    };
+    mysql::prelude::Queryable::exec_drop(&mut owner, call, params).map_err(|source| {
+        sovereign_mysql::MyError::Statement {
+            statement: call.into(),
+            source,
+        }
+    })?;
+    if purge {
+        removed.dropped.push(my.describe_plugin(id));
+    }
+    Ok(())
 }
 
 /// On PostgreSQL: the role's mirror grants become the new manifest's (as the store's
@@ -810,6 +915,22 @@ pub fn open_fenced(app: &App, id: &str) -> Result<Box<dyn FencedConnection>, Pla
                 }
             })?;
             Box::new(pg.open_plugin(id, config.mode, &password, config.limits)?)
+        }
+        PluginStore::Mysql(my) => {
+            let core = app.open_migrated_core()?;
+            let password = registry::store_login(&core, id)?.ok_or_else(|| {
+                PlatformError::NotInstalledPackage {
+                    id: id.to_owned(),
+                    dir: app.package_dir(id),
+                }
+            })?;
+            Box::new(sovereign_mysql::MyPluginDb::open(
+                &sovereign_mysql::MyPluginConfig {
+                    plugin_id: id.to_owned(),
+                    url: my.plugin_login(id, &password),
+                    limits: config.limits,
+                },
+            )?)
         }
     })
 }

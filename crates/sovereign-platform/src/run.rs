@@ -10,6 +10,7 @@ use sovereign_db_plugins::DatabaseMode;
 pub use sovereign_kernel::RuntimeLock;
 use sovereign_kernel::host::HostCommand;
 use sovereign_kernel::{Kernel, KernelOptions};
+use sovereign_protocol::StoreLogin;
 use sovereign_sync::worker::{SyncTarget, SyncWaker, SyncWorker};
 
 use crate::plugins::{Approval, Installed};
@@ -246,7 +247,16 @@ pub fn serve(
         // Installing capture connects to the core store (blocking).
         let metrics = kernel.metrics();
         let name = kernel.name();
-        let sync = tokio::task::block_in_place(|| start_sync(app, waker, metrics, name))?;
+        // A MySQL plugin store holds no mirror yet: nothing to sync.
+        let sync = match app.plugin_store() {
+            PluginStore::Mysql(_) => {
+                tracing::info!("the plugin store is on MySQL: no mirror, no sync worker");
+                None
+            }
+            _ => Some(tokio::task::block_in_place(|| {
+                start_sync(app, waker, metrics, name)
+            })?),
+        };
         lock.record_address(&kernel.local_addr().to_string())
             .map_err(|source| PlatformError::Io {
                 what: "recording the address in the lock file".into(),
@@ -265,7 +275,9 @@ pub fn serve(
         if let Some(host) = host {
             host.stop(std::time::Duration::from_secs(5)).await;
         }
-        let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
+        if let Some(sync) = sync {
+            let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
+        }
         tracing::info!("stopped");
         Ok::<(), PlatformError>(())
     })?;
@@ -287,6 +299,14 @@ fn plugin_store_probe(app: &App) -> sovereign_kernel::PluginStoreProbe {
                 owner
                     .batch_execute("SELECT 1")
                     .map_err(|e| format!("the PostgreSQL plugin store: {e}"))
+            })
+        }
+        PluginStore::Mysql(store) => {
+            let store = store.clone();
+            Arc::new(move || {
+                let mut owner = store.connect_owner().map_err(|e| e.to_string())?;
+                mysql::prelude::Queryable::query_drop(&mut owner, "SELECT 1")
+                    .map_err(|e| format!("the MySQL plugin store: {e}"))
             })
         }
     }
@@ -330,7 +350,7 @@ fn host_command(app: &App, options: &ServeOptions) -> Result<HostCommand, Platfo
         "--packages".into(),
         app.config().plugins_dir_path().into(),
     ];
-    let postgres_login = match app.plugin_store() {
+    let store_login = match app.plugin_store() {
         PluginStore::Sqlite(location) => {
             args.extend([
                 "--plugins-db".into(),
@@ -344,12 +364,20 @@ fn host_command(app: &App, options: &ServeOptions) -> Result<HostCommand, Platfo
             }
             None
         }
-        // The host gets no SQLite store: each plugin's spec carries its role's login.
+        // The host gets no SQLite store: each plugin's spec carries its own login.
         PluginStore::Postgres(store) => {
             let store = store.clone();
-            Some(sovereign_kernel::host::PostgresLoginFn(Arc::new(
-                move |id: &str, mode: DatabaseMode, password: &str| {
-                    store.plugin_login(id, mode, password)
+            Some(sovereign_kernel::host::StoreLoginFn(Arc::new(
+                move |id: &str, mode: DatabaseMode, password: &str| StoreLogin::Postgres {
+                    url: store.plugin_login(id, mode, password),
+                },
+            )))
+        }
+        PluginStore::Mysql(store) => {
+            let store = store.clone();
+            Some(sovereign_kernel::host::StoreLoginFn(Arc::new(
+                move |id: &str, _mode: DatabaseMode, password: &str| StoreLogin::Mysql {
+                    url: store.plugin_login(id, password),
                 },
             )))
         }
@@ -366,7 +394,7 @@ fn host_command(app: &App, options: &ServeOptions) -> Result<HostCommand, Platfo
         env,
         socket,
         core_db: app.config().core_db_path(),
-        postgres_login,
+        store_login,
         before_start: {
             let app = app.clone();
             Some(sovereign_kernel::host::BeforeStart(Arc::new(move || {

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version; kernel and host refuse to talk across versions.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 32 * 1024 * 1024;
@@ -24,22 +24,33 @@ pub struct PluginSpec {
     pub grants: Vec<(String, String)>,
     /// The manifest as installed (its database mode, limits and events).
     pub manifest: sovereign_db_plugins::Manifest,
-    /// Where its data lives when the plugin store is on PostgreSQL (`None`: the SQLite
-    /// files the host was started with).
-    pub postgres: Option<PostgresLogin>,
+    /// Where its data lives when the plugin store is a database server (`None`: the
+    /// SQLite files the host was started with).
+    pub store_login: Option<StoreLogin>,
 }
 
-/// A plugin role's connection URL (`postgres://svp_<id>:PASSWORD@HOST:PORT/DB`), handed
-/// to the host only; never printed.
+/// A plugin's own login to the plugin store's server, handed to the host only; never
+/// printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PostgresLogin {
-    /// The URL, with the role's password.
-    pub url: String,
+pub enum StoreLogin {
+    /// `postgres://svp_<id>:PASSWORD@HOST:PORT/DB`: the plugin's role.
+    Postgres {
+        /// The URL, with the role's password.
+        url: String,
+    },
+    /// `mysql://svp_<id>:PASSWORD@HOST:PORT/DB`: the plugin's account in its database.
+    Mysql {
+        /// The URL, with the account's password.
+        url: String,
+    },
 }
 
-impl std::fmt::Debug for PostgresLogin {
+impl std::fmt::Debug for StoreLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PostgresLogin { url: <secret> }")
+        match self {
+            StoreLogin::Postgres { .. } => f.write_str("StoreLogin::Postgres { url: <secret> }"),
+            StoreLogin::Mysql { .. } => f.write_str("StoreLogin::Mysql { url: <secret> }"),
+        }
     }
 }
 

@@ -70,6 +70,12 @@ pub enum SyncError {
         /// What was asked.
         operation: &'static str,
     },
+    /// The plugin store is on MySQL, which holds no mirror yet.
+    #[error(
+        "the plugin store is on MySQL (PLUGIN_DATABASE_URL is mysql://), which holds no mirror \
+         of core data yet: there is nothing to sync"
+    )]
+    NoMirrorOnMysql,
     /// The PostgreSQL mirror.
     #[error(transparent)]
     Postgres(#[from] sovereign_postgres::PgError),

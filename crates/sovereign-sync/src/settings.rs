@@ -156,6 +156,9 @@ impl SyncSettings {
     /// The file holding the mirror tables in this layout (refused when the plugin store,
     /// and with it the mirror, is on PostgreSQL).
     pub fn mirror_store_path(&self, config: &Config) -> Result<PathBuf, SyncError> {
+        if config.plugins_mysql_url().is_some() {
+            return Err(SyncError::NoMirrorOnMysql);
+        }
         if config.plugins_postgres_url().is_some() {
             return Err(SyncError::NotOnPostgres {
                 operation: "a mirror file",

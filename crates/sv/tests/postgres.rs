@@ -86,7 +86,8 @@ struct NotesStore {
     spec: sovereign_protocol::PluginSpec,
     location: sovereign_db_plugins::StoreLocation,
     _dir: tempfile::TempDir,
-    _cluster: Option<Cluster>,
+    /// The PostgreSQL cluster or MariaDB server, kept running.
+    _server: Option<Box<dyn std::any::Any>>,
 }
 
 fn notes_manifest() -> sovereign_db_plugins::Manifest {
@@ -97,6 +98,12 @@ fn notes_manifest() -> sovereign_db_plugins::Manifest {
         &sovereign_db_plugins::mirror::MirrorCatalog::default(),
     )
     .unwrap()
+}
+
+/// A throwaway MariaDB from `scripts/mariadb`.
+fn mariadb() -> sovereign_mysql::Server {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mariadb");
+    sovereign_mysql::Server::start(&script).unwrap()
 }
 
 fn plugins_dir() -> PathBuf {
@@ -168,8 +175,35 @@ impl NotesStore {
                     .unwrap();
                 assert_eq!(db.migrate(&migrations).unwrap(), ["0001_init.sql"]);
                 (
-                    Some(sovereign_protocol::PostgresLogin { url }),
-                    Some(cluster),
+                    Some(sovereign_protocol::StoreLogin::Postgres { url }),
+                    Some(Box::new(cluster) as Box<dyn std::any::Any>),
+                )
+            }
+            Backend::Mysql => {
+                let server = mariadb();
+                let plugins_url = server.url("svc_plugins", "plugins-secret-12", "sv_plugins");
+                sovereign_mysql::RolePlan::new(None, &plugins_url)
+                    .unwrap()
+                    .apply(server.admin_url())
+                    .unwrap();
+                let mut owner = sovereign_mysql::roles::connect(&plugins_url).unwrap();
+                mysql::prelude::Queryable::exec_drop(
+                    &mut owner,
+                    "CALL sv_admin.create_plugin_account(?, ?, ?)",
+                    ("notes", "notessecretpassword1", 8),
+                )
+                .unwrap();
+                let url = server.url("svp_notes", "notessecretpassword1", "sv_plugins_notes");
+                let mut db = sovereign_mysql::MyPluginDb::open(&sovereign_mysql::MyPluginConfig {
+                    plugin_id: "notes".into(),
+                    url: url.clone(),
+                    limits: manifest.limits,
+                })
+                .unwrap();
+                assert_eq!(db.migrate(&migrations).unwrap(), ["0001_init.sql"]);
+                (
+                    Some(sovereign_protocol::StoreLogin::Mysql { url }),
+                    Some(Box::new(server) as Box<dyn std::any::Any>),
                 )
             }
         };
@@ -178,19 +212,19 @@ impl NotesStore {
                 id: "notes".into(),
                 grants: vec![],
                 manifest,
-                postgres,
+                store_login: postgres,
             },
             location,
             _dir: dir,
-            _cluster: cluster,
+            _server: cluster,
         }
     }
 }
 
-/// The `notes` component, built once, runs unchanged on a SQLite and on a PostgreSQL
-/// plugin store: the same requests, the same answers.
+/// The `notes` component, built once, runs unchanged on a SQLite, a PostgreSQL and a
+/// MySQL plugin store: the same requests, the same answers.
 #[test]
-fn the_notes_plugin_runs_unchanged_on_both_plugin_store_backends() {
+fn the_notes_plugin_runs_unchanged_on_every_plugin_store_backend() {
     use sovereign_db_plugins::Backend;
     use sovereign_host::runtime::Runtime;
     use sovereign_protocol::{Caller, HttpRequest};
@@ -199,12 +233,12 @@ fn the_notes_plugin_runs_unchanged_on_both_plugin_store_backends() {
         .enable_all()
         .build()
         .unwrap();
-    for backend in [Backend::Sqlite, Backend::Postgres] {
+    for backend in [Backend::Sqlite, Backend::Postgres, Backend::Mysql] {
         let store = NotesStore::new(backend);
         let runtime = Runtime::load(
             Runtime::engine().unwrap(),
-            // On PostgreSQL the host gets no SQLite store at all.
-            store.spec.postgres.is_none().then_some(&store.location),
+            // On a database server the host gets no SQLite store at all.
+            store.spec.store_login.is_none().then_some(&store.location),
             &plugins_dir(),
             std::slice::from_ref(&store.spec),
         )
@@ -655,10 +689,33 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
 /// token and the cluster to keep alive.
 fn notes_platform(
     backend: sovereign_db_plugins::Backend,
-) -> (Workdir, common::Server, String, Option<Cluster>) {
+) -> (
+    Workdir,
+    common::Server,
+    String,
+    Option<Box<dyn std::any::Any>>,
+) {
     let w = Workdir::new();
-    let cluster = match backend {
+    let cluster: Option<Box<dyn std::any::Any>> = match backend {
         sovereign_db_plugins::Backend::Sqlite => None,
+        sovereign_db_plugins::Backend::Mysql => {
+            let server = mariadb();
+            let url = server.url("svc_plugins", "plugins-secret-12", "sv_plugins");
+            std::fs::write(
+                w.path().join("sovereign.toml"),
+                format!("plugin_database_url = \"{url}\"\n"),
+            )
+            .unwrap();
+            w.sv_ok(&[
+                "--plugin-database-url",
+                &url,
+                "mysql:roles",
+                "--apply",
+                "--admin-url",
+                server.admin_url(),
+            ]);
+            Some(Box::new(server))
+        }
         sovereign_db_plugins::Backend::Postgres => {
             let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
             let cluster = Cluster::start(&script).unwrap();
@@ -675,7 +732,7 @@ fn notes_platform(
                 "--admin-url",
                 cluster.admin_url(),
             ]);
-            Some(cluster)
+            Some(Box::new(cluster))
         }
     };
     w.sv_ok(&["migrate:deploy"]);
@@ -693,16 +750,17 @@ fn notes_platform(
 }
 
 /// The host killed twice while two clients write: every write the platform acknowledged
-/// is there exactly once afterwards, on either plugin store backend (a killed host's
-/// open transactions roll back, on SQLite by the journal, on PostgreSQL when its
-/// sessions drop).
+/// is there exactly once afterwards, on every plugin store backend (a killed host's
+/// open transactions roll back, on SQLite by the journal, on PostgreSQL and MySQL when
+/// its sessions drop).
 #[test]
-fn killing_the_host_under_load_loses_no_acknowledged_write_on_either_backend() {
+fn killing_the_host_under_load_loses_no_acknowledged_write_on_any_backend() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     for backend in [
         sovereign_db_plugins::Backend::Sqlite,
         sovereign_db_plugins::Backend::Postgres,
+        sovereign_db_plugins::Backend::Mysql,
     ] {
         let (_w, server, token, _cluster) = notes_platform(backend);
         let server = Arc::new(server);
@@ -1428,6 +1486,7 @@ fn backup_round_trip(backend: sovereign_db_plugins::Backend) {
     let _cluster = match backend {
         sovereign_db_plugins::Backend::Sqlite => None,
         sovereign_db_plugins::Backend::Postgres => Some(both_stores_on_postgres(&w)),
+        sovereign_db_plugins::Backend::Mysql => unreachable!("backups are not on MySQL yet"),
     };
     let sql = |id: &str, statement: &str| w.sv_ok(&["plugins", "sql", id, statement, "--json"]);
     w.sv_ok(&["migrate:deploy"]);
