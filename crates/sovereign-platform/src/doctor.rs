@@ -257,34 +257,9 @@ fn check_postgres_store(report: &mut Report, app: &App, store: &crate::PgPluginS
         ),
         Err(e) => return report.add(Level::Fail, "plugin store", e.to_string()),
     }
-    let plugins = match app
-        .open_migrated_core_read_only()
-        .and_then(|core| Ok(sovereign_db_core::plugins::list(&core)?))
-    {
-        Ok(plugins) => plugins,
-        Err(e) => return report.add(Level::Fail, "plugin store", e.to_string()),
-    };
-    for plugin in plugins {
-        let opened = crate::plugins::open_fenced(app, &plugin.id);
-        match opened {
-            Ok(_) => report.add(
-                Level::Ok,
-                "plugin store",
-                format!(
-                    "plugin {}: role svp_{} logs in, unprivileged, owning schema {}",
-                    plugin.id, plugin.id, plugin.id
-                ),
-            ),
-            Err(e) => report.add(
-                Level::Fail,
-                "plugin store",
-                format!(
-                    "plugin {}: {e}; reinstall it (`sv plugins install`) to reset its role",
-                    plugin.id
-                ),
-            ),
-        }
-    }
+    check_plugin_logins(report, app, &|id| {
+        format!("role svp_{id} logs in, unprivileged, owning schema {id}")
+    });
 }
 
 /// The MySQL plugin store answers its account, and every installed plugin's account
@@ -313,6 +288,14 @@ fn check_mysql_store(report: &mut Report, app: &App, store: &crate::MyPluginStor
         ),
         Err(e) => return report.add(Level::Fail, "plugin store", e.to_string()),
     }
+    check_plugin_logins(report, app, &|id| {
+        format!("account svp_{id} logs in to {}", store.describe_plugin(id))
+    });
+}
+
+/// Every installed plugin's own login to the plugin store's server works (`ok` says
+/// what it reached); a failing one says to reinstall.
+fn check_plugin_logins(report: &mut Report, app: &App, ok: &dyn Fn(&str) -> String) {
     let plugins = match app
         .open_migrated_core_read_only()
         .and_then(|core| Ok(sovereign_db_core::plugins::list(&core)?))
@@ -325,18 +308,13 @@ fn check_mysql_store(report: &mut Report, app: &App, store: &crate::MyPluginStor
             Ok(_) => report.add(
                 Level::Ok,
                 "plugin store",
-                format!(
-                    "plugin {}: account svp_{} logs in to {}",
-                    plugin.id,
-                    plugin.id,
-                    store.describe_plugin(&plugin.id)
-                ),
+                format!("plugin {}: {}", plugin.id, ok(&plugin.id)),
             ),
             Err(e) => report.add(
                 Level::Fail,
                 "plugin store",
                 format!(
-                    "plugin {}: {e}; reinstall it (`sv plugins install`) to reset its account",
+                    "plugin {}: {e}; reinstall it (`sv plugins install`) to reset its login",
                     plugin.id
                 ),
             ),

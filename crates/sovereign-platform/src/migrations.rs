@@ -263,14 +263,7 @@ pub fn targets(
                     store: Store::Plugin(plugin_config),
                 },
                 PluginStore::Postgres(store) => {
-                    let password = sovereign_db_core::plugins::store_login(
-                        &app.open_migrated_core_read_only()?,
-                        &id,
-                    )?
-                    .ok_or_else(|| PlatformError::NotInstalledPackage {
-                        id: id.clone(),
-                        dir: app.package_dir(&id),
-                    })?;
+                    let password = plugin_password(app, &id)?;
                     Target {
                         set: sovereign_db_plugins::plugin_migrations_for(
                             &plugins_dir,
@@ -286,14 +279,7 @@ pub fn targets(
                     }
                 }
                 PluginStore::Mysql(store) => {
-                    let password = sovereign_db_core::plugins::store_login(
-                        &app.open_migrated_core_read_only()?,
-                        &id,
-                    )?
-                    .ok_or_else(|| PlatformError::NotInstalledPackage {
-                        id: id.clone(),
-                        dir: app.package_dir(&id),
-                    })?;
+                    let password = plugin_password(app, &id)?;
                     Target {
                         set: sovereign_db_plugins::plugin_migrations_for(
                             &plugins_dir,
@@ -312,6 +298,16 @@ pub fn targets(
         }
     }
     Ok(out)
+}
+
+/// The password the core keeps for plugin `id`'s role or account on a database server.
+fn plugin_password(app: &App, id: &str) -> Result<String, PlatformError> {
+    sovereign_db_core::plugins::store_login(&app.open_migrated_core_read_only()?, id)?.ok_or_else(
+        || PlatformError::NotInstalledPackage {
+            id: id.to_owned(),
+            dir: app.package_dir(id),
+        },
+    )
 }
 
 pub(crate) fn open_migrated_core_with(
