@@ -10,6 +10,9 @@
 //! PostgreSQL, and the same two routes are measured through one kernel against through
 //! both in turn (on a 2-core machine: no regression is the point, not scaling).
 //!
+//! The same plugin route with the plugin store on MariaDB (beside a SQLite core; a core
+//! on MySQL does not exist yet) joins the first comparison (issue 15).
+//!
 //! Run: `cargo bench -p sv --bench postgres`.
 
 mod support;
@@ -151,12 +154,32 @@ fn main() {
         Some(&both.url("svc_core", "bench-core-secret", "sv_core")),
         Some(&both.url("svc_plugins", "bench-plugins-secret", "sv_plugins")),
     );
+    // The plugin store on MariaDB beside a SQLite core (issue 15).
+    let mariadb = sovereign_mysql::Server::start(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mariadb"),
+    )
+    .unwrap();
+    let mysql_url = mariadb.url("svc_plugins", "bench-plugins-secret", "sv_plugins");
+    let roles = tempfile::tempdir().unwrap();
+    sv_ok(
+        roles.path(),
+        &[
+            "--plugin-database-url",
+            &mysql_url,
+            "mysql:roles",
+            "--apply",
+            "--admin-url",
+            mariadb.admin_url(),
+        ],
+    );
+    let (_my_plugins, my_note, my_plugins_token) = platform(None, Some(&mysql_url));
     let sqlite_me = format!("{}/api/auth/me", sqlite.base);
     let pg_me = format!("{}/api/auth/me", pg_both.base);
 
     let plugin = compare(&[
         (vec![sqlite_note], &sqlite_token),
         (vec![pg_note], &pg_plugins_token),
+        (vec![my_note], &my_plugins_token),
     ]);
     let core = compare(&[
         (vec![sqlite_me], &sqlite_token),
@@ -183,6 +206,17 @@ fn main() {
         core[0],
         core[1],
         core[1] / core[0]
+    );
+    println!(
+        "{:<44} {:>12} {:>12} {:>12}",
+        "plugin store on MariaDB (core on SQLite)", "SQLite", "MariaDB", "My / SQLite"
+    );
+    println!(
+        "{:<44} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
+        "plugin GET /api/plugins/notes/notes/{id}",
+        plugin[0],
+        plugin[2],
+        plugin[2] / plugin[0]
     );
 
     // A second kernel on the same two databases (its own directory, no packages: it
