@@ -10,8 +10,9 @@
 //! - deadlines: a statement still running at its deadline (what is left of
 //!   `limits.statement_ms` and of the request) is stopped from outside with `KILL
 //!   QUERY`, sent over a connection of the plugin's own account
-//!   ([`sovereign_db_plugins::deadline`]); MariaDB's `max_statement_time`, set a margin
-//!   later, is the backstop (the plugin cannot change it: `SET` never reaches the server);
+//!   ([`sovereign_db_plugins::deadline`]); MariaDB's `max_statement_time`, set once per
+//!   connection a second past `limits.statement_ms`, is the backstop (the plugin cannot
+//!   change it: `SET` never reaches the server);
 //! - the storage quota (the database's data and index bytes after every write; a write
 //!   that goes past it rolls its request back), and the same value and result caps as
 //!   elsewhere;
@@ -35,9 +36,9 @@ use sovereign_db_plugins::deadline::{self, Alarm};
 use crate::Denial;
 use crate::sql_text::{self, StatementKind, TextError};
 
-/// How much later than the watchdog the server's own `max_statement_time` stops a
-/// statement (when the kill could not be sent).
-const SERVER_BACKSTOP: Duration = Duration::from_secs(1);
+/// How much later than its deadline the server's own `max_statement_time` stops a
+/// statement (when the kill could not be sent), in milliseconds.
+const SERVER_BACKSTOP_MS: u64 = 1000;
 
 /// What a plugin's MySQL connection needs.
 #[derive(Debug, Clone)]
@@ -64,8 +65,6 @@ pub struct MyPluginDb {
     limits: Limits,
     in_request: bool,
     deadline: Option<Instant>,
-    /// The `max_statement_time` last set, in milliseconds.
-    statement_time_ms: u64,
     cursors: Vec<Cursor>,
     next_cursor: u64,
     /// Stops this connection's statement at its deadline.
@@ -112,6 +111,19 @@ impl MyPluginDb {
                 problem: format!("it logs in as {account:?}, not {expected}"),
             });
         }
+        // The server's own limit, a margin after the statement's: the backstop for when
+        // the kill at the deadline cannot be sent (the plugin cannot `SET` it away).
+        let backstop = u64::from(config.limits.statement_ms.max(1)) + SERVER_BACKSTOP_MS;
+        let pin = format!(
+            "SET SESSION max_statement_time = {}.{:03}",
+            backstop / 1000,
+            backstop % 1000
+        );
+        conn.query_drop(&pin)
+            .map_err(|source| crate::MyError::Statement {
+                statement: pin.clone(),
+                source,
+            })?;
         let (login, thread) = (config.url.clone(), conn.connection_id());
         let alarm = Alarm::new(Box::new(move || {
             let killed = crate::roles::connect(&login).and_then(|mut own| {
@@ -133,7 +145,6 @@ impl MyPluginDb {
             limits: config.limits,
             in_request: false,
             deadline: None,
-            statement_time_ms: 0,
             cursors: Vec::new(),
             next_cursor: 1,
         })
@@ -211,10 +222,9 @@ impl MyPluginDb {
         }
     }
 
-    /// The statement's deadline (what is left of the statement's and the request's
-    /// time; refusing to start past the request's), with the server's backstop set a
-    /// margin after it.
-    fn pin_deadline(&mut self) -> Result<Instant, Failure> {
+    /// The statement's deadline: what is left of the statement's and the request's time
+    /// (refusing to start past the request's).
+    fn statement_deadline(&self) -> Result<Instant, Failure> {
         let mut limit = Duration::from_millis(u64::from(self.limits.statement_ms.max(1)));
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -227,29 +237,12 @@ impl MyPluginDb {
             }
             limit = limit.min(left);
         }
-        let deadline = Instant::now() + limit;
-        let ms = ((limit + SERVER_BACKSTOP).as_millis() as u64).max(1);
-        if ms.abs_diff(self.statement_time_ms) > 5 {
-            self.conn.query_drop(format!(
-                "SET SESSION max_statement_time = {}.{:03}",
-                ms / 1000,
-                ms % 1000
-            ))?;
-            self.statement_time_ms = ms;
-        }
-        Ok(deadline)
+        Ok(Instant::now() + limit)
     }
 
     /// Statements the watchdog stopped at their deadline (with `KILL QUERY`).
     pub fn stopped_at_deadline(&self) -> u64 {
         self.stopped
-    }
-
-    /// Counts a statement the watchdog stopped.
-    fn note_stop(&mut self) {
-        if self.alarm.fired() {
-            self.stopped += 1;
-        }
     }
 
     fn params(
@@ -289,13 +282,9 @@ impl MyPluginDb {
         })
     }
 
-    /// Runs a checked statement and collects its rows (capped) or what it changed.
-    fn run(
-        &mut self,
-        sql: &str,
-        params: &[SqlValue],
-        max_bytes: usize,
-    ) -> Result<Outcome, Failure> {
+    /// Checks and runs a statement, collecting its rows (within the result caps) or what
+    /// it changed; a write is followed by the quota check.
+    fn run(&mut self, sql: &str, params: &[SqlValue]) -> Result<Outcome, Failure> {
         let statement = sql_text::to_mysql(sql).map_err(|e| self.text_error(e))?;
         if statement.kind == StatementKind::Schema && self.in_request {
             return Err(self
@@ -305,24 +294,39 @@ impl MyPluginDb {
                 )
                 .into());
         }
-        let bound = self.params(&statement, params)?;
-        let deadline = self.pin_deadline()?;
-        let armed = deadline::arm(&self.alarm, deadline);
-        let outcome = self.collect(&statement, bound, max_bytes);
-        drop(armed);
-        self.note_stop();
-        let outcome = outcome?;
+        let max_bytes = self.limits.result_kb as usize * 1024;
+        let outcome = self.send(&statement, params, MAX_RESULT_ROWS, max_bytes)?;
         if statement.kind == StatementKind::Write {
             self.check_quota()?;
         }
         Ok(outcome)
     }
 
-    /// Sends a checked statement and collects its rows (capped) or what it changed.
+    /// Sends a checked statement under its deadline (stopped from outside when it passes)
+    /// and collects at most `max_rows` rows and `max_bytes` bytes of values, or what it
+    /// changed.
+    fn send(
+        &mut self,
+        statement: &sql_text::MyStatement,
+        params: &[SqlValue],
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Outcome, Failure> {
+        let bound = self.params(statement, params)?;
+        let armed = deadline::arm(&self.alarm, self.statement_deadline()?);
+        let outcome = self.collect(statement, bound, max_rows, max_bytes);
+        drop(armed);
+        if self.alarm.fired() {
+            self.stopped += 1;
+        }
+        outcome
+    }
+
     fn collect(
         &mut self,
         statement: &sql_text::MyStatement,
         bound: mysql::Params,
+        max_rows: usize,
         max_bytes: usize,
     ) -> Result<Outcome, Failure> {
         let plugin = self.plugin.clone();
@@ -337,33 +341,27 @@ impl MyPluginDb {
             .iter()
             .map(|c| c.name_str().into_owned())
             .collect();
-        let outcome = if columns.is_empty() {
-            let rows_affected = result.affected_rows();
-            let last_insert_id = result.last_insert_id().unwrap_or(0) as i64;
-            drop(result);
-            Outcome::Changed {
-                rows_affected,
-                last_insert_id,
+        if columns.is_empty() {
+            return Ok(Outcome::Changed {
+                rows_affected: result.affected_rows(),
+                last_insert_id: result.last_insert_id().unwrap_or(0) as i64,
+            });
+        }
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        for row in result.by_ref() {
+            let row = row?;
+            if rows.len() >= max_rows {
+                return Err(too_large.into());
             }
-        } else {
-            let mut rows = Vec::new();
-            let mut bytes = 0usize;
-            for row in result.by_ref() {
-                let row = row?;
-                if rows.len() >= MAX_RESULT_ROWS {
-                    return Err(too_large.into());
-                }
-                let values = decode(&plugin, row)?;
-                bytes += values.iter().map(SqlValue::size).sum::<usize>();
-                if bytes > max_bytes {
-                    return Err(too_large.into());
-                }
-                rows.push(values);
+            let values = decode(&plugin, row)?;
+            bytes += values.iter().map(SqlValue::size).sum::<usize>();
+            if bytes > max_bytes {
+                return Err(too_large.into());
             }
-            drop(result);
-            Outcome::Rows { columns, rows }
-        };
-        Ok(outcome)
+            rows.push(values);
+        }
+        Ok(Outcome::Rows { columns, rows })
     }
 
     /// Bytes the plugin's database holds (InnoDB's data and index pages).
@@ -509,8 +507,7 @@ impl MyPluginDb {
         if self.in_request {
             self.rollback()?;
         }
-        let max_bytes = self.limits.result_kb as usize * 1024;
-        self.run(sql, &[], max_bytes).map_err(|f| self.fail(f))
+        self.run(sql, &[]).map_err(|f| self.fail(f))
     }
 }
 
@@ -600,8 +597,7 @@ impl FencedConnection for MyPluginDb {
     }
 
     fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<Outcome, FenceError> {
-        let max_bytes = self.limits.result_kb as usize * 1024;
-        match self.run(sql, params, max_bytes) {
+        match self.run(sql, params) {
             Ok(outcome) => Ok(outcome),
             Err(Failure::Fence(FenceError::Quota {
                 plugin,
@@ -636,8 +632,9 @@ impl FencedConnection for MyPluginDb {
         // Read in one pass (the protocol holds the connection while rows stream), within
         // the plugin's memory limit rather than its per-result cap.
         let budget = self.limits.memory_mb as usize * 1024 * 1024;
-        let Read { columns, rows } = match self.run_unbounded(sql, params, budget) {
-            Ok(read) => read,
+        let (columns, rows) = match self.send(&statement, params, usize::MAX, budget) {
+            Ok(Outcome::Rows { columns, rows }) => (columns, rows),
+            Ok(Outcome::Changed { .. }) => (Arc::from(Vec::new()), Vec::new()),
             Err(f) => return Err(self.fail(f)),
         };
         let id = CursorId::from_raw(self.next_cursor);
@@ -748,61 +745,4 @@ impl FencedConnection for MyPluginDb {
             )
             .map_err(|e| self.server_error(e))
     }
-}
-
-impl MyPluginDb {
-    /// A query's columns and every row, up to `budget` bytes of values.
-    fn run_unbounded(
-        &mut self,
-        sql: &str,
-        params: &[SqlValue],
-        budget: usize,
-    ) -> Result<Read, Failure> {
-        let statement = sql_text::to_mysql(sql).map_err(|e| self.text_error(e))?;
-        let bound = self.params(&statement, params)?;
-        let deadline = self.pin_deadline()?;
-        let armed = deadline::arm(&self.alarm, deadline);
-        let read = self.read_all(&statement, bound, budget);
-        drop(armed);
-        self.note_stop();
-        read
-    }
-
-    /// Sends a checked query and reads every row, up to `budget` bytes of values.
-    fn read_all(
-        &mut self,
-        statement: &sql_text::MyStatement,
-        bound: mysql::Params,
-        budget: usize,
-    ) -> Result<Read, Failure> {
-        let plugin = self.plugin.clone();
-        let mut result = self.conn.exec_iter(statement.text.as_str(), bound)?;
-        let columns: Arc<[String]> = result
-            .columns()
-            .as_ref()
-            .iter()
-            .map(|c| c.name_str().into_owned())
-            .collect();
-        let mut rows = Vec::new();
-        let mut bytes = 0usize;
-        for row in result.by_ref() {
-            let values = decode(&plugin, row?)?;
-            bytes += values.iter().map(SqlValue::size).sum::<usize>();
-            if bytes > budget {
-                return Err(FenceError::ResultTooLarge {
-                    plugin,
-                    max_bytes: budget,
-                }
-                .into());
-            }
-            rows.push(values);
-        }
-        Ok(Read { columns, rows })
-    }
-}
-
-/// A query's columns and rows.
-struct Read {
-    columns: Arc<[String]>,
-    rows: Vec<Vec<SqlValue>>,
 }
