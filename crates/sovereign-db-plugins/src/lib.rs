@@ -10,6 +10,7 @@ mod functions;
 pub mod manifest;
 pub mod mirror;
 mod plugin_db;
+pub mod sql_lex;
 pub mod system;
 mod trusted;
 pub mod value;

@@ -12,6 +12,8 @@
 //! control, `SET`, `PREPARE`, `CALL`, `LOAD`, `KILL`, …): the platform runs the request's
 //! transaction and its deadline itself.
 
+use sovereign_db_plugins::sql_lex::skip_quoted;
+
 /// Why plugin SQL is not sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TextError {
@@ -283,26 +285,6 @@ pub fn split_script(sql: &str) -> Result<Vec<String>, TextError> {
 
 fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
-}
-
-/// The index after the quoted run starting at `at` (a `quote`; doubled quotes are
-/// literal; with `escapes`, a backslash escapes the next byte), or `None` if unclosed.
-fn skip_quoted(bytes: &[u8], at: usize, quote: u8, escapes: bool) -> Option<usize> {
-    let mut i = at + 1;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if escapes => i += 2,
-            b if b == quote => {
-                if bytes.get(i + 1) == Some(&quote) {
-                    i += 2;
-                } else {
-                    return Some(i + 1);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    None
 }
 
 #[cfg(test)]

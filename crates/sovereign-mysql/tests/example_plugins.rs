@@ -4,11 +4,12 @@
 //! code sends (copied here from `plugins/*/src/lib.rs`, tables named as on SQLite, the
 //! mirror as `core__users`) run with the same results as on SQLite.
 
+mod common;
+
 use std::path::PathBuf;
 
-use mysql::prelude::Queryable;
 use sovereign_db_plugins::{FencedConnection, Limits, Outcome, SqlValue};
-use sovereign_mysql::{MyPluginConfig, MyPluginDb, RolePlan, Server};
+use sovereign_mysql::{MyPluginConfig, MyPluginDb};
 
 const PASSWORD: &str = "examplesexamples1";
 
@@ -16,13 +17,6 @@ const SELECT_TASKS: &str =
     "SELECT t.id, t.list_id, t.title, t.assignee, u.display_name AS assignee_name,
             u.avatar_url AS assignee_avatar, t.done, t.created_at
      FROM tasks__tasks t LEFT JOIN core__users u ON u.id = t.assignee";
-
-fn rows(outcome: Outcome) -> Vec<Vec<SqlValue>> {
-    match outcome {
-        Outcome::Rows { rows, .. } => rows,
-        other => panic!("not rows: {other:?}"),
-    }
-}
 
 fn changed(outcome: Outcome) -> (u64, i64) {
     match outcome {
@@ -61,34 +55,14 @@ fn iso_time(value: &SqlValue) -> bool {
 
 #[test]
 fn tasks_and_notes_run_their_own_sql_unchanged() {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mariadb");
-    let server = Server::start(&script).unwrap();
-    let plugins_url = server.url("svc_plugins", "plugins-secret-12", "sv_plugins");
-    RolePlan::new(None, &plugins_url)
-        .unwrap()
-        .apply(server.admin_url())
-        .unwrap();
-    let mut store = sovereign_mysql::roles::connect(&plugins_url).unwrap();
-    store
-        .query_drop(
-            "CREATE TABLE core__users (id BIGINT PRIMARY KEY, display_name TEXT, avatar_url TEXT, email TEXT);
-             INSERT INTO core__users VALUES (1, 'Ada', NULL, 'ada@example.com'), (2, 'Bob', 'https://a/b', 'bob@example.com')",
-        )
-        .unwrap();
-    for id in ["tasks", "notes"] {
-        store
-            .exec_drop(
-                "CALL sv_admin.create_plugin_account(?, ?, ?)",
-                (id, PASSWORD, 6),
-            )
-            .unwrap();
-    }
-    store
-        .exec_drop(
-            "CALL sv_admin.grant_mirror(?, ?, ?)",
-            ("tasks", "users", "id,display_name,avatar_url"),
-        )
-        .unwrap();
+    let server = common::plugin_store(
+        "CREATE TABLE core__users (id BIGINT PRIMARY KEY, display_name TEXT, avatar_url TEXT, email TEXT);
+         INSERT INTO core__users VALUES (1, 'Ada', NULL, 'ada@example.com'), (2, 'Bob', 'https://a/b', 'bob@example.com')",
+        &["tasks", "notes"],
+        PASSWORD,
+        6,
+        ("tasks", "id,display_name,avatar_url"),
+    );
     let open = |id: &str| {
         MyPluginDb::open(&MyPluginConfig {
             plugin_id: id.into(),
@@ -110,7 +84,7 @@ fn tasks_and_notes_run_their_own_sql_unchanged() {
             .unwrap(),
     );
     assert_eq!(list, 1);
-    let lists = rows(
+    let lists = common::rows(
         tasks
             .execute(
                 "SELECT id, name, owner, created_at FROM tasks__lists WHERE id = ?1",
@@ -120,7 +94,7 @@ fn tasks_and_notes_run_their_own_sql_unchanged() {
     );
     assert!(iso_time(&lists[0][3]), "{lists:?}");
     assert_eq!(
-        rows(
+        common::rows(
             tasks
                 .execute(
                     "SELECT 1 FROM tasks__lists WHERE id = ?1",
@@ -185,7 +159,7 @@ fn tasks_and_notes_run_their_own_sql_unchanged() {
     );
     tasks.commit().unwrap();
     // The listing joins the mirror by its SQLite name, through the granted columns.
-    let listed = rows(
+    let listed = common::rows(
         tasks
             .execute(
                 &format!("{SELECT_TASKS} WHERE t.id > ?1 ORDER BY t.id LIMIT ?2"),
@@ -199,7 +173,7 @@ fn tasks_and_notes_run_their_own_sql_unchanged() {
     assert_eq!(listed[0][5], SqlValue::Text("https://a/b".into()));
     assert_eq!(listed[0][6], SqlValue::Integer(1));
     assert!(iso_time(&listed[0][7]));
-    let by_assignee = rows(
+    let by_assignee = common::rows(
         tasks
             .execute(
                 &format!(
@@ -250,7 +224,7 @@ fn tasks_and_notes_run_their_own_sql_unchanged() {
             )
             .unwrap(),
     );
-    let before = rows(
+    let before = common::rows(
         notes
             .execute(
                 "SELECT id, title, body, updated_at FROM notes__notes WHERE id = ?1 AND owner = ?2",
@@ -277,7 +251,7 @@ fn tasks_and_notes_run_their_own_sql_unchanged() {
         .0,
         1
     );
-    let after = rows(
+    let after = common::rows(
         notes
             .execute(
                 "SELECT id, title, body, updated_at FROM notes__notes WHERE owner = ?1 ORDER BY id",

@@ -5,19 +5,15 @@
 //! denials, nothing leaking where the server answers instead of refusing, the connection
 //! limit, and a statement cancelled from outside with `KILL QUERY` by the account itself.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
-use sovereign_mysql::{Denial, RolePlan, Server};
+use sovereign_mysql::{Denial, RolePlan};
 
 const ALPHA_PASSWORD: &str = "alphaalphaalpha1";
 const BETA_PASSWORD: &str = "betabetabetabeta2";
-
-fn server() -> Server {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mariadb");
-    Server::start(&script).unwrap()
-}
 
 fn connect(url: &str) -> mysql::Conn {
     sovereign_mysql::roles::connect(url).unwrap()
@@ -41,7 +37,7 @@ fn rows(conn: &mut mysql::Conn, sql: &str) -> Vec<String> {
 
 #[test]
 fn a_plugin_account_reaches_its_own_database_and_granted_mirror_columns_only() {
-    let server = server();
+    let server = common::mariadb();
     let core_url = server.url("svc_core", "core-secret-1234", "sv_core");
     let plugins_url = server.url("svc_plugins", "plugins-secret-12", "sv_plugins");
     let plan = RolePlan::new(Some(&core_url), &plugins_url).unwrap();

@@ -5,12 +5,12 @@
 //! the rest by the server, with typed errors; deadlines of the statement and of the
 //! request hold; cursors hand out batches; events exist only once committed.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use mysql::prelude::Queryable;
 use sovereign_db_plugins::{FenceError, FencedConnection, Limits, Outcome, SqlValue};
-use sovereign_mysql::{MyPluginConfig, MyPluginDb, RolePlan, Server};
+use sovereign_mysql::{MyPluginConfig, MyPluginDb, Server};
 
 const PASSWORD: &str = "alphaalphaalpha1";
 
@@ -19,35 +19,16 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mariadb");
-    let server = Server::start(&script).unwrap();
-    let plugins_url = server.url("svc_plugins", "plugins-secret-12", "sv_plugins");
-    RolePlan::new(None, &plugins_url)
-        .unwrap()
-        .apply(server.admin_url())
-        .unwrap();
-    let mut store = sovereign_mysql::roles::connect(&plugins_url).unwrap();
-    store
-        .query_drop(
+    Fixture {
+        server: common::plugin_store(
             "CREATE TABLE core__users (id BIGINT PRIMARY KEY, display_name TEXT, email TEXT);
              INSERT INTO core__users VALUES (1, 'Ada', 'ada@example.com')",
-        )
-        .unwrap();
-    for id in ["alpha", "beta"] {
-        store
-            .exec_drop(
-                "CALL sv_admin.create_plugin_account(?, ?, ?)",
-                (id, PASSWORD, 4),
-            )
-            .unwrap();
+            &["alpha", "beta"],
+            PASSWORD,
+            4,
+            ("alpha", "id,display_name"),
+        ),
     }
-    store
-        .exec_drop(
-            "CALL sv_admin.grant_mirror(?, ?, ?)",
-            ("alpha", "users", "id,display_name"),
-        )
-        .unwrap();
-    Fixture { server }
 }
 
 fn open(f: &Fixture, id: &str, limits: Limits) -> MyPluginDb {
@@ -59,13 +40,6 @@ fn open(f: &Fixture, id: &str, limits: Limits) -> MyPluginDb {
         limits,
     })
     .unwrap()
-}
-
-fn rows(outcome: Outcome) -> Vec<Vec<SqlValue>> {
-    match outcome {
-        Outcome::Rows { rows, .. } => rows,
-        other => panic!("not rows: {other:?}"),
-    }
 }
 
 #[test]
@@ -142,7 +116,7 @@ fn the_plugin_connection_keeps_the_fence_and_the_request() {
         "{duplicate}"
     );
     db.commit().unwrap();
-    let read = rows(
+    let read = common::rows(
         db.execute("SELECT id, title, score, body, n, NULL FROM notes", &[])
             .unwrap(),
     );
@@ -164,7 +138,7 @@ fn the_plugin_connection_keeps_the_fence_and_the_request() {
         .unwrap();
     db.rollback().unwrap();
     assert_eq!(
-        rows(db.execute("SELECT count(*) FROM notes", &[]).unwrap()),
+        common::rows(db.execute("SELECT count(*) FROM notes", &[]).unwrap()),
         [vec![SqlValue::Integer(1)]]
     );
     // Schema changes in a request would commit it: migrations only.
@@ -175,7 +149,7 @@ fn the_plugin_connection_keeps_the_fence_and_the_request() {
 
     // The mirror's granted columns are readable; the rest of the fence holds, typed.
     assert_eq!(
-        rows(
+        common::rows(
             db.execute("SELECT display_name FROM sv_plugins.core__users", &[])
                 .unwrap()
         ),
@@ -230,7 +204,7 @@ fn the_plugin_connection_keeps_the_fence_and_the_request() {
     assert_eq!(quick.stopped_at_deadline(), 1);
     // The kill does not reach the connection's next statement.
     assert_eq!(
-        rows(quick.execute("SELECT 1", &[]).unwrap()),
+        common::rows(quick.execute("SELECT 1", &[]).unwrap()),
         [vec![SqlValue::Integer(1)]]
     );
     db.begin(false).unwrap();

@@ -2,6 +2,8 @@
 //! the statement's first keyword and count are found, lexing strings, quoted names,
 //! dollar quotes and comments as PostgreSQL does (a `?` or `;` inside them is text).
 
+use sovereign_db_plugins::sql_lex::skip_quoted;
+
 /// Why plugin SQL cannot be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TextError {
@@ -164,26 +166,6 @@ pub fn to_postgres(sql: &str) -> Result<PgStatement, TextError> {
 
 fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
-}
-
-/// The index after the quoted run starting at `at` (a `quote`; doubled quotes are
-/// literal; with `escapes`, a backslash escapes the next byte), or `None` if unclosed.
-fn skip_quoted(bytes: &[u8], at: usize, quote: u8, escapes: bool) -> Option<usize> {
-    let mut i = at + 1;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if escapes => i += 2,
-            b if b == quote => {
-                if bytes.get(i + 1) == Some(&quote) {
-                    i += 2;
-                } else {
-                    return Some(i + 1);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    None
 }
 
 #[cfg(test)]

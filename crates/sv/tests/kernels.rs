@@ -20,30 +20,6 @@ use sovereign_postgres::Cluster;
 const CLIENTS: usize = 50;
 const LOAD: Duration = Duration::from_secs(20);
 
-fn psql(url: &str, sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-t",
-            "-A",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -315,15 +291,16 @@ fn two_kernels_share_one_postgres_and_survive_kill_9_of_either() {
     other.wait_host_running();
 
     // Every acknowledged task is there.
-    let stored: BTreeSet<i64> = psql(&admin_plugins, "SELECT id FROM tasks.tasks__tasks")
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let stored: BTreeSet<i64> =
+        common::psql_text(&admin_plugins, "SELECT id FROM tasks.tasks__tasks")
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
     let missing: Vec<_> = tally.created.difference(&stored).collect();
     assert!(missing.is_empty(), "acknowledged but missing: {missing:?}");
     // Every acknowledged completion's event reaches the core once, and is handled once.
     eventually("every acknowledged completion's event in the inbox", || {
-        let events: BTreeMap<i64, i64> = psql(
+        let events: BTreeMap<i64, i64> = common::psql_text(
             &admin_core,
             "SELECT payload->>'task_id', count(*) FROM event_inbox
              WHERE topic = 'task.completed' GROUP BY 1",
@@ -349,7 +326,7 @@ fn two_kernels_share_one_postgres_and_survive_kill_9_of_either() {
         }
     });
     assert_eq!(
-        psql(
+        common::psql_text(
             &admin_core,
             "SELECT count(*) FROM (SELECT source_event FROM activity_feed
              GROUP BY source_event HAVING count(*) > 1) twice"

@@ -12,30 +12,6 @@ use std::time::{Duration, Instant};
 use common::Workdir;
 use sovereign_postgres::Cluster;
 
-fn psql(url: &str, sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-t",
-            "-A",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// Writes to a child's standard input, keeping it open.
 fn say(child: &mut std::process::Child, input: &str) {
     use std::io::Write;
@@ -206,19 +182,19 @@ fn target(w: &Workdir, cluster: &Cluster) -> Target {
 
 /// Tables the target's core and plugin databases hold, and plugin roles.
 fn target_contents(cluster: &Cluster, target: &Target) -> String {
-    let core = psql(
+    let core = common::psql_text(
         &target.core,
         "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
     );
-    let plugins = psql(
+    let plugins = common::psql_text(
         &target.plugins,
         "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
     );
-    let roles = psql(
+    let roles = common::psql_text(
         cluster.admin_url(),
         "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'svp\\_%'",
     );
-    let databases = psql(
+    let databases = common::psql_text(
         cluster.admin_url(),
         "SELECT count(*) FROM pg_database WHERE datname LIKE 'sv\\_plugins\\_%'",
     );
@@ -281,7 +257,7 @@ fn sv_moves_a_sqlite_install_to_postgres_and_it_serves_the_same_data() {
     let mut moving = w.command(&move_args(&target, &[])).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let waiting = psql(
+        let waiting = common::psql_text(
             cluster.admin_url(),
             "SELECT count(*) FROM pg_stat_activity WHERE datname = 'sv_plugins' AND wait_event_type = 'Lock'",
         );
@@ -294,7 +270,7 @@ fn sv_moves_a_sqlite_install_to_postgres_and_it_serves_the_same_data() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let copied = psql(
+    let copied = common::psql_text(
         cluster.admin_url(),
         "SELECT count(*) FROM pg_stat_activity WHERE datname = 'sv_core' AND state = 'idle in transaction'",
     );
@@ -350,7 +326,7 @@ fn sv_moves_a_sqlite_install_to_postgres_and_it_serves_the_same_data() {
     assert!(checked.contains("checked "), "{checked}");
     // What a move killed between its plugin side's commit and its core's leaves: a
     // plugin side without a core. Refused as it is; --resume clears it and moves again.
-    psql(
+    common::psql_text(
         &cluster.admin_url().replace("/postgres", "/sv_core"),
         "DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION svc_core; \
          REVOKE ALL ON SCHEMA public FROM PUBLIC",
@@ -364,7 +340,7 @@ fn sv_moves_a_sqlite_install_to_postgres_and_it_serves_the_same_data() {
     assert!(resumed.contains("moved "), "{resumed}");
 
     // Every user row, as PostgreSQL has it.
-    let on_postgres = psql(
+    let on_postgres = common::psql_text(
         &target.core,
         "SELECT id || '|' || email || '|' || display_name FROM users ORDER BY id",
     );
@@ -374,10 +350,13 @@ fn sv_moves_a_sqlite_install_to_postgres_and_it_serves_the_same_data() {
         .map(|(id, email, name)| format!("{id}|{email}|{name}"))
         .collect();
     assert_eq!(on_postgres, on_sqlite.join("\n"));
-    assert_eq!(psql(&target.core, "SELECT count(*) FROM event_inbox"), "10");
+    assert_eq!(
+        common::psql_text(&target.core, "SELECT count(*) FROM event_inbox"),
+        "10"
+    );
     // New rows get ids past the copied ones.
     assert_eq!(
-        psql(
+        common::psql_text(
             &target.core,
             "INSERT INTO audit_log (action) VALUES ('test') RETURNING id > (SELECT max(id) - 1 FROM audit_log)"
         ),

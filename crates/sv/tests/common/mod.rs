@@ -405,3 +405,28 @@ pub fn copy_package(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Runs `sql` with `psql` on `url` (which must succeed); its rows, unaligned, trimmed.
+pub fn psql_text(url: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
