@@ -28,6 +28,12 @@ pub fn record(
                 &[&actor_user_id, &action, &target, &detail],
             )?;
         }
+        CoreHandle::Mysql(my) => {
+            my.execute(
+                "INSERT INTO audit_log (actor_user_id, action, target, detail) VALUES (?, ?, ?, ?)",
+                (actor_user_id, action, target, detail),
+            )?;
+        }
     }
     Ok(())
 }
@@ -79,6 +85,43 @@ pub fn page(
                         // The column is `json`: the server refused anything else.
                         detail: r
                             .get::<_, Option<&str>>(5)
+                            .map(serde_json::from_str)
+                            .transpose()
+                            .map_err(|source| CoreError::BadJson {
+                                what: format!("audit entry {id}"),
+                                source,
+                            })?,
+                    })
+                })
+                .collect();
+        }
+        CoreHandle::Mysql(my) => {
+            type Row = (
+                i64,
+                String,
+                Option<i64>,
+                String,
+                Option<String>,
+                Option<String>,
+            );
+            return my
+                .query::<Row>(
+                    "SELECT id, at, actor_user_id, action, target, detail FROM audit_log
+                     WHERE (? IS NULL OR target = ?) AND (? IS NULL OR id < ?)
+                     ORDER BY id DESC LIMIT ?",
+                    (target, target, before, before, i64::from(limit)),
+                )?
+                .into_iter()
+                .map(|(id, at, actor_user_id, action, target, detail)| {
+                    Ok(AuditEntry {
+                        id,
+                        at,
+                        actor_user_id,
+                        action,
+                        target,
+                        // The column is checked by JSON_VALID.
+                        detail: detail
+                            .as_deref()
                             .map(serde_json::from_str)
                             .transpose()
                             .map_err(|source| CoreError::BadJson {

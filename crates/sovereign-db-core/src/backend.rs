@@ -1,5 +1,5 @@
-//! Which database holds the core store: a SQLite file (`core.db`) or a PostgreSQL
-//! database (`DATABASE_URL=postgres://...`). Every typed operation of this crate takes a
+//! Which database holds the core store: a SQLite file (`core.db`), a PostgreSQL
+//! database (`DATABASE_URL=postgres://...`) or a MySQL/MariaDB one (`mysql://...`). Every typed operation of this crate takes a
 //! [`CoreAccess`] and runs its own SQL for each backend; nothing translates SQL text.
 
 use std::cell::{Cell, RefCell};
@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 
 use postgres::types::ToSql;
 use postgres::{Client, Row, Statement};
-use sovereign_db::PostgresUrl;
 use sovereign_db::rusqlite::Connection;
+use sovereign_db::{MysqlUrl, PostgresUrl};
 
 use crate::CoreError;
+use crate::mysql_core::MyCore;
 
 /// A borrowed core connection, by backend.
 #[derive(Clone, Copy)]
@@ -20,6 +21,8 @@ pub enum CoreHandle<'a> {
     Sqlite(&'a Connection),
     /// The core database on PostgreSQL.
     Postgres(&'a PgCore),
+    /// The core database on MySQL/MariaDB.
+    Mysql(&'a MyCore),
 }
 
 /// Something the core's typed operations can run on.
@@ -46,6 +49,12 @@ impl CoreAccess for PgCore {
     }
 }
 
+impl CoreAccess for MyCore {
+    fn core_handle(&self) -> CoreHandle<'_> {
+        CoreHandle::Mysql(self)
+    }
+}
+
 /// Where the core store is.
 #[derive(Debug, Clone)]
 pub enum CoreLocation {
@@ -53,6 +62,8 @@ pub enum CoreLocation {
     File(PathBuf),
     /// A PostgreSQL database, as `svc_core`.
     Postgres(PostgresUrl),
+    /// A MySQL/MariaDB database, as `svc_core`.
+    Mysql(MysqlUrl),
 }
 
 impl CoreLocation {
@@ -61,15 +72,17 @@ impl CoreLocation {
         Ok(match self {
             CoreLocation::File(path) => CoreConn::Sqlite(crate::open_existing(path)?),
             CoreLocation::Postgres(url) => CoreConn::Postgres(Box::new(PgCore::connect(url)?)),
+            CoreLocation::Mysql(url) => CoreConn::Mysql(Box::new(MyCore::connect(url)?)),
         })
     }
 
     /// Like [`CoreLocation::open_existing`], read-only on SQLite (reports on a read-only
-    /// data directory); a PostgreSQL connection is the owner's as always.
+    /// data directory); a server's connection is the owner's as always.
     pub fn open_existing_read_only(&self) -> Result<CoreConn, CoreError> {
         Ok(match self {
             CoreLocation::File(path) => CoreConn::Sqlite(crate::open_existing_read_only(path)?),
             CoreLocation::Postgres(url) => CoreConn::Postgres(Box::new(PgCore::connect(url)?)),
+            CoreLocation::Mysql(url) => CoreConn::Mysql(Box::new(MyCore::connect(url)?)),
         })
     }
 
@@ -77,7 +90,7 @@ impl CoreLocation {
     pub fn file(&self) -> Option<&Path> {
         match self {
             CoreLocation::File(path) => Some(path),
-            CoreLocation::Postgres(_) => None,
+            CoreLocation::Postgres(_) | CoreLocation::Mysql(_) => None,
         }
     }
 }
@@ -87,6 +100,7 @@ impl std::fmt::Display for CoreLocation {
         match self {
             CoreLocation::File(path) => write!(f, "{}", path.display()),
             CoreLocation::Postgres(url) => url.fmt(f),
+            CoreLocation::Mysql(url) => url.fmt(f),
         }
     }
 }
@@ -97,6 +111,8 @@ pub enum CoreConn {
     Sqlite(Connection),
     /// The core database on PostgreSQL.
     Postgres(Box<PgCore>),
+    /// The core database on MySQL/MariaDB.
+    Mysql(Box<MyCore>),
 }
 
 impl CoreAccess for CoreConn {
@@ -104,6 +120,7 @@ impl CoreAccess for CoreConn {
         match self {
             CoreConn::Sqlite(conn) => CoreHandle::Sqlite(conn),
             CoreConn::Postgres(pg) => CoreHandle::Postgres(pg),
+            CoreConn::Mysql(my) => CoreHandle::Mysql(my),
         }
     }
 }
@@ -115,6 +132,7 @@ impl CoreConn {
         match self {
             CoreConn::Sqlite(conn) => conn.total_changes(),
             CoreConn::Postgres(pg) => pg.total_changes(),
+            CoreConn::Mysql(my) => my.total_changes(),
         }
     }
 
@@ -122,7 +140,7 @@ impl CoreConn {
     pub fn sqlite(&self, operation: &'static str) -> Result<&Connection, CoreError> {
         match self {
             CoreConn::Sqlite(conn) => Ok(conn),
-            CoreConn::Postgres(_) => Err(CoreError::NotOnSqlite { operation }),
+            CoreConn::Postgres(_) | CoreConn::Mysql(_) => Err(CoreError::NotOnSqlite { operation }),
         }
     }
 }

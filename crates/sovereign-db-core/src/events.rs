@@ -134,6 +134,49 @@ pub fn ingest(
             )?;
             Ok(Ingested::Stored)
         }),
+        CoreHandle::Mysql(my) => my.transaction(|| {
+            // The event id is the key: a second delivery is a duplicate key (a racing
+            // one waits for the first's commit and then finds it).
+            let inserted = my.execute(
+                "INSERT INTO event_inbox (event_id, plugin, topic, payload, emitted_at_ms)
+                 VALUES (?, ?, ?, ?, ?)",
+                (
+                    &event.event_id,
+                    &event.plugin,
+                    &event.topic,
+                    &event.payload_json,
+                    event.emitted_at_ms,
+                ),
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(CoreError::Mysql(e)) if crate::mysql_core::is_duplicate_key(&e) => {
+                    return Ok(Ingested::Duplicate);
+                }
+                Err(e) => return Err(e),
+            }
+            audit_event(my, event)?;
+            // A failing handler's writes are undone; the event stays, with the error.
+            my.batch(&["SAVEPOINT sv_handler"])?;
+            let handled = handle(my, event);
+            my.batch(if handled.is_ok() {
+                &["RELEASE SAVEPOINT sv_handler"]
+            } else {
+                &[
+                    "ROLLBACK TO SAVEPOINT sv_handler",
+                    "RELEASE SAVEPOINT sv_handler",
+                ]
+            })?;
+            my.execute(
+                concat!(
+                    "UPDATE event_inbox SET handled_at = ",
+                    crate::mysql_core::my_now_text!(),
+                    ", error = ? WHERE event_id = ?"
+                ),
+                (handled.err(), &event.event_id),
+            )?;
+            Ok(Ingested::Stored)
+        }),
     }
 }
 
@@ -169,6 +212,13 @@ pub fn add_activity(
                 "INSERT INTO activity_feed (user_id, kind, summary, source_plugin, source_event)
                  SELECT id, $2, $3, $4, $5 FROM users WHERE id = $1",
                 &[&user_id, &kind, &summary, &source.plugin, &source.event_id],
+            )?;
+        }
+        CoreHandle::Mysql(my) => {
+            my.execute(
+                "INSERT INTO activity_feed (user_id, kind, summary, source_plugin, source_event)
+                 SELECT id, ?, ?, ?, ? FROM users WHERE id = ?",
+                (kind, summary, &source.plugin, &source.event_id, user_id),
             )?;
         }
     }
@@ -211,6 +261,21 @@ pub fn activity(
                 summary: r.get(2),
                 source_plugin: r.get(3),
                 created_at: r.get(4),
+            })
+            .collect()),
+        CoreHandle::Mysql(my) => Ok(my
+            .query::<(i64, String, String, Option<String>, String)>(
+                "SELECT id, kind, summary, source_plugin, created_at FROM activity_feed
+                 WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+                (user_id, i64::from(limit)),
+            )?
+            .into_iter()
+            .map(|(id, kind, summary, source_plugin, created_at)| Activity {
+                id,
+                kind,
+                summary,
+                source_plugin,
+                created_at,
             })
             .collect()),
     }
@@ -306,6 +371,47 @@ pub fn page(
                 })
                 .collect();
         }
+        CoreHandle::Mysql(my) => {
+            type Row = (i64, String, String, String, String, String, Option<String>);
+            return my
+                .query::<Row>(
+                    "SELECT seq, event_id, plugin, topic, payload, received_at, error
+                     FROM event_inbox
+                     WHERE (? IS NULL OR plugin = ?) AND (? IS NULL OR topic = ?)
+                       AND (? IS NULL OR seq < ?)
+                     ORDER BY seq DESC LIMIT ?",
+                    (
+                        &filter.plugin,
+                        &filter.plugin,
+                        &filter.topic,
+                        &filter.topic,
+                        filter.before,
+                        filter.before,
+                        i64::from(limit),
+                    ),
+                )?
+                .into_iter()
+                .map(
+                    |(seq, event_id, plugin, topic, payload, received_at, error)| {
+                        Ok(StoredEvent {
+                            seq,
+                            // The column is checked by JSON_VALID.
+                            payload: serde_json::from_str(&payload).map_err(|source| {
+                                CoreError::BadJson {
+                                    what: format!("event {event_id:?}"),
+                                    source,
+                                }
+                            })?,
+                            event_id,
+                            plugin,
+                            topic,
+                            received_at,
+                            error,
+                        })
+                    },
+                )
+                .collect();
+        }
     };
     let mut stmt = conn.prepare_cached(
         "SELECT rowid, event_id, plugin, topic, payload, received_at, error FROM event_inbox
@@ -352,6 +458,12 @@ pub fn prune(conn: &dyn CoreAccess, days: u32) -> Result<usize, CoreError> {
                                          - make_interval(days => $1),
                                          'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
             &[&i32::try_from(days).unwrap_or(i32::MAX)],
+        )? as usize,
+        CoreHandle::Mysql(my) => my.execute(
+            "DELETE FROM event_inbox WHERE handled_at IS NOT NULL
+               AND received_at < CONCAT(LEFT(DATE_FORMAT(UTC_TIMESTAMP(3) - INTERVAL ? DAY,
+                                                         '%Y-%m-%dT%H:%i:%s.%f'), 23), 'Z')",
+            (days,),
         )? as usize,
     })
 }

@@ -11,6 +11,9 @@ pub fn ping(conn: &dyn CoreAccess) -> Result<(), CoreError> {
         CoreHandle::Postgres(pg) => {
             pg.query_opt("SELECT count(*) FROM _sv_store", &[])?;
         }
+        CoreHandle::Mysql(my) => {
+            my.query_opt::<i64>("SELECT count(*) FROM _sv_store", ())?;
+        }
     }
     Ok(())
 }
@@ -60,6 +63,22 @@ pub fn backlog(conn: &dyn CoreAccess) -> Result<Backlog, CoreError> {
                 outbox_rows: outbox.get(0),
                 oldest_change_ms: outbox.get(1),
                 unhandled_events: inbox.get(0),
+            })
+        }
+        CoreHandle::Mysql(my) => {
+            let (outbox_rows, oldest_change_ms) = my
+                .query_opt("SELECT count(*), min(at_ms) FROM _sv_change_outbox", ())?
+                .expect("an aggregate returns a row");
+            let unhandled_events = my
+                .query_opt(
+                    "SELECT count(*) FROM event_inbox WHERE handled_at IS NULL",
+                    (),
+                )?
+                .expect("an aggregate returns a row");
+            Ok(Backlog {
+                outbox_rows,
+                oldest_change_ms,
+                unhandled_events,
             })
         }
     }

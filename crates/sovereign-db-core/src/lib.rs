@@ -7,6 +7,7 @@ pub mod audit;
 mod backend;
 pub mod events;
 pub mod health;
+mod mysql_core;
 pub mod password;
 pub mod plugins;
 pub mod sessions;
@@ -16,6 +17,7 @@ pub mod users;
 use std::path::Path;
 
 pub use backend::{CoreAccess, CoreConn, CoreHandle, CoreLocation, PgCore};
+pub use mysql_core::MyCore;
 
 use sovereign_db::rusqlite::Connection;
 use sovereign_db::{MigrationError, MigrationSet, OpenError, OpenOptions, StoreError, StoreKind};
@@ -85,6 +87,39 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Core migrations in MySQL/MariaDB's dialect: the same files, one for one, for a core
+/// database on MySQL.
+const MYSQL_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init.sql",
+        include_str!("../migrations/mysql/0001_init.sql"),
+    ),
+    (
+        "0002_change_capture.sql",
+        include_str!("../migrations/mysql/0002_change_capture.sql"),
+    ),
+    (
+        "0003_events.sql",
+        include_str!("../migrations/mysql/0003_events.sql"),
+    ),
+    (
+        "0004_plugin_load_state.sql",
+        include_str!("../migrations/mysql/0004_plugin_load_state.sql"),
+    ),
+    (
+        "0005_registry_manifest_is_truth.sql",
+        include_str!("../migrations/mysql/0005_registry_manifest_is_truth.sql"),
+    ),
+    (
+        "0006_plugin_store_logins.sql",
+        include_str!("../migrations/mysql/0006_plugin_store_logins.sql"),
+    ),
+    (
+        "0007_plugin_packages.sql",
+        include_str!("../migrations/mysql/0007_plugin_packages.sql"),
+    ),
+];
+
 /// The core migration set.
 pub fn migrations() -> MigrationSet {
     MigrationSet::embedded(SCOPE, MIGRATIONS).expect("embedded core migrations are well-formed")
@@ -94,6 +129,12 @@ pub fn migrations() -> MigrationSet {
 pub fn postgres_migrations() -> MigrationSet {
     MigrationSet::embedded(SCOPE, POSTGRES_MIGRATIONS)
         .expect("embedded PostgreSQL core migrations are well-formed")
+}
+
+/// The core migration set in MySQL/MariaDB's dialect (run by `sovereign_mysql::migrate`).
+pub fn mysql_migrations() -> MigrationSet {
+    MigrationSet::embedded(SCOPE, MYSQL_MIGRATIONS)
+        .expect("embedded MySQL core migrations are well-formed")
 }
 
 /// Errors of the core store.
@@ -153,12 +194,18 @@ pub enum CoreError {
     /// An operation that exists only for a SQLite core store.
     #[error(
         "{operation} works on a SQLite core store only so far, and DATABASE_URL names a \
-         PostgreSQL database"
+         database server"
     )]
     NotOnSqlite {
         /// What was asked.
         operation: &'static str,
     },
+    /// A statement on the MySQL/MariaDB core database failed.
+    #[error("core store (MySQL): {0}")]
+    Mysql(#[from] mysql::Error),
+    /// Connecting to or migrating the MySQL/MariaDB core database failed.
+    #[error(transparent)]
+    MyStore(#[from] sovereign_mysql::MyError),
     /// Migrating the PostgreSQL core database failed.
     #[error(transparent)]
     PgMigration(#[from] sovereign_postgres::PgError),

@@ -62,6 +62,16 @@ pub fn record_load(conn: &dyn CoreAccess, id: &str, error: Option<&str>) -> Resu
                 &[&id, &error],
             )?;
         }
+        CoreHandle::Mysql(my) => {
+            my.execute(
+                concat!(
+                    "UPDATE plugins SET load_error = ?, load_reported_at = ",
+                    crate::mysql_core::my_now_text!(),
+                    " WHERE id = ?"
+                ),
+                (error, id),
+            )?;
+        }
     }
     Ok(())
 }
@@ -126,6 +136,30 @@ pub fn register_with_login(
             }
             Ok(())
         }),
+        CoreHandle::Mysql(my) => my.transaction(|| {
+            my.execute(
+                concat!(
+                    "INSERT INTO plugins (id, enabled, manifest) VALUES (?, ?, ?)
+                     ON DUPLICATE KEY UPDATE manifest = VALUES(manifest), updated_at = ",
+                    crate::mysql_core::my_now_text!()
+                ),
+                (&record.id, record.enabled, &manifest),
+            )?;
+            my.execute(
+                "DELETE FROM plugin_grants WHERE plugin_id = ?",
+                (&record.id,),
+            )?;
+            for (slice, column) in &record.grants {
+                my.execute(
+                    "INSERT INTO plugin_grants (plugin_id, slice, column_name) VALUES (?, ?, ?)",
+                    (&record.id, slice, column),
+                )?;
+            }
+            if let Some(password) = login {
+                set_store_login(my, &record.id, password)?;
+            }
+            Ok(())
+        }),
     }
 }
 
@@ -141,6 +175,7 @@ pub fn list(conn: &dyn CoreAccess) -> Result<Vec<PluginRecord>, CoreError> {
             .iter()
             .map(|r| r.get(0))
             .collect(),
+        CoreHandle::Mysql(my) => my.query("SELECT id FROM plugins ORDER BY id", ())?,
     };
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
@@ -209,6 +244,22 @@ pub fn get(conn: &dyn CoreAccess, id: &str) -> Result<Option<PluginRecord>, Core
                 .collect();
             (row, grants)
         }
+        CoreHandle::Mysql(my) => {
+            type Row = (bool, String, Option<String>, Option<String>);
+            let row = my
+                .query_opt::<Row>(
+                    "SELECT enabled, manifest, load_error, load_reported_at
+                     FROM plugins WHERE id = ?",
+                    (id,),
+                )?
+                .map(|(enabled, manifest, error, at)| (enabled, manifest, load_state(error, at)));
+            let grants = my.query(
+                "SELECT slice, column_name FROM plugin_grants WHERE plugin_id = ?
+                 ORDER BY slice, column_name",
+                (id,),
+            )?;
+            (row, grants)
+        }
     };
     row.map(|(enabled, manifest, load)| {
         Ok(PluginRecord {
@@ -239,6 +290,9 @@ pub fn routing_info(
                 &[&id],
             )?
             .map(|r| (r.get::<_, i32>(0) != 0, r.get(1))),
+        CoreHandle::Mysql(my) => {
+            my.query_opt("SELECT enabled, manifest FROM plugins WHERE id = ?", (id,))?
+        }
     };
     row.map(|(enabled, manifest)| Ok((enabled, parse_manifest(id, &manifest)?)))
         .transpose()
@@ -263,6 +317,14 @@ pub fn set_enabled(conn: &dyn CoreAccess, id: &str, enabled: bool) -> Result<boo
             "UPDATE plugins SET enabled = $2, updated_at = sv_now_text() WHERE id = $1",
             &[&id, &i32::from(enabled)],
         )?,
+        CoreHandle::Mysql(my) => my.execute(
+            concat!(
+                "UPDATE plugins SET enabled = ?, updated_at = ",
+                crate::mysql_core::my_now_text!(),
+                " WHERE id = ?"
+            ),
+            (enabled, id),
+        )?,
     } > 0)
 }
 
@@ -282,6 +344,13 @@ pub fn set_store_login(conn: &dyn CoreAccess, id: &str, password: &str) -> Resul
                 "INSERT INTO plugin_store_logins (plugin_id, password) VALUES ($1, $2)
                  ON CONFLICT (plugin_id) DO UPDATE SET password = excluded.password",
                 &[&id, &password],
+            )?;
+        }
+        CoreHandle::Mysql(my) => {
+            my.execute(
+                "INSERT INTO plugin_store_logins (plugin_id, password) VALUES (?, ?)
+                 ON DUPLICATE KEY UPDATE password = VALUES(password)",
+                (id, password),
             )?;
         }
     }
@@ -304,6 +373,10 @@ pub fn store_login(conn: &dyn CoreAccess, id: &str) -> Result<Option<String>, Co
                 &[&id],
             )?
             .map(|r| r.get(0)),
+        CoreHandle::Mysql(my) => my.query_opt(
+            "SELECT password FROM plugin_store_logins WHERE plugin_id = ?",
+            (id,),
+        )?,
     })
 }
 
@@ -312,6 +385,7 @@ pub fn unregister(conn: &dyn CoreAccess, id: &str) -> Result<bool, CoreError> {
     Ok(match conn.core_handle() {
         CoreHandle::Sqlite(conn) => conn.execute("DELETE FROM plugins WHERE id = ?1", [id])? as u64,
         CoreHandle::Postgres(pg) => pg.execute("DELETE FROM plugins WHERE id = $1", &[&id])?,
+        CoreHandle::Mysql(my) => my.execute("DELETE FROM plugins WHERE id = ?", (id,))?,
     } > 0)
 }
 
@@ -369,6 +443,24 @@ pub fn store_package(
             )?;
             Ok(())
         })?,
+        CoreHandle::Mysql(my) => my.transaction(|| {
+            my.execute("DELETE FROM plugin_package_files WHERE plugin_id = ?", (id,))?;
+            for file in files {
+                my.execute(
+                    "INSERT INTO plugin_package_files (plugin_id, path, content) VALUES (?, ?, ?)",
+                    (id, &file.path, &file.content),
+                )?;
+            }
+            my.execute(
+                concat!(
+                    "INSERT INTO plugin_packages (plugin_id, sha256) VALUES (?, ?)
+                     ON DUPLICATE KEY UPDATE sha256 = VALUES(sha256), stored_at = ",
+                    crate::mysql_core::my_now_text!()
+                ),
+                (id, sha256),
+            )?;
+            Ok(())
+        })?,
     }
     Ok(())
 }
@@ -388,6 +480,10 @@ pub fn package_digests(conn: &dyn CoreAccess) -> Result<Vec<(String, String)>, C
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect(),
+        CoreHandle::Mysql(my) => my.query(
+            "SELECT plugin_id, sha256 FROM plugin_packages ORDER BY plugin_id",
+            (),
+        )?,
     })
 }
 
@@ -416,6 +512,14 @@ pub fn package_files(conn: &dyn CoreAccess, id: &str) -> Result<Vec<PackageFile>
                 content: r.get(1),
             })
             .collect(),
+        CoreHandle::Mysql(my) => my
+            .query::<(String, Vec<u8>)>(
+                "SELECT path, content FROM plugin_package_files WHERE plugin_id = ? ORDER BY path",
+                (id,),
+            )?
+            .into_iter()
+            .map(|(path, content)| PackageFile { path, content })
+            .collect(),
     })
 }
 
@@ -435,6 +539,13 @@ pub fn forget_package(conn: &dyn CoreAccess, id: &str) -> Result<(), CoreError> 
                 &[&id],
             )?;
             pg.execute("DELETE FROM plugin_packages WHERE plugin_id = $1", &[&id])?;
+        }
+        CoreHandle::Mysql(my) => {
+            my.execute(
+                "DELETE FROM plugin_package_files WHERE plugin_id = ?",
+                (id,),
+            )?;
+            my.execute("DELETE FROM plugin_packages WHERE plugin_id = ?", (id,))?;
         }
     }
     Ok(())

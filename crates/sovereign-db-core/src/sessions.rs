@@ -44,6 +44,13 @@ pub fn create(conn: &dyn CoreAccess, user_id: i64, ttl_seconds: i64) -> Result<S
             )?;
             pg.execute("DELETE FROM sessions WHERE expires_at < $1", &[&now])?;
         }
+        CoreHandle::Mysql(my) => {
+            my.execute(
+                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (token_hash(&token), user_id, now, expires),
+            )?;
+            my.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))?;
+        }
     }
     Ok(token)
 }
@@ -63,6 +70,10 @@ pub fn user_for_token(conn: &dyn CoreAccess, token: &str) -> Result<Option<User>
                 &[&token_hash(token), &unix_now()],
             )?
             .map(|r| r.get(0)),
+        CoreHandle::Mysql(my) => my.query_opt(
+            "SELECT user_id FROM sessions WHERE token_hash = ? AND expires_at > ?",
+            (token_hash(token), unix_now()),
+        )?,
     };
     match user_id {
         Some(id) => Ok(users::get(conn, id)?.filter(|u| u.active)),
@@ -80,6 +91,10 @@ pub fn delete(conn: &dyn CoreAccess, token: &str) -> Result<bool, CoreError> {
         CoreHandle::Postgres(pg) => pg.execute(
             "DELETE FROM sessions WHERE token_hash = $1",
             &[&token_hash(token)],
+        )? as usize,
+        CoreHandle::Mysql(my) => my.execute(
+            "DELETE FROM sessions WHERE token_hash = ?",
+            (token_hash(token),),
         )? as usize,
     } > 0)
 }

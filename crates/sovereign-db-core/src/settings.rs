@@ -35,6 +35,22 @@ fn from_row(row: &sovereign_db::rusqlite::Row<'_>) -> sovereign_db::rusqlite::Re
     })
 }
 
+/// A setting's row on MySQL: key, value, updated_at, updated_by.
+type MyRow = (String, String, String, Option<i64>);
+
+fn from_my((key, value, updated_at, updated_by): MyRow) -> Result<Setting, CoreError> {
+    Ok(Setting {
+        // The column is checked by JSON_VALID.
+        value: serde_json::from_str(&value).map_err(|source| CoreError::BadJson {
+            what: format!("setting {key:?}"),
+            source,
+        })?,
+        key,
+        updated_at,
+        updated_by,
+    })
+}
+
 fn from_pg(row: &postgres::Row) -> Result<Setting, CoreError> {
     let key: String = row.get(0);
     Ok(Setting {
@@ -77,6 +93,14 @@ pub fn list(conn: &dyn CoreAccess) -> Result<Vec<Setting>, CoreError> {
             .iter()
             .map(from_pg)
             .collect(),
+        CoreHandle::Mysql(my) => my
+            .query::<MyRow>(
+                "SELECT `key`, value, updated_at, updated_by FROM settings ORDER BY `key`",
+                (),
+            )?
+            .into_iter()
+            .map(from_my)
+            .collect(),
     }
 }
 
@@ -97,6 +121,13 @@ pub fn get(conn: &dyn CoreAccess, key: &str) -> Result<Option<Setting>, CoreErro
             )?
             .as_ref()
             .map(from_pg)
+            .transpose(),
+        CoreHandle::Mysql(my) => my
+            .query_opt::<MyRow>(
+                "SELECT `key`, value, updated_at, updated_by FROM settings WHERE `key` = ?",
+                (key,),
+            )?
+            .map(from_my)
             .transpose(),
     }
 }
@@ -127,6 +158,17 @@ pub fn put(
                 &[&key, &text, &actor],
             )?;
         }
+        CoreHandle::Mysql(my) => {
+            my.execute(
+                concat!(
+                    "INSERT INTO settings (`key`, value, updated_by) VALUES (?, ?, ?)
+                     ON DUPLICATE KEY UPDATE value = VALUES(value),
+                         updated_by = VALUES(updated_by), updated_at = ",
+                    crate::mysql_core::my_now_text!()
+                ),
+                (key, &text, actor),
+            )?;
+        }
     }
     Ok(get(conn, key)?.expect("just written"))
 }
@@ -138,5 +180,6 @@ pub fn delete(conn: &dyn CoreAccess, key: &str) -> Result<bool, CoreError> {
             conn.execute("DELETE FROM settings WHERE key = ?1", [key])? as u64
         }
         CoreHandle::Postgres(pg) => pg.execute("DELETE FROM settings WHERE key = $1", &[&key])?,
+        CoreHandle::Mysql(my) => my.execute("DELETE FROM settings WHERE `key` = ?", (key,))?,
     } > 0)
 }

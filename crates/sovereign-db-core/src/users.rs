@@ -207,6 +207,46 @@ fn map_unique_email_pg(email: &str) -> impl FnOnce(CoreError) -> CoreError + '_ 
     }
 }
 
+/// The MySQL side of [`map_unique_email`]: a duplicate key of a statement writing
+/// `users`, whose only unique key besides its `AUTO_INCREMENT` id is `users_email`.
+fn map_unique_email_my(email: &str) -> impl FnOnce(CoreError) -> CoreError + '_ {
+    move |e| match &e {
+        CoreError::Mysql(my) if crate::mysql_core::is_duplicate_key(my) => {
+            CoreError::EmailTaken(email.to_owned())
+        }
+        _ => e,
+    }
+}
+
+/// A user's row on MySQL, in [`USER_COLUMNS`] order.
+type MyUserRow = (
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    bool,
+    String,
+    String,
+);
+
+fn user_from_my(
+    (id, tenant_id, email, display_name, avatar_url, role, active, created_at, updated_at): MyUserRow,
+) -> User {
+    User {
+        id,
+        tenant_id,
+        email,
+        display_name,
+        avatar_url,
+        role: Role::from_db(&role),
+        active,
+        created_at,
+        updated_at,
+    }
+}
+
 fn user_from_pg(row: &postgres::Row) -> User {
     User {
         id: row.get(0),
@@ -272,6 +312,26 @@ pub fn create(conn: &dyn CoreAccess, new: &NewUser) -> Result<User, CoreError> {
             )?;
             Ok(user)
         }),
+        CoreHandle::Mysql(my) => my.transaction(|| {
+            let id = my
+                .insert(
+                    "INSERT INTO users (tenant_id, email, display_name, avatar_url, role)
+                     VALUES (?, ?, ?, ?, ?)",
+                    (
+                        new.tenant_id,
+                        &new.email,
+                        &new.display_name,
+                        &new.avatar_url,
+                        new.role.as_str(),
+                    ),
+                )
+                .map_err(map_unique_email_my(&new.email))?;
+            my.execute(
+                "INSERT INTO credentials (user_id, password_hash) VALUES (?, ?)",
+                (id, &hash),
+            )?;
+            Ok(get(my, id)?.expect("row inserted in this transaction"))
+        }),
     }
 }
 
@@ -292,6 +352,14 @@ pub fn get(conn: &dyn CoreAccess, id: i64) -> Result<Option<User>, CoreError> {
             )?
             .as_ref()
             .map(user_from_pg)),
+        CoreHandle::Mysql(my) => Ok(my
+            .query_opt::<MyUserRow>(
+                "SELECT id, tenant_id, email, display_name, avatar_url, role, active,
+                        created_at, updated_at
+                 FROM users WHERE id = ?",
+                (id,),
+            )?
+            .map(user_from_my)),
     }
 }
 
@@ -314,6 +382,16 @@ pub fn list(conn: &dyn CoreAccess) -> Result<Vec<User>, CoreError> {
             .iter()
             .map(user_from_pg)
             .collect()),
+        CoreHandle::Mysql(my) => Ok(my
+            .query::<MyUserRow>(
+                "SELECT id, tenant_id, email, display_name, avatar_url, role, active,
+                        created_at, updated_at
+                 FROM users ORDER BY id",
+                (),
+            )?
+            .into_iter()
+            .map(user_from_my)
+            .collect()),
     }
 }
 
@@ -327,6 +405,9 @@ pub fn count(conn: &dyn CoreAccess) -> Result<i64, CoreError> {
             .query_opt("SELECT count(*) FROM users", &[])?
             .expect("count(*) returns a row")
             .get(0)),
+        CoreHandle::Mysql(my) => Ok(my
+            .query_opt("SELECT count(*) FROM users", ())?
+            .expect("count(*) returns a row")),
     }
 }
 
@@ -353,6 +434,12 @@ pub fn authenticate(
                 &[&email],
             )?
             .map(|r| (r.get(0), r.get(1))),
+        // `users.email`'s collation folds case.
+        CoreHandle::Mysql(my) => my.query_opt(
+            "SELECT u.id, c.password_hash FROM users u JOIN credentials c ON c.user_id = u.id
+             WHERE u.email = ?",
+            (email,),
+        )?,
     };
     let Some((id, phc)) = found else {
         password::verify_dummy(password);
@@ -451,6 +538,38 @@ pub fn update(
             }
             get(pg, id)
         }),
+        CoreHandle::Mysql(my) => my.transaction(|| {
+            let Some(before) = get(my, id)? else {
+                return Ok(None);
+            };
+            let (email, display_name, avatar_url, role, active) = merged(&before);
+            my.execute(
+                concat!(
+                    "UPDATE users SET email = ?, display_name = ?, avatar_url = ?, role = ?,
+                            active = ?, updated_at = ",
+                    crate::mysql_core::my_now_text!(),
+                    " WHERE id = ?"
+                ),
+                (&email, &display_name, &avatar_url, role, active, id),
+            )
+            .map_err(map_unique_email_my(&email))?;
+            if let Some(hash) = &hash {
+                my.execute(
+                    concat!(
+                        "UPDATE credentials SET password_hash = ?, updated_at = ",
+                        crate::mysql_core::my_now_text!(),
+                        " WHERE user_id = ?"
+                    ),
+                    (hash, id),
+                )?;
+                // A new password ends every existing session of that user.
+                my.execute("DELETE FROM sessions WHERE user_id = ?", (id,))?;
+            }
+            if active_admins(my)? == 0 {
+                return Err(CoreError::LastAdmin);
+            }
+            get(my, id)
+        }),
     }
 }
 
@@ -474,6 +593,13 @@ pub fn delete(conn: &dyn CoreAccess, id: i64) -> Result<bool, CoreError> {
             }
             Ok(deleted)
         }),
+        CoreHandle::Mysql(my) => my.transaction(|| {
+            let deleted = my.execute("DELETE FROM users WHERE id = ?", (id,))? > 0;
+            if deleted && active_admins(my)? == 0 {
+                return Err(CoreError::LastAdmin);
+            }
+            Ok(deleted)
+        }),
     }
 }
 
@@ -491,6 +617,12 @@ fn active_admins(conn: &dyn CoreAccess) -> Result<i64, CoreError> {
             )?
             .expect("count(*) returns a row")
             .get(0)),
+        CoreHandle::Mysql(my) => Ok(my
+            .query_opt(
+                "SELECT count(*) FROM users WHERE role = 'admin' AND active = 1",
+                (),
+            )?
+            .expect("count(*) returns a row")),
     }
 }
 

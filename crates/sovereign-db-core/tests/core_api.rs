@@ -1,16 +1,18 @@
-//! The core store's API, one test body per behaviour run on both backends: `core.db`
-//! (SQLite) and a core database on a real PostgreSQL server (`scripts/postgres`), owned
-//! by `svc_core` as `sv postgres:roles` creates it.
+//! The core store's API, one test body per behaviour run on every backend: `core.db`
+//! (SQLite), a core database on a real PostgreSQL server (`scripts/postgres`) and one on
+//! a real MariaDB server (`scripts/mariadb`), each owned by `svc_core` as `sv
+//! postgres:roles` / `sv mysql:roles` create it.
 
 use std::path::PathBuf;
 
-use sovereign_db::PostgresUrl;
 use sovereign_db::StoreTarget;
+use sovereign_db::{MysqlUrl, PostgresUrl};
 use sovereign_db_core::events::{EventFilter, IncomingEvent, Ingested};
 use sovereign_db_core::plugins::{LoadState, PluginRecord};
 use sovereign_db_core::users::{NewUser, Role, UserPatch};
 use sovereign_db_core::{
-    CoreAccess, CoreConn, CoreError, PgCore, audit, events, plugins, sessions, settings, users,
+    CoreAccess, CoreConn, CoreError, MyCore, PgCore, audit, events, plugins, sessions, settings,
+    users,
 };
 use sovereign_postgres::{Cluster, RolePlan};
 
@@ -18,9 +20,12 @@ use sovereign_postgres::{Cluster, RolePlan};
 struct Stores {
     _dir: tempfile::TempDir,
     _cluster: Cluster,
+    _mariadb: sovereign_mysql::Server,
     sqlite: CoreConn,
     postgres: CoreConn,
     postgres_url: PostgresUrl,
+    mysql: CoreConn,
+    mysql_url: MysqlUrl,
 }
 
 fn stores() -> Stores {
@@ -57,25 +62,75 @@ fn stores() -> Stores {
         sovereign_db_core::migrations().migrations().len()
     );
     let postgres = CoreConn::Postgres(Box::new(PgCore::connect(&postgres_url).unwrap()));
+    let (mariadb, mysql_url) = mysql_core();
+    let mysql = CoreConn::Mysql(Box::new(MyCore::connect(&mysql_url).unwrap()));
     Stores {
         _dir: dir,
         _cluster: cluster,
+        _mariadb: mariadb,
         sqlite: CoreConn::Sqlite(sqlite),
         postgres,
         postgres_url,
+        mysql,
+        mysql_url,
     }
 }
 
+/// A MariaDB with the role plan applied and the core's MySQL migrations deployed.
+fn mysql_core() -> (sovereign_mysql::Server, MysqlUrl) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mariadb");
+    let server = sovereign_mysql::Server::start(&script).unwrap();
+    let core_url = server.url("svc_core", "core-secret-1234", "sv_core");
+    let plugins_url = server.url("svc_plugins", "plugins-secret-12", "sv_plugins");
+    sovereign_mysql::RolePlan::new(Some(&core_url), &plugins_url)
+        .unwrap()
+        .apply(server.admin_url())
+        .unwrap();
+    let StoreTarget::Mysql(url) = StoreTarget::parse("DATABASE_URL", &core_url).unwrap() else {
+        panic!("{core_url} is a MySQL URL");
+    };
+    assert!(matches!(
+        MyCore::connect(&url),
+        Err(CoreError::NotCoreDatabase { .. })
+    ));
+    let mut owner = MyCore::connect_unchecked(&url).unwrap();
+    let set = sovereign_db_core::mysql_migrations();
+    assert_eq!(
+        sovereign_mysql::migrate::plan(owner.conn_mut(), &set)
+            .unwrap()
+            .len(),
+        sovereign_db_core::migrations().migrations().len()
+    );
+    let applied = sovereign_mysql::migrate::deploy(owner.conn_mut(), &set).unwrap();
+    assert_eq!(
+        applied.len(),
+        sovereign_db_core::migrations().migrations().len()
+    );
+    assert!(
+        sovereign_mysql::migrate::deploy(owner.conn_mut(), &set)
+            .unwrap()
+            .is_empty(),
+        "a second deploy has nothing to do"
+    );
+    (server, url)
+}
+
 /// Runs `body` on each backend, naming the backend in a failure.
-fn on_both(body: impl Fn(&str, &CoreConn)) {
+fn on_every_backend(body: impl Fn(&str, &CoreConn)) {
     let stores = stores();
     body("sqlite", &stores.sqlite);
     body("postgres", &stores.postgres);
-    // The PostgreSQL one is what a fresh connection sees too (nothing left uncommitted).
+    body("mysql", &stores.mysql);
+    // The servers' stores are what a fresh connection sees too (nothing left uncommitted).
     let fresh = CoreConn::Postgres(Box::new(PgCore::connect(&stores.postgres_url).unwrap()));
     assert_eq!(
         users::count(&fresh).unwrap(),
         users::count(&stores.postgres).unwrap()
+    );
+    let fresh = CoreConn::Mysql(Box::new(MyCore::connect(&stores.mysql_url).unwrap()));
+    assert_eq!(
+        users::count(&fresh).unwrap(),
+        users::count(&stores.mysql).unwrap()
     );
 }
 
@@ -91,8 +146,8 @@ fn new_user(email: &str, role: Role) -> NewUser {
 }
 
 #[test]
-fn users_sessions_and_the_last_admin_behave_the_same_on_both_backends() {
-    on_both(|backend, core| {
+fn users_sessions_and_the_last_admin_behave_the_same_on_every_backend() {
+    on_every_backend(|backend, core| {
         let admin = users::create(core, &new_user("ada@example.com", Role::Admin)).unwrap();
         assert_eq!(admin.role, Role::Admin, "{backend}");
         assert!(
@@ -212,8 +267,8 @@ fn users_sessions_and_the_last_admin_behave_the_same_on_both_backends() {
 }
 
 #[test]
-fn settings_audit_and_the_registry_behave_the_same_on_both_backends() {
-    on_both(|backend, core| {
+fn settings_audit_and_the_registry_behave_the_same_on_every_backend() {
+    on_every_backend(|backend, core| {
         let value = serde_json::json!({"b": [1, 2.5, "x"], "a": null});
         let stored = settings::put(core, "site.name", &value, None).unwrap();
         assert_eq!(stored.value, value, "{backend}");
@@ -314,8 +369,8 @@ fn settings_audit_and_the_registry_behave_the_same_on_both_backends() {
 }
 
 #[test]
-fn events_are_stored_once_and_a_failing_handler_is_recorded_on_both_backends() {
-    on_both(|backend, core| {
+fn events_are_stored_once_and_a_failing_handler_is_recorded_on_every_backend() {
+    on_every_backend(|backend, core| {
         let user = users::create(core, &new_user("ada@example.com", Role::Admin)).unwrap();
         let declared = vec!["task.completed".to_owned()];
         let event = |id: &str| IncomingEvent {
@@ -439,6 +494,42 @@ fn a_panic_inside_a_postgres_transaction_leaves_nothing_behind() {
     assert_eq!(
         users::count(&fresh).unwrap(),
         2,
+        "committed, not left in a transaction"
+    );
+}
+
+#[test]
+fn a_panic_inside_a_mysql_transaction_leaves_nothing_behind() {
+    let (_server, url) = mysql_core();
+    let my = MyCore::connect(&url).unwrap();
+    let changes = my.total_changes();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = my.transaction(|| -> Result<(), CoreError> {
+            users::create(&my, &new_user("ada@example.com", Role::Admin))?;
+            panic!("a bug in the middle of a transaction");
+        });
+    }));
+    assert!(unwound.is_err());
+    assert_eq!(users::count(&my).unwrap(), 0);
+    assert_eq!(my.total_changes(), changes);
+    // A savepoint rolled back inside a committed transaction takes off its rows only.
+    my.transaction(|| -> Result<(), CoreError> {
+        users::create(&my, &new_user("bob@example.com", Role::Member))?;
+        let inner = my.transaction(|| -> Result<(), CoreError> {
+            users::create(&my, &new_user("eve@example.com", Role::Member))?;
+            Err(CoreError::NotOnSqlite {
+                operation: "a deliberate failure",
+            })
+        });
+        assert!(inner.is_err());
+        Ok(())
+    })
+    .unwrap();
+    assert!(my.total_changes() > changes, "the committed row counts");
+    let fresh = MyCore::connect(&url).unwrap();
+    assert_eq!(
+        users::count(&fresh).unwrap(),
+        1,
         "committed, not left in a transaction"
     );
 }

@@ -7,12 +7,14 @@
 //! through `sv_admin` procedures that run as the administrator who applied the plan, so
 //! the platform never holds an administrator's login.
 //!
-//! So far: the role plan (`sv mysql:roles`), the provisioning procedures, what the
+//! Here: the role plan (`sv mysql:roles`), the provisioning procedures, what the
 //! server refuses (typed, by error code), the check of plugin SQL that closes what the
-//! grants leave open (`sql_text`), and a throwaway server for tests. The core
-//! store, plugin connections, sync, backups and moves on MySQL come next (issue 15).
+//! grants leave open (`sql_text`), plugins' fenced connections (`plugin_db`), the
+//! trusted migration runner (`migrate`, for the core's schema) and a throwaway server
+//! for tests.
 
 pub mod denial;
+pub mod migrate;
 pub mod plugin_db;
 pub mod roles;
 pub mod server;
@@ -20,5 +22,5 @@ pub mod sql_text;
 
 pub use denial::Denial;
 pub use plugin_db::{MyPluginConfig, MyPluginDb};
-pub use roles::{MyError, RolePlan, StoreUrl, plugin_account_name};
+pub use roles::{MyError, RolePlan, StoreUrl, connect_trusted, plugin_account_name};
 pub use server::Server;

@@ -427,11 +427,9 @@ impl MyPluginDb {
                     }
                 })?;
             }
-            let record = "INSERT INTO _sv_migrations (scope, version, name, checksum, applied_at)
-                          VALUES (?, ?, ?, ?, DATE_FORMAT(UTC_TIMESTAMP(3), '%Y-%m-%dT%H:%i:%s.%fZ'))";
             self.conn
                 .exec_drop(
-                    record,
+                    crate::migrate::RECORD,
                     (
                         set.scope(),
                         migration.version,
@@ -439,7 +437,7 @@ impl MyPluginDb {
                         migration.checksum(),
                     ),
                 )
-                .map_err(bookkeeping(record))?;
+                .map_err(bookkeeping(crate::migrate::RECORD))?;
             done.push(migration.file_name());
         }
         Ok(done)
@@ -450,34 +448,7 @@ impl MyPluginDb {
         &mut self,
         set: &sovereign_db::MigrationSet,
     ) -> Result<Vec<sovereign_db::AppliedRow>, crate::MyError> {
-        let bookkeeping = |statement: &str| {
-            let statement = statement.to_owned();
-            move |source| crate::MyError::Statement { statement, source }
-        };
-        let tracking = "CREATE TABLE IF NOT EXISTS _sv_migrations (
-                            scope VARCHAR(100) NOT NULL, version INT NOT NULL,
-                            name VARCHAR(200) NOT NULL, checksum CHAR(64) NOT NULL,
-                            applied_at VARCHAR(30) NOT NULL,
-                            PRIMARY KEY (scope, version)) ENGINE = InnoDB";
-        self.conn
-            .query_drop(tracking)
-            .map_err(bookkeeping(tracking))?;
-        let read = "SELECT version, name, checksum, applied_at FROM _sv_migrations
-                    WHERE scope = ? ORDER BY version";
-        self.conn
-            .exec_map(
-                read,
-                (set.scope(),),
-                |(version, name, checksum, applied_at): (u32, String, String, String)| {
-                    sovereign_db::AppliedRow {
-                        version,
-                        name,
-                        checksum,
-                        applied_at,
-                    }
-                },
-            )
-            .map_err(bookkeeping(read))
+        crate::migrate::applied(&mut self.conn, set.scope())
     }
 
     /// Where each of `set`'s migrations stands in the plugin's database.

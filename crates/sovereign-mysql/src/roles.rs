@@ -45,6 +45,29 @@ pub enum MyError {
         /// Why the statement failed.
         source: sovereign_db_plugins::FenceError,
     },
+    /// A trusted migration's statement failed (the core's); the `ran` statements before
+    /// it stay applied (MySQL commits each DDL statement) and the migration stays pending.
+    #[error(
+        "migration {file} failed at its statement {} (`{statement}`; {ran} before it stay \
+         applied: MySQL commits each DDL statement; finish or undo them by hand, then \
+         deploy again): {problem}", ran + 1
+    )]
+    ScriptFailed {
+        /// The migration file.
+        file: String,
+        /// Statements of it that ran before the failing one.
+        ran: usize,
+        /// The failing statement's first line.
+        statement: String,
+        /// Why it failed.
+        problem: String,
+    },
+    /// Somebody else holds what this needs (a named lock).
+    #[error("{what} are busy; try again when the other deployer has finished")]
+    Busy {
+        /// What was locked.
+        what: String,
+    },
     /// A statement failed.
     #[error("MySQL refused `{statement}`: {source}")]
     Statement {
@@ -153,6 +176,26 @@ impl StoreUrl {
 
 /// Connects to `url`.
 pub fn connect(url: &str) -> Result<mysql::Conn, MyError> {
+    connect_with(url, |builder| builder)
+}
+
+/// Connects to `url` for trusted code that runs a fixed set of statements many times
+/// (the core store): prepared statements are kept for up to 256 of them, the session's
+/// time zone is UTC, and an `UPDATE` counts the rows it matched (as SQLite and
+/// PostgreSQL do), not only those whose values changed.
+pub fn connect_trusted(url: &str) -> Result<mysql::Conn, MyError> {
+    connect_with(url, |builder| {
+        builder
+            .stmt_cache_size(256)
+            .additional_capabilities(mysql::consts::CapabilityFlags::CLIENT_FOUND_ROWS)
+            .init(vec!["SET time_zone = '+00:00'"])
+    })
+}
+
+fn connect_with(
+    url: &str,
+    configure: impl FnOnce(mysql::OptsBuilder) -> mysql::OptsBuilder,
+) -> Result<mysql::Conn, MyError> {
     let shown = match StoreUrl::parse("the URL", url) {
         Ok(parsed) => format!("{parsed:?}"),
         Err(_) => "the server".to_owned(),
@@ -161,9 +204,11 @@ pub fn connect(url: &str) -> Result<mysql::Conn, MyError> {
         target: shown.clone(),
         source: e.into(),
     })?;
-    mysql::Conn::new(opts).map_err(|source| MyError::Connect {
-        target: shown,
-        source,
+    mysql::Conn::new(configure(mysql::OptsBuilder::from_opts(opts))).map_err(|source| {
+        MyError::Connect {
+            target: shown,
+            source,
+        }
     })
 }
 
