@@ -277,15 +277,6 @@ impl Config {
             Some(s) => {
                 let value =
                     StoreTarget::parse(&format!("DATABASE_URL (from {})", s.source), &s.value)?;
-                if let StoreTarget::Mysql(url) = &value {
-                    return Err(ConfigError::Invalid {
-                        variable: "DATABASE_URL",
-                        value: url.to_string(),
-                        origin: s.source,
-                        expected: "a file: or postgres:// URL: the core store is not available \
-                                   on MySQL yet (PLUGIN_DATABASE_URL may be mysql://)",
-                    });
-                }
                 Sourced {
                     value,
                     source: s.source,
@@ -390,6 +381,14 @@ impl Config {
         match &self.database_url.value {
             StoreTarget::Postgres(url) => Some(url),
             StoreTarget::File(_) | StoreTarget::Mysql(_) => None,
+        }
+    }
+
+    /// The MySQL/MariaDB database of the core store, if it is on MySQL.
+    pub fn core_mysql_url(&self) -> Option<&MysqlUrl> {
+        match &self.database_url.value {
+            StoreTarget::Mysql(url) => Some(url),
+            StoreTarget::File(_) | StoreTarget::Postgres(_) => None,
         }
     }
 

@@ -77,9 +77,9 @@ impl MyCore {
         self.changes.get()
     }
 
-    /// Whether the connection still answers (the pool's check).
-    pub fn ping(&self) -> bool {
-        self.conn.borrow_mut().ping().is_ok()
+    /// Checks that the connection still answers (the pool's check).
+    pub fn ping(&self) -> Result<(), CoreError> {
+        Ok(self.conn.borrow_mut().ping()?)
     }
 
     /// Runs a statement; returns the rows it changed.

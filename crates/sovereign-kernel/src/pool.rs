@@ -31,13 +31,15 @@ impl r2d2::ManageConnection for CoreConnections {
         match conn {
             CoreConn::Sqlite(conn) => conn.execute_batch("")?,
             CoreConn::Postgres(pg) => pg.client_mut().batch_execute("")?,
+            CoreConn::Mysql(my) => my.ping()?,
         }
         Ok(())
     }
 
     fn has_broken(&self, conn: &mut CoreConn) -> bool {
         match conn {
-            CoreConn::Sqlite(_) => false,
+            // A MySQL connection that broke fails its next `is_valid`.
+            CoreConn::Sqlite(_) | CoreConn::Mysql(_) => false,
             CoreConn::Postgres(pg) => pg.client_mut().is_closed(),
         }
     }

@@ -19,6 +19,7 @@ pub mod plugin_db;
 pub mod roles;
 pub mod server;
 pub mod sql_text;
+pub mod values;
 
 pub use denial::Denial;
 pub use plugin_db::{MyPluginConfig, MyPluginDb};

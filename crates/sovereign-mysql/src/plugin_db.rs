@@ -24,7 +24,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mysql::consts::ColumnType;
 use mysql::prelude::Queryable;
 use sovereign_db_plugins::{
     CursorId, FenceError, FencedConnection, Limits, MAX_OPEN_CURSORS, MAX_RESULT_ROWS, OutboxEvent,
@@ -482,53 +481,14 @@ impl MyPluginDb {
     }
 }
 
-/// Converts one row, by column type: binary strings are blobs, other strings text,
-/// decimals integers or reals, dates and times their text.
+/// Converts one row ([`crate::values::row_values`]).
 fn decode(plugin: &str, row: mysql::Row) -> Result<Vec<SqlValue>, Failure> {
-    let columns = row.columns();
-    let mut out = Vec::with_capacity(columns.len());
-    for (value, column) in row.unwrap().into_iter().zip(columns.iter()) {
-        let binary = column.character_set() == 63;
-        out.push(match value {
-            mysql::Value::NULL => SqlValue::Null,
-            mysql::Value::Int(v) => SqlValue::Integer(v),
-            mysql::Value::UInt(v) => match i64::try_from(v) {
-                Ok(v) => SqlValue::Integer(v),
-                Err(_) => SqlValue::Real(v as f64),
-            },
-            mysql::Value::Float(v) => SqlValue::Real(f64::from(v)),
-            mysql::Value::Double(v) => SqlValue::Real(v),
-            mysql::Value::Bytes(bytes) => match column.column_type() {
-                ColumnType::MYSQL_TYPE_DECIMAL | ColumnType::MYSQL_TYPE_NEWDECIMAL => {
-                    let text = String::from_utf8_lossy(&bytes);
-                    let integer = if column.decimals() == 0 {
-                        text.parse::<i64>().ok()
-                    } else {
-                        None
-                    };
-                    match integer {
-                        Some(v) => SqlValue::Integer(v),
-                        None => SqlValue::Real(text.parse().map_err(|_| FenceError::Sql {
-                            plugin: plugin.to_owned(),
-                            message: format!(
-                                "column {} holds the decimal {text}, which is not a number here",
-                                column.name_str()
-                            ),
-                        })?),
-                    }
-                }
-                _ if binary => SqlValue::Blob(bytes),
-                _ => SqlValue::Text(String::from_utf8(bytes).map_err(|_| FenceError::Sql {
-                    plugin: plugin.to_owned(),
-                    message: format!("column {} holds text that is not UTF-8", column.name_str()),
-                })?),
-            },
-            date @ (mysql::Value::Date(..) | mysql::Value::Time(..)) => {
-                SqlValue::Text(date.as_sql(true).trim_matches('\'').to_owned())
-            }
-        });
-    }
-    Ok(out)
+    crate::values::row_values(row).map_err(|e| {
+        Failure::Fence(FenceError::Sql {
+            plugin: plugin.to_owned(),
+            message: e.to_string(),
+        })
+    })
 }
 
 impl FencedConnection for MyPluginDb {

@@ -181,14 +181,19 @@ pub fn connect(url: &str) -> Result<mysql::Conn, MyError> {
 
 /// Connects to `url` for trusted code that runs a fixed set of statements many times
 /// (the core store): prepared statements are kept for up to 256 of them, the session's
-/// time zone is UTC, and an `UPDATE` counts the rows it matched (as SQLite and
-/// PostgreSQL do), not only those whose values changed.
+/// time zone is UTC, `"name"` is an identifier as in standard SQL (`ANSI_QUOTES`: the
+/// sync's generated SQL and operators' slice filters are written so), and an `UPDATE`
+/// counts the rows it matched (as SQLite and PostgreSQL do), not only those whose
+/// values changed.
 pub fn connect_trusted(url: &str) -> Result<mysql::Conn, MyError> {
     connect_with(url, |builder| {
         builder
             .stmt_cache_size(256)
             .additional_capabilities(mysql::consts::CapabilityFlags::CLIENT_FOUND_ROWS)
-            .init(vec!["SET time_zone = '+00:00'"])
+            .init(vec![
+                "SET time_zone = '+00:00'",
+                "SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')",
+            ])
     })
 }
 

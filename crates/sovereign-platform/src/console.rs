@@ -560,6 +560,11 @@ pub fn stores(app: &App, console: &Console) -> Result<StoresPanel, PlatformError
             let mut core = sovereign_db_core::PgCore::connect(&url)?;
             files.push(database_size("core", &url.to_string(), core.client_mut())?);
         }
+        sovereign_db_core::CoreLocation::Mysql(_) => {
+            return Err(PlatformError::NotOnMysql {
+                operation: "the stores panel",
+            });
+        }
     }
     match app.plugin_store() {
         PluginStore::Postgres(store) => files.push(database_size(

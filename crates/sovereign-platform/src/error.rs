@@ -58,10 +58,10 @@ pub enum PlatformError {
     /// A MySQL/MariaDB store.
     #[error(transparent)]
     Mysql(#[from] sovereign_mysql::MyError),
-    /// An operation not available with the plugin store on MySQL yet.
+    /// An operation not available with a store on MySQL yet.
     #[error(
-        "{operation} is not available with the plugin store on MySQL yet (PLUGIN_DATABASE_URL \
-         is mysql://); use a SQLite or PostgreSQL plugin store for it"
+        "{operation} is not available with a store on MySQL yet (DATABASE_URL or \
+         PLUGIN_DATABASE_URL is mysql://); use SQLite or PostgreSQL stores for it"
     )]
     NotOnMysql {
         /// What was asked.

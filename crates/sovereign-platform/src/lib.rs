@@ -295,9 +295,7 @@ impl App {
                 CoreLocation::File(url.resolve(&self.config.base_dir))
             }
             sovereign_db::StoreTarget::Postgres(url) => CoreLocation::Postgres(url.clone()),
-            sovereign_db::StoreTarget::Mysql(_) => {
-                unreachable!("the configuration refuses a mysql:// DATABASE_URL")
-            }
+            sovereign_db::StoreTarget::Mysql(url) => CoreLocation::Mysql(url.clone()),
         }
     }
 
@@ -337,6 +335,7 @@ impl App {
                 }))
             }
             (CoreLocation::File(_), None) => Ok(None),
+            (CoreLocation::Mysql(_), _) => Err(PlatformError::NotOnMysql { operation }),
             (core, plugins) => Err(PlatformError::MixedBackends {
                 operation,
                 core: backend(matches!(core, CoreLocation::Postgres(_))),
@@ -388,6 +387,14 @@ impl App {
             CoreLocation::File(path) => path,
             CoreLocation::Postgres(url) => {
                 return match PgCore::connect(&url) {
+                    Ok(core) => Ok(sovereign_db_core::plugins::get(&core, id)?),
+                    // Not migrated yet: nothing is registered.
+                    Err(sovereign_db_core::CoreError::NotCoreDatabase { .. }) => Ok(None),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            CoreLocation::Mysql(url) => {
+                return match sovereign_db_core::MyCore::connect(&url) {
                     Ok(core) => Ok(sovereign_db_core::plugins::get(&core, id)?),
                     // Not migrated yet: nothing is registered.
                     Err(sovereign_db_core::CoreError::NotCoreDatabase { .. }) => Ok(None),

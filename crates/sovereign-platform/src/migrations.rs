@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sovereign_db::rusqlite::Connection;
 use sovereign_db::{MigrationSet, MigrationState, MigrationStatus, OpenOptions, PostgresUrl};
-use sovereign_db_core::{CoreConn, CoreLocation, PgCore};
+use sovereign_db_core::{CoreConn, CoreLocation, MyCore, PgCore};
 use sovereign_db_plugins::{Backend, PluginDb, PluginDbConfig};
 use sovereign_postgres::PgPluginDb;
 
@@ -28,6 +28,8 @@ enum Store {
     Core,
     /// The core database on PostgreSQL, migrated by its owner (`svc_core`).
     PostgresCore(PostgresUrl),
+    /// The core database on MySQL/MariaDB.
+    MysqlCore(sovereign_db::MysqlUrl),
     /// A plugin's database, migrated behind that plugin's fence.
     Plugin(PluginDbConfig),
     /// The PostgreSQL plugin store's own bookkeeping, migrated by its owner.
@@ -108,6 +110,13 @@ impl Target {
                 sovereign_sync::capture::install(&core, app.mirror_catalog())?;
                 applied
             }
+            Store::MysqlCore(url) => {
+                let mut core = MyCore::connect_unchecked(url)?;
+                let applied = sovereign_mysql::migrate::deploy(core.conn_mut(), &self.set)?;
+                // Change capture is derived from the configured projections.
+                sovereign_sync::capture::install(&core, app.mirror_catalog())?;
+                applied
+            }
             Store::Plugin(plugin) => {
                 app.ensure_mirrors(&plugin.grants)?;
                 let db = PluginDb::open(app.store_location("migrating a plugin")?, plugin.clone())?;
@@ -147,6 +156,10 @@ impl Target {
                 PgCore::connect_unchecked(url)?.client_mut(),
                 &self.set,
             )?),
+            Store::MysqlCore(url) => Ok(sovereign_mysql::migrate::plan(
+                MyCore::connect_unchecked(url)?.conn_mut(),
+                &self.set,
+            )?),
             Store::PostgresSystem(store) => Ok(sovereign_postgres::migrate::plan(
                 &mut store.connect_owner()?,
                 &self.set,
@@ -173,6 +186,10 @@ impl Target {
             }
             Store::PostgresCore(url) => Ok(sovereign_postgres::migrate::status(
                 PgCore::connect_unchecked(url)?.client_mut(),
+                &self.set,
+            )?),
+            Store::MysqlCore(url) => Ok(sovereign_mysql::migrate::status(
+                MyCore::connect_unchecked(url)?.conn_mut(),
                 &self.set,
             )?),
             Store::PostgresSystem(store) => Ok(sovereign_postgres::migrate::status(
@@ -226,6 +243,11 @@ pub fn targets(
                 set: sovereign_db_core::postgres_migrations(),
                 path: PathBuf::from(url.to_string()),
                 store: Store::PostgresCore(url),
+            },
+            CoreLocation::Mysql(url) => Target {
+                set: sovereign_db_core::mysql_migrations(),
+                path: PathBuf::from(url.to_string()),
+                store: Store::MysqlCore(url),
             },
         });
     }
@@ -330,6 +352,14 @@ pub(crate) fn open_migrated_core_with(
                 &sovereign_db_core::postgres_migrations(),
             )?;
             (CoreConn::Postgres(Box::new(core)), status, url.to_string())
+        }
+        CoreLocation::Mysql(url) => {
+            let mut core = MyCore::connect(&url)?;
+            let status = sovereign_mysql::migrate::status(
+                core.conn_mut(),
+                &sovereign_db_core::mysql_migrations(),
+            )?;
+            (CoreConn::Mysql(Box::new(core)), status, url.to_string())
         }
     };
     if status

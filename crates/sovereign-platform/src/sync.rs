@@ -93,8 +93,8 @@ pub fn reconcile(
             repair,
             progress,
         )?,
-        (CoreConn::Postgres(pg), sovereign_sync::Mirror::Sqlite(store)) => {
-            reconcile::reconcile_from_postgres_core(pg, &store, catalog, repair, progress)?
+        (CoreConn::Postgres(_) | CoreConn::Mysql(_), sovereign_sync::Mirror::Sqlite(store)) => {
+            reconcile::reconcile_from_server_core(&core, &store, catalog, repair, progress)?
         }
         (_, sovereign_sync::Mirror::Postgres(pg)) => {
             reconcile::reconcile_postgres(&core, &mut pg.borrow_mut(), catalog, repair, progress)?

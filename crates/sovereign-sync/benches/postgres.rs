@@ -148,6 +148,7 @@ fn pending_after(core: &CoreConn, watermark: i64) -> i64 {
             })
             .unwrap()
             .get(0),
+        CoreConn::Mysql(_) => unreachable!("no MySQL core in this bench"),
     }
 }
 

@@ -2,8 +2,9 @@
 //! triggers that record every change of a mirrored core table in `_sv_change_outbox`,
 //! in the same transaction as the change.
 
+use mysql::prelude::Queryable;
 use sovereign_db::rusqlite::{self, Connection};
-use sovereign_db_core::{CoreAccess, CoreHandle, PgCore};
+use sovereign_db_core::{CoreAccess, CoreHandle, MyCore, PgCore};
 use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
 
 use crate::{SyncError, ident};
@@ -90,6 +91,9 @@ pub fn validate(core: &dyn CoreAccess, catalog: &MirrorCatalog) -> Result<(), Sy
                 CoreHandle::Postgres(pg) => pg
                     .with_client(|client| client.prepare(&probe).map(drop))
                     .map_err(|e| e.to_string()),
+                CoreHandle::Mysql(my) => my
+                    .with_conn(|conn| conn.prep(&probe).map(drop))
+                    .map_err(|e| e.to_string()),
             };
             compiled.map_err(|e| fail(format!("the filter {filter:?} does not compile: {e}")))?;
         }
@@ -122,6 +126,13 @@ fn table_columns(core: &dyn CoreAccess, table: &str) -> Result<Vec<(String, bool
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect(),
+        CoreHandle::Mysql(my) => my.with_conn(|conn| {
+            conn.exec(
+                "SELECT COLUMN_NAME, COLUMN_KEY = 'PRI' FROM information_schema.COLUMNS
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (table,),
+            )
+        })?,
     })
 }
 
@@ -174,6 +185,7 @@ pub fn install(core: &dyn CoreAccess, catalog: &MirrorCatalog) -> Result<bool, S
     let changed = match core.core_handle() {
         CoreHandle::Sqlite(conn) => install_sqlite(conn, catalog)?,
         CoreHandle::Postgres(pg) => install_postgres(pg, catalog)?,
+        CoreHandle::Mysql(my) => install_mysql(my, catalog)?,
     };
     if changed {
         tracing::info!(
@@ -300,5 +312,94 @@ fn install_postgres(core: &PgCore, catalog: &MirrorCatalog) -> Result<bool, Sync
         }
         tx.commit()?;
         Ok(changed)
+    })?)
+}
+
+/// One slice's capture on MySQL: a row trigger per event, `_sv_capture_<slice>_<event>`,
+/// as `(name, table, event, body)`. Each first updates `_sv_capture_lock` (its row lock
+/// is held to commit, serialising capturing transactions as the PostgreSQL trigger's
+/// advisory lock does).
+fn mysql_capture_for(slice: &MirrorSlice) -> Vec<(String, String, &'static str, String)> {
+    let key = ident(slice.key_column());
+    let slice_name = slice.name.replace('\'', "''");
+    let record = |row: &str| {
+        format!(
+            "INSERT INTO _sv_change_outbox (slice, row_key, at_ms) VALUES ('{slice_name}', {row}.{key}, \
+             FLOOR(UNIX_TIMESTAMP(SYSDATE(3)) * 1000));"
+        )
+    };
+    let lock = "UPDATE _sv_capture_lock SET n = n + 1 WHERE id = 1;";
+    let body = |statements: String| format!("BEGIN {lock} {statements} END");
+    let name = |event: &str| format!("{TRIGGER_PREFIX}{}_{event}", slice.name);
+    vec![
+        (
+            name("insert"),
+            slice.source_table.clone(),
+            "INSERT",
+            body(record("NEW")),
+        ),
+        (
+            name("update"),
+            slice.source_table.clone(),
+            "UPDATE",
+            body(format!(
+                "{} IF NOT (OLD.{key} <=> NEW.{key}) THEN {} END IF;",
+                record("NEW"),
+                record("OLD")
+            )),
+        ),
+        (
+            name("delete"),
+            slice.source_table.clone(),
+            "DELETE",
+            body(record("OLD")),
+        ),
+    ]
+}
+
+fn install_mysql(core: &MyCore, catalog: &MirrorCatalog) -> Result<bool, SyncError> {
+    let wanted: Vec<(String, String, &'static str, String)> = catalog
+        .slices()
+        .iter()
+        .flat_map(mysql_capture_for)
+        .collect();
+    Ok(core.with_conn(|conn| -> Result<bool, mysql::Error> {
+        // Kernels starting together install one at a time; the later one then finds the
+        // triggers in place. MySQL commits each trigger's DDL on its own: a run stopped
+        // part-way is finished by the next.
+        conn.query_drop("SELECT GET_LOCK(CONCAT(DATABASE(), '/sv-capture-install'), 30)")?;
+        let result = (|| {
+            let existing: Vec<(String, String, String, String)> = conn.query(
+                "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, EVENT_MANIPULATION, ACTION_STATEMENT
+                 FROM information_schema.TRIGGERS
+                 WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE '\\_sv\\_capture\\_%'",
+            )?;
+            let same = |(n, t, e, b): &(String, String, String, String),
+                        (wn, wt, we, wb): &(String, String, &str, String)| {
+                n == wn && t == wt && e == we && b.trim() == wb
+            };
+            let mut changed = false;
+            for found in &existing {
+                if !wanted.iter().any(|w| same(found, w)) {
+                    conn.query_drop(format!("DROP TRIGGER IF EXISTS {}", ident(&found.0)))?;
+                    changed = true;
+                }
+            }
+            for want in &wanted {
+                if !existing.iter().any(|found| same(found, want)) {
+                    let (name, table, event, body) = want;
+                    conn.query_drop(format!("DROP TRIGGER IF EXISTS {}", ident(name)))?;
+                    conn.query_drop(format!(
+                        "CREATE TRIGGER {} AFTER {event} ON {} FOR EACH ROW {body}",
+                        ident(name),
+                        ident(table)
+                    ))?;
+                    changed = true;
+                }
+            }
+            Ok(changed)
+        })();
+        conn.query_drop("SELECT RELEASE_LOCK(CONCAT(DATABASE(), '/sv-capture-install'))")?;
+        result
     })?)
 }

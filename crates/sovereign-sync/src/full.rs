@@ -4,6 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::path::Path;
 
+use mysql::prelude::Queryable;
 use sovereign_db::rusqlite::{self, Connection};
 use sovereign_db_core::{CoreAccess, CoreHandle};
 use sovereign_db_plugins::TrustedPluginStore;
@@ -155,6 +156,13 @@ pub fn full_resync(
             let source = PostgresSource::begin(client)?;
             let rebuilt = rebuild_from(&source, mirror, catalog, &dropped, total, progress);
             source.end(rebuilt)
+        })?,
+        (CoreHandle::Mysql(core), _) => core.with_conn(|conn| {
+            let source = MysqlSource(RefCell::new(crate::mysql_snapshot(conn)?));
+            let rebuilt = rebuild_from(&source, mirror, catalog, &dropped, total, progress);
+            let value = rebuilt?;
+            source.0.into_inner().commit()?;
+            Ok::<_, SyncError>(value)
         })?,
     };
     publish::acknowledge(core, watermark)?;
@@ -376,6 +384,48 @@ impl Source for PostgresSource<'_> {
     }
 }
 
+/// A MySQL core in a read-only consistent-snapshot transaction.
+struct MysqlSource<'a>(RefCell<mysql::Transaction<'a>>);
+
+impl Source for MysqlSource<'_> {
+    fn high_water(&self) -> Result<i64, SyncError> {
+        Ok(self
+            .0
+            .borrow_mut()
+            .query_first(crate::MYSQL_HIGH_WATER)?
+            .unwrap_or(0))
+    }
+
+    fn kinds(&self, slice: &MirrorSlice) -> Result<Vec<ColumnKind>, SyncError> {
+        let declared: Vec<(String, String)> = self.0.borrow_mut().exec(
+            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+            (&slice.source_table,),
+        )?;
+        Ok(slice
+            .columns
+            .iter()
+            .map(|column| {
+                declared
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(column))
+                    .map_or(ColumnKind::Blob, |(_, ty)| ColumnKind::from_declared(ty))
+            })
+            .collect())
+    }
+
+    fn chunks(&self, slice: &MirrorSlice, take: TakeChunk<'_>) -> Result<(), SyncError> {
+        let mut tx = self.0.borrow_mut();
+        let rows = tx.query_iter(projection_sql(slice))?;
+        in_chunks(
+            rows.map(|row| -> Result<Vec<SqlValue>, SyncError> {
+                Ok(sovereign_mysql::values::row_values(row?)?)
+            }),
+            take,
+        )
+    }
+}
+
 fn rebuild_sqlite(
     core_path: &Path,
     mirror: &TrustedPluginStore,
@@ -551,6 +601,7 @@ fn count_source(core: &dyn CoreAccess, slice: &MirrorSlice) -> Result<u64, SyncE
     let count: i64 = match core.core_handle() {
         CoreHandle::Sqlite(conn) => conn.query_row(&sql, [], |r| r.get(0))?,
         CoreHandle::Postgres(pg) => pg.with_client(|client| client.query_one(&sql, &[]))?.get(0),
+        CoreHandle::Mysql(my) => my.with_conn(|conn| conn.query_first(&sql))?.unwrap_or(0),
     };
     Ok(count as u64)
 }

@@ -79,6 +79,12 @@ pub enum SyncError {
     /// The PostgreSQL mirror.
     #[error(transparent)]
     Postgres(#[from] sovereign_postgres::PgError),
+    /// A statement on the MySQL core failed.
+    #[error("sync (MySQL core): {0}")]
+    Mysql(#[from] mysql::Error),
+    /// A value of the MySQL core has no platform form.
+    #[error("sync (MySQL core): {0}")]
+    MysqlValue(#[from] sovereign_mysql::values::ValueError),
 }
 
 /// Current time in unix milliseconds.
@@ -101,6 +107,26 @@ pub(crate) fn snapshot(
         .read_only(true)
         .start()
 }
+
+/// A read-only snapshot of a MySQL core: a repeatable-read transaction whose read view
+/// is taken at once (`WITH CONSISTENT SNAPSHOT`).
+pub(crate) fn mysql_snapshot(
+    core: &mut mysql::Conn,
+) -> Result<mysql::Transaction<'_>, mysql::Error> {
+    core.start_transaction(
+        mysql::TxOpts::default()
+            .set_isolation_level(Some(mysql::IsolationLevel::RepeatableRead))
+            .set_with_consistent_snapshot(true)
+            .set_access_mode(Some(mysql::AccessMode::ReadOnly)),
+    )
+}
+
+/// The highest outbox sequence number a MySQL core's snapshot has seen, or what was
+/// acknowledged and pruned: the watermark of the rows read in the same snapshot
+/// (capture serialises writers, so a change still in flight gets a higher one).
+pub(crate) const MYSQL_HIGH_WATER: &str = "SELECT GREATEST(
+     COALESCE((SELECT max(seq) FROM _sv_change_outbox), 0),
+     COALESCE((SELECT CAST(value AS SIGNED) FROM _sv_sync_state WHERE \"key\" = 'acked_seq'), 0))";
 
 /// Quotes an SQL identifier.
 pub(crate) fn ident(name: &str) -> String {

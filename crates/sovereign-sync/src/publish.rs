@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use mysql::prelude::Queryable;
 use sovereign_db::rusqlite::{self, Connection, OptionalExtension};
 use sovereign_db_core::{CoreAccess, CoreHandle};
 use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog, MirrorChange, MirrorSlice};
@@ -25,6 +26,31 @@ fn project_sql(slice: &MirrorSlice, table: &str, param: &str) -> String {
         columns.join(", "),
         ident(slice.key_column())
     )
+}
+
+/// The SELECT of `slice`'s projected rows whose keys are among `keys` (integers, so
+/// written into the text) on a MySQL core.
+fn project_keys_sql(slice: &MirrorSlice, keys: &[i64]) -> String {
+    let list: Vec<String> = keys.iter().map(i64::to_string).collect();
+    let key = ident(slice.key_column());
+    project_sql(slice, &ident(&slice.source_table), "NULL").replacen(
+        &format!("{key} = NULL"),
+        &format!("{key} IN ({})", list.join(", ")),
+        1,
+    )
+}
+
+/// The projected current row of `key` in `slice` on a MySQL core.
+pub(crate) fn project_row_mysql(
+    core: &mut impl Queryable,
+    slice: &MirrorSlice,
+    key: i64,
+) -> Result<Option<Vec<SqlValue>>, SyncError> {
+    let sql = project_sql(slice, &ident(&slice.source_table), "?");
+    core.exec_first::<mysql::Row, _, _>(sql, (key,))?
+        .map(sovereign_mysql::values::row_values)
+        .transpose()
+        .map_err(SyncError::from)
 }
 
 /// The projected current row of `key` in `slice`, or `None` if it is not in the slice.
@@ -175,6 +201,40 @@ pub fn next_batch(
             })?;
             Ok(Some(MirrorBatch { upto_seq, changes }))
         }
+        CoreHandle::Mysql(my) => my.with_conn(|conn| {
+            // Autocommit: each statement reads the newest committed rows, so rows read
+            // after the outbox are at least as new as every change it lists.
+            let entries: Vec<(i64, String, i64)> = conn.exec(
+                "SELECT seq, slice, row_key FROM _sv_change_outbox WHERE seq > ?
+                 ORDER BY seq LIMIT ?",
+                (watermark, limit as u64),
+            )?;
+            let Some(upto_seq) = entries.last().map(|e| e.0) else {
+                return Ok(None);
+            };
+            // One query per slice for the whole batch.
+            let mut rows: HashMap<(String, i64), Vec<SqlValue>> = HashMap::new();
+            for slice in catalog.slices() {
+                let keys: Vec<i64> = entries
+                    .iter()
+                    .filter(|(_, name, _)| *name == slice.name)
+                    .map(|(_, _, key)| *key)
+                    .collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                for row in conn.query::<mysql::Row, _>(project_keys_sql(slice, &keys))? {
+                    let values = sovereign_mysql::values::row_values(row)?;
+                    if let Some(SqlValue::Integer(key)) = values.first() {
+                        rows.insert((slice.name.clone(), *key), values);
+                    }
+                }
+            }
+            let changes = changes_of(entries, catalog, &mut |slice, key| {
+                Ok(rows.remove(&(slice.name.clone(), key)))
+            })?;
+            Ok(Some(MirrorBatch { upto_seq, changes }))
+        }),
     }
 }
 
@@ -197,6 +257,12 @@ pub fn acknowledge(core: &dyn CoreAccess, seq: i64) -> Result<(), SyncError> {
             set_state_postgres(&mut tx, "acked_seq", &seq.to_string())?;
             tx.commit()
         })?,
+        CoreHandle::Mysql(my) => my.with_conn(|conn| -> Result<(), mysql::Error> {
+            let mut tx = conn.start_transaction(mysql::TxOpts::default())?;
+            tx.exec_drop("DELETE FROM _sv_change_outbox WHERE seq <= ?", (seq,))?;
+            set_state_mysql(&mut tx, "acked_seq", &seq.to_string())?;
+            tx.commit()
+        })?,
     }
     Ok(())
 }
@@ -214,6 +280,15 @@ fn set_state_postgres(
     Ok(())
 }
 
+fn set_state_mysql(core: &mut impl Queryable, key: &str, value: &str) -> Result<(), mysql::Error> {
+    core.exec_drop(
+        "INSERT INTO _sv_sync_state (\"key\", value) VALUES (?, ?)
+         ON DUPLICATE KEY UPDATE value = VALUES(value),
+             updated_at = CONCAT(LEFT(DATE_FORMAT(UTC_TIMESTAMP(3), '%Y-%m-%dT%H:%i:%s.%f'), 23), 'Z')",
+        (key, value),
+    )
+}
+
 /// Writes a core-side sync state value (`acked_seq`, `last_error`, ...).
 pub fn set_state(core: &dyn CoreAccess, key: &str, value: &str) -> Result<(), SyncError> {
     match core.core_handle() {
@@ -227,6 +302,7 @@ pub fn set_state(core: &dyn CoreAccess, key: &str, value: &str) -> Result<(), Sy
         CoreHandle::Postgres(pg) => {
             pg.with_client(|client| set_state_postgres(client, key, value))?
         }
+        CoreHandle::Mysql(my) => my.with_conn(|conn| set_state_mysql(conn, key, value))?,
     }
     Ok(())
 }
@@ -249,6 +325,12 @@ pub fn get_state(core: &dyn CoreAccess, key: &str) -> Result<Option<(String, Str
                 )
             })?
             .map(|r| (r.get(0), r.get(1))),
+        CoreHandle::Mysql(my) => my.with_conn(|conn| {
+            conn.exec_first(
+                "SELECT value, updated_at FROM _sv_sync_state WHERE \"key\" = ?",
+                (key,),
+            )
+        })?,
     })
 }
 
@@ -261,6 +343,9 @@ fn oldest_kept(core: &dyn CoreAccess) -> Result<Option<i64>, SyncError> {
         CoreHandle::Postgres(pg) => pg
             .with_client(|client| client.query_one("SELECT min(seq) FROM _sv_change_outbox", &[]))?
             .get(0),
+        CoreHandle::Mysql(my) => my
+            .with_conn(|conn| conn.query_first("SELECT min(seq) FROM _sv_change_outbox"))?
+            .flatten(),
     })
 }
 

@@ -5,15 +5,16 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
+use mysql::prelude::Queryable;
 use sha2::{Digest, Sha256};
 use sovereign_db::rusqlite::{self, Connection};
-use sovereign_db_core::{CoreAccess, CoreHandle, PgCore};
+use sovereign_db_core::{CoreAccess, CoreHandle};
 use sovereign_db_plugins::TrustedPluginStore;
 use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
 use sovereign_db_plugins::value::SqlValue;
 use sovereign_postgres::mirror::PgMirror;
 
-use crate::publish::{project_row, project_row_postgres, value_of};
+use crate::publish::{project_row, project_row_mysql, project_row_postgres, value_of};
 use crate::{Progress, SyncError, ident};
 
 /// Keys per checksum chunk.
@@ -225,6 +226,53 @@ impl CoreSide for SqliteSide<'_> {
     }
 }
 
+/// A MySQL core in a read-only consistent-snapshot transaction.
+struct MysqlSide<'a>(RefCell<mysql::Transaction<'a>>);
+
+impl CoreSide for MysqlSide<'_> {
+    fn count(&self, catalog: &MirrorCatalog) -> Result<u64, SyncError> {
+        let mut total = 0u64;
+        for slice in catalog.slices() {
+            let sql = format!("SELECT count(*) FROM {}", ident(&slice.source_table));
+            total += self.0.borrow_mut().query_first::<u64, _>(sql)?.unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    fn pending(&self, slice: &MirrorSlice, watermark: i64) -> Result<HashSet<i64>, SyncError> {
+        Ok(self
+            .0
+            .borrow_mut()
+            .exec::<i64, _, _>(
+                "SELECT DISTINCT row_key FROM _sv_change_outbox WHERE slice = ? AND seq > ?",
+                (&slice.name, watermark),
+            )?
+            .into_iter()
+            .collect())
+    }
+
+    fn chunk(&self, slice: &MirrorSlice, after: i64) -> Result<Vec<Row>, SyncError> {
+        let sql = core_chunk_sql(slice, &ident(&slice.source_table), "?");
+        self.0
+            .borrow_mut()
+            .exec::<mysql::Row, _, _>(sql, (after,))?
+            .into_iter()
+            .map(|row| {
+                let values = sovereign_mysql::values::row_values(row)?;
+                let key = match values[0] {
+                    SqlValue::Integer(k) => k,
+                    _ => i64::MIN,
+                };
+                Ok((key, values))
+            })
+            .collect()
+    }
+
+    fn project(&self, slice: &MirrorSlice, key: i64) -> Result<Option<Vec<SqlValue>>, SyncError> {
+        project_row_mysql(&mut *self.0.borrow_mut(), slice, key)
+    }
+}
+
 /// A PostgreSQL core in a read-only repeatable-read transaction.
 struct PostgresSide<'a>(RefCell<postgres::Transaction<'a>>);
 
@@ -353,32 +401,30 @@ fn sqlite_mirror_range(
     )?)
 }
 
-/// Compares a PostgreSQL core with a SQLite mirror; with `repair`, rewrites exactly the
-/// drifted rows (in one transaction of the mirror). The two are read separately: a
-/// change committed meanwhile may show as a difference, which a second run no longer
-/// reports.
-pub fn reconcile_from_postgres_core(
-    core: &PgCore,
+/// Compares a core on a database server (PostgreSQL, MySQL) with a SQLite mirror; with
+/// `repair`, rewrites exactly the drifted rows (in one transaction of the mirror). The
+/// two are read separately: a change committed meanwhile may show as a difference,
+/// which a second run no longer reports.
+pub fn reconcile_from_server_core(
+    core: &dyn CoreAccess,
     mirror: &TrustedPluginStore,
     catalog: &MirrorCatalog,
     repair: bool,
     progress: Progress<'_>,
 ) -> Result<ReconcileReport, SyncError> {
     let watermark = mirror.mirror_watermark()?;
-    core.with_client(|client| {
-        let side = PostgresSide::begin(client)?;
-        let conn = mirror.connection();
+    let conn = mirror.connection();
+    with_core_side(core, &mut |side| {
         let mut report = compare_sides(
-            &side,
+            side,
             watermark,
             &mut |slice, after, upto| sqlite_mirror_range(conn, slice, after, upto),
             catalog,
             progress,
         )?;
         if repair && !report.differences.is_empty() {
-            report.repaired = repair_rows(conn, &side, catalog, &report.differences)?;
+            report.repaired = repair_rows(conn, side, catalog, &report.differences)?;
         }
-        side.0.into_inner().commit()?;
         Ok(report)
     })
 }
@@ -438,25 +484,38 @@ pub fn reconcile_postgres(
         }
         Ok(report)
     };
+    with_core_side(core, &mut run)
+}
+
+/// Runs `f` on the core's side read from one snapshot (a read transaction).
+fn with_core_side<T>(
+    core: &dyn CoreAccess,
+    f: &mut dyn FnMut(&dyn CoreSide) -> Result<T, SyncError>,
+) -> Result<T, SyncError> {
     match core.core_handle() {
         CoreHandle::Sqlite(conn) => {
-            // The core's side from one snapshot.
             let tx = rusqlite::Transaction::new_unchecked(
                 conn,
                 rusqlite::TransactionBehavior::Deferred,
             )?;
-            let report = run(&SqliteSide {
+            let value = f(&SqliteSide {
                 conn: &tx,
                 schema: "main",
             })?;
             tx.finish()?;
-            Ok(report)
+            Ok(value)
         }
         CoreHandle::Postgres(pg) => pg.with_client(|client| {
             let side = PostgresSide::begin(client)?;
-            let report = run(&side)?;
+            let value = f(&side)?;
             side.0.into_inner().commit()?;
-            Ok(report)
+            Ok(value)
+        }),
+        CoreHandle::Mysql(my) => my.with_conn(|conn| {
+            let side = MysqlSide(RefCell::new(crate::mysql_snapshot(conn)?));
+            let value = f(&side)?;
+            side.0.into_inner().commit()?;
+            Ok(value)
         }),
     }
 }

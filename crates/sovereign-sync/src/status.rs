@@ -1,5 +1,6 @@
 //! `sv sync:status`: per slice the watermark, the backlog, the lag, the last error.
 
+use mysql::prelude::Queryable;
 use serde::Serialize;
 use sovereign_db_core::{CoreAccess, CoreHandle};
 use sovereign_db_plugins::mirror::MirrorCatalog;
@@ -60,6 +61,15 @@ pub fn status(
                 })?;
                 (row.get(0), row.get(1))
             }
+            CoreHandle::Mysql(my) => my
+                .with_conn(|conn| {
+                    conn.exec_first(
+                        "SELECT count(*), min(at_ms) FROM _sv_change_outbox
+                         WHERE slice = ? AND seq > ?",
+                        (&slice.name, watermark),
+                    )
+                })?
+                .unwrap_or((0, None)),
         };
         slices.push(SliceStatus {
             slice: slice.name.clone(),

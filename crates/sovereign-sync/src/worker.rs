@@ -9,6 +9,7 @@
 //! (an operator's `sv users create`) are found by a slow poll. A housekeeping thread
 //! prunes the core outbox and checkpoints the mirror, so batches never wait for either.
 
+use mysql::prelude::Queryable;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -91,7 +92,7 @@ impl SyncWorker {
         let open = target.open_mirror.clone();
         let core = target.core.clone();
         // A PostgreSQL core announces commits of every process (`sv` commands, other
-        // kernels) on a channel; SQLite's are found by the poll.
+        // kernels) on a channel; SQLite's and MySQL's are found by the poll.
         let listener = match &core {
             CoreLocation::Postgres(url) => {
                 let (url, waker, flag) = (url.clone(), waker.clone(), stop.clone());
@@ -102,7 +103,7 @@ impl SyncWorker {
                         .expect("spawning the sync listener thread"),
                 )
             }
-            CoreLocation::File(_) => None,
+            CoreLocation::File(_) | CoreLocation::Mysql(_) => None,
         };
         let thread = std::thread::Builder::new()
             .name("sv-sync".into())
@@ -241,6 +242,13 @@ fn newest_seq(core: &CoreConn) -> Result<i64, SyncError> {
             pg.with_client(|client| client.query_one(&newest, &[]))?
                 .get(0)
         }
+        // The newest row still in the outbox (pruned up to the watermark): a change in
+        // the meantime makes it differ from what was seen.
+        CoreConn::Mysql(my) => my
+            .with_conn(|conn| {
+                conn.query_first("SELECT coalesce(max(seq), 0) FROM _sv_change_outbox")
+            })?
+            .unwrap_or(0),
     })
 }
 
@@ -391,7 +399,7 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                 mirror = None;
                 // A PostgreSQL session that failed may be gone, and the leadership with it:
                 // connect again and ask for it again.
-                if matches!(core, Some(CoreConn::Postgres(_))) {
+                if matches!(core, Some(CoreConn::Postgres(_) | CoreConn::Mysql(_))) {
                     core = None;
                     if std::mem::take(&mut leading) {
                         tracing::warn!(kernel = %target.kernel_name, "this kernel no longer leads the sync");

@@ -129,7 +129,7 @@ fn reconcile_now(core: &CoreConn, mirror: &Mirror, repair: bool) -> reconcile::R
     let catalog = MirrorCatalog::default();
     match (core, mirror) {
         (CoreConn::Postgres(pg), Mirror::Sqlite(store)) => {
-            reconcile::reconcile_from_postgres_core(pg, store, &catalog, repair, &|_, _| {})
+            reconcile::reconcile_from_server_core(&**pg, store, &catalog, repair, &|_, _| {})
         }
         (_, Mirror::Postgres(pg)) => {
             reconcile::reconcile_postgres(core, &mut pg.borrow_mut(), &catalog, repair, &|_, _| {})

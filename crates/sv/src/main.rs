@@ -170,8 +170,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Host(args) = &cli.command {
         return run::host(args);
     }
-    // The configuration does not take a postgres:// DATABASE_URL yet; this command needs
-    // only the two URLs (flags, environment, or the plugin store's from sovereign.toml).
+    // These commands need only the two URLs (flags, environment, or sovereign.toml), and
+    // run before the stores they make exist.
     if let Command::PostgresRoles(args) = &cli.command {
         return postgres_cmd::roles(
             args,

@@ -7,25 +7,35 @@ use sovereign_mysql::RolePlan;
 
 use crate::postgres_cmd::RolesArgs;
 
-/// The store URLs come from `--database-url` / `--plugin-database-url` or the
-/// environment (`DATABASE_URL`, `PLUGIN_DATABASE_URL`); a core URL that is not
-/// `mysql://` stays where it is and gets nothing.
+/// The store URLs come from `--database-url` / `--plugin-database-url`, the
+/// environment (`DATABASE_URL`, `PLUGIN_DATABASE_URL`), or `sovereign.toml`, as for
+/// every other command; a core URL that is not `mysql://` stays where it is and gets
+/// nothing.
 pub fn roles(
     args: &RolesArgs,
     database_url: Option<String>,
     plugin_database_url: Option<String>,
 ) -> anyhow::Result<ExitCode> {
+    let read = sovereign_config::Config::from_process(&Default::default());
+    let config = read.as_ref().ok();
     let is_mysql = |url: &String| url.starts_with("mysql://") || url.starts_with("mariadb://");
     let core = database_url
         .or_else(|| std::env::var("DATABASE_URL").ok())
+        .or_else(|| Some(config?.core_mysql_url()?.expose().to_owned()))
         .filter(is_mysql);
     let plugins = plugin_database_url
         .or_else(|| std::env::var("PLUGIN_DATABASE_URL").ok())
+        .or_else(|| Some(config?.plugins_mysql_url()?.expose().to_owned()))
         .filter(is_mysql)
         .ok_or_else(|| {
+            let unread = match &read {
+                Err(e) => format!(" (and the configuration could not be read: {e})"),
+                Ok(_) => String::new(),
+            };
             anyhow::anyhow!(
-                "no mysql:// plugin store URL: give --plugin-database-url (or PLUGIN_DATABASE_URL) \
-                 as mysql://svc_plugins:PASSWORD@HOST:PORT/DATABASE"
+                "no mysql:// plugin store URL{unread}: give --plugin-database-url (or \
+                 PLUGIN_DATABASE_URL, or plugin_database_url in sovereign.toml) as \
+                 mysql://svc_plugins:PASSWORD@HOST:PORT/DATABASE"
             )
         })?;
     let plan = RolePlan::new(core.as_deref(), &plugins)?;

@@ -1,7 +1,9 @@
-//! `sv mysql:roles` on a real MariaDB from `scripts/mariadb`: the printed script, run by a
-//! DBA with the `mariadb` client, and `--apply` make the same databases, accounts and
-//! provisioning procedures (applying again changes nothing); a bad URL is refused with
-//! what to fix. The fence these make is tested in `sovereign-mysql/tests/fence.rs`.
+//! Sovereign on a real MariaDB from `scripts/mariadb`: `sv mysql:roles` (the printed
+//! script, run by a DBA with the `mariadb` client, and `--apply` make the same databases,
+//! accounts and provisioning procedures; a bad URL is refused with what to fix), and the
+//! served platform with its core store on MySQL, beside a plugin store on MySQL or in
+//! SQLite files (where the mirror is fed by capture triggers on the MySQL core). The
+//! fence is tested in `sovereign-mysql/tests/fence.rs`.
 
 mod common;
 
@@ -93,6 +95,242 @@ fn sv_prints_and_applies_the_mysql_accounts_and_procedures() {
         "--print",
     ]);
     assert!(refused.contains("it has no password"), "{refused}");
+}
+
+/// A MariaDB with both stores' accounts made by `sv mysql:roles`, the URLs written to
+/// `sovereign.toml` (the plugin store's only with `plugins_on_mysql`), and the core
+/// migrated by `sv migrate:deploy`; returns the server and the core's URL.
+fn mysql_core(w: &Workdir, plugins_on_mysql: bool) -> (Server, String) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mariadb");
+    let server = Server::start(&script).unwrap();
+    let core_url = server.url("svc_core", "core-secret-1234", "sv_core");
+    let plugins_url = server.url("svc_plugins", "plugins-secret-12", "sv_plugins");
+    let mut toml = format!("database_url = \"{core_url}\"\n");
+    if plugins_on_mysql {
+        toml.push_str(&format!("plugin_database_url = \"{plugins_url}\"\n"));
+    }
+    std::fs::write(w.path().join("sovereign.toml"), toml).unwrap();
+    // The plan needs a plugin store URL even when plugins stay in files.
+    let applied = w.sv_ok(&[
+        "--plugin-database-url",
+        &plugins_url,
+        "mysql:roles",
+        "--apply",
+        "--admin-url",
+        server.admin_url(),
+    ]);
+    assert!(
+        applied.contains("the core and plugin databases"),
+        "{applied}"
+    );
+    // Before its migrations the core database is not a core store, and says how to fix it.
+    let early = w.sv_err(&["users", "list"]);
+    assert!(early.contains("migrate:deploy --scope=core"), "{early}");
+    assert!(!early.contains("core-secret"), "a password leaked: {early}");
+    let deployed = w.sv_ok(&["migrate:deploy", "--scope=core"]);
+    assert!(deployed.contains("0007_plugin_packages.sql"), "{deployed}");
+    let status = w.sv_ok(&["migrate:status", "--scope=core"]);
+    assert!(
+        status.contains("0001_init.sql") && !status.contains("pending"),
+        "{status}"
+    );
+    w.sv_ok(&["migrate:deploy"]);
+    assert!(!w.core_db().exists(), "no core.db is made");
+    (server, core_url)
+}
+
+#[test]
+fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
+    let w = Workdir::new();
+    let (server, core_url) = mysql_core(&w, true);
+    assert!(!w.plugins_db().exists(), "no plugins.db is made");
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
+    w.sv_ok(&[
+        "plugins",
+        "install",
+        repo.join("notes").to_str().unwrap(),
+        "--yes",
+    ]);
+    // The plugin's password is in the core database; its account still cannot use it.
+    let mut core = sovereign_mysql::roles::connect(&core_url).unwrap();
+    let password: String = core
+        .query_first("SELECT password FROM plugin_store_logins WHERE plugin_id = 'notes'")
+        .unwrap()
+        .unwrap();
+    let as_plugin = sovereign_mysql::roles::connect(&server.url("svp_notes", &password, "sv_core"));
+    assert!(
+        as_plugin.is_err(),
+        "a plugin account reached the core database"
+    );
+    // tasks reads a mirror, which the MySQL plugin store does not hold yet: refused by name.
+    let refused = w.sv_err(&[
+        "plugins",
+        "install",
+        repo.join("tasks").to_str().unwrap(),
+        "--yes",
+    ]);
+    assert!(refused.contains("tasks"), "{refused}");
+    w.create_user("root@example.com", "root password 1", true);
+    let served = w.start(&["serve"]);
+    let host = served.wait_host_running();
+    assert_eq!(host["plugins"][0]["id"], "notes", "{host}");
+    let health = served.get("/health", None);
+    assert_eq!(health.body["core"]["status"], "ok", "{}", health.text);
+    let token = served.login("root@example.com", "root password 1");
+    let me = served.get("/api/auth/me", Some(&token));
+    assert_eq!(me.body["email"], "root@example.com", "{}", me.text);
+    let user = |email: &str| {
+        served.send(
+            "POST",
+            "/api/users",
+            Some(&token),
+            Some(serde_json::json!({
+                "email": email, "password": "a long password", "display_name": "Ada"
+            })),
+        )
+    };
+    let created = user("ada@example.com");
+    assert_eq!(created.status, 201, "{}", created.text);
+    let duplicate = user("ADA@example.com");
+    assert_eq!(duplicate.status, 409, "{}", duplicate.text);
+    let put = served.send(
+        "PUT",
+        "/api/settings/site.name",
+        Some(&token),
+        Some(serde_json::json!({ "value": {"name": "Acme"} })),
+    );
+    assert!((200..300).contains(&put.status), "{}", put.text);
+    let got = served.get("/api/settings/site.name", Some(&token));
+    assert_eq!(
+        got.body["value"],
+        serde_json::json!({"name": "Acme"}),
+        "{}",
+        got.text
+    );
+    let note = served.send(
+        "POST",
+        "/api/plugins/notes/notes",
+        Some(&token),
+        Some(serde_json::json!({ "title": "both on MySQL", "body": "" })),
+    );
+    assert_eq!(note.status, 201, "{}", note.text);
+    let listed = served.get("/api/plugins/notes/notes", Some(&token));
+    assert_eq!(listed.body[0]["title"], "both on MySQL", "{}", listed.text);
+    let logout = served.send("POST", "/api/auth/logout", Some(&token), None);
+    assert!((200..300).contains(&logout.status), "{}", logout.text);
+    assert_eq!(served.get("/api/auth/me", Some(&token)).status, 401);
+    served.stop();
+    let doctor = w.sv_ok(&["doctor"]);
+    assert!(
+        !doctor.contains("core-secret"),
+        "a password leaked: {doctor}"
+    );
+}
+
+/// The core on MySQL, plugins in SQLite files: `tasks` reads mirrored users that capture
+/// triggers on the MySQL core record and the sync worker applies; its events reach the
+/// core's activity feed once; reconcile finds and repairs drift.
+#[test]
+fn a_mysql_core_feeds_the_mirror_and_takes_events_exactly_once() {
+    let w = Workdir::new();
+    let (_server, _core_url) = mysql_core(&w, false);
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
+    w.sv_ok(&[
+        "plugins",
+        "install",
+        repo.join("tasks").to_str().unwrap(),
+        "--yes",
+    ]);
+    w.create_user("root@example.com", "root password 1", true);
+    let served = w.start(&["serve"]);
+    served.wait_host_running();
+    let token = served.login("root@example.com", "root password 1");
+    let created = served.send(
+        "POST",
+        "/api/users",
+        Some(&token),
+        Some(serde_json::json!({
+            "email": "ada@example.com", "password": "a long password", "display_name": "Ada"
+        })),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    let ada = created.body["id"].as_i64().unwrap();
+    let task = served.send(
+        "POST",
+        "/api/plugins/tasks/tasks",
+        Some(&token),
+        Some(serde_json::json!({ "title": "Port the core", "assignee": ada })),
+    );
+    assert_eq!(task.status, 201, "{}", task.text);
+    let id = task.body["id"].as_i64().unwrap();
+    let assignee_becomes = |name: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let read = served.get(&format!("/api/plugins/tasks/tasks/{id}"), Some(&token));
+            if read.body["assignee_name"] == name {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mirror never had {name}: {}",
+                read.text
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assignee_becomes("Ada");
+    let renamed = served.send(
+        "PATCH",
+        &format!("/api/users/{ada}"),
+        Some(&token),
+        Some(serde_json::json!({ "display_name": "Ada L." })),
+    );
+    assert_eq!(renamed.status, 200, "{}", renamed.text);
+    assignee_becomes("Ada L.");
+    for _ in 0..2 {
+        let done = served.send(
+            "POST",
+            &format!("/api/plugins/tasks/tasks/{id}/complete"),
+            Some(&token),
+            None,
+        );
+        assert_eq!(done.status, 200, "{}", done.text);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let feed = served.get("/api/activity", Some(&token));
+        let entries = feed.body.as_array().map_or(0, Vec::len);
+        if entries > 0 {
+            assert_eq!(entries, 1, "{}", feed.text);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no activity: {}",
+            feed.text
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    served.stop();
+    let status = w.sv_ok(&["sync:status"]);
+    assert!(status.contains("users"), "{status}");
+    let clean = w.sv_ok(&["sync:reconcile"]);
+    assert!(clean.contains("0 row(s) differ"), "{clean}");
+    let raw = common::raw(&w.plugins_db());
+    raw.execute(
+        &format!("UPDATE core__users SET display_name = 'drifted' WHERE id = {ada}"),
+        [],
+    )
+    .unwrap();
+    drop(raw);
+    w.sv_err(&["sync:reconcile"]);
+    let repaired = w.sv_ok(&["sync:reconcile", "--repair"]);
+    assert!(repaired.contains("repaired 1"), "{repaired}");
+    let clean = w.sv_ok(&["sync:reconcile"]);
+    assert!(clean.contains("0 row(s) differ"), "{clean}");
+    // A full resync from the MySQL core rebuilds the mirror at the outbox's watermark.
+    let rebuilt = w.sv_ok(&["sync:run", "--full"]);
+    assert!(rebuilt.contains("users"), "{rebuilt}");
 }
 
 /// Runs a command with `input` on its standard input.

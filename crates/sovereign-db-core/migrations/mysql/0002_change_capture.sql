@@ -9,6 +9,16 @@ CREATE TABLE _sv_change_outbox (
     KEY _sv_change_outbox_slice (slice, seq)
 ) ENGINE = InnoDB;
 
+-- One row whose lock every capturing transaction takes before its outbox row (the
+-- capture triggers update it; InnoDB holds the row lock to commit): outbox sequence
+-- order is then commit order, so a reader that has seen `seq` N never later finds a
+-- smaller one committed (AUTO_INCREMENT values are handed out at insert, not commit).
+CREATE TABLE _sv_capture_lock (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n  BIGINT NOT NULL DEFAULT 0
+) ENGINE = InnoDB;
+INSERT INTO _sv_capture_lock (id) VALUES (1);
+
 CREATE TABLE _sv_sync_state (
     `key`      VARCHAR(191) PRIMARY KEY,
     value      TEXT NOT NULL,
