@@ -685,7 +685,7 @@ fn sv_serves_plugins_from_a_postgres_plugin_store_beside_a_sqlite_core() {
 }
 
 /// A served platform with `notes` installed and a user logged in, on a SQLite plugin
-/// store or (with a cluster) on PostgreSQL; returns the work directory, the server, a
+/// store, on PostgreSQL, or with both stores on MySQL; returns the work directory, the server, a
 /// token and the cluster to keep alive.
 fn notes_platform(
     backend: sovereign_db_plugins::Backend,
@@ -698,17 +698,17 @@ fn notes_platform(
     let w = Workdir::new();
     let cluster: Option<Box<dyn std::any::Any>> = match backend {
         sovereign_db_plugins::Backend::Sqlite => None,
+        // Both stores on MySQL: the core's sessions and registry too.
         sovereign_db_plugins::Backend::Mysql => {
             let server = mariadb();
             let url = server.url("svc_plugins", "plugins-secret-12", "sv_plugins");
+            let core_url = server.url("svc_core", "core-secret-1234", "sv_core");
             std::fs::write(
                 w.path().join("sovereign.toml"),
-                format!("plugin_database_url = \"{url}\"\n"),
+                format!("database_url = \"{core_url}\"\nplugin_database_url = \"{url}\"\n"),
             )
             .unwrap();
             w.sv_ok(&[
-                "--plugin-database-url",
-                &url,
                 "mysql:roles",
                 "--apply",
                 "--admin-url",
