@@ -7,6 +7,39 @@ use serde::{Deserialize, Serialize};
 /// Prefix of every mirror table.
 pub const MIRROR_PREFIX: &str = "core__";
 
+/// A mirror column's type, from the core column's declared type (SQLite's affinity);
+/// each server store maps it to a column type of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// `INTEGER` affinity: 64-bit integers.
+    Integer,
+    /// `REAL` affinity: doubles.
+    Real,
+    /// `TEXT` affinity (and anything else): text.
+    Text,
+    /// No declared type or `BLOB`: bytes.
+    Blob,
+}
+
+impl ColumnKind {
+    /// SQLite's affinity rules applied to a declared type (a MySQL core's column types
+    /// map the same way: `BIGINT`, `VARCHAR`, `LONGTEXT`, `LONGBLOB`, `DOUBLE`).
+    pub fn from_declared(declared: &str) -> ColumnKind {
+        let upper = declared.to_ascii_uppercase();
+        if upper.contains("INT") {
+            ColumnKind::Integer
+        } else if ["CHAR", "CLOB", "TEXT"].iter().any(|t| upper.contains(t)) {
+            ColumnKind::Text
+        } else if upper.is_empty() || upper.contains("BLOB") {
+            ColumnKind::Blob
+        } else if ["REAL", "FLOA", "DOUB"].iter().any(|t| upper.contains(t)) {
+            ColumnKind::Real
+        } else {
+            ColumnKind::Text
+        }
+    }
+}
+
 /// One published slice of a core table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MirrorSlice {
@@ -152,4 +185,28 @@ pub fn write_mirror_row(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod column_kind_tests {
+    use super::ColumnKind;
+
+    #[test]
+    fn declared_types_map_by_sqlite_affinity() {
+        for (declared, kind) in [
+            ("INTEGER", ColumnKind::Integer),
+            ("BIGINT", ColumnKind::Integer),
+            ("TEXT", ColumnKind::Text),
+            ("VARCHAR(20)", ColumnKind::Text),
+            ("longtext", ColumnKind::Text),
+            ("", ColumnKind::Blob),
+            ("BLOB", ColumnKind::Blob),
+            ("longblob", ColumnKind::Blob),
+            ("REAL", ColumnKind::Real),
+            ("DOUBLE PRECISION", ColumnKind::Real),
+            ("NUMERIC", ColumnKind::Text),
+        ] {
+            assert_eq!(ColumnKind::from_declared(declared), kind, "{declared}");
+        }
+    }
 }

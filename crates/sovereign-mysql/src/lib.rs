@@ -10,11 +10,12 @@
 //! Here: the role plan (`sv mysql:roles`), the provisioning procedures, what the
 //! server refuses (typed, by error code), the check of plugin SQL that closes what the
 //! grants leave open (`sql_text`), plugins' fenced connections (`plugin_db`), the
-//! trusted migration runner (`migrate`, for the core's schema) and a throwaway server
-//! for tests.
+//! mirror's writer (`mirror`), the trusted migration runner (`migrate`, for the core's
+//! schema), values of either protocol (`values`) and a throwaway server for tests.
 
 pub mod denial;
 pub mod migrate;
+pub mod mirror;
 pub mod plugin_db;
 pub mod roles;
 pub mod server;

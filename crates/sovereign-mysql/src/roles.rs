@@ -62,6 +62,12 @@ pub enum MyError {
         /// Why it failed.
         problem: String,
     },
+    /// The mirror's bookkeeping or tables are not as the platform left them.
+    #[error("the MySQL mirror: {message}")]
+    MirrorState {
+        /// What is wrong.
+        message: String,
+    },
     /// Somebody else holds what this needs (a named lock).
     #[error("{what} are busy; try again when the other deployer has finished")]
     Busy {

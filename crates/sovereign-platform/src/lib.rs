@@ -458,9 +458,9 @@ impl App {
                     }
                 }
             }
-            // Mirror tables on PostgreSQL are typed from the core's columns: a slice not
+            // Mirror tables on a server are typed from the core's columns: a slice not
             // built yet is built (with its rows) now.
-            mirror @ sovereign_sync::Mirror::Postgres(_) => {
+            mirror @ (sovereign_sync::Mirror::Postgres(_) | sovereign_sync::Mirror::Mysql(_)) => {
                 let built = mirror.specs()?;
                 if grants
                     .iter()

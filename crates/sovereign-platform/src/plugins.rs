@@ -76,7 +76,7 @@ pub fn install(app: &App, dir: &Path, approval: Approval<'_>) -> Result<Installe
             install_data_sqlite(app, location, &source, &manifest, &grants)
         }
         PluginStore::Postgres(pg) => install_data_postgres(app, pg, &source, &manifest, &grants),
-        PluginStore::Mysql(my) => install_data_mysql(my, &source, &manifest, &grants),
+        PluginStore::Mysql(my) => install_data_mysql(app, my, &source, &manifest, &grants),
     };
     let Stored {
         applied,
@@ -316,6 +316,7 @@ fn install_data_postgres(
 /// `migrations/mysql/` as that account. No mirror lives on MySQL yet: a plugin that
 /// reads core data is refused. A failure drops what this install made.
 fn install_data_mysql(
+    app: &App,
     my: &crate::MyPluginStore,
     source: &Path,
     manifest: &Manifest,
@@ -325,15 +326,12 @@ fn install_data_mysql(
     if !manifest.backends.contains(&Backend::Mysql) {
         return Err(backend_not_supported(manifest, Backend::Mysql));
     }
-    if !grants.is_empty() {
-        return Err(PlatformError::NotOnMysql {
-            operation: "a plugin that reads mirrored core data (\"reads\")",
-        });
-    }
     let set = sovereign_db::MigrationSet::from_dir(
         &sovereign_db_plugins::migration_scope(id),
         &source.join("migrations").join("mysql"),
     )?;
+    // The mirror tables it reads exist (built from the core) before they are granted.
+    app.ensure_mirrors(grants)?;
     let mut owner = my.connect_owner()?;
     let password = generate_password();
     let limit = serving_connection_limit();
@@ -345,6 +343,20 @@ fn install_data_mysql(
         },
     )?;
     let migrated = (|| -> Result<Vec<String>, PlatformError> {
+        // Its approved mirror columns, readable as `core__<slice>` in its own database
+        // before its migrations run (they may refer to them).
+        let mut by_slice: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for (slice, column) in grants {
+            by_slice.entry(slice).or_default().push(column);
+        }
+        for (slice, columns) in by_slice {
+            let grant = "CALL sv_admin.grant_mirror(?, ?, ?)";
+            mysql::prelude::Queryable::exec_drop(&mut owner, grant, (id, slice, columns.join(",")))
+                .map_err(|source| sovereign_mysql::MyError::Statement {
+                    statement: grant.into(),
+                    source,
+                })?;
+        }
         let mut db = sovereign_mysql::MyPluginDb::open(&sovereign_mysql::MyPluginConfig {
             plugin_id: id.clone(),
             url: my.plugin_login(id, &password),

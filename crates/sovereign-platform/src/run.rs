@@ -247,16 +247,7 @@ pub fn serve(
         // Installing capture connects to the core store (blocking).
         let metrics = kernel.metrics();
         let name = kernel.name();
-        // A MySQL plugin store holds no mirror yet: nothing to sync.
-        let sync = match app.plugin_store() {
-            PluginStore::Mysql(_) => {
-                tracing::info!("the plugin store is on MySQL: no mirror, no sync worker");
-                None
-            }
-            _ => Some(tokio::task::block_in_place(|| {
-                start_sync(app, waker, metrics, name)
-            })?),
-        };
+        let sync = tokio::task::block_in_place(|| start_sync(app, waker, metrics, name))?;
         lock.record_address(&kernel.local_addr().to_string())
             .map_err(|source| PlatformError::Io {
                 what: "recording the address in the lock file".into(),
@@ -275,9 +266,7 @@ pub fn serve(
         if let Some(host) = host {
             host.stop(std::time::Duration::from_secs(5)).await;
         }
-        if let Some(sync) = sync {
-            let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
-        }
+        let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
         tracing::info!("stopped");
         Ok::<(), PlatformError>(())
     })?;

@@ -96,9 +96,20 @@ pub fn reconcile(
         (CoreConn::Postgres(_) | CoreConn::Mysql(_), sovereign_sync::Mirror::Sqlite(store)) => {
             reconcile::reconcile_from_server_core(&core, &store, catalog, repair, progress)?
         }
-        (_, sovereign_sync::Mirror::Postgres(pg)) => {
-            reconcile::reconcile_postgres(&core, &mut pg.borrow_mut(), catalog, repair, progress)?
-        }
+        (_, sovereign_sync::Mirror::Postgres(pg)) => reconcile::reconcile_server_mirror(
+            &core,
+            &mut *pg.borrow_mut(),
+            catalog,
+            repair,
+            progress,
+        )?,
+        (_, sovereign_sync::Mirror::Mysql(my)) => reconcile::reconcile_server_mirror(
+            &core,
+            &mut *my.borrow_mut(),
+            catalog,
+            repair,
+            progress,
+        )?,
     })
 }
 

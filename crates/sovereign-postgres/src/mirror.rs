@@ -16,38 +16,25 @@ use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog, MirrorSlice};
 use crate::PgError;
 use crate::plugin_db::values;
 
-/// A mirror column's type, from the core column's declared type (SQLite's affinity).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnKind {
-    /// `INTEGER` affinity: `bigint`.
-    Integer,
-    /// `REAL` affinity: `double precision`.
-    Real,
-    /// `TEXT` affinity (and anything else): `text`.
-    Text,
-    /// No declared type or `BLOB`: `bytea`.
-    Blob,
+pub use sovereign_db_plugins::mirror::ColumnKind;
+
+/// A mirror column's kind in PostgreSQL's terms.
+pub trait PgColumnKind: Sized {
+    /// The kind of a column of PostgreSQL type `ty` (a core column on PostgreSQL).
+    fn from_pg(ty: &Type) -> Self;
+    /// `expr`, a value of PostgreSQL type `source`, cast to this kind's mirror column
+    /// type, for a binary `COPY` from a PostgreSQL core straight into the mirror; `None`
+    /// for a type whose cast could differ from the value-by-value conversion (which then
+    /// copies it).
+    fn cast(self, source: &Type, expr: &str) -> Option<String>;
+    /// The mirror column's type.
+    fn sql(self) -> &'static str;
+    /// The mirror column's type, for the binary protocol.
+    fn pg_type(self) -> Type;
 }
 
-impl ColumnKind {
-    /// SQLite's affinity rules applied to a declared type.
-    pub fn from_declared(declared: &str) -> ColumnKind {
-        let upper = declared.to_ascii_uppercase();
-        if upper.contains("INT") {
-            ColumnKind::Integer
-        } else if ["CHAR", "CLOB", "TEXT"].iter().any(|t| upper.contains(t)) {
-            ColumnKind::Text
-        } else if upper.is_empty() || upper.contains("BLOB") {
-            ColumnKind::Blob
-        } else if ["REAL", "FLOA", "DOUB"].iter().any(|t| upper.contains(t)) {
-            ColumnKind::Real
-        } else {
-            ColumnKind::Text
-        }
-    }
-
-    /// The kind of a column of PostgreSQL type `ty` (a core column on PostgreSQL).
-    pub fn from_pg(ty: &Type) -> ColumnKind {
+impl PgColumnKind for ColumnKind {
+    fn from_pg(ty: &Type) -> ColumnKind {
         match *ty {
             Type::INT2 | Type::INT4 | Type::INT8 | Type::BOOL | Type::OID => ColumnKind::Integer,
             Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC => ColumnKind::Real,
@@ -56,11 +43,7 @@ impl ColumnKind {
         }
     }
 
-    /// `expr`, a value of PostgreSQL type `source`, cast to this kind's mirror column
-    /// type, for a binary `COPY` from a PostgreSQL core straight into the mirror; `None`
-    /// for a type whose cast could differ from the value-by-value conversion (which then
-    /// copies it).
-    pub fn cast(self, source: &Type, expr: &str) -> Option<String> {
+    fn cast(self, source: &Type, expr: &str) -> Option<String> {
         let plain = [
             Type::INT2,
             Type::INT4,
@@ -644,26 +627,4 @@ fn write_row(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn declared_types_map_by_sqlite_affinity() {
-        for (declared, kind) in [
-            ("INTEGER", ColumnKind::Integer),
-            ("BIGINT", ColumnKind::Integer),
-            ("TEXT", ColumnKind::Text),
-            ("VARCHAR(20)", ColumnKind::Text),
-            ("", ColumnKind::Blob),
-            ("BLOB", ColumnKind::Blob),
-            ("REAL", ColumnKind::Real),
-            ("DOUBLE PRECISION", ColumnKind::Real),
-            ("NUMERIC", ColumnKind::Text),
-        ] {
-            assert_eq!(ColumnKind::from_declared(declared), kind, "{declared}");
-        }
-    }
 }

@@ -10,7 +10,8 @@ use sovereign_db_core::{CoreAccess, CoreHandle};
 use sovereign_db_plugins::TrustedPluginStore;
 use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
 use sovereign_db_plugins::value::SqlValue;
-use sovereign_postgres::mirror::{ColumnKind, PgMirror};
+use sovereign_mysql::mirror::MyMirror;
+use sovereign_postgres::mirror::{ColumnKind, PgColumnKind, PgMirror};
 
 use crate::{Mirror, Progress, SyncError, ident, now_ms, publish};
 
@@ -191,6 +192,14 @@ fn rebuild_from(
         Mirror::Postgres(pg) => rebuild_postgres(
             source,
             &mut pg.borrow_mut(),
+            catalog,
+            dropped,
+            total,
+            progress,
+        ),
+        Mirror::Mysql(my) => rebuild_mysql(
+            source,
+            &mut my.borrow_mut(),
             catalog,
             dropped,
             total,
@@ -582,6 +591,38 @@ fn rebuild_postgres(
                 copied
             }
         };
+        counts.push((slice.name.clone(), copied));
+    }
+    rebuild.finish(watermark, now_ms())?;
+    Ok((watermark, counts))
+}
+
+/// Rebuilds a MySQL mirror: each slice into a new table, swapped in at the end
+/// (`sovereign_mysql::mirror`).
+fn rebuild_mysql(
+    source: &dyn Source,
+    mirror: &mut MyMirror,
+    catalog: &MirrorCatalog,
+    dropped: &[String],
+    total: u64,
+    progress: Progress<'_>,
+) -> Result<Rebuilt, SyncError> {
+    let watermark = source.high_water()?;
+    let mut rebuild = mirror.rebuild();
+    for name in dropped {
+        rebuild.drop_slice(name)?;
+    }
+    let mut done = 0u64;
+    let mut counts = Vec::new();
+    for slice in catalog.slices() {
+        rebuild.create_slice(slice, &source.kinds(slice)?)?;
+        let mut copied = 0u64;
+        source.chunks(slice, &mut |rows| {
+            copied += rebuild.insert_rows(slice, rows)?;
+            done += rows.len() as u64;
+            progress(done, total);
+            Ok(())
+        })?;
         counts.push((slice.name.clone(), copied));
     }
     rebuild.finish(watermark, now_ms())?;

@@ -70,15 +70,21 @@ pub enum SyncError {
         /// What was asked.
         operation: &'static str,
     },
-    /// The plugin store is on MySQL, which holds no mirror yet.
+    /// The mirror is on MySQL, where this operation is not built yet.
     #[error(
-        "the plugin store is on MySQL (PLUGIN_DATABASE_URL is mysql://), which holds no mirror \
-         of core data yet: there is nothing to sync"
+        "{operation} works on a SQLite mirror only so far, and PLUGIN_DATABASE_URL names a \
+         MySQL database"
     )]
-    NoMirrorOnMysql,
+    NotOnMysqlMirror {
+        /// What was asked.
+        operation: &'static str,
+    },
     /// The PostgreSQL mirror.
     #[error(transparent)]
     Postgres(#[from] sovereign_postgres::PgError),
+    /// The MySQL mirror.
+    #[error(transparent)]
+    MysqlMirror(#[from] sovereign_mysql::MyError),
     /// A statement on the MySQL core failed.
     #[error("sync (MySQL core): {0}")]
     Mysql(#[from] mysql::Error),

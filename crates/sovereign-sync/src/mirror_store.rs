@@ -1,10 +1,11 @@
 //! The mirror's trusted writer, whichever store holds it: a SQLite file (the plugin
-//! store or the mirror file) or the PostgreSQL plugin database.
+//! store or the mirror file), the PostgreSQL plugin database or the MySQL one.
 
 use std::cell::RefCell;
 
 use sovereign_db_plugins::TrustedPluginStore;
 use sovereign_db_plugins::mirror::{MirrorBatch, MirrorCatalog, MirrorSlice};
+use sovereign_mysql::mirror::MyMirror;
 use sovereign_postgres::mirror::PgMirror;
 
 use crate::SyncError;
@@ -15,6 +16,8 @@ pub enum Mirror {
     Sqlite(TrustedPluginStore),
     /// The PostgreSQL plugin database, as its owner (one thread uses it at a time).
     Postgres(RefCell<PgMirror>),
+    /// The MySQL plugin database, as its account (one thread uses it at a time).
+    Mysql(RefCell<MyMirror>),
 }
 
 impl Mirror {
@@ -23,6 +26,7 @@ impl Mirror {
         Ok(match self {
             Mirror::Sqlite(store) => store.mirror_watermark()?,
             Mirror::Postgres(pg) => pg.borrow_mut().watermark()?,
+            Mirror::Mysql(my) => my.borrow_mut().watermark()?,
         })
     }
 
@@ -31,6 +35,7 @@ impl Mirror {
         Ok(match self {
             Mirror::Sqlite(store) => store.mirror_applied_at_ms()?,
             Mirror::Postgres(pg) => pg.borrow_mut().applied_at_ms()?,
+            Mirror::Mysql(my) => my.borrow_mut().applied_at_ms()?,
         })
     }
 
@@ -39,6 +44,7 @@ impl Mirror {
         Ok(match self {
             Mirror::Sqlite(store) => store.mirror_specs()?,
             Mirror::Postgres(pg) => pg.borrow_mut().specs()?,
+            Mirror::Mysql(my) => my.borrow_mut().specs()?,
         })
     }
 
@@ -53,6 +59,7 @@ impl Mirror {
         Ok(match self {
             Mirror::Sqlite(store) => store.apply_batch(catalog, batch, now_ms)?,
             Mirror::Postgres(pg) => pg.borrow_mut().apply_batch(catalog, batch, now_ms)?,
+            Mirror::Mysql(my) => my.borrow_mut().apply_batch(catalog, batch, now_ms)?,
         })
     }
 
@@ -61,6 +68,7 @@ impl Mirror {
         match self {
             Mirror::Sqlite(store) => Ok(store),
             Mirror::Postgres(_) => Err(SyncError::NotOnPostgres { operation }),
+            Mirror::Mysql(_) => Err(SyncError::NotOnMysqlMirror { operation }),
         }
     }
 }

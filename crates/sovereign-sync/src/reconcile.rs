@@ -12,6 +12,7 @@ use sovereign_db_core::{CoreAccess, CoreHandle};
 use sovereign_db_plugins::TrustedPluginStore;
 use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
 use sovereign_db_plugins::value::SqlValue;
+use sovereign_mysql::mirror::MyMirror;
 use sovereign_postgres::mirror::PgMirror;
 
 use crate::publish::{project_row, project_row_mysql, project_row_postgres, value_of};
@@ -453,13 +454,56 @@ fn compare(
     Ok(report)
 }
 
-/// Compares the core's projection with the mirror on PostgreSQL; with `repair`,
-/// rewrites exactly the drifted rows (in one PostgreSQL transaction). The two are read
-/// separately: a change committed meanwhile may show as a difference, which a second
-/// run no longer reports.
-pub fn reconcile_postgres(
+/// A mirror on a database server, as reconcile reads and repairs it.
+pub trait ServerMirror {
+    /// The last core outbox sequence number applied.
+    fn watermark(&mut self) -> Result<i64, SyncError>;
+    /// The mirror's rows of `slice` with keys in `(after, upto]`, in key order.
+    fn rows(&mut self, slice: &MirrorSlice, after: i64, upto: i64) -> Result<Vec<Row>, SyncError>;
+    /// Rewrites rows in one transaction; returns how many.
+    fn repair(
+        &mut self,
+        fixes: &[(&MirrorSlice, i64, Option<Vec<SqlValue>>)],
+    ) -> Result<u64, SyncError>;
+}
+
+impl ServerMirror for PgMirror {
+    fn watermark(&mut self) -> Result<i64, SyncError> {
+        Ok(PgMirror::watermark(self)?)
+    }
+    fn rows(&mut self, slice: &MirrorSlice, after: i64, upto: i64) -> Result<Vec<Row>, SyncError> {
+        Ok(PgMirror::rows(self, slice, after, upto)?)
+    }
+    fn repair(
+        &mut self,
+        fixes: &[(&MirrorSlice, i64, Option<Vec<SqlValue>>)],
+    ) -> Result<u64, SyncError> {
+        Ok(PgMirror::repair(self, fixes)?)
+    }
+}
+
+impl ServerMirror for MyMirror {
+    fn watermark(&mut self) -> Result<i64, SyncError> {
+        Ok(MyMirror::watermark(self)?)
+    }
+    fn rows(&mut self, slice: &MirrorSlice, after: i64, upto: i64) -> Result<Vec<Row>, SyncError> {
+        Ok(MyMirror::rows(self, slice, after, upto)?)
+    }
+    fn repair(
+        &mut self,
+        fixes: &[(&MirrorSlice, i64, Option<Vec<SqlValue>>)],
+    ) -> Result<u64, SyncError> {
+        Ok(MyMirror::repair(self, fixes)?)
+    }
+}
+
+/// Compares the core's projection with a mirror on a database server (PostgreSQL,
+/// MySQL); with `repair`, rewrites exactly the drifted rows (in one transaction of the
+/// mirror). The two are read separately: a change committed meanwhile may show as a
+/// difference, which a second run no longer reports.
+pub fn reconcile_server_mirror(
     core: &dyn CoreAccess,
-    mirror: &mut PgMirror,
+    mirror: &mut dyn ServerMirror,
     catalog: &MirrorCatalog,
     repair: bool,
     progress: Progress<'_>,
@@ -469,7 +513,7 @@ pub fn reconcile_postgres(
         let mut report = compare_sides(
             side,
             watermark,
-            &mut |slice, after, upto| Ok(mirror.rows(slice, after, upto)?),
+            &mut |slice, after, upto| mirror.rows(slice, after, upto),
             catalog,
             progress,
         )?;

@@ -157,7 +157,9 @@ impl SyncSettings {
     /// and with it the mirror, is on PostgreSQL).
     pub fn mirror_store_path(&self, config: &Config) -> Result<PathBuf, SyncError> {
         if config.plugins_mysql_url().is_some() {
-            return Err(SyncError::NoMirrorOnMysql);
+            return Err(SyncError::NotOnMysqlMirror {
+                operation: "a mirror file",
+            });
         }
         if config.plugins_postgres_url().is_some() {
             return Err(SyncError::NotOnPostgres {
@@ -179,6 +181,11 @@ impl SyncSettings {
                 sovereign_postgres::mirror::PgMirror::connect(url.expose())?,
             )));
         }
+        if let Some(url) = config.plugins_mysql_url() {
+            return Ok(crate::Mirror::Mysql(std::cell::RefCell::new(
+                sovereign_mysql::mirror::MyMirror::connect(url.expose())?,
+            )));
+        }
         let path = self.mirror_store_path(config)?;
         Ok(crate::Mirror::Sqlite(match self.layout {
             MirrorLayout::PluginStore => {
@@ -193,7 +200,7 @@ impl SyncSettings {
     /// Opens the existing mirror read-only, for reports on a read-only data directory
     /// (on PostgreSQL: as its owner, which reports only read).
     pub fn open_mirror_read_only(&self, config: &Config) -> Result<crate::Mirror, SyncError> {
-        if config.plugins_postgres_url().is_some() {
+        if config.plugins_postgres_url().is_some() || config.plugins_mysql_url().is_some() {
             return self.open_mirror(config);
         }
         let path = self.mirror_store_path(config)?;

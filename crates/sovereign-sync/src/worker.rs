@@ -212,8 +212,8 @@ fn housekeeping(location: &CoreLocation, open: &OpenMirror, stop: &AtomicBool) {
                     .connection()
                     .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     .map_err(SyncError::Sqlite),
-                // PostgreSQL checkpoints by itself.
-                Mirror::Postgres(_) => Ok(()),
+                // The servers checkpoint by themselves.
+                Mirror::Postgres(_) | Mirror::Mysql(_) => Ok(()),
             }
         })();
         if let Err(e) = round {

@@ -104,6 +104,7 @@ fn mirror_rows(setup: &Setup, mirror: &Mirror) -> Projection {
                 .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
                 .collect()
         }
+        Mirror::Mysql(_) => unreachable!("no MySQL here (tests/mysql.rs)"),
     }
 }
 
@@ -131,9 +132,13 @@ fn reconcile_now(core: &CoreConn, mirror: &Mirror, repair: bool) -> reconcile::R
         (CoreConn::Postgres(pg), Mirror::Sqlite(store)) => {
             reconcile::reconcile_from_server_core(&**pg, store, &catalog, repair, &|_, _| {})
         }
-        (_, Mirror::Postgres(pg)) => {
-            reconcile::reconcile_postgres(core, &mut pg.borrow_mut(), &catalog, repair, &|_, _| {})
-        }
+        (_, Mirror::Postgres(pg)) => reconcile::reconcile_server_mirror(
+            core,
+            &mut *pg.borrow_mut(),
+            &catalog,
+            repair,
+            &|_, _| {},
+        ),
         _ => unreachable!("a PostgreSQL core"),
     }
     .unwrap()
@@ -194,6 +199,7 @@ fn feeds_exactly(kind: Kind) {
             .unwrap()
             .batch_execute(&drift.replace("core__users", "core.core__users"))
             .unwrap(),
+        Mirror::Mysql(_) => unreachable!("no MySQL here (tests/mysql.rs)"),
     }
     let found = reconcile_now(&core, &mirror, true);
     assert_eq!(found.differences.len(), 1, "{kind:?}: {found:?}");

@@ -162,14 +162,14 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
         as_plugin.is_err(),
         "a plugin account reached the core database"
     );
-    // tasks reads a mirror, which the MySQL plugin store does not hold yet: refused by name.
-    let refused = w.sv_err(&[
+    // tasks reads mirrored users: `core__users` in the plugin database, fed from the core's
+    // capture triggers, shown to tasks as a view of its granted columns.
+    w.sv_ok(&[
         "plugins",
         "install",
         repo.join("tasks").to_str().unwrap(),
         "--yes",
     ]);
-    assert!(refused.contains("tasks"), "{refused}");
     w.create_user("root@example.com", "root password 1", true);
     let served = w.start(&["serve"]);
     let host = served.wait_host_running();
@@ -216,6 +216,7 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
     assert_eq!(note.status, 201, "{}", note.text);
     let listed = served.get("/api/plugins/notes/notes", Some(&token));
     assert_eq!(listed.body[0]["title"], "both on MySQL", "{}", listed.text);
+    let ada = tasks_follow_the_core(&served, &token, "ada.l@example.com");
     let logout = served.send("POST", "/api/auth/logout", Some(&token), None);
     assert!((200..300).contains(&logout.status), "{}", logout.text);
     assert_eq!(served.get("/api/auth/me", Some(&token)).status, 401);
@@ -224,6 +225,50 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
     assert!(
         !doctor.contains("core-secret"),
         "a password leaked: {doctor}"
+    );
+    // With the platform stopped: a clean reconcile, then drift in the MySQL mirror found
+    // and repaired from the MySQL core, and a full resync.
+    let clean = w.sv_ok(&["sync:reconcile"]);
+    assert!(clean.contains("0 row(s) differ"), "{clean}");
+    let mut store = sovereign_mysql::roles::connect(&server.url(
+        "svc_plugins",
+        "plugins-secret-12",
+        "sv_plugins",
+    ))
+    .unwrap();
+    store
+        .exec_drop(
+            "UPDATE core__users SET display_name = 'drifted' WHERE id = ?",
+            (ada,),
+        )
+        .unwrap();
+    w.sv_err(&["sync:reconcile"]);
+    let repaired = w.sv_ok(&["sync:reconcile", "--repair"]);
+    assert!(repaired.contains("repaired 1"), "{repaired}");
+    assert!(w.sv_ok(&["sync:reconcile"]).contains("0 row(s) differ"));
+    let rebuilt = w.sv_ok(&["sync:run", "--full"]);
+    assert!(rebuilt.contains("users"), "{rebuilt}");
+    // The rebuilt table (swapped in by name) is still readable through tasks' view, as
+    // tasks' own account: its column grants are by name and carried over.
+    let tasks_password: String = core
+        .query_first("SELECT password FROM plugin_store_logins WHERE plugin_id = 'tasks'")
+        .unwrap()
+        .unwrap();
+    let mut tasks_db = sovereign_mysql::roles::connect(&server.url(
+        "svp_tasks",
+        &tasks_password,
+        "sv_plugins_tasks",
+    ))
+    .unwrap();
+    let names: Vec<String> = tasks_db
+        .query("SELECT display_name FROM core__users ORDER BY id")
+        .unwrap();
+    assert_eq!(names, ["root", "Ada", "Ada L."]);
+    // Only its granted columns: the mirror's other columns are refused.
+    assert!(
+        tasks_db
+            .query_drop("SELECT tenant_id FROM sv_plugins.core__users")
+            .is_err()
     );
 }
 
@@ -245,72 +290,7 @@ fn a_mysql_core_feeds_the_mirror_and_takes_events_exactly_once() {
     let served = w.start(&["serve"]);
     served.wait_host_running();
     let token = served.login("root@example.com", "root password 1");
-    let created = served.send(
-        "POST",
-        "/api/users",
-        Some(&token),
-        Some(serde_json::json!({
-            "email": "ada@example.com", "password": "a long password", "display_name": "Ada"
-        })),
-    );
-    assert_eq!(created.status, 201, "{}", created.text);
-    let ada = created.body["id"].as_i64().unwrap();
-    let task = served.send(
-        "POST",
-        "/api/plugins/tasks/tasks",
-        Some(&token),
-        Some(serde_json::json!({ "title": "Port the core", "assignee": ada })),
-    );
-    assert_eq!(task.status, 201, "{}", task.text);
-    let id = task.body["id"].as_i64().unwrap();
-    let assignee_becomes = |name: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let read = served.get(&format!("/api/plugins/tasks/tasks/{id}"), Some(&token));
-            if read.body["assignee_name"] == name {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the mirror never had {name}: {}",
-                read.text
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
-    assignee_becomes("Ada");
-    let renamed = served.send(
-        "PATCH",
-        &format!("/api/users/{ada}"),
-        Some(&token),
-        Some(serde_json::json!({ "display_name": "Ada L." })),
-    );
-    assert_eq!(renamed.status, 200, "{}", renamed.text);
-    assignee_becomes("Ada L.");
-    for _ in 0..2 {
-        let done = served.send(
-            "POST",
-            &format!("/api/plugins/tasks/tasks/{id}/complete"),
-            Some(&token),
-            None,
-        );
-        assert_eq!(done.status, 200, "{}", done.text);
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let feed = served.get("/api/activity", Some(&token));
-        let entries = feed.body.as_array().map_or(0, Vec::len);
-        if entries > 0 {
-            assert_eq!(entries, 1, "{}", feed.text);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no activity: {}",
-            feed.text
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let ada = tasks_follow_the_core(&served, &token, "ada@example.com");
     served.stop();
     let status = w.sv_ok(&["sync:status"]);
     assert!(status.contains("users"), "{status}");
@@ -331,6 +311,80 @@ fn a_mysql_core_feeds_the_mirror_and_takes_events_exactly_once() {
     // A full resync from the MySQL core rebuilds the mirror at the outbox's watermark.
     let rebuilt = w.sv_ok(&["sync:run", "--full"]);
     assert!(rebuilt.contains("users"), "{rebuilt}");
+}
+
+/// Ada (`email`) created through the core API shows as a task's assignee (captured on the MySQL
+/// core, applied to the mirror by the sync worker), her new name too; completing the task
+/// twice reaches the core's activity feed once. Returns Ada's id.
+fn tasks_follow_the_core(served: &common::Server, token: &str, email: &str) -> i64 {
+    let token = Some(token);
+    let created = served.send(
+        "POST",
+        "/api/users",
+        token,
+        Some(serde_json::json!({
+            "email": email, "password": "a long password", "display_name": "Ada"
+        })),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    let ada = created.body["id"].as_i64().unwrap();
+    let task = served.send(
+        "POST",
+        "/api/plugins/tasks/tasks",
+        token,
+        Some(serde_json::json!({ "title": "Port the core", "assignee": ada })),
+    );
+    assert_eq!(task.status, 201, "{}", task.text);
+    let id = task.body["id"].as_i64().unwrap();
+    let assignee_becomes = |name: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let read = served.get(&format!("/api/plugins/tasks/tasks/{id}"), token);
+            if read.body["assignee_name"] == name {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mirror never had {name}: {}",
+                read.text
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assignee_becomes("Ada");
+    let renamed = served.send(
+        "PATCH",
+        &format!("/api/users/{ada}"),
+        token,
+        Some(serde_json::json!({ "display_name": "Ada L." })),
+    );
+    assert_eq!(renamed.status, 200, "{}", renamed.text);
+    assignee_becomes("Ada L.");
+    for _ in 0..2 {
+        let done = served.send(
+            "POST",
+            &format!("/api/plugins/tasks/tasks/{id}/complete"),
+            token,
+            None,
+        );
+        assert_eq!(done.status, 200, "{}", done.text);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let feed = served.get("/api/activity", token);
+        let entries = feed.body.as_array().map_or(0, Vec::len);
+        if entries > 0 {
+            assert_eq!(entries, 1, "{}", feed.text);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no activity: {}",
+            feed.text
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ada
 }
 
 /// Runs a command with `input` on its standard input.

@@ -708,12 +708,7 @@ fn notes_platform(
                 format!("database_url = \"{core_url}\"\nplugin_database_url = \"{url}\"\n"),
             )
             .unwrap();
-            w.sv_ok(&[
-                "mysql:roles",
-                "--apply",
-                "--admin-url",
-                server.admin_url(),
-            ]);
+            w.sv_ok(&["mysql:roles", "--apply", "--admin-url", server.admin_url()]);
             Some(Box::new(server))
         }
         sovereign_db_plugins::Backend::Postgres => {
