@@ -10,8 +10,9 @@
 //! PostgreSQL, and the same two routes are measured through one kernel against through
 //! both in turn (on a 2-core machine: no regression is the point, not scaling).
 //!
-//! The same plugin route with the plugin store on MariaDB (beside a SQLite core; a core
-//! on MySQL does not exist yet) joins the first comparison (issue 15).
+//! A fourth platform with both stores on MariaDB (`scripts/mariadb`) joins the first
+//! comparison: the same two routes on SQLite, PostgreSQL and MariaDB side by side
+//! (issue 15).
 //!
 //! Run: `cargo bench -p sv --bench postgres`.
 
@@ -154,70 +155,65 @@ fn main() {
         Some(&both.url("svc_core", "bench-core-secret", "sv_core")),
         Some(&both.url("svc_plugins", "bench-plugins-secret", "sv_plugins")),
     );
-    // The plugin store on MariaDB beside a SQLite core (issue 15).
+    // Both stores on MariaDB (issue 15).
     let mariadb = sovereign_mysql::Server::start(
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mariadb"),
     )
     .unwrap();
-    let mysql_url = mariadb.url("svc_plugins", "bench-plugins-secret", "sv_plugins");
+    let my_core_url = mariadb.url("svc_core", "bench-core-secret", "sv_core");
+    let my_plugins_url = mariadb.url("svc_plugins", "bench-plugins-secret", "sv_plugins");
     let roles = tempfile::tempdir().unwrap();
     sv_ok(
         roles.path(),
         &[
+            "--database-url",
+            &my_core_url,
             "--plugin-database-url",
-            &mysql_url,
+            &my_plugins_url,
             "mysql:roles",
             "--apply",
             "--admin-url",
             mariadb.admin_url(),
         ],
     );
-    let (_my_plugins, my_note, my_plugins_token) = platform(None, Some(&mysql_url));
+    let (my_both, my_note, my_token) = platform(Some(&my_core_url), Some(&my_plugins_url));
     let sqlite_me = format!("{}/api/auth/me", sqlite.base);
     let pg_me = format!("{}/api/auth/me", pg_both.base);
+    let my_me = format!("{}/api/auth/me", my_both.base);
 
     let plugin = compare(&[
         (vec![sqlite_note], &sqlite_token),
         (vec![pg_note], &pg_plugins_token),
-        (vec![my_note], &my_plugins_token),
+        (vec![my_note], &my_token),
     ]);
     let core = compare(&[
         (vec![sqlite_me], &sqlite_token),
         (vec![pg_me.clone()], &pg_both_token),
+        (vec![my_me], &my_token),
     ]);
     println!(
-        "{CLIENTS} clients, median of {ROUNDS} rounds of {}s, rounds alternating:",
+        "{CLIENTS} clients, median of {ROUNDS} rounds of {}s, rounds alternating \
+         (plugin route: the plugin store on the server, core on SQLite for PostgreSQL, \
+         both stores on the server for MariaDB; core route: both stores on the server):",
         ROUND.as_secs()
     );
     println!(
-        "{:<44} {:>12} {:>12} {:>12}",
-        "route", "SQLite", "PostgreSQL", "PG / SQLite"
+        "{:<40} {:>12} {:>12} {:>12} {:>8} {:>8}",
+        "route", "SQLite", "PostgreSQL", "MariaDB", "PG/SQL", "My/SQL"
     );
-    println!(
-        "{:<44} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
-        "plugin GET /api/plugins/notes/notes/{id}",
-        plugin[0],
-        plugin[1],
-        plugin[1] / plugin[0]
-    );
-    println!(
-        "{:<44} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
-        "core   GET /api/auth/me",
-        core[0],
-        core[1],
-        core[1] / core[0]
-    );
-    println!(
-        "{:<44} {:>12} {:>12} {:>12}",
-        "plugin store on MariaDB (core on SQLite)", "SQLite", "MariaDB", "My / SQLite"
-    );
-    println!(
-        "{:<44} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
-        "plugin GET /api/plugins/notes/notes/{id}",
-        plugin[0],
-        plugin[2],
-        plugin[2] / plugin[0]
-    );
+    for (route, rates) in [
+        ("plugin GET /api/plugins/notes/notes/{id}", &plugin),
+        ("core   GET /api/auth/me", &core),
+    ] {
+        println!(
+            "{route:<40} {:>8.0} r/s {:>8.0} r/s {:>8.0} r/s {:>7.2}x {:>7.2}x",
+            rates[0],
+            rates[1],
+            rates[2],
+            rates[1] / rates[0],
+            rates[2] / rates[0]
+        );
+    }
 
     // A second kernel on the same two databases (its own directory, no packages: it
     // fetches notes from the core): the same routes through one kernel, then through
