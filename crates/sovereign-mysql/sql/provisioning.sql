@@ -68,7 +68,8 @@ BEGIN
 END;
 
 -- Grants plugin `id` SELECT on exactly `columns` (comma-separated names) of the mirror
--- table core__<slice> in the plugin database, and makes in the plugin's own database a
+-- table core__<slice> in the plugin database (columns granted before and not listed now
+-- are revoked: an upgrade may narrow them), and makes in the plugin's own database a
 -- view core__<slice> of those columns (SQL SECURITY INVOKER: it reads with the plugin's
 -- own column grants), so that plugin SQL names the mirror as on SQLite.
 CREATE OR REPLACE DEFINER = CURRENT_USER PROCEDURE sv_admin.grant_mirror(
@@ -77,12 +78,23 @@ CREATE OR REPLACE DEFINER = CURRENT_USER PROCEDURE sv_admin.grant_mirror(
     IN columns VARCHAR(2000) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin)
 SQL SECURITY DEFINER
 BEGIN
+    DECLARE granted VARCHAR(4000) DEFAULT NULL;
     CALL sv_admin.check_plugin_id(id);
     IF slice IS NULL OR NOT slice REGEXP '^[a-z][a-z0-9_]{0,40}$' THEN
         SIGNAL SQLSTATE '22023' SET MESSAGE_TEXT = 'invalid mirror slice';
     END IF;
     IF columns IS NULL OR NOT columns REGEXP '^[a-z_][a-z0-9_]{0,63}(,[a-z_][a-z0-9_]{0,63})*$' THEN
         SIGNAL SQLSTATE '22023' SET MESSAGE_TEXT = 'mirror columns are comma-separated lowercase names';
+    END IF;
+    -- What it holds now (column names this procedure granted, so plain names).
+    SELECT GROUP_CONCAT(Column_name SEPARATOR ',') INTO granted FROM mysql.columns_priv
+        WHERE Host = '%' AND User = CONCAT('svp_', id) AND Db = '{plugins_db}'
+          AND Table_name = CONCAT('core__', slice);
+    IF granted IS NOT NULL THEN
+        SET @sv_admin_sql = CONCAT('REVOKE SELECT (', granted, ') ON `{plugins_db}`.`core__',
+            slice, '` FROM ''svp_', id, '''@''%''');
+        PREPARE sv_admin_statement FROM @sv_admin_sql;
+        EXECUTE sv_admin_statement;
     END IF;
     SET @sv_admin_sql = CONCAT('GRANT SELECT (', columns, ') ON `{plugins_db}`.`core__', slice,
         '` TO ''svp_', id, '''@''%''');

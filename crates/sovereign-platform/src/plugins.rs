@@ -343,20 +343,9 @@ fn install_data_mysql(
         },
     )?;
     let migrated = (|| -> Result<Vec<String>, PlatformError> {
-        // Its approved mirror columns, readable as `core__<slice>` in its own database
-        // before its migrations run (they may refer to them).
-        let mut by_slice: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-        for (slice, column) in grants {
-            by_slice.entry(slice).or_default().push(column);
-        }
-        for (slice, columns) in by_slice {
-            let grant = "CALL sv_admin.grant_mirror(?, ?, ?)";
-            mysql::prelude::Queryable::exec_drop(&mut owner, grant, (id, slice, columns.join(",")))
-                .map_err(|source| sovereign_mysql::MyError::Statement {
-                    statement: grant.into(),
-                    source,
-                })?;
-        }
+        // Its approved mirror columns, readable before its migrations run (they may
+        // refer to them).
+        grant_mirrors_mysql(&mut owner, id, grants)?;
         let mut db = sovereign_mysql::MyPluginDb::open(&sovereign_mysql::MyPluginConfig {
             plugin_id: id.clone(),
             url: my.plugin_login(id, &password),
@@ -382,6 +371,74 @@ fn install_data_mysql(
             Err(e)
         }
     }
+}
+
+/// Grants plugin `id` exactly `grants` of the MySQL mirror, readable in its database as
+/// `core__<slice>` (columns granted before and not listed are revoked).
+fn grant_mirrors_mysql(
+    owner: &mut mysql::Conn,
+    id: &str,
+    grants: &[(String, String)],
+) -> Result<(), PlatformError> {
+    let mut by_slice: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (slice, column) in grants {
+        by_slice.entry(slice).or_default().push(column);
+    }
+    for (slice, columns) in by_slice {
+        let grant = "CALL sv_admin.grant_mirror(?, ?, ?)";
+        mysql::prelude::Queryable::exec_drop(owner, grant, (id, slice, columns.join(",")))
+            .map_err(|source| sovereign_mysql::MyError::Statement {
+                statement: grant.into(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// What an upgrade on a database server needs first: the package supports `backend`, and
+/// the core keeps the plugin's login there; returns its password.
+fn upgrade_login(
+    core: &dyn sovereign_db_core::CoreAccess,
+    manifest: &Manifest,
+    backend: Backend,
+) -> Result<String, PlatformError> {
+    if !manifest.backends.contains(&backend) {
+        return Err(backend_not_supported(manifest, backend));
+    }
+    registry::store_login(core, &manifest.id)?.ok_or(match backend {
+        Backend::Mysql => PlatformError::NotOnMysql {
+            operation: "upgrading a plugin with no account on the MySQL store (reinstall it)",
+        },
+        _ => PlatformError::NotOnPostgres {
+            operation: "upgrading a plugin with no role on the PostgreSQL store (reinstall it)",
+        },
+    })
+}
+
+/// On MySQL: the mirror grants of the new manifest, then its new `migrations/mysql/` as
+/// the plugin's account. MySQL commits each DDL statement, so a migration that fails
+/// part-way keeps its statements before the failing one (the error says which); the
+/// registry and package stay at the installed version.
+fn upgrade_data_mysql(
+    core: &dyn sovereign_db_core::CoreAccess,
+    my: &crate::MyPluginStore,
+    source: &Path,
+    manifest: &Manifest,
+    grants: &[(String, String)],
+) -> Result<Vec<String>, PlatformError> {
+    let id = &manifest.id;
+    let password = upgrade_login(core, manifest, Backend::Mysql)?;
+    let set = sovereign_db::MigrationSet::from_dir(
+        &sovereign_db_plugins::migration_scope(id),
+        &source.join("migrations").join("mysql"),
+    )?;
+    grant_mirrors_mysql(&mut my.connect_owner()?, id, grants)?;
+    let mut db = sovereign_mysql::MyPluginDb::open(&sovereign_mysql::MyPluginConfig {
+        plugin_id: id.clone(),
+        url: my.plugin_login(id, &password),
+        limits: manifest.limits,
+    })?;
+    Ok(db.migrate(&set)?)
 }
 
 /// Checks a package before anything is written: a migrations directory, and a
@@ -496,9 +553,7 @@ pub fn upgrade(
     let applied = (|| -> Result<Vec<String>, PlatformError> {
         app.ensure_mirrors(&grants)?;
         match app.plugin_store() {
-            PluginStore::Mysql(_) => Err(PlatformError::NotOnMysql {
-                operation: "upgrading a plugin",
-            }),
+            PluginStore::Mysql(my) => upgrade_data_mysql(&core, my, &source, &manifest, &grants),
             PluginStore::Sqlite(location) => {
                 let set = sovereign_db::MigrationSet::from_dir(
                     &sovereign_db_plugins::migration_scope(&id),
@@ -803,12 +858,7 @@ fn upgrade_data_postgres(
     grants: &[(String, String)],
 ) -> Result<Vec<String>, PlatformError> {
     let id = &manifest.id;
-    if !manifest.backends.contains(&Backend::Postgres) {
-        return Err(backend_not_supported(manifest, Backend::Postgres));
-    }
-    let password = registry::store_login(core, id)?.ok_or(PlatformError::NotOnPostgres {
-        operation: "upgrading a plugin with no role on the PostgreSQL store (reinstall it)",
-    })?;
+    let password = upgrade_login(core, manifest, Backend::Postgres)?;
     let role = sovereign_postgres::PluginRole {
         id: id.clone(),
         password: password.clone(),

@@ -270,6 +270,52 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
             .query_drop("SELECT tenant_id FROM sv_plugins.core__users")
             .is_err()
     );
+    // An upgrade that reads fewer columns and adds a migration: a broken migration fails
+    // the upgrade by name and keeps the installed version; fixed, it applies, and the
+    // column no longer read is no longer granted.
+    let next = w.path().join("tasks-next");
+    common::copy_package(&repo.join("tasks"), &next);
+    let manifest = std::fs::read_to_string(next.join("plugin.json")).unwrap();
+    std::fs::write(
+        next.join("plugin.json"),
+        manifest.replace("\"0.1.0\"", "\"0.2.0\"").replace(
+            "[\"id\", \"display_name\", \"avatar_url\"]",
+            "[\"id\", \"display_name\"]",
+        ),
+    )
+    .unwrap();
+    for dir in ["migrations", "migrations/postgres", "migrations/mysql"] {
+        std::fs::write(
+            next.join(dir).join("0002_priority.sql"),
+            "ALTER TABLE tasks__tasks ADD COLUMN priority BIGINT NOT NULL DEFAULT 0;",
+        )
+        .unwrap();
+    }
+    std::fs::write(next.join("migrations/mysql/0003_broken.sql"), "SELEC 1;").unwrap();
+    let failed = w.sv_err(&["plugins", "upgrade", next.to_str().unwrap(), "--yes"]);
+    assert!(failed.contains("0003_broken.sql"), "{failed}");
+    assert!(w.sv_ok(&["plugins", "list"]).contains("0.1.0"));
+    std::fs::remove_file(next.join("migrations/mysql/0003_broken.sql")).unwrap();
+    w.sv_ok(&["plugins", "upgrade", next.to_str().unwrap(), "--yes"]);
+    assert!(w.sv_ok(&["plugins", "list"]).contains("0.2.0"));
+    let mut tasks_db = sovereign_mysql::roles::connect(&server.url(
+        "svp_tasks",
+        &tasks_password,
+        "sv_plugins_tasks",
+    ))
+    .unwrap();
+    tasks_db
+        .query_drop("SELECT priority FROM tasks__tasks")
+        .unwrap();
+    tasks_db
+        .query_drop("SELECT display_name FROM core__users")
+        .unwrap();
+    for narrowed in [
+        "SELECT avatar_url FROM core__users",
+        "SELECT avatar_url FROM sv_plugins.core__users",
+    ] {
+        assert!(tasks_db.query_drop(narrowed).is_err(), "{narrowed}");
+    }
 }
 
 /// The core on MySQL, plugins in SQLite files: `tasks` reads mirrored users that capture
