@@ -14,6 +14,7 @@
 //! schema), values of either protocol (`values`) and a throwaway server for tests.
 
 pub mod denial;
+pub mod dump;
 pub mod migrate;
 pub mod mirror;
 pub mod plugin_db;

@@ -68,6 +68,14 @@ pub enum MyError {
         /// What is wrong.
         message: String,
     },
+    /// One of MySQL's client programs (`mariadb-dump`, `mariadb`) is missing or failed.
+    #[error("{tool}: {problem}")]
+    Tool {
+        /// The program.
+        tool: String,
+        /// What went wrong (its standard error).
+        problem: String,
+    },
     /// Somebody else holds what this needs (a named lock).
     #[error("{what} are busy; try again when the other deployer has finished")]
     Busy {

@@ -21,8 +21,12 @@ use crate::{Layout, OpsError, file_digest, io, remove_db_files, sqlite};
 pub const FORMAT: u32 = 1;
 
 /// The manifest format of a backup of PostgreSQL stores (format 1 plus
-/// [`Manifest::postgres_dumps`]); the newest this build reads.
+/// [`Manifest::postgres_dumps`]).
 pub const FORMAT_POSTGRES: u32 = 2;
+
+/// The manifest format of a backup of MySQL stores (format 1 plus
+/// [`Manifest::mysql_dumps`]); the newest this build reads.
+pub const FORMAT_MYSQL: u32 = 3;
 
 /// One file of a backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +68,10 @@ pub struct Manifest {
     /// [`Manifest::files`] with the dump's role); none in a backup of SQLite files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub postgres_dumps: Vec<PostgresDump>,
+    /// The `mariadb-dump` files of a backup of MySQL stores (also in
+    /// [`Manifest::files`], with the dump's role); none otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mysql_dumps: Vec<crate::my_backup::MysqlDump>,
 }
 
 /// One `pg_dump --format=directory` in a backup.
@@ -81,6 +89,53 @@ pub struct PostgresDump {
     /// plugin's own database (isolated mode) rather than the plugin database.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub isolated: bool,
+}
+
+/// What a backup read while taking it, for its manifest.
+pub(crate) struct Taken {
+    /// The files written.
+    pub files: Vec<BackupFile>,
+    /// Highest applied migration per scope.
+    pub schema_versions: BTreeMap<String, u32>,
+    /// The mirror's watermark.
+    pub mirror_watermark: i64,
+    /// The core's acknowledged outbox sequence number.
+    pub core_acked_seq: i64,
+}
+
+impl Manifest {
+    /// The manifest of a backup in `format` taken as `options` asked (no dumps yet).
+    pub(crate) fn of(format: u32, taken: Taken, options: &BackupOptions) -> Manifest {
+        Manifest {
+            format,
+            project_version: env!("CARGO_PKG_VERSION").to_owned(),
+            created_at: crate::now_rfc3339(),
+            files: taken.files,
+            schema_versions: taken.schema_versions,
+            mirror_watermark: taken.mirror_watermark,
+            core_acked_seq: taken.core_acked_seq,
+            includes_plugin_data: options.include_plugin_data,
+            excluded_plugins: options.exclude_plugins.clone(),
+            after_restore:
+                "sv sync:run  (catches the mirror up from the restored core, or rebuilds it)".into(),
+            postgres_dumps: vec![],
+            mysql_dumps: vec![],
+        }
+    }
+
+    /// Writes this manifest into the backup being written at `partial` and renames it to
+    /// `options.out`: the backup is complete.
+    pub(crate) fn complete(
+        self,
+        partial: &Path,
+        options: &BackupOptions,
+    ) -> Result<Manifest, OpsError> {
+        let text = serde_json::to_string_pretty(&self).expect("manifest serializes");
+        std::fs::write(partial.join("manifest.json"), text).map_err(io("writing manifest.json"))?;
+        std::fs::rename(partial, &options.out)
+            .map_err(io(format!("completing {}", options.out.display())))?;
+        Ok(self)
+    }
 }
 
 /// What to back up and where.
@@ -325,10 +380,7 @@ pub fn backup(
     } else {
         "plugins.db"
     };
-    let manifest = Manifest {
-        format: FORMAT,
-        project_version: env!("CARGO_PKG_VERSION").to_owned(),
-        created_at: crate::now_rfc3339(),
+    let taken = Taken {
         mirror_watermark: read_i64(
             &partial.join(mirror_store),
             "SELECT value FROM _sv_mirror_state WHERE key = 'watermark'",
@@ -339,17 +391,8 @@ pub fn backup(
         ),
         files,
         schema_versions: schema,
-        includes_plugin_data: options.include_plugin_data,
-        excluded_plugins: options.exclude_plugins.clone(),
-        after_restore:
-            "sv sync:run  (catches the mirror up from the restored core, or rebuilds it)".into(),
-        postgres_dumps: vec![],
     };
-    let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
-    std::fs::write(partial.join("manifest.json"), text).map_err(io("writing manifest.json"))?;
-    std::fs::rename(&partial, &options.out)
-        .map_err(io(format!("completing {}", options.out.display())))?;
-    Ok(manifest)
+    Manifest::of(FORMAT, taken, options).complete(&partial, options)
 }
 
 fn remove_db_files_but_main(path: &Path) {
@@ -393,14 +436,14 @@ pub fn verify(dir: &Path) -> Result<Manifest, OpsError> {
             });
         }
     };
-    if manifest.format > FORMAT_POSTGRES {
+    if manifest.format > FORMAT_MYSQL {
         problems.push(format!(
-            "manifest format {} is newer than this build understands ({FORMAT_POSTGRES}); use a newer sv",
+            "manifest format {} is newer than this build understands ({FORMAT_MYSQL}); use a newer sv",
             manifest.format
         ));
     }
     if !manifest.files.iter().any(|f| f.role == "core") {
-        problems.push("the manifest lists no core store (core.db or core.pgdump)".into());
+        problems.push("the manifest lists no core store (core.db, core.pgdump or core.sql)".into());
     }
     let known_core = sovereign_db_core::migrations();
     let latest_core = known_core.migrations().last().map_or(0, |m| m.version);
@@ -436,7 +479,9 @@ pub fn verify(dir: &Path) -> Result<Manifest, OpsError> {
             ));
             continue;
         }
-        if crate::pg_backup::in_dump(&manifest, &file.name) {
+        if crate::pg_backup::in_dump(&manifest, &file.name)
+            || crate::my_backup::in_dump(&manifest, &file.name)
+        {
             continue;
         }
         let copy = scratch.join(file.name.replace('/', "_"));
@@ -450,6 +495,7 @@ pub fn verify(dir: &Path) -> Result<Manifest, OpsError> {
     }
     let _ = std::fs::remove_dir_all(&scratch);
     crate::pg_backup::check_dumps(dir, &manifest, &mut problems);
+    crate::my_backup::check_dumps(dir, &manifest, &mut problems);
     if problems.is_empty() {
         Ok(manifest)
     } else {

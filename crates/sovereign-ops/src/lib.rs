@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod inspect;
+pub mod my_backup;
 pub mod pg_backup;
 pub mod restore;
 pub mod split;
@@ -79,6 +80,9 @@ pub enum OpsError {
     /// A PostgreSQL store or one of PostgreSQL's client programs.
     #[error(transparent)]
     Postgres(#[from] sovereign_postgres::PgError),
+    /// A MySQL store or one of MySQL's client programs.
+    #[error(transparent)]
+    Mysql(#[from] sovereign_mysql::MyError),
 }
 
 /// Creates `dir` (and its parents) readable by its owner only.

@@ -255,25 +255,17 @@ pub fn backup(
             });
         }
     }
-    let manifest = Manifest {
-        format: FORMAT_POSTGRES,
-        project_version: env!("CARGO_PKG_VERSION").to_owned(),
-        created_at: crate::now_rfc3339(),
+    let taken = crate::backup::Taken {
         files,
         schema_versions: versions,
         mirror_watermark,
         core_acked_seq,
-        includes_plugin_data: options.include_plugin_data,
-        excluded_plugins: options.exclude_plugins.clone(),
-        after_restore:
-            "sv sync:run  (catches the mirror up from the restored core, or rebuilds it)".into(),
-        postgres_dumps: dumps,
     };
-    let text = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
-    std::fs::write(partial.join("manifest.json"), text).map_err(io("writing manifest.json"))?;
-    std::fs::rename(&partial, &options.out)
-        .map_err(io(format!("completing {}", options.out.display())))?;
-    Ok(manifest)
+    Manifest {
+        postgres_dumps: dumps,
+        ..Manifest::of(FORMAT_POSTGRES, taken, options)
+    }
+    .complete(&partial, options)
 }
 
 /// One `pg_dump` of a backup.
@@ -480,20 +472,9 @@ pub fn restore(
     }
 
     // What is there now, kept whole before anything changes.
-    let aside_dir = stores
-        .data_dir
-        .join(format!("pre-restore-{}", crate::stamp()));
-    std::fs::create_dir_all(&stores.data_dir)
-        .map_err(io(format!("creating {}", stores.data_dir.display())))?;
-    let aside = backup(
-        stores,
-        &BackupOptions {
-            out: aside_dir.clone(),
-            include_plugin_data: true,
-            exclude_plugins: vec![],
-        },
-        &|_, _| {},
-    )?;
+    let options = crate::restore::pre_restore(&stores.data_dir)?;
+    let aside_dir = options.out.clone();
+    let aside = backup(stores, &options, &|_, _| {})?;
     let scratch = tempfile::Builder::new()
         .prefix(".sv-restore-")
         .tempdir_in(&stores.data_dir)
@@ -516,17 +497,9 @@ pub fn restore(
         let put_back = run
             .core(&aside_dir)
             .and_then(|()| run.plugin_stores(&aside, &aside_dir));
-        return Err(OpsError::Refused(match put_back {
-            Ok(()) => format!(
-                "the plugin store could not be restored ({e}); both stores were put back as \
-                 they were before the restore"
-            ),
-            Err(again) => format!(
-                "the plugin store could not be restored ({e}), and putting things back from \
-                 {} failed too ({again}): restore that backup once the cause is fixed",
-                aside_dir.display()
-            ),
-        }));
+        return Err(crate::restore::failed_after_changes(
+            &e, put_back, &aside_dir,
+        ));
     }
     let mut restored = vec![format!(
         "the core: {}",

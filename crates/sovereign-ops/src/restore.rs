@@ -240,6 +240,37 @@ pub fn restore(
     })
 }
 
+/// The backup a restore of server stores takes first: everything there now, in
+/// `<data_dir>/pre-restore-<time>`.
+pub(crate) fn pre_restore(data_dir: &Path) -> Result<crate::backup::BackupOptions, OpsError> {
+    std::fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+    Ok(crate::backup::BackupOptions {
+        out: data_dir.join(format!("pre-restore-{}", crate::stamp())),
+        include_plugin_data: true,
+        exclude_plugins: vec![],
+    })
+}
+
+/// The error of a restore of server stores that failed (`failed`) after changing them,
+/// with how putting back the pre-restore backup in `aside_dir` went.
+pub(crate) fn failed_after_changes(
+    failed: &OpsError,
+    put_back: Result<(), OpsError>,
+    aside_dir: &Path,
+) -> OpsError {
+    OpsError::Refused(match put_back {
+        Ok(()) => format!(
+            "the restore failed ({failed}); both stores were put back as they were before \
+             the restore"
+        ),
+        Err(again) => format!(
+            "the restore failed ({failed}), and putting things back from {} failed too \
+             ({again}): restore that backup once the cause is fixed",
+            aside_dir.display()
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,9 +50,8 @@ pub enum PluginStore<'a> {
 }
 
 /// The plugin store on MySQL/MariaDB (`PLUGIN_DATABASE_URL=mysql://...`): its account
-/// (`svc_plugins`), which provisions plugin accounts through the `sv_admin` procedures,
-/// and the server where those accounts log in. No mirror lives there yet: plugins that
-/// read core data are refused.
+/// (`svc_plugins`), which provisions plugin accounts through the `sv_admin` procedures
+/// and writes the mirror, and the server where those accounts log in.
 #[derive(Clone)]
 pub struct MyPluginStore {
     store: sovereign_mysql::StoreUrl,
@@ -341,6 +340,27 @@ impl App {
                 core: backend(matches!(core, CoreLocation::Postgres(_))),
                 plugins: backend(plugins.is_some()),
             }),
+        }
+    }
+
+    /// The two MySQL stores, when both are on MySQL; `None` when neither is; refused
+    /// (naming `operation`) when only one is.
+    pub fn mysql_stores(
+        &self,
+        operation: &'static str,
+    ) -> Result<Option<sovereign_ops::my_backup::MysqlStores>, PlatformError> {
+        match (self.core_location(), self.plugin_store()) {
+            (CoreLocation::Mysql(core), PluginStore::Mysql(plugins)) => {
+                Ok(Some(sovereign_ops::my_backup::MysqlStores {
+                    core: sovereign_mysql::StoreUrl::parse("DATABASE_URL", core.expose())?,
+                    plugins: plugins.store.clone(),
+                    data_dir: self.config.data_dir_path(),
+                }))
+            }
+            (CoreLocation::Mysql(_), _) | (_, PluginStore::Mysql(_)) => {
+                Err(PlatformError::NotOnMysql { operation })
+            }
+            _ => Ok(None),
         }
     }
 

@@ -63,9 +63,12 @@ pub fn backup(
         include_plugin_data: !request.core_only,
         exclude_plugins: request.exclude_plugins.clone(),
     };
-    let manifest = match app.postgres_stores("backing up")? {
-        Some(stores) => sovereign_ops::pg_backup::backup(&stores, &options, progress)?,
-        None => sovereign_ops::backup::backup(&app.layout("backup")?, &options, progress)?,
+    let manifest = if let Some(stores) = app.mysql_stores("backing up one store on MySQL")? {
+        sovereign_ops::my_backup::backup(&stores, &options, progress)?
+    } else if let Some(stores) = app.postgres_stores("backing up")? {
+        sovereign_ops::pg_backup::backup(&stores, &options, progress)?
+    } else {
+        sovereign_ops::backup::backup(&app.layout("backup")?, &options, progress)?
     };
     Ok(BackupDone {
         dir,
@@ -97,23 +100,32 @@ pub fn restore(
     stop: bool,
     before_swap: &mut dyn FnMut(usize),
 ) -> Result<Restored, PlatformError> {
-    let postgres = app.postgres_stores("restoring")?;
-    let layout = match &postgres {
+    let mysql = app.mysql_stores("restoring one store on MySQL")?;
+    let postgres = match mysql {
         Some(_) => None,
-        None => Some(app.layout("restore")?),
+        None => app.postgres_stores("restoring")?,
+    };
+    let layout = match (&mysql, &postgres) {
+        (None, None) => Some(app.layout("restore")?),
+        _ => None,
     };
     // Verify before anything else: a bad backup must not even stop the platform.
     let manifest = sovereign_ops::backup::verify(backup_dir)?;
-    let of_postgres = !manifest.postgres_dumps.is_empty();
-    if of_postgres != postgres.is_some() {
+    let backend = |postgres: bool, mysql: bool| match (postgres, mysql) {
+        (true, _) => "PostgreSQL",
+        (_, true) => "MySQL",
+        _ => "SQLite",
+    };
+    let of_backup = backend(
+        !manifest.postgres_dumps.is_empty(),
+        !manifest.mysql_dumps.is_empty(),
+    );
+    let here = backend(postgres.is_some(), mysql.is_some());
+    if of_backup != here {
         return Err(PlatformError::BackupOfOtherBackend {
             dir: backup_dir.to_owned(),
-            backup: if of_postgres { "PostgreSQL" } else { "SQLite" },
-            here: if postgres.is_some() {
-                "PostgreSQL"
-            } else {
-                "SQLite"
-            },
+            backup: of_backup,
+            here,
         });
     }
     let mut stopped_pid = None;
@@ -141,7 +153,13 @@ pub fn restore(
     // Files: the data directory's lock keeps a platform from starting meanwhile. A
     // PostgreSQL core: kernels on any machine hold the "running" lock shared; holding it
     // exclusively until the restore ends refuses running ones and holds up new ones.
-    let _held = if postgres.is_some() {
+    let _held = if mysql.is_some() {
+        // One kernel per MySQL install, whose data directory is this one (see the
+        // README): its lock keeps a platform from starting meanwhile.
+        Held::Lock {
+            _lock: crate::run::lock(app)?,
+        }
+    } else if postgres.is_some() {
         let core = app.core_location().open_existing()?;
         if !sovereign_db_core::health::exclude_kernels(&core)? {
             let kernels = sovereign_db_core::health::kernels(&core)?
@@ -155,21 +173,26 @@ pub fn restore(
             _lock: crate::run::lock(app)?,
         }
     };
-    let report = match (&postgres, &layout) {
-        (Some(stores), _) => {
+    let refused = |e: PlatformError| {
+        sovereign_ops::OpsError::Refused(format!("reading the restored core's plugins: {e}"))
+    };
+    let report = match (&mysql, &postgres, &layout) {
+        (Some(stores), _, _) => {
             before_swap(2);
-            let roles =
-                || -> Result<Vec<sovereign_postgres::PluginRole>, sovereign_ops::OpsError> {
-                    restored_plugin_roles(app).map_err(|e| {
-                        sovereign_ops::OpsError::Refused(format!(
-                            "reading the restored core's plugins: {e}"
-                        ))
-                    })
-                };
+            let accounts = || restored_plugin_accounts(app).map_err(refused);
+            sovereign_ops::my_backup::restore(stores, backup_dir, &accounts)?
+        }
+        (None, Some(stores), _) => {
+            before_swap(2);
+            let roles = || restored_plugin_roles(app).map_err(refused);
             sovereign_ops::pg_backup::restore(stores, backup_dir, &roles)?
         }
-        (None, Some(layout)) => sovereign_ops::restore::restore(backup_dir, layout, before_swap)?,
-        (None, None) => unreachable!("a layout is read whenever the stores are SQLite files"),
+        (None, None, Some(layout)) => {
+            sovereign_ops::restore::restore(backup_dir, layout, before_swap)?
+        }
+        (None, None, None) => {
+            unreachable!("a layout is read whenever the stores are SQLite files")
+        }
     };
     Ok(Restored {
         report,
@@ -196,6 +219,30 @@ fn restored_plugin_roles(app: &App) -> Result<Vec<sovereign_postgres::PluginRole
         }
     }
     Ok(roles)
+}
+
+/// The accounts of the plugins a just restored MySQL core has installed, with the
+/// passwords it keeps for them and their approved mirror columns.
+fn restored_plugin_accounts(
+    app: &App,
+) -> Result<Vec<sovereign_ops::my_backup::PluginAccount>, PlatformError> {
+    let core = app.open_migrated_core()?;
+    let mut accounts = Vec::new();
+    for record in sovereign_db_core::plugins::list(&core)? {
+        match sovereign_db_core::plugins::store_login(&core, &record.id)? {
+            Some(password) => accounts.push(sovereign_ops::my_backup::PluginAccount {
+                id: record.id.clone(),
+                password,
+                grants: record.grants.clone(),
+                connection_limit: crate::plugins::serving_connection_limit(),
+            }),
+            None => tracing::warn!(
+                plugin = %record.id,
+                "the restored core keeps no MySQL login for this plugin; reinstall it"
+            ),
+        }
+    }
+    Ok(accounts)
 }
 
 /// Reads one `TABLE=PLUGIN` or `TABLE=skip` attribution.

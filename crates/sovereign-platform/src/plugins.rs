@@ -217,7 +217,7 @@ pub(crate) fn serving_role(
 /// How many connections a plugin's role or account may hold: a host's lanes and relay
 /// connection, twice (a restarted host connects before the killed one's sessions are
 /// gone), and operators' `sv plugins sql` and deadline kills.
-fn serving_connection_limit() -> u32 {
+pub(crate) fn serving_connection_limit() -> u32 {
     (2 * (sovereign_host::scheduler::REQUEST_LANES + 1) + 4) as u32
 }
 

@@ -144,13 +144,7 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
     let w = Workdir::new();
     let (server, core_url) = mysql_core(&w, true);
     assert!(!w.plugins_db().exists(), "no plugins.db is made");
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
-    w.sv_ok(&[
-        "plugins",
-        "install",
-        repo.join("notes").to_str().unwrap(),
-        "--yes",
-    ]);
+    install(&w, "notes");
     // The plugin's password is in the core database; its account still cannot use it.
     let mut core = sovereign_mysql::roles::connect(&core_url).unwrap();
     let password: String = core
@@ -164,12 +158,7 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
     );
     // tasks reads mirrored users: `core__users` in the plugin database, fed from the core's
     // capture triggers, shown to tasks as a view of its granted columns.
-    w.sv_ok(&[
-        "plugins",
-        "install",
-        repo.join("tasks").to_str().unwrap(),
-        "--yes",
-    ]);
+    install(&w, "tasks");
     w.create_user("root@example.com", "root password 1", true);
     let served = w.start(&["serve"]);
     let host = served.wait_host_running();
@@ -274,7 +263,10 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
     // the upgrade by name and keeps the installed version; fixed, it applies, and the
     // column no longer read is no longer granted.
     let next = w.path().join("tasks-next");
-    common::copy_package(&repo.join("tasks"), &next);
+    common::copy_package(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins/tasks"),
+        &next,
+    );
     let manifest = std::fs::read_to_string(next.join("plugin.json")).unwrap();
     std::fs::write(
         next.join("plugin.json"),
@@ -325,13 +317,7 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
 fn a_mysql_core_feeds_the_mirror_and_takes_events_exactly_once() {
     let w = Workdir::new();
     let (_server, _core_url) = mysql_core(&w, false);
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
-    w.sv_ok(&[
-        "plugins",
-        "install",
-        repo.join("tasks").to_str().unwrap(),
-        "--yes",
-    ]);
+    install(&w, "tasks");
     w.create_user("root@example.com", "root password 1", true);
     let served = w.start(&["serve"]);
     served.wait_host_running();
@@ -431,6 +417,108 @@ fn tasks_follow_the_core(served: &common::Server, token: &str, email: &str) -> i
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     ada
+}
+
+/// `sv backup` with both stores on MariaDB writes `mariadb-dump` files with the manifest's
+/// checksums; a truncated dump (resealed) and a backup of SQLite files are refused
+/// before anything changes; a restore keeps what it replaced as a restorable backup.
+#[test]
+fn sv_backs_up_and_restores_both_mysql_stores() {
+    use sha2::Digest;
+    let w = Workdir::new();
+    let (_server, _core_url) = mysql_core(&w, true);
+    install(&w, "notes");
+    w.create_user("root@example.com", "root password 1", true);
+    w.sv_ok(&[
+        "plugins",
+        "sql",
+        "notes",
+        "INSERT INTO notes__notes (owner, title) VALUES (1, 'kept')",
+    ]);
+    let backup = w.path().join("backups/my");
+    w.sv_ok(&["backup", "--out", backup.to_str().unwrap()]);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(backup.join("manifest.json")).unwrap())
+            .unwrap();
+    let roles: Vec<&str> = manifest["mysql_dumps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["plugins", "plugin:notes", "core"], "{manifest}");
+    assert_eq!(manifest["format"], 3);
+    w.sv_ok(&["backup:verify", backup.to_str().unwrap()]);
+
+    // A dump cut short, its manifest resealed: refused by verify and by restore.
+    let damaged = w.path().join("backups/damaged");
+    common::copy_package(&backup, &damaged);
+    let text = std::fs::read_to_string(damaged.join("core.sql")).unwrap();
+    let cut = &text[..text.rfind("-- Dump completed").unwrap()];
+    std::fs::write(damaged.join("core.sql"), cut).unwrap();
+    let mut resealed = manifest.clone();
+    for file in resealed["files"].as_array_mut().unwrap() {
+        if file["name"] == "core.sql" {
+            file["sha256"] = hex::encode(sha2::Sha256::digest(cut.as_bytes())).into();
+            file["size"] = (cut.len() as u64).into();
+        }
+    }
+    std::fs::write(damaged.join("manifest.json"), resealed.to_string()).unwrap();
+    let refused = w.sv_err(&["backup:verify", damaged.to_str().unwrap()]);
+    assert!(refused.contains("not a whole dump"), "{refused}");
+    let refused = w.sv_err(&["restore", damaged.to_str().unwrap()]);
+    assert!(refused.contains("not a whole dump"), "{refused}");
+    // A backup of SQLite files is not restored into MySQL stores.
+    let files = Workdir::new();
+    files.sv_ok(&["migrate:deploy"]);
+    let of_files = files.path().join("backups/files");
+    files.sv_ok(&["backup", "--out", of_files.to_str().unwrap()]);
+    let refused = w.sv_err(&["restore", of_files.to_str().unwrap()]);
+    assert!(
+        refused.contains("SQLite") && refused.contains("MySQL"),
+        "{refused}"
+    );
+    let notes = w.sv_ok(&["plugins", "sql", "notes", "SELECT title FROM notes__notes"]);
+    assert!(notes.contains("kept"), "nothing changed: {notes}");
+
+    // A restore keeps what it replaced, as a backup that verifies.
+    w.sv_ok(&[
+        "plugins",
+        "sql",
+        "notes",
+        "INSERT INTO notes__notes (owner, title) VALUES (1, 'after')",
+    ]);
+    w.sv_ok(&["restore", backup.to_str().unwrap()]);
+    let notes = w.sv_ok(&["plugins", "sql", "notes", "SELECT title FROM notes__notes"]);
+    assert!(
+        notes.contains("kept") && !notes.contains("after"),
+        "{notes}"
+    );
+    let aside = std::fs::read_dir(w.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pre-restore-")
+        })
+        .expect("the replaced stores are kept");
+    w.sv_ok(&["backup:verify", aside.to_str().unwrap()]);
+    w.sv_ok(&["restore", aside.to_str().unwrap()]);
+    let notes = w.sv_ok(&["plugins", "sql", "notes", "SELECT title FROM notes__notes"]);
+    assert!(notes.contains("after"), "{notes}");
+}
+
+/// Installs the example plugin `id` from the repository.
+fn install(w: &Workdir, id: &str) {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
+    w.sv_ok(&[
+        "plugins",
+        "install",
+        repo.join(id).to_str().unwrap(),
+        "--yes",
+    ]);
 }
 
 /// Runs a command with `input` on its standard input.

@@ -699,18 +699,7 @@ fn notes_platform(
     let cluster: Option<Box<dyn std::any::Any>> = match backend {
         sovereign_db_plugins::Backend::Sqlite => None,
         // Both stores on MySQL: the core's sessions and registry too.
-        sovereign_db_plugins::Backend::Mysql => {
-            let server = mariadb();
-            let url = server.url("svc_plugins", "plugins-secret-12", "sv_plugins");
-            let core_url = server.url("svc_core", "core-secret-1234", "sv_core");
-            std::fs::write(
-                w.path().join("sovereign.toml"),
-                format!("database_url = \"{core_url}\"\nplugin_database_url = \"{url}\"\n"),
-            )
-            .unwrap();
-            w.sv_ok(&["mysql:roles", "--apply", "--admin-url", server.admin_url()]);
-            Some(Box::new(server))
-        }
+        sovereign_db_plugins::Backend::Mysql => Some(Box::new(both_stores_on_mysql(&w))),
         sovereign_db_plugins::Backend::Postgres => {
             let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
             let cluster = Cluster::start(&script).unwrap();
@@ -1298,6 +1287,22 @@ fn both_stores_on_postgres(w: &Workdir) -> Cluster {
     cluster
 }
 
+/// A MariaDB with both stores' accounts and databases, their URLs in `sovereign.toml`.
+fn both_stores_on_mysql(w: &Workdir) -> sovereign_mysql::Server {
+    let server = mariadb();
+    std::fs::write(
+        w.path().join("sovereign.toml"),
+        format!(
+            "database_url = \"{}\"\nplugin_database_url = \"{}\"\n",
+            server.url("svc_core", "core-secret-1234", "sv_core"),
+            server.url("svc_plugins", "plugins-secret-12", "sv_plugins")
+        ),
+    )
+    .unwrap();
+    w.sv_ok(&["mysql:roles", "--apply", "--admin-url", server.admin_url()]);
+    server
+}
+
 /// `sv backup`, `backup:verify` and `restore` with both stores on PostgreSQL: dumps with
 /// the manifest's checksums, a damaged dump refused before anything changes, and a
 /// restore that brings back exactly the backup's core, plugin data, plugin roles (with
@@ -1467,10 +1472,11 @@ fn sv_backs_up_and_restores_both_postgres_stores() {
 /// a plugin purged), the backup restored: exactly the backup's users, plugin data and
 /// plugins are back, the mirror catches up and reconciles clean.
 #[test]
-fn a_backup_round_trip_restores_exactly_the_backup_on_either_backend() {
+fn a_backup_round_trip_restores_exactly_the_backup_on_every_backend() {
     for backend in [
         sovereign_db_plugins::Backend::Sqlite,
         sovereign_db_plugins::Backend::Postgres,
+        sovereign_db_plugins::Backend::Mysql,
     ] {
         backup_round_trip(backend);
     }
@@ -1478,10 +1484,10 @@ fn a_backup_round_trip_restores_exactly_the_backup_on_either_backend() {
 
 fn backup_round_trip(backend: sovereign_db_plugins::Backend) {
     let w = Workdir::new();
-    let _cluster = match backend {
+    let _server: Option<Box<dyn std::any::Any>> = match backend {
         sovereign_db_plugins::Backend::Sqlite => None,
-        sovereign_db_plugins::Backend::Postgres => Some(both_stores_on_postgres(&w)),
-        sovereign_db_plugins::Backend::Mysql => unreachable!("backups are not on MySQL yet"),
+        sovereign_db_plugins::Backend::Postgres => Some(Box::new(both_stores_on_postgres(&w))),
+        sovereign_db_plugins::Backend::Mysql => Some(Box::new(both_stores_on_mysql(&w))),
     };
     let sql = |id: &str, statement: &str| w.sv_ok(&["plugins", "sql", id, statement, "--json"]);
     w.sv_ok(&["migrate:deploy"]);
