@@ -48,7 +48,8 @@ impl SqlValue {
         }
     }
 
-    pub(crate) fn from_ref(value: ValueRef<'_>) -> SqlValue {
+    /// A SQLite value as a platform value.
+    pub fn from_ref(value: ValueRef<'_>) -> SqlValue {
         match value {
             ValueRef::Null => SqlValue::Null,
             ValueRef::Integer(i) => SqlValue::Integer(i),

@@ -64,17 +64,6 @@ fn column_type(kind: ColumnKind) -> &'static str {
     }
 }
 
-/// A platform value as a MySQL parameter.
-fn value_of(value: &SqlValue) -> Value {
-    match value {
-        SqlValue::Null => Value::NULL,
-        SqlValue::Integer(i) => Value::Int(*i),
-        SqlValue::Real(f) => Value::Double(*f),
-        SqlValue::Text(t) => Value::Bytes(t.as_bytes().to_vec()),
-        SqlValue::Blob(b) => Value::Bytes(b.clone()),
-    }
-}
-
 /// `INSERT` of `rows` rows into `table` (columns of `slice`, in order), replacing rows
 /// with the same key.
 fn upsert_sql(slice: &MirrorSlice, table: &str, rows: usize) -> String {
@@ -111,7 +100,7 @@ fn row_params(slice: &MirrorSlice, rows: &[&[SqlValue]]) -> Result<Vec<Value>, M
                 ),
             });
         }
-        params.extend(row.iter().map(value_of));
+        params.extend(row.iter().map(crate::values::param));
     }
     Ok(params)
 }

@@ -94,3 +94,14 @@ pub fn row_values(row: mysql::Row) -> Result<Vec<SqlValue>, ValueError> {
     }
     Ok(out)
 }
+
+/// A platform value as a statement parameter.
+pub fn param(value: &SqlValue) -> mysql::Value {
+    match value {
+        SqlValue::Null => mysql::Value::NULL,
+        SqlValue::Integer(i) => mysql::Value::Int(*i),
+        SqlValue::Real(f) => mysql::Value::Double(*f),
+        SqlValue::Text(t) => mysql::Value::Bytes(t.as_bytes().to_vec()),
+        SqlValue::Blob(b) => mysql::Value::Bytes(b.clone()),
+    }
+}

@@ -89,6 +89,22 @@ impl fmt::Display for TableDigest {
 }
 
 impl TableDigest {
+    /// Adds a row of platform values (a copy into MySQL reads both sides as these).
+    pub(crate) fn add_values(&mut self, values: &[sovereign_db_plugins::SqlValue]) {
+        use sovereign_db_plugins::SqlValue;
+        let mut row = RowHasher::default();
+        for value in values {
+            match value {
+                SqlValue::Null => row.null(),
+                SqlValue::Integer(v) => row.integer(*v),
+                SqlValue::Real(v) => row.float(*v),
+                SqlValue::Text(v) => row.text(v),
+                SqlValue::Blob(v) => row.bytes(v),
+            }
+        }
+        self.add(&row);
+    }
+
     fn add(&mut self, row: &RowHasher) {
         let hash = row.hasher.clone().finalize();
         let mut first = [0u8; 16];
@@ -146,7 +162,7 @@ fn pg(context: impl Into<String>) -> impl FnOnce(postgres::Error) -> OpsError {
 }
 
 /// Quotes a name for either SQL dialect.
-fn quoted(name: &str) -> String {
+pub(crate) fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -544,7 +560,7 @@ impl TableCopy {
 }
 
 /// The SQLite table's stored columns (generated ones are computed again on PostgreSQL).
-fn sqlite_columns(conn: &Connection, table: &str) -> Result<Vec<String>, OpsError> {
+pub(crate) fn sqlite_columns(conn: &Connection, table: &str) -> Result<Vec<String>, OpsError> {
     let query = format!("PRAGMA table_xinfo({})", quoted(table));
     let reading = || sqlite(format!("reading the columns of {table}"));
     let mut stmt = conn.prepare(&query).map_err(reading())?;

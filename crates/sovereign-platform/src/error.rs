@@ -46,6 +46,9 @@ pub enum PlatformError {
     /// Moving an install to PostgreSQL.
     #[error(transparent)]
     Move(#[from] crate::to_postgres::MoveError),
+    /// A move to MySQL.
+    #[error(transparent)]
+    ToMysql(#[from] crate::to_mysql::ToMysqlError),
     /// The runtime lock.
     #[error(transparent)]
     Lock(#[from] sovereign_kernel::RuntimeLockError),

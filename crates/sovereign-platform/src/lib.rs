@@ -15,6 +15,7 @@ pub mod plugin_logs;
 pub mod plugins;
 pub mod run;
 pub mod sync;
+pub mod to_mysql;
 pub mod to_postgres;
 pub mod users;
 

@@ -375,7 +375,7 @@ fn install_data_mysql(
 
 /// Grants plugin `id` exactly `grants` of the MySQL mirror, readable in its database as
 /// `core__<slice>` (columns granted before and not listed are revoked).
-fn grant_mirrors_mysql(
+pub(crate) fn grant_mirrors_mysql(
     owner: &mut mysql::Conn,
     id: &str,
     grants: &[(String, String)],

@@ -35,7 +35,7 @@ use crate::{App, PlatformError, PluginStore};
 /// target's own, the change outbox and sync state belong to the mirror, which is rebuilt
 /// from the moved core, and the stored packages (empty with a SQLite core) are written
 /// from the plugins directory once the data is in.
-const CORE_TABLES_NOT_COPIED: &[&str] = &[
+pub(crate) const CORE_TABLES_NOT_COPIED: &[&str] = &[
     "_sv_store",
     "_sv_migrations",
     "_sv_change_outbox",
@@ -53,8 +53,8 @@ const MOVED_FROM: &str = "moved_from_sqlite";
 pub enum MoveError {
     /// The install is not on SQLite.
     #[error(
-        "{what} is already on PostgreSQL: migrate:to-postgres moves an install whose two \
-         stores are SQLite files"
+        "{what} is not a SQLite file: a move (migrate:to-postgres, migrate:to-mysql) takes \
+         an install whose two stores are SQLite files"
     )]
     NotOnSqlite {
         /// Which store.
@@ -95,13 +95,13 @@ pub enum MoveError {
         ids: Vec<String>,
     },
     /// A table's copy does not read back as its source.
-    #[error("{table}: the SQLite side has {source_digest}, PostgreSQL {target_digest}")]
+    #[error("{table}: the SQLite side has {source_digest}, the target {target_digest}")]
     Mismatch {
         /// The table.
         table: String,
         /// Rows and checksum on SQLite.
         source_digest: TableDigest,
-        /// Rows and checksum on PostgreSQL.
+        /// Rows and checksum on the target.
         target_digest: TableDigest,
     },
     /// A SQLite plugin table the plugin's PostgreSQL migrations do not create.
@@ -331,32 +331,35 @@ impl MoveReport {
 }
 
 /// The SQLite install being moved.
-struct SourceInstall {
-    core_path: PathBuf,
-    core: CoreConn,
-    shared: Connection,
-    /// Where the packages (and their PostgreSQL migrations) are.
-    packages_dir: PathBuf,
-    plugins: Vec<SourcePlugin>,
+pub(crate) struct SourceInstall {
+    pub(crate) core_path: PathBuf,
+    pub(crate) core: CoreConn,
+    pub(crate) shared: Connection,
+    /// Where the packages (and their target backend's migrations) are.
+    pub(crate) packages_dir: PathBuf,
+    pub(crate) plugins: Vec<SourcePlugin>,
 }
 
-struct SourcePlugin {
-    record: PluginRecord,
-    supported: bool,
-    file: PathBuf,
+/// An installed plugin of the SQLite install being moved.
+pub(crate) struct SourcePlugin {
+    pub(crate) record: PluginRecord,
+    /// Whether its package supports the target backend.
+    pub(crate) supported: bool,
+    /// Its SQLite file (the shared store, or its own).
+    pub(crate) file: PathBuf,
 }
 
 impl SourcePlugin {
-    fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.record.id
     }
 
-    fn mode(&self) -> DatabaseMode {
+    pub(crate) fn mode(&self) -> DatabaseMode {
         self.record.manifest.database
     }
 
     /// The plugin's SQLite tables in `file` (the shared store, or its own file).
-    fn sqlite_tables(&self, file: &Connection) -> Result<Vec<String>, PlatformError> {
+    pub(crate) fn sqlite_tables(&self, file: &Connection) -> Result<Vec<String>, PlatformError> {
         let prefix = format!("{}__", self.id());
         Ok(table_copy::sqlite_tables(file)?
             .into_iter()
@@ -371,14 +374,15 @@ impl SourcePlugin {
 /// A moved plugin and its role's new password.
 type Login<'s> = (&'s SourcePlugin, String);
 
-fn open_read_only(path: &std::path::Path) -> Result<Connection, PlatformError> {
+pub(crate) fn open_read_only(path: &std::path::Path) -> Result<Connection, PlatformError> {
     Ok(sovereign_db::open_database(
         path,
         &sovereign_db::OpenOptions::plugins().existing().read_only(),
     )?)
 }
 
-fn open_source(app: &App) -> Result<SourceInstall, PlatformError> {
+/// The SQLite install of `app`, read-only, with which plugins support `backend`.
+pub(crate) fn open_source(app: &App, backend: Backend) -> Result<SourceInstall, PlatformError> {
     let CoreLocation::File(core_path) = app.core_location() else {
         return Err(MoveError::NotOnSqlite {
             what: "the core store (DATABASE_URL)",
@@ -407,12 +411,11 @@ fn open_source(app: &App) -> Result<SourceInstall, PlatformError> {
     let core = CoreConn::Sqlite(core);
     let mut plugins = Vec::new();
     for record in sovereign_db_core::plugins::list(&core)? {
-        let supported = record.manifest.backends.contains(&Backend::Postgres)
-            && app
-                .package_dir(&record.id)
-                .join("migrations")
-                .join("postgres")
-                .is_dir();
+        let migrations = app.package_dir(&record.id).join("migrations");
+        let supported = record.manifest.backends.contains(&backend)
+            && backend
+                .migrations_subdir()
+                .is_none_or(|subdir| migrations.join(subdir).is_dir());
         let file = location.file_for(&record.id, record.manifest.database);
         plugins.push(SourcePlugin {
             record,
@@ -489,7 +492,7 @@ fn target_state(
 /// What a move would do: the tables and rows it copies, what happens to each plugin, and
 /// the target's state. Reads the SQLite files only.
 pub fn plan(app: &App, target: &MoveTarget) -> Result<MovePlan, PlatformError> {
-    let source = open_source(app)?;
+    let source = open_source(app, Backend::Postgres)?;
     let mut tables = Vec::new();
     for table in table_copy::sqlite_tables(source.core.sqlite("planning a move")?)? {
         if CORE_TABLES_NOT_COPIED.contains(&table.as_str()) {
@@ -579,7 +582,7 @@ pub fn run(
     let started = Instant::now();
     // Nobody starts the platform on these files while they are read.
     let _lock = crate::run::lock(app)?;
-    let source = open_source(app)?;
+    let source = open_source(app, Backend::Postgres)?;
     let unsupported: Vec<String> = source
         .plugins
         .iter()

@@ -305,7 +305,7 @@ impl Source for SqliteSource<'_> {
         let mut statement = self.0.prepare(&projection_sql(slice))?;
         let rows = statement.query_map([], |row| {
             (0..n)
-                .map(|i| row.get_ref(i).map(publish::value_of))
+                .map(|i| row.get_ref(i).map(SqlValue::from_ref))
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
         in_chunks(rows, take)

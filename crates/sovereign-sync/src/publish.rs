@@ -70,21 +70,10 @@ pub fn project_row(
     core.prepare_cached(&sql)?
         .query_row([key], |row| {
             (0..n)
-                .map(|i| row.get_ref(i).map(value_of))
+                .map(|i| row.get_ref(i).map(SqlValue::from_ref))
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .optional()
-}
-
-pub(crate) fn value_of(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
-    use rusqlite::types::ValueRef;
-    match v {
-        ValueRef::Null => SqlValue::Null,
-        ValueRef::Integer(i) => SqlValue::Integer(i),
-        ValueRef::Real(f) => SqlValue::Real(f),
-        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
-    }
 }
 
 /// The projected current row of `key` in `slice` on a PostgreSQL core.

@@ -15,7 +15,7 @@ use sovereign_db_plugins::value::SqlValue;
 use sovereign_mysql::mirror::MyMirror;
 use sovereign_postgres::mirror::PgMirror;
 
-use crate::publish::{project_row, project_row_mysql, project_row_postgres, value_of};
+use crate::publish::{project_row, project_row_mysql, project_row_postgres};
 use crate::{Progress, SyncError, ident};
 
 /// Keys per checksum chunk.
@@ -101,7 +101,7 @@ fn read_rows(
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(params, |row| {
         let values = (0..n)
-            .map(|i| row.get_ref(i).map(value_of))
+            .map(|i| row.get_ref(i).map(SqlValue::from_ref))
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let key = match values[0] {
             SqlValue::Integer(k) => k,

@@ -104,6 +104,10 @@ enum Command {
     /// Move a stopped SQLite install into PostgreSQL (both stores), checked table by table.
     #[command(name = "migrate:to-postgres")]
     MigrateToPostgres(postgres_cmd::ToPostgresArgs),
+    /// Move a stopped SQLite install into MySQL/MariaDB (both stores), checked table by
+    /// table.
+    #[command(name = "migrate:to-mysql")]
+    MigrateToMysql(mysql_cmd::ToMysqlArgs),
     /// What an operator should know, in one report (exit 1 when something needs action).
     Doctor,
     /// Run the extension host (started by `sv dev`/`sv serve`, not by hand).
@@ -208,6 +212,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::MigrateDeploy(args) => migrate::deploy(&app, &args),
         Command::MigrateStatus(args) => migrate::status(&app, &args),
         Command::MigrateToPostgres(args) => postgres_cmd::to_postgres(&app, &args),
+        Command::MigrateToMysql(args) => mysql_cmd::to_mysql(&app, &args),
         Command::Migrate { command } => match command {
             migrate::MigrateCommand::Deploy(args) => migrate::deploy(&app, &args),
             migrate::MigrateCommand::Status(args) => migrate::status(&app, &args),

@@ -75,25 +75,32 @@ pub fn roles(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `sv migrate:to-postgres`: the two target URLs and how to move.
+/// The two databases a move fills, as their owners log in.
 #[derive(Args)]
-pub struct ToPostgresArgs {
-    /// The core database, as its owner (`postgres://svc_core:...@host/sovereign_core`).
+pub struct MoveUrls {
+    /// The core database, as its owner (`svc_core`: `postgres://...` or `mysql://...`).
     #[arg(
         long,
         value_name = "URL",
         env = "SV_MOVE_CORE_URL",
         hide_env_values = true
     )]
-    core_url: String,
-    /// The plugin database, as its owner (`postgres://svc_plugins:...@host/sovereign_plugins`).
+    pub(crate) core_url: String,
+    /// The plugin database, as its owner (`svc_plugins`).
     #[arg(
         long,
         value_name = "URL",
         env = "SV_MOVE_PLUGINS_URL",
         hide_env_values = true
     )]
-    plugins_url: String,
+    pub(crate) plugins_url: String,
+}
+
+/// `sv migrate:to-postgres`: the two target URLs and how to move.
+#[derive(Args)]
+pub struct ToPostgresArgs {
+    #[command(flatten)]
+    urls: MoveUrls,
     /// Print the plan (tables, rows, plugins, the target's state) and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -109,7 +116,7 @@ pub struct ToPostgresArgs {
 
 /// Moves the stopped SQLite install into PostgreSQL, or prints the plan.
 pub fn to_postgres(app: &App, args: &ToPostgresArgs) -> anyhow::Result<ExitCode> {
-    let target = MoveTarget::parse(&args.core_url, &args.plugins_url)?;
+    let target = MoveTarget::parse(&args.urls.core_url, &args.urls.plugins_url)?;
     let plan = to_postgres::plan(app, &target)?;
     if args.dry_run {
         println!(

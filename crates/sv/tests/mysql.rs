@@ -510,6 +510,132 @@ fn sv_backs_up_and_restores_both_mysql_stores() {
     assert!(notes.contains("after"), "{notes}");
 }
 
+/// `sv migrate:to-mysql` moves a SQLite install (users, `tasks` with its mirror, isolated
+/// `notes`) into MariaDB table by table with matching digests; a move that fails at a
+/// plugin's migration leaves the target empty; the moved install serves the same data;
+/// a second move into the filled target is refused; the SQLite files stay byte for byte.
+#[test]
+fn sv_moves_a_sqlite_install_to_mysql_checked_table_by_table() {
+    use sha2::Digest;
+    let w = Workdir::new();
+    w.sv_ok(&["migrate:deploy"]);
+    w.create_user("root@example.com", "root password 1", true);
+    for i in 0..40 {
+        w.create_user(&format!("user{i}@example.com"), "a long password", false);
+    }
+    install(&w, "tasks");
+    install(&w, "notes");
+    let sql = |id: &str, statement: &str| w.sv_ok(&["plugins", "sql", id, statement, "--json"]);
+    sql(
+        "tasks",
+        "INSERT INTO tasks__tasks (title, created_by, assignee) VALUES ('port it', 1, 2)",
+    );
+    sql(
+        "notes",
+        "INSERT INTO notes__notes (owner, title) VALUES (1, 'moved note')",
+    );
+    w.sv_ok(&["sync:run"]);
+    let digest =
+        |path: &std::path::Path| hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()));
+    let before = (digest(&w.core_db()), digest(&w.plugins_db()));
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mariadb");
+    let server = Server::start(&script).unwrap();
+    let core_url = server.url("svc_core", "core-secret-1234", "sv_core");
+    let plugins_url = server.url("svc_plugins", "plugins-secret-12", "sv_plugins");
+    w.sv_ok(&[
+        "--database-url",
+        &core_url,
+        "--plugin-database-url",
+        &plugins_url,
+        "mysql:roles",
+        "--apply",
+        "--admin-url",
+        server.admin_url(),
+    ]);
+    let run = |extra: &[&str], ok: bool| {
+        let mut args = vec![
+            "migrate:to-mysql",
+            "--core-url",
+            core_url.as_str(),
+            "--plugins-url",
+            plugins_url.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        if ok { w.sv_ok(&args) } else { w.sv_err(&args) }
+    };
+    let plan = run(&["--dry-run"], true);
+    assert!(
+        plan.contains("users") && plan.contains("tasks__tasks") && plan.contains("can go ahead"),
+        "{plan}"
+    );
+
+    // A plugin migration that fails: the move stops and the target is emptied again.
+    let broken = w
+        .path()
+        .join("plugins/notes/migrations/mysql/0002_broken.sql");
+    std::fs::write(&broken, "SELEC 1;").unwrap();
+    let failed = run(&[], false);
+    assert!(
+        failed.contains("0002_broken.sql") && failed.contains("emptied again"),
+        "{failed}"
+    );
+    let mut admin = sovereign_mysql::roles::connect(server.admin_url()).unwrap();
+    let left: i64 = admin
+        .query_first(
+            "SELECT (SELECT count(*) FROM information_schema.TABLES
+                     WHERE TABLE_SCHEMA IN ('sv_core', 'sv_plugins')
+                        OR TABLE_SCHEMA LIKE 'sv\\_plugins\\_%')
+                  + (SELECT count(*) FROM mysql.user WHERE User LIKE 'svp\\_%')",
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(left, 0, "a failed move leaves nothing");
+    std::fs::remove_file(&broken).unwrap();
+
+    let moved = run(&[], true);
+    assert!(moved.contains("both sides match"), "{moved}");
+    assert!(moved.contains("mirror built (users 41)"), "{moved}");
+    assert_eq!(
+        (digest(&w.core_db()), digest(&w.plugins_db())),
+        before,
+        "the SQLite files are only read"
+    );
+    let again = run(&[], false);
+    assert!(again.contains("not empty"), "{again}");
+
+    // The moved install, configured with the new URLs, has the same data and serves it.
+    std::fs::write(
+        w.path().join("sovereign.toml"),
+        format!("database_url = \"{core_url}\"\nplugin_database_url = \"{plugins_url}\"\n"),
+    )
+    .unwrap();
+    let users = w.sv_ok(&["users", "list"]);
+    assert!(users.contains("user39@example.com"), "{users}");
+    let notes = sql("notes", "SELECT title FROM notes__notes");
+    assert!(notes.contains("moved note"), "{notes}");
+    let served = w.start(&["serve"]);
+    served.wait_host_running();
+    let token = served.login("root@example.com", "root password 1");
+    let tasks = served.get("/api/plugins/tasks/tasks", Some(&token));
+    assert_eq!(tasks.status, 200, "{}", tasks.text);
+    assert_eq!(tasks.body[0]["assignee_name"], "user0", "{}", tasks.text);
+    let created = served.send(
+        "POST",
+        "/api/users",
+        Some(&token),
+        Some(serde_json::json!({
+            "email": "new@example.com", "password": "a long password", "display_name": "New"
+        })),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert!(
+        created.body["id"].as_i64().unwrap() > 41,
+        "new ids follow the copied ones: {}",
+        created.text
+    );
+}
+
 /// Installs the example plugin `id` from the repository.
 fn install(w: &Workdir, id: &str) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
