@@ -35,6 +35,13 @@ const BOOKKEEPING: [&str; 3] = [
 /// step, a repair): the watermark row, locked to commit.
 const WRITER_LOCK: &str = "SELECT value FROM _sv_mirror_state WHERE `key` = 'watermark' FOR UPDATE";
 
+/// Advances the watermark to a batch's sequence number if it is newer, and records when
+/// (parameters: the sequence number, the time, the sequence number): two rows match
+/// when the batch is new, one when it was applied already.
+const ADVANCE: &str = "UPDATE _sv_mirror_state
+    SET value = CASE `key` WHEN 'watermark' THEN ? ELSE ? END
+    WHERE `key` = 'applied_at_ms' OR (`key` = 'watermark' AND value < ?)";
+
 /// Sets the watermark and when it was applied.
 const SET_STATE: &str = "UPDATE _sv_mirror_state SET value = CASE `key`
                              WHEN 'watermark' THEN ? WHEN 'applied_at_ms' THEN ? END
@@ -179,11 +186,11 @@ impl MyMirror {
             .conn
             .start_transaction(TxOpts::default())
             .map_err(statement_error("START TRANSACTION"))?;
-        let watermark: i64 = tx
-            .query_first(WRITER_LOCK)
-            .map_err(statement_error(WRITER_LOCK))?
-            .unwrap_or(0);
-        if batch.upto_seq <= watermark {
+        // The watermark first: its row lock serialises the mirror's writers, and a batch
+        // at or below it changes nothing (only `applied_at_ms` matches then).
+        tx.exec_drop(ADVANCE, (batch.upto_seq, now_ms, batch.upto_seq))
+            .map_err(statement_error(ADVANCE))?;
+        if tx.affected_rows() < 2 {
             return Ok(false);
         }
         for (slice, rows) in last.values() {
@@ -209,8 +216,6 @@ impl MyMirror {
                     .map_err(statement_error(&upsert))?;
             }
         }
-        tx.exec_drop(SET_STATE, (batch.upto_seq, now_ms))
-            .map_err(statement_error(SET_STATE))?;
         tx.commit().map_err(statement_error("COMMIT"))?;
         Ok(true)
     }

@@ -8,6 +8,7 @@
 pub mod backup;
 pub mod inspect;
 pub mod my_backup;
+pub mod my_store;
 pub mod my_table_copy;
 pub mod pg_backup;
 pub mod restore;

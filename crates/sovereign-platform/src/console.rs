@@ -184,7 +184,7 @@ impl Console {
     }
 
     fn measure_storage(&self, app: &App) {
-        if let crate::PluginStore::Postgres(_) = app.plugin_store() {
+        if let crate::PluginStore::Postgres(_) | crate::PluginStore::Mysql(_) = app.plugin_store() {
             return;
         }
         match crate::plugins::inspect(app, None) {
@@ -551,6 +551,32 @@ fn database_size(
     })
 }
 
+/// A MySQL store in the panel: its database's data and index bytes (the server keeps its
+/// own logs and checks its own pages).
+fn mysql_database_size(
+    role: &str,
+    shown: &str,
+    conn: &mut mysql::Conn,
+) -> Result<StoreFile, PlatformError> {
+    use mysql::prelude::Queryable;
+    let query = "SELECT CAST(COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0) AS SIGNED)
+                 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()";
+    let bytes: i64 = conn
+        .query_first(query)
+        .map_err(|source| sovereign_mysql::MyError::Statement {
+            statement: query.into(),
+            source,
+        })?
+        .unwrap_or(0);
+    Ok(StoreFile {
+        role: role.to_owned(),
+        path: PathBuf::from(shown),
+        bytes: bytes.max(0) as u64,
+        wal_bytes: 0,
+        integrity: None,
+    })
+}
+
 /// The stores panel: files, sizes, schema versions and what is not applied.
 pub fn stores(app: &App, console: &Console) -> Result<StoresPanel, PlatformError> {
     let mut files = Vec::new();
@@ -560,10 +586,13 @@ pub fn stores(app: &App, console: &Console) -> Result<StoresPanel, PlatformError
             let mut core = sovereign_db_core::PgCore::connect(&url)?;
             files.push(database_size("core", &url.to_string(), core.client_mut())?);
         }
-        sovereign_db_core::CoreLocation::Mysql(_) => {
-            return Err(PlatformError::NotOnMysql {
-                operation: "the stores panel",
-            });
+        sovereign_db_core::CoreLocation::Mysql(url) => {
+            let mut core = sovereign_db_core::MyCore::connect(&url)?;
+            files.push(mysql_database_size(
+                "core",
+                &url.to_string(),
+                core.conn_mut(),
+            )?);
         }
     }
     match app.plugin_store() {
@@ -572,11 +601,11 @@ pub fn stores(app: &App, console: &Console) -> Result<StoresPanel, PlatformError
             &format!("postgres://{}", store.describe()),
             &mut store.connect_owner()?,
         )?),
-        PluginStore::Mysql(_) => {
-            return Err(PlatformError::NotOnMysql {
-                operation: "the stores panel",
-            });
-        }
+        PluginStore::Mysql(store) => files.push(mysql_database_size(
+            "plugins",
+            &format!("mysql://{}", store.describe()),
+            &mut store.connect_owner()?,
+        )?),
         PluginStore::Sqlite(_) => {
             let layout = app.plugin_files("the stores panel")?;
             files.push(file_sizes("plugins".into(), &layout.plugins));

@@ -1130,8 +1130,12 @@ pub fn inspect(
     app: &App,
     only: Option<&str>,
 ) -> Result<sovereign_ops::inspect::InspectReport, PlatformError> {
-    if let PluginStore::Postgres(store) = app.plugin_store() {
-        return inspect_postgres(store, only);
+    match app.plugin_store() {
+        PluginStore::Postgres(store) => return inspect_postgres(store, only),
+        PluginStore::Mysql(store) => {
+            return Ok(sovereign_ops::my_store::inspect(&store.store, only)?);
+        }
+        PluginStore::Sqlite(_) => {}
     }
     let layout = app.plugin_files("inspecting plugin data")?;
     Ok(sovereign_ops::inspect::inspect(
@@ -1268,9 +1272,9 @@ pub struct PurgePlan {
 
 /// Looks at what purging plugin `id` would drop.
 pub fn plan_purge(app: &App, id: &str) -> Result<PurgePlan, PlatformError> {
-    if let PluginStore::Postgres(store) = app.plugin_store() {
+    if let PluginStore::Postgres(_) | PluginStore::Mysql(_) = app.plugin_store() {
         sovereign_db_plugins::check_plugin_id(id)?;
-        let usage = inspect_postgres(store, Some(id))?
+        let usage = inspect(app, Some(id))?
             .plugins
             .into_iter()
             .find(|p| p.id == id)
@@ -1319,6 +1323,13 @@ pub fn purge(
     backup: bool,
 ) -> Result<sovereign_ops::inspect::PurgeReport, PlatformError> {
     let backups = app.config().base_dir.join("backups");
+    if let PluginStore::Mysql(store) = app.plugin_store() {
+        return Ok(sovereign_ops::my_store::purge_plugin(
+            &store.store,
+            &plan.id,
+            backup.then_some(backups.as_path()),
+        )?);
+    }
     if let PluginStore::Postgres(store) = app.plugin_store() {
         return Ok(sovereign_ops::pg_backup::purge_plugin(
             store.store_url(),
@@ -1354,8 +1365,18 @@ pub struct Vacuumed {
 }
 
 /// Reclaims free pages of the plugin store and the isolated files; on PostgreSQL,
-/// `VACUUM (ANALYZE)` of every table of the plugin database, each as its owner.
+/// `VACUUM (ANALYZE)` of every table of the plugin database, each as its owner; on
+/// MySQL, `OPTIMIZE TABLE` of every table of the plugin databases.
 pub fn vacuum(app: &App) -> Result<Vec<Vacuumed>, PlatformError> {
+    if let PluginStore::Mysql(store) = app.plugin_store() {
+        let (before, after) = sovereign_ops::my_store::vacuum(&store.store)?;
+        return Ok(vec![Vacuumed {
+            file: PathBuf::from(format!("mysql://{}", store.describe())),
+            before,
+            after,
+            full: false,
+        }]);
+    }
     if let PluginStore::Postgres(store) = app.plugin_store() {
         let (before, after) = sovereign_ops::pg_backup::vacuum(&store.store)?;
         return Ok(vec![Vacuumed {

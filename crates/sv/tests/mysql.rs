@@ -196,6 +196,25 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
         "{}",
         got.text
     );
+    // The operator's stores panel and storage report read both databases.
+    let stores = served.get("/api/admin/stores", Some(&token));
+    assert_eq!(stores.status, 200, "{}", stores.text);
+    let roles: Vec<&str> = stores.body["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["core", "plugins"], "{}", stores.text);
+    assert!(
+        stores.body["files"][0]["bytes"].as_u64().unwrap() > 0,
+        "{}",
+        stores.text
+    );
+    assert!(!stores.text.contains("core-secret"), "{}", stores.text);
+    let storage = served.get("/api/admin/storage", Some(&token));
+    assert_eq!(storage.status, 200, "{}", storage.text);
+    assert!(storage.text.contains("tasks__tasks"), "{}", storage.text);
     let note = served.send(
         "POST",
         "/api/plugins/notes/notes",
@@ -308,6 +327,38 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
     ] {
         assert!(tasks_db.query_drop(narrowed).is_err(), "{narrowed}");
     }
+    // Plugin data per database; a purge dumps it first and drops the tables (account,
+    // views and outbox stay), the migrations make them again; vacuum rebuilds tables.
+    let inspect = w.sv_ok(&["plugins", "db", "inspect", "notes"]);
+    assert!(
+        inspect.contains("plugin notes:") && inspect.contains("notes__notes"),
+        "{inspect}"
+    );
+    assert!(!inspect.contains("plugin tasks"), "{inspect}");
+    let purged = w.sv_ok(&["plugins", "db", "purge", "notes", "--yes"]);
+    assert!(
+        purged.contains("table sv_plugins_notes.notes__notes") && purged.contains(".sql"),
+        "{purged}"
+    );
+    let gone = w.sv_err(&[
+        "plugins",
+        "sql",
+        "notes",
+        "SELECT count(*) FROM notes__notes",
+    ]);
+    assert!(gone.contains("notes__notes"), "{gone}");
+    let remigrated = w.sv_ok(&["migrate:deploy", "--scope=plugins"]);
+    assert!(remigrated.contains("0001_init.sql"), "{remigrated}");
+    let empty = w.sv_ok(&[
+        "plugins",
+        "sql",
+        "notes",
+        "SELECT count(*) AS n FROM notes__notes",
+        "--json",
+    ]);
+    assert!(empty.contains("\"n\": 0"), "{empty}");
+    let vacuumed = w.sv_ok(&["plugins", "db", "vacuum"]);
+    assert!(vacuumed.contains("mysql://"), "{vacuumed}");
 }
 
 /// The core on MySQL, plugins in SQLite files: `tasks` reads mirrored users that capture
