@@ -154,6 +154,10 @@ pub struct MirrorBatch {
     pub upto_seq: i64,
     /// The changes, at most one per (slice, key).
     pub changes: Vec<MirrorChange>,
+    /// The outbox held nothing after this batch when it was read: no need to ask again
+    /// before the next commit.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// Writes one row of a mirror table in `main`: replaces it with `row`, or deletes the key

@@ -881,6 +881,7 @@ fn foreign_keys_into_the_mirror_are_refused_and_cannot_block_the_mirror_writer()
     let catalog = MirrorCatalog::default();
     let batch = sovereign_db_plugins::mirror::MirrorBatch {
         upto_seq: 1,
+        drained: true,
         changes: vec![
             sovereign_db_plugins::mirror::MirrorChange {
                 slice: "users".into(),

@@ -139,11 +139,16 @@ pub fn next_batch(
             let Some(upto_seq) = entries.last().map(|e| e.0) else {
                 return Ok(None);
             };
+            let drained = entries.len() < limit;
             let changes = changes_of(entries, catalog, &mut |slice, key| {
                 Ok(project_row(&tx, "main", slice, key)?)
             })?;
             tx.finish()?;
-            Ok(Some(MirrorBatch { upto_seq, changes }))
+            Ok(Some(MirrorBatch {
+                upto_seq,
+                changes,
+                drained,
+            }))
         }
         CoreHandle::Postgres(pg) => {
             // No transaction: rows read after the outbox are at least as new as every
@@ -185,10 +190,15 @@ pub fn next_batch(
                     }
                 }
             }
+            let drained = entries.len() < limit;
             let changes = changes_of(entries, catalog, &mut |slice, key| {
                 Ok(rows.remove(&(slice.name.clone(), key)))
             })?;
-            Ok(Some(MirrorBatch { upto_seq, changes }))
+            Ok(Some(MirrorBatch {
+                upto_seq,
+                changes,
+                drained,
+            }))
         }
         CoreHandle::Mysql(my) => my.with_conn(|conn| {
             // Autocommit: each statement reads the newest committed rows, so rows read
@@ -219,10 +229,15 @@ pub fn next_batch(
                     }
                 }
             }
+            let drained = entries.len() < limit;
             let changes = changes_of(entries, catalog, &mut |slice, key| {
                 Ok(rows.remove(&(slice.name.clone(), key)))
             })?;
-            Ok(Some(MirrorBatch { upto_seq, changes }))
+            Ok(Some(MirrorBatch {
+                upto_seq,
+                changes,
+                drained,
+            }))
         }),
     }
 }
@@ -452,6 +467,10 @@ pub fn catch_up_with(
             report.changes += batch.changes.len() as u64;
         }
         report.watermark = batch.upto_seq;
+        // Later commits wake the worker again (or its poll finds them).
+        if batch.drained {
+            break;
+        }
     }
     Ok(report)
 }
