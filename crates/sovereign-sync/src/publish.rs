@@ -457,8 +457,25 @@ pub fn catch_up_with(
     batch_size: usize,
     apply: Applier<'_>,
 ) -> Result<CatchUp, SyncError> {
+    catch_up_from(core, mirror, catalog, batch_size, None, apply)
+}
+
+/// Like [`catch_up_with`], from the mirror's watermark as the caller last left it
+/// (`known`; `None`: read it): the mirror's one writer knows it. A batch at or below
+/// the real watermark changes nothing, so a stale `known` costs a read, never a change.
+pub fn catch_up_from(
+    core: &dyn CoreAccess,
+    mirror: &Mirror,
+    catalog: &MirrorCatalog,
+    batch_size: usize,
+    known: Option<i64>,
+    apply: Applier<'_>,
+) -> Result<CatchUp, SyncError> {
     let mut report = CatchUp {
-        watermark: mirror.watermark()?,
+        watermark: match known {
+            Some(watermark) => watermark,
+            None => mirror.watermark()?,
+        },
         ..CatchUp::default()
     };
     while let Some(batch) = next_batch(core, catalog, report.watermark, batch_size)? {

@@ -296,6 +296,8 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
     let mut core: Option<CoreConn> = None;
     let mut mirror: Option<Mirror> = None;
     let mut seen_seq = -1i64;
+    // The mirror's watermark as this worker left it (`None`: read it next time).
+    let mut applied: Option<i64> = None;
     let mut last_rebuild_check: Option<Instant> = None;
     let mut next_scheduled = Instant::now();
     while !stop.load(Ordering::SeqCst) {
@@ -324,6 +326,7 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                 // Whatever the previous leader left half-done is looked at afresh.
                 last_rebuild_check = None;
                 seen_seq = -1;
+                applied = None;
             }
             if settings.freshness == Freshness::NearRealTime {
                 let newest = newest_seq(core)?;
@@ -352,20 +355,29 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                     tracing::info!(?reason, "building the mirror from the core");
                     full::full_resync(core, mirror, &settings.catalog, &|_, _| {})?;
                 }
+                // Another writer (an operator's rebuild or repair) may have moved it.
+                applied = None;
                 last_rebuild_check = Some(Instant::now());
             }
             let catalog = &settings.catalog;
-            let report =
-                publish::catch_up_with(core, mirror, catalog, settings.batch_size, &|batch| {
+            let report = publish::catch_up_from(
+                core,
+                mirror,
+                catalog,
+                settings.batch_size,
+                applied,
+                &|batch| {
                     let started = Instant::now();
-                    let applied = mirror.apply_batch(catalog, batch, crate::now_ms())?;
+                    let done = mirror.apply_batch(catalog, batch, crate::now_ms())?;
                     if let Some(observe) = &target.observe {
                         observe(batch.changes.len(), started.elapsed());
                     }
-                    Ok(applied)
-                })?;
+                    Ok(done)
+                },
+            )?;
             // The housekeeping thread prunes what was applied.
             seen_seq = report.watermark;
+            applied = Some(report.watermark);
             let worked = report.batches > 0;
             if report.changes > 0 {
                 tracing::debug!(
@@ -397,6 +409,7 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
                 }
                 // Reopen the mirror next time: it may have been replaced or repaired.
                 mirror = None;
+                applied = None;
                 // A PostgreSQL session that failed may be gone, and the leadership with it:
                 // connect again and ask for it again.
                 if matches!(core, Some(CoreConn::Postgres(_) | CoreConn::Mysql(_))) {
