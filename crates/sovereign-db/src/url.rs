@@ -113,7 +113,7 @@ pub enum StoreTarget {
     File(DatabaseUrl),
     /// `postgres://ROLE:PASSWORD@HOST:PORT/DB`.
     Postgres(PostgresUrl),
-    /// `mysql://ACCOUNT:PASSWORD@HOST:PORT/DB` (the plugin store only, so far).
+    /// `mysql://ACCOUNT:PASSWORD@HOST:PORT/DB`.
     Mysql(MysqlUrl),
 }
 

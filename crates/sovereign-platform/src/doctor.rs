@@ -323,13 +323,6 @@ fn check_plugin_logins(report: &mut Report, app: &App, ok: &dyn Fn(&str) -> Stri
 }
 
 fn check_sync(report: &mut Report, app: &App) {
-    if let PluginStore::Mysql(_) = app.plugin_store() {
-        return report.add(
-            Level::Ok,
-            "sync",
-            "the plugin store is on MySQL: no mirror of core data there yet".into(),
-        );
-    }
     let status = (|| -> Result<sovereign_sync::status::SyncStatus, PlatformError> {
         let core = app.core_location().open_existing_read_only()?;
         let mirror = app.sync_settings().open_mirror_read_only(app.config())?;

@@ -312,9 +312,9 @@ fn install_data_postgres(
 }
 
 /// Provisions the plugin's account and database on the MySQL plugin store (through
-/// `sv_admin.create_plugin_account`, as the store's account) and applies its
-/// `migrations/mysql/` as that account. No mirror lives on MySQL yet: a plugin that
-/// reads core data is refused. A failure drops what this install made.
+/// `sv_admin.create_plugin_account`, as the store's account), grants its approved mirror
+/// columns and applies its `migrations/mysql/` as that account. A failure drops what
+/// this install made.
 fn install_data_mysql(
     app: &App,
     my: &crate::MyPluginStore,

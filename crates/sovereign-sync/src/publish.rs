@@ -163,42 +163,17 @@ pub fn next_batch(
                 .iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2)))
                 .collect();
-            let Some(upto_seq) = entries.last().map(|e| e.0) else {
-                return Ok(None);
-            };
-            // One query per slice for the whole batch (a round trip per row would cap
-            // the rate the mirror can follow).
-            let mut rows: HashMap<(String, i64), Vec<SqlValue>> = HashMap::new();
-            for slice in catalog.slices() {
-                let keys: Vec<i64> = entries
-                    .iter()
-                    .filter(|(_, name, _)| *name == slice.name)
-                    .map(|(_, _, key)| *key)
-                    .collect();
-                if keys.is_empty() {
-                    continue;
-                }
+            server_batch(entries, catalog, limit, &mut |slice, keys| {
                 let project = pg.prepared(&project_sql(
                     slice,
                     &ident(&slice.source_table),
                     "ANY($1::bigint[])",
                 ))?;
-                for row in pg.with_client(|c| c.query(&project, &[&keys]))? {
-                    let values = sovereign_postgres::row_values(&row)?;
-                    if let Some(SqlValue::Integer(key)) = values.first() {
-                        rows.insert((slice.name.clone(), *key), values);
-                    }
-                }
-            }
-            let drained = entries.len() < limit;
-            let changes = changes_of(entries, catalog, &mut |slice, key| {
-                Ok(rows.remove(&(slice.name.clone(), key)))
-            })?;
-            Ok(Some(MirrorBatch {
-                upto_seq,
-                changes,
-                drained,
-            }))
+                pg.with_client(|c| c.query(&project, &[&keys]))?
+                    .iter()
+                    .map(|row| Ok(sovereign_postgres::row_values(row)?))
+                    .collect()
+            })
         }
         CoreHandle::Mysql(my) => my.with_conn(|conn| {
             // Autocommit: each statement reads the newest committed rows, so rows read
@@ -208,38 +183,57 @@ pub fn next_batch(
                  ORDER BY seq LIMIT ?",
                 (watermark, limit as u64),
             )?;
-            let Some(upto_seq) = entries.last().map(|e| e.0) else {
-                return Ok(None);
-            };
-            // One query per slice for the whole batch.
-            let mut rows: HashMap<(String, i64), Vec<SqlValue>> = HashMap::new();
-            for slice in catalog.slices() {
-                let keys: Vec<i64> = entries
-                    .iter()
-                    .filter(|(_, name, _)| *name == slice.name)
-                    .map(|(_, _, key)| *key)
-                    .collect();
-                if keys.is_empty() {
-                    continue;
-                }
-                for row in conn.query::<mysql::Row, _>(project_keys_sql(slice, &keys))? {
-                    let values = sovereign_mysql::values::row_values(row)?;
-                    if let Some(SqlValue::Integer(key)) = values.first() {
-                        rows.insert((slice.name.clone(), *key), values);
-                    }
-                }
-            }
-            let drained = entries.len() < limit;
-            let changes = changes_of(entries, catalog, &mut |slice, key| {
-                Ok(rows.remove(&(slice.name.clone(), key)))
-            })?;
-            Ok(Some(MirrorBatch {
-                upto_seq,
-                changes,
-                drained,
-            }))
+            server_batch(entries, catalog, limit, &mut |slice, keys| {
+                conn.query::<mysql::Row, _>(project_keys_sql(slice, keys))?
+                    .into_iter()
+                    .map(|row| Ok(sovereign_mysql::values::row_values(row)?))
+                    .collect()
+            })
         }),
     }
+}
+
+/// Projects the rows of `keys` in a slice, each row's first value its key.
+type ProjectKeys<'a> =
+    &'a mut dyn FnMut(&MirrorSlice, &[i64]) -> Result<Vec<Vec<SqlValue>>, SyncError>;
+
+/// The batch of outbox `entries` (read with `limit`) on a database server: one
+/// projection query per slice for the whole batch (a round trip per row would cap the
+/// rate the mirror can follow).
+fn server_batch(
+    entries: Vec<(i64, String, i64)>,
+    catalog: &MirrorCatalog,
+    limit: usize,
+    project: ProjectKeys<'_>,
+) -> Result<Option<MirrorBatch>, SyncError> {
+    let Some(upto_seq) = entries.last().map(|e| e.0) else {
+        return Ok(None);
+    };
+    let mut rows: HashMap<(String, i64), Vec<SqlValue>> = HashMap::new();
+    for slice in catalog.slices() {
+        let keys: Vec<i64> = entries
+            .iter()
+            .filter(|(_, name, _)| *name == slice.name)
+            .map(|(_, _, key)| *key)
+            .collect();
+        if keys.is_empty() {
+            continue;
+        }
+        for values in project(slice, &keys)? {
+            if let Some(SqlValue::Integer(key)) = values.first() {
+                rows.insert((slice.name.clone(), *key), values);
+            }
+        }
+    }
+    let drained = entries.len() < limit;
+    let changes = changes_of(entries, catalog, &mut |slice, key| {
+        Ok(rows.remove(&(slice.name.clone(), key)))
+    })?;
+    Ok(Some(MirrorBatch {
+        upto_seq,
+        changes,
+        drained,
+    }))
 }
 
 /// Records that the mirror applied everything up to `seq` and prunes those outbox rows.

@@ -224,7 +224,7 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
     assert_eq!(note.status, 201, "{}", note.text);
     let listed = served.get("/api/plugins/notes/notes", Some(&token));
     assert_eq!(listed.body[0]["title"], "both on MySQL", "{}", listed.text);
-    let ada = tasks_follow_the_core(&served, &token, "ada.l@example.com");
+    let ada = new_user_follows_the_core(&served, &token, "ada.l@example.com");
     let logout = served.send("POST", "/api/auth/logout", Some(&token), None);
     assert!((200..300).contains(&logout.status), "{}", logout.text);
     assert_eq!(served.get("/api/auth/me", Some(&token)).status, 401);
@@ -373,7 +373,7 @@ fn a_mysql_core_feeds_the_mirror_and_takes_events_exactly_once() {
     let served = w.start(&["serve"]);
     served.wait_host_running();
     let token = served.login("root@example.com", "root password 1");
-    let ada = tasks_follow_the_core(&served, &token, "ada@example.com");
+    let ada = new_user_follows_the_core(&served, &token, "ada@example.com");
     served.stop();
     let status = w.sv_ok(&["sync:status"]);
     assert!(status.contains("users"), "{status}");
@@ -399,74 +399,18 @@ fn a_mysql_core_feeds_the_mirror_and_takes_events_exactly_once() {
 /// Ada (`email`) created through the core API shows as a task's assignee (captured on the MySQL
 /// core, applied to the mirror by the sync worker), her new name too; completing the task
 /// twice reaches the core's activity feed once. Returns Ada's id.
-fn tasks_follow_the_core(served: &common::Server, token: &str, email: &str) -> i64 {
-    let token = Some(token);
+fn new_user_follows_the_core(served: &common::Server, token: &str, email: &str) -> i64 {
     let created = served.send(
         "POST",
         "/api/users",
-        token,
+        Some(token),
         Some(serde_json::json!({
             "email": email, "password": "a long password", "display_name": "Ada"
         })),
     );
     assert_eq!(created.status, 201, "{}", created.text);
     let ada = created.body["id"].as_i64().unwrap();
-    let task = served.send(
-        "POST",
-        "/api/plugins/tasks/tasks",
-        token,
-        Some(serde_json::json!({ "title": "Port the core", "assignee": ada })),
-    );
-    assert_eq!(task.status, 201, "{}", task.text);
-    let id = task.body["id"].as_i64().unwrap();
-    let assignee_becomes = |name: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let read = served.get(&format!("/api/plugins/tasks/tasks/{id}"), token);
-            if read.body["assignee_name"] == name {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the mirror never had {name}: {}",
-                read.text
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
-    assignee_becomes("Ada");
-    let renamed = served.send(
-        "PATCH",
-        &format!("/api/users/{ada}"),
-        token,
-        Some(serde_json::json!({ "display_name": "Ada L." })),
-    );
-    assert_eq!(renamed.status, 200, "{}", renamed.text);
-    assignee_becomes("Ada L.");
-    for _ in 0..2 {
-        let done = served.send(
-            "POST",
-            &format!("/api/plugins/tasks/tasks/{id}/complete"),
-            token,
-            None,
-        );
-        assert_eq!(done.status, 200, "{}", done.text);
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let feed = served.get("/api/activity", token);
-        let entries = feed.body.as_array().map_or(0, Vec::len);
-        if entries > 0 {
-            assert_eq!(entries, 1, "{}", feed.text);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no activity: {}",
-            feed.text
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::tasks_follow_the_core(served, token, ada);
     ada
 }
 

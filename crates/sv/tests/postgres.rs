@@ -1004,63 +1004,7 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_postgres() {
     // A task assigned to Ada shows her mirrored display name (captured on the core
     // database, applied by the sync worker); renaming her reaches the mirror too.
     let ada = created.body["id"].as_i64().unwrap();
-    let task = server.send(
-        "POST",
-        "/api/plugins/tasks/tasks",
-        Some(&token),
-        Some(serde_json::json!({ "title": "Port the core", "assignee": ada })),
-    );
-    assert_eq!(task.status, 201, "{}", task.text);
-    let id = task.body["id"].as_i64().unwrap();
-    let assignee_becomes = |name: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let read = server.get(&format!("/api/plugins/tasks/tasks/{id}"), Some(&token));
-            if read.body["assignee_name"] == name {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the mirror never had {name}: {}",
-                read.text
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
-    assignee_becomes("Ada");
-    let renamed = server.send(
-        "PATCH",
-        &format!("/api/users/{ada}"),
-        Some(&token),
-        Some(serde_json::json!({ "display_name": "Ada L." })),
-    );
-    assert_eq!(renamed.status, 200, "{}", renamed.text);
-    assignee_becomes("Ada L.");
-    // Completing it twice reaches the core's activity feed once.
-    for _ in 0..2 {
-        let done = server.send(
-            "POST",
-            &format!("/api/plugins/tasks/tasks/{id}/complete"),
-            Some(&token),
-            None,
-        );
-        assert_eq!(done.status, 200, "{}", done.text);
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let feed = server.get("/api/activity", Some(&token));
-        let entries = feed.body.as_array().map_or(0, Vec::len);
-        if entries > 0 {
-            assert_eq!(entries, 1, "{}", feed.text);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no activity: {}",
-            feed.text
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::tasks_follow_the_core(&server, &token, ada);
     // The operator's stores panel and storage report read both databases.
     let stores = server.get("/api/admin/stores", Some(&token));
     assert_eq!(stores.status, 200, "{}", stores.text);

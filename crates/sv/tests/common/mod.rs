@@ -430,3 +430,66 @@ pub fn psql_text(url: &str, sql: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// A task of `tasks` assigned to user `ada` (display name "Ada") shows her mirrored name
+/// (captured on the core, applied by the sync worker), and her new name after a rename;
+/// completing it twice reaches the core's activity feed once.
+pub fn tasks_follow_the_core(served: &Server, token: &str, ada: i64) {
+    let token = Some(token);
+    let task = served.send(
+        "POST",
+        "/api/plugins/tasks/tasks",
+        token,
+        Some(serde_json::json!({ "title": "Port the core", "assignee": ada })),
+    );
+    assert_eq!(task.status, 201, "{}", task.text);
+    let id = task.body["id"].as_i64().unwrap();
+    let assignee_becomes = |name: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let read = served.get(&format!("/api/plugins/tasks/tasks/{id}"), token);
+            if read.body["assignee_name"] == name {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mirror never had {name}: {}",
+                read.text
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assignee_becomes("Ada");
+    let renamed = served.send(
+        "PATCH",
+        &format!("/api/users/{ada}"),
+        token,
+        Some(serde_json::json!({ "display_name": "Ada L." })),
+    );
+    assert_eq!(renamed.status, 200, "{}", renamed.text);
+    assignee_becomes("Ada L.");
+    for _ in 0..2 {
+        let done = served.send(
+            "POST",
+            &format!("/api/plugins/tasks/tasks/{id}/complete"),
+            token,
+            None,
+        );
+        assert_eq!(done.status, 200, "{}", done.text);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let feed = served.get("/api/activity", token);
+        let entries = feed.body.as_array().map_or(0, Vec::len);
+        if entries > 0 {
+            assert_eq!(entries, 1, "{}", feed.text);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no activity: {}",
+            feed.text
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
