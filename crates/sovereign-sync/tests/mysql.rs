@@ -1,7 +1,7 @@
 //! Sync on real MariaDB servers (`scripts/mariadb`): change capture by triggers on a
 //! MySQL core, batches, a full build and reconcile, into a SQLite mirror and into the
-//! MySQL plugin database; a SQLite core into the MySQL mirror; and concurrent core
-//! writers never leave a change behind the watermark.
+//! MySQL plugin database; a SQLite core into the MySQL mirror; a rebuilt MySQL mirror's
+//! statistics; and concurrent core writers never leave a change behind the watermark.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -244,6 +244,50 @@ fn a_sqlite_core_feeds_the_mysql_mirror() {
     assert_eq!(rows.len(), 49);
     assert_eq!(rows[2].2, "renamed");
     assert!(reconcile_now(&core, &mirror, false).differences.is_empty());
+}
+
+/// A rebuilt MySQL mirror table is swapped in with statistics of its whole size, so a
+/// batch's `DELETE ... WHERE id IN (...)` goes by key: with the statistics InnoDB took
+/// while the table filled (a few dozen rows), it scanned the whole table on every batch.
+#[test]
+fn a_rebuilt_mysql_mirror_knows_its_size_so_batches_delete_by_key() {
+    let setup = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let conn = sovereign_db_core::open(&dir.path().join("core.db")).unwrap();
+    sovereign_db_core::migrations().deploy(&conn).unwrap();
+    conn.execute_batch(
+        "WITH RECURSIVE s (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20000)
+         INSERT INTO users (display_name, email) SELECT 'user ' || i, 'u' || i || '@x.io' FROM s;",
+    )
+    .unwrap();
+    let core = CoreConn::Sqlite(conn);
+    let catalog = MirrorCatalog::default();
+    let mirror = open_mirror(&setup, Kind::Mysql);
+    let mut plugins = sovereign_mysql::roles::connect(&setup.plugins_url).unwrap();
+    // The first build, then a rebuild that swaps the old table out.
+    for build in ["first build", "rebuild"] {
+        full::full_resync(&core, &mirror, &catalog, &|_, _| {}).unwrap();
+        let estimated: u64 = plugins
+            .query_first(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'core__users'",
+            )
+            .unwrap()
+            .unwrap();
+        assert!(
+            (10_000..=40_000).contains(&estimated),
+            "{build}: 20,000 rows estimated at {estimated}"
+        );
+        let keys: Vec<String> = (1..=30).map(|i| (i * 97).to_string()).collect();
+        let plan: Vec<mysql::Row> = plugins
+            .query(format!(
+                "EXPLAIN DELETE FROM core__users WHERE id IN ({})",
+                keys.join(", ")
+            ))
+            .unwrap();
+        let access: Option<String> = plan[0].get("key").unwrap();
+        assert_eq!(access.as_deref(), Some("PRIMARY"), "{build}: {plan:?}");
+    }
 }
 
 /// Capturing transactions are serialised by the lock row, so outbox order is commit
