@@ -7,6 +7,7 @@ pub mod audit;
 mod backend;
 pub mod events;
 pub mod health;
+pub mod kernel_lock;
 mod mysql_core;
 pub mod password;
 pub mod plugins;
@@ -220,6 +221,16 @@ pub enum CoreError {
     /// Password hashing failed.
     #[error("password hashing failed: {0}")]
     Hash(String),
+    /// Another process holds a MySQL core's kernel lock (see [`kernel_lock`]).
+    #[error(
+        "a kernel (or a restore) already serves this MySQL core database: {holder}. One \
+         kernel serves a MySQL core; stop that one first (`sv stop` on its machine), or \
+         point DATABASE_URL at another database"
+    )]
+    KernelRunning {
+        /// Who holds the lock: its connection, and the client address when visible.
+        holder: String,
+    },
 }
 
 /// Opens (creating if needed, mode 0600) the core store and checks that it is one.

@@ -154,8 +154,8 @@ pub fn restore(
     // PostgreSQL core: kernels on any machine hold the "running" lock shared; holding it
     // exclusively until the restore ends refuses running ones and holds up new ones.
     let _held = if mysql.is_some() {
-        // One kernel per MySQL install, whose data directory is this one (see the
-        // README): its lock keeps a platform from starting meanwhile.
+        // One kernel per MySQL core: the data directory's lock and the core's kernel
+        // lock refuse a kernel running on another machine and hold up new ones.
         Held::Lock {
             _lock: crate::run::lock(app)?,
         }
@@ -313,7 +313,7 @@ pub fn split(app: &App, from: &Path, plan: &SplitPlan) -> Result<Split, Platform
 /// What keeps platforms from starting while a restore runs.
 enum Held {
     /// The data directory's runtime lock.
-    Lock { _lock: crate::run::RuntimeLock },
+    Lock { _lock: crate::run::PlatformLock },
     /// A core connection holding the kernels' "running" lock exclusively.
     Core {
         _connection: sovereign_db_core::CoreConn,

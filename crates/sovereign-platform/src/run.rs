@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sovereign_db_core::CoreLocation;
+use sovereign_db_core::kernel_lock::MysqlKernelLock;
 use sovereign_db_core::users::{self, NewUser, Role};
 use sovereign_db_plugins::DatabaseMode;
 pub use sovereign_kernel::RuntimeLock;
@@ -22,14 +24,36 @@ const SESSION_TTL_SECONDS: i64 = 24 * 60 * 60;
 /// The e-mail address of the admin that a development start creates on an empty install.
 pub const FIRST_ADMIN_EMAIL: &str = "admin@sovereign.local";
 
+/// This process's hold on the platform: its runtime lock file and, with the core on
+/// MySQL, the core's kernel lock (one kernel per MySQL core, on any machine).
+#[derive(Debug)]
+pub struct PlatformLock {
+    file: RuntimeLock,
+    _core: Option<MysqlKernelLock>,
+}
+
+impl PlatformLock {
+    /// Records the address the platform serves on in the lock file.
+    pub fn record_address(&mut self, address: &str) -> std::io::Result<()> {
+        self.file.record_address(address)
+    }
+}
+
 /// Takes this process's runtime lock: the data directory's (one platform per data
 /// directory) when a store is SQLite; its own under `<data dir>/kernels/` when both are
-/// PostgreSQL (kernels share the databases, not files).
-pub fn lock(app: &App) -> Result<RuntimeLock, PlatformError> {
+/// PostgreSQL (kernels share the databases, not files); and with the core on MySQL the
+/// core's kernel lock too, refused while a kernel on another data directory or machine
+/// holds it.
+pub fn lock(app: &App) -> Result<PlatformLock, PlatformError> {
     if app.shares_stores() {
         clear_stale_kernel_files(app);
     }
-    Ok(RuntimeLock::acquire(&app.runtime_file("lock"))?)
+    let file = RuntimeLock::acquire(&app.runtime_file("lock"))?;
+    let core = match app.core_location() {
+        CoreLocation::Mysql(url) => Some(MysqlKernelLock::take(&url)?),
+        CoreLocation::File(_) | CoreLocation::Postgres(_) => None,
+    };
+    Ok(PlatformLock { file, _core: core })
 }
 
 /// Removes the lock and socket files of kernels that are gone (killed: nobody holds
@@ -192,7 +216,7 @@ pub struct ServeOptions {
 /// restart the host. `on_listening` is told the bound address once it serves.
 pub fn serve(
     app: &App,
-    mut lock: RuntimeLock,
+    mut lock: PlatformLock,
     options: &ServeOptions,
     on_listening: &mut dyn FnMut(SocketAddr),
 ) -> Result<(), PlatformError> {

@@ -123,7 +123,7 @@ pub fn serve(app: &App, args: &ServerArgs) -> anyhow::Result<ExitCode> {
 fn start(
     app: &App,
     listen: SocketAddr,
-    lock: run::RuntimeLock,
+    lock: run::PlatformLock,
     require_sandbox: bool,
 ) -> anyhow::Result<ExitCode> {
     let options = ServeOptions {

@@ -2,8 +2,8 @@
 //! script, run by a DBA with the `mariadb` client, and `--apply` make the same databases,
 //! accounts and provisioning procedures; a bad URL is refused with what to fix), and the
 //! served platform with its core store on MySQL, beside a plugin store on MySQL or in
-//! SQLite files (where the mirror is fed by capture triggers on the MySQL core). The
-//! fence is tested in `sovereign-mysql/tests/fence.rs`.
+//! SQLite files (where the mirror is fed by capture triggers on the MySQL core); one
+//! kernel per MySQL core. The fence is tested in `sovereign-mysql/tests/fence.rs`.
 
 mod common;
 
@@ -394,6 +394,61 @@ fn a_mysql_core_feeds_the_mirror_and_takes_events_exactly_once() {
     // A full resync from the MySQL core rebuilds the mirror at the outbox's watermark.
     let rebuilt = w.sv_ok(&["sync:run", "--full"]);
     assert!(rebuilt.contains("users"), "{rebuilt}");
+}
+
+/// One kernel serves a MySQL core: a second `sv serve` with the same URLs from another
+/// data directory (another machine, as far as the lock files know) is refused and says
+/// who holds the core, so is a restore from there while the first one runs; once the
+/// first stops, the second starts.
+#[test]
+fn one_kernel_serves_a_mysql_core_and_a_restore_waits_for_it() {
+    let w = Workdir::new();
+    let (_server, _core_url) = mysql_core(&w, true);
+    let other = Workdir::new();
+    std::fs::copy(
+        w.path().join("sovereign.toml"),
+        other.path().join("sovereign.toml"),
+    )
+    .unwrap();
+    let backup = other.path().join("backups/b");
+    other.sv_ok(&["backup", "--out", backup.to_str().unwrap()]);
+    w.create_user("late@example.com", "late password 1", false);
+    let served = w.start(&["serve"]);
+    let refused = other.sv_err(&["serve", "--port", "0"]);
+    assert!(
+        refused.contains("already serves this MySQL core database")
+            && refused.contains("connection ")
+            && refused.contains(" from "),
+        "{refused}"
+    );
+    assert!(
+        !refused.contains("core-secret"),
+        "a password leaked: {refused}"
+    );
+    let refused = other.sv_err(&["restore", backup.to_str().unwrap()]);
+    assert!(
+        refused.contains("already serves this MySQL core database"),
+        "{refused}"
+    );
+    let users = other.sv_ok(&["users", "list"]);
+    assert!(
+        users.contains("late@example.com"),
+        "nothing restored: {users}"
+    );
+    let kept_aside = std::fs::read_dir(other.path().join("data"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().starts_with("pre-restore-"));
+    assert!(!kept_aside, "a refused restore writes no backup");
+    assert_eq!(
+        served.get("/health", None).status,
+        200,
+        "the first kernel serves on"
+    );
+    served.stop();
+    let second = other.start(&["serve"]);
+    assert_eq!(second.get("/health", None).status, 200);
+    second.stop();
 }
 
 /// Ada (`email`) created through the core API shows as a task's assignee (captured on the MySQL
