@@ -97,7 +97,8 @@ pub const KERNEL_RUNNING_LOCK: (i32, i32) = (0x5356, 2);
 /// the rest is the kernel's name.
 pub const KERNEL_SESSION_PREFIX: &str = "sv-kernel ";
 
-/// The kernels serving a PostgreSQL core, as their sync sessions show them.
+/// The kernels serving a PostgreSQL core (as their sync sessions show them) or a MySQL
+/// core (as they registered).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Kernels {
     /// Every kernel connected, by name (`host/pid address`), sorted.
@@ -106,11 +107,13 @@ pub struct Kernels {
     pub sync_leader: Option<String>,
 }
 
-/// Who serves a PostgreSQL core and who leads its sync; `None` on a SQLite core (one
-/// platform per data directory, which leads its own sync).
+/// Who serves a PostgreSQL or MySQL core and who leads its sync; `None` on a SQLite core
+/// (one platform per data directory, which leads its own sync).
 pub fn kernels(conn: &dyn CoreAccess) -> Result<Option<Kernels>, CoreError> {
-    let CoreHandle::Postgres(pg) = conn.core_handle() else {
-        return Ok(None);
+    let pg = match conn.core_handle() {
+        CoreHandle::Postgres(pg) => pg,
+        CoreHandle::Mysql(my) => return crate::mysql_kernels::kernels(my).map(Some),
+        CoreHandle::Sqlite(_) => return Ok(None),
     };
     let rows = pg.query(
         "SELECT substr(a.application_name, length($1) + 1),
@@ -144,11 +147,15 @@ pub fn kernels(conn: &dyn CoreAccess) -> Result<Option<Kernels>, CoreError> {
 }
 
 /// Takes the kernels' "running" lock exclusively on this connection (held until it
-/// closes), if no kernel holds it: `false` when a kernel serves the PostgreSQL core.
-/// Always `true` on a SQLite core (its data directory's lock file does this job).
+/// closes), if no kernel holds it: `false` when a kernel serves the PostgreSQL core. On a
+/// MySQL core the kernels' gate, if no kernel is registered (see
+/// [`crate::mysql_kernels`]). Always `true` on a SQLite core (its data directory's lock
+/// file does this job).
 pub fn exclude_kernels(conn: &dyn CoreAccess) -> Result<bool, CoreError> {
-    let CoreHandle::Postgres(pg) = conn.core_handle() else {
-        return Ok(true);
+    let pg = match conn.core_handle() {
+        CoreHandle::Postgres(pg) => pg,
+        CoreHandle::Mysql(my) => return crate::mysql_kernels::exclude(my),
+        CoreHandle::Sqlite(_) => return Ok(true),
     };
     Ok(pg
         .query_opt(

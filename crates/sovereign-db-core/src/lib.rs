@@ -7,8 +7,8 @@ pub mod audit;
 mod backend;
 pub mod events;
 pub mod health;
-pub mod kernel_lock;
 mod mysql_core;
+pub mod mysql_kernels;
 pub mod password;
 pub mod plugins;
 pub mod sessions;
@@ -119,6 +119,10 @@ const MYSQL_MIGRATIONS: &[(&str, &str)] = &[
         "0007_plugin_packages.sql",
         include_str!("../migrations/mysql/0007_plugin_packages.sql"),
     ),
+    (
+        "0008_kernels.sql",
+        include_str!("../migrations/mysql/0008_kernels.sql"),
+    ),
 ];
 
 /// The core migration set.
@@ -221,16 +225,26 @@ pub enum CoreError {
     /// Password hashing failed.
     #[error("password hashing failed: {0}")]
     Hash(String),
-    /// Another process holds a MySQL core's kernel lock (see [`kernel_lock`]).
+    /// A kernel may not register on a MySQL core beside the kernels serving it (see
+    /// [`mysql_kernels`]).
     #[error(
-        "a kernel (or a restore) already serves this MySQL core database: {holder}. One \
-         kernel serves a MySQL core; stop that one first (`sv stop` on its machine), or \
-         point DATABASE_URL at another database"
+        "kernels already serve this MySQL core ({}), and a kernel whose plugin store is in \
+         SQLite files must be the only one: stop them first (`sv stop` on each machine), or \
+         put every kernel's plugin store on the same MySQL (PLUGIN_DATABASE_URL) so that \
+         they share it",
+        kernels.join(", ")
     )]
-    KernelRunning {
-        /// Who holds the lock: its connection, and the client address when visible.
-        holder: String,
+    KernelsAlone {
+        /// The kernels serving the core, by name.
+        kernels: Vec<String>,
     },
+    /// A restore of the MySQL core runs (it holds the kernels' gate).
+    #[error(
+        "a restore of this MySQL core is running (or another kernel has been registering \
+         for {} s): start the kernel again when it ends",
+        mysql_kernels::GATE_WAIT_SECONDS
+    )]
+    KernelsExcluded,
 }
 
 /// Opens (creating if needed, mode 0600) the core store and checks that it is one.

@@ -95,17 +95,21 @@ fn mysql_core() -> (sovereign_mysql::Server, MysqlUrl) {
     ));
     let mut owner = MyCore::connect_unchecked(&url).unwrap();
     let set = sovereign_db_core::mysql_migrations();
+    // Every core migration in MySQL's dialect, then the kernels' registry (MySQL only).
+    let names = |set: &sovereign_db::migrate::MigrationSet| -> Vec<String> {
+        set.migrations().iter().map(|m| m.name.clone()).collect()
+    };
+    let mut expected = names(&sovereign_db_core::migrations());
+    expected.push("kernels".into());
+    assert_eq!(names(&set), expected);
     assert_eq!(
         sovereign_mysql::migrate::plan(owner.conn_mut(), &set)
             .unwrap()
             .len(),
-        sovereign_db_core::migrations().migrations().len()
+        expected.len()
     );
     let applied = sovereign_mysql::migrate::deploy(owner.conn_mut(), &set).unwrap();
-    assert_eq!(
-        applied.len(),
-        sovereign_db_core::migrations().migrations().len()
-    );
+    assert_eq!(applied.len(), expected.len());
     assert!(
         sovereign_mysql::migrate::deploy(owner.conn_mut(), &set)
             .unwrap()

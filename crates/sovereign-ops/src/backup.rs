@@ -445,7 +445,14 @@ pub fn verify(dir: &Path) -> Result<Manifest, OpsError> {
     if !manifest.files.iter().any(|f| f.role == "core") {
         problems.push("the manifest lists no core store (core.db, core.pgdump or core.sql)".into());
     }
-    let known_core = sovereign_db_core::migrations();
+    // Each backend's core migrations are numbered on their own (MySQL has one more).
+    let known_core = if !manifest.mysql_dumps.is_empty() {
+        sovereign_db_core::mysql_migrations()
+    } else if !manifest.postgres_dumps.is_empty() {
+        sovereign_db_core::postgres_migrations()
+    } else {
+        sovereign_db_core::migrations()
+    };
     let latest_core = known_core.migrations().last().map_or(0, |m| m.version);
     match manifest.schema_versions.get(sovereign_db_core::SCOPE) {
         Some(v) if *v > latest_core => problems.push(format!(

@@ -458,13 +458,19 @@ pub enum PlatformError {
         /// The lock file.
         lock: PathBuf,
     },
-    /// Kernels (on any machine) serve the PostgreSQL core.
+    /// Kernels (on any machine) serve the core on a database server.
     #[error(
-        "kernels are serving this PostgreSQL core: {}; stop every one of them (on each \
+        "kernels are serving this {backend} core: {}; stop every one of them (on each \
          machine) and try again",
-        kernels.join(", ")
+        if kernels.is_empty() {
+            "one is starting, or another restore runs".to_owned()
+        } else {
+            kernels.join(", ")
+        }
     )]
     KernelsRunning {
+        /// The core's server: PostgreSQL or MySQL.
+        backend: &'static str,
         /// Their names (`host/pid address`).
         kernels: Vec<String>,
     },

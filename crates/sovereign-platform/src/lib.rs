@@ -234,17 +234,21 @@ impl App {
         }
     }
 
-    /// Whether both stores are PostgreSQL databases: then several kernels may serve them
-    /// (on one machine or many) and the data directory holds only each kernel's own
-    /// runtime files.
+    /// Whether both stores are on one kind of database server (PostgreSQL or MySQL):
+    /// then several kernels may serve them (on one machine or many) and the data
+    /// directory holds only each kernel's own runtime files.
     pub fn shares_stores(&self) -> bool {
-        self.postgres.is_some() && matches!(self.core_location(), CoreLocation::Postgres(_))
+        match self.core_location() {
+            CoreLocation::Postgres(_) => self.postgres.is_some(),
+            CoreLocation::Mysql(_) => self.mysql.is_some(),
+            CoreLocation::File(_) => false,
+        }
     }
 
     /// Where this process's runtime files go (its lock, its host's socket): the data
     /// directory itself when a store is a SQLite file (one platform per data directory,
     /// `sv.lock`, `host.sock`); `<data dir>/kernels/` with files named by pid when both
-    /// stores are PostgreSQL, so that kernels sharing a directory do not meet.
+    /// stores are on a database server, so that kernels sharing a directory do not meet.
     pub fn runtime_file(&self, extension: &str) -> PathBuf {
         if self.shares_stores() {
             self.kernels_dir()
@@ -258,13 +262,13 @@ impl App {
         }
     }
 
-    /// The directory of the kernels' runtime files when both stores are PostgreSQL.
+    /// The directory of the kernels' runtime files when both stores are on a server.
     pub fn kernels_dir(&self) -> PathBuf {
         self.config.data_dir_path().join("kernels")
     }
 
     /// The lock files of the platforms running from this data directory now: `sv.lock`
-    /// when a store is SQLite; each kernel's when both are PostgreSQL (stale ones, of
+    /// when a store is SQLite; each kernel's when both are on a server (stale ones, of
     /// kernels killed, are not held and not listed).
     pub fn running_locks(&self) -> Vec<PathBuf> {
         let candidates = if self.shares_stores() {

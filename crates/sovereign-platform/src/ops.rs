@@ -152,20 +152,22 @@ pub fn restore(
     }
     // Files: the data directory's lock keeps a platform from starting meanwhile. A
     // PostgreSQL core: kernels on any machine hold the "running" lock shared; holding it
-    // exclusively until the restore ends refuses running ones and holds up new ones.
-    let _held = if mysql.is_some() {
-        // One kernel per MySQL core: the data directory's lock and the core's kernel
-        // lock refuse a kernel running on another machine and hold up new ones.
-        Held::Lock {
-            _lock: crate::run::lock(app)?,
-        }
-    } else if postgres.is_some() {
+    // exclusively until the restore ends refuses running ones and holds up new ones. A
+    // MySQL core: the kernels' gate, taken when no kernel is registered, does the same.
+    let _held = if mysql.is_some() || postgres.is_some() {
         let core = app.core_location().open_existing()?;
         if !sovereign_db_core::health::exclude_kernels(&core)? {
             let kernels = sovereign_db_core::health::kernels(&core)?
                 .map(|k| k.running)
                 .unwrap_or_default();
-            return Err(PlatformError::KernelsRunning { kernels });
+            return Err(PlatformError::KernelsRunning {
+                backend: if mysql.is_some() {
+                    "MySQL"
+                } else {
+                    "PostgreSQL"
+                },
+                kernels,
+            });
         }
         Held::Core { _connection: core }
     } else {
@@ -313,7 +315,7 @@ pub fn split(app: &App, from: &Path, plan: &SplitPlan) -> Result<Split, Platform
 /// What keeps platforms from starting while a restore runs.
 enum Held {
     /// The data directory's runtime lock.
-    Lock { _lock: crate::run::PlatformLock },
+    Lock { _lock: crate::run::RuntimeLock },
     /// A core connection holding the kernels' "running" lock exclusively.
     Core {
         _connection: sovereign_db_core::CoreConn,

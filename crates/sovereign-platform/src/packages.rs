@@ -1,4 +1,4 @@
-//! Plugin packages for kernels that share no disk. With the core on PostgreSQL several
+//! Plugin packages for kernels that share no disk. With the core on PostgreSQL or MySQL several
 //! kernels, on several machines, serve one installation; each runs its own extension
 //! host from its own plugins directory. Installing or upgrading a plugin therefore also
 //! stores the files a host runs (`plugin.json`, `plugin.wasm`, `migrations/`) in the core
@@ -70,10 +70,10 @@ fn digest(files: &[PackageFile]) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Stores installed plugin `id`'s package (from its directory) in a PostgreSQL core;
+/// Stores installed plugin `id`'s package (from its directory) in a core on a server;
 /// nothing with the core in `core.db`.
 pub fn store(app: &App, id: &str) -> Result<(), PlatformError> {
-    if !matches!(app.core_location(), CoreLocation::Postgres(_)) {
+    if matches!(app.core_location(), CoreLocation::File(_)) {
         return Ok(());
     }
     let files = runtime_files(&app.package_dir(id))?;
@@ -92,13 +92,13 @@ pub struct PackagesSynced {
     pub stored: Vec<String>,
 }
 
-/// Brings the plugins directory in line with the packages a PostgreSQL core stores:
+/// Brings the plugins directory in line with the packages a core on a server stores:
 /// each package whose files differ here is written anew (staged, then swapped in), and
 /// an installed plugin whose package the core lacks is stored from here. Nothing with
 /// the core in `core.db`.
 pub fn sync_plugins_dir(app: &App) -> Result<PackagesSynced, PlatformError> {
     let mut synced = PackagesSynced::default();
-    if !matches!(app.core_location(), CoreLocation::Postgres(_)) {
+    if matches!(app.core_location(), CoreLocation::File(_)) {
         return Ok(synced);
     }
     let core = app.open_migrated_core()?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sovereign_db_core::CoreLocation;
-use sovereign_db_core::kernel_lock::MysqlKernelLock;
+use sovereign_db_core::mysql_kernels::KernelRegistration;
 use sovereign_db_core::users::{self, NewUser, Role};
 use sovereign_db_plugins::DatabaseMode;
 pub use sovereign_kernel::RuntimeLock;
@@ -24,36 +24,14 @@ const SESSION_TTL_SECONDS: i64 = 24 * 60 * 60;
 /// The e-mail address of the admin that a development start creates on an empty install.
 pub const FIRST_ADMIN_EMAIL: &str = "admin@sovereign.local";
 
-/// This process's hold on the platform: its runtime lock file and, with the core on
-/// MySQL, the core's kernel lock (one kernel per MySQL core, on any machine).
-#[derive(Debug)]
-pub struct PlatformLock {
-    file: RuntimeLock,
-    _core: Option<MysqlKernelLock>,
-}
-
-impl PlatformLock {
-    /// Records the address the platform serves on in the lock file.
-    pub fn record_address(&mut self, address: &str) -> std::io::Result<()> {
-        self.file.record_address(address)
-    }
-}
-
 /// Takes this process's runtime lock: the data directory's (one platform per data
 /// directory) when a store is SQLite; its own under `<data dir>/kernels/` when both are
-/// PostgreSQL (kernels share the databases, not files); and with the core on MySQL the
-/// core's kernel lock too, refused while a kernel on another data directory or machine
-/// holds it.
-pub fn lock(app: &App) -> Result<PlatformLock, PlatformError> {
+/// on one database server (kernels share the databases, not files).
+pub fn lock(app: &App) -> Result<RuntimeLock, PlatformError> {
     if app.shares_stores() {
         clear_stale_kernel_files(app);
     }
-    let file = RuntimeLock::acquire(&app.runtime_file("lock"))?;
-    let core = match app.core_location() {
-        CoreLocation::Mysql(url) => Some(MysqlKernelLock::take(&url)?),
-        CoreLocation::File(_) | CoreLocation::Postgres(_) => None,
-    };
-    Ok(PlatformLock { file, _core: core })
+    Ok(RuntimeLock::acquire(&app.runtime_file("lock"))?)
 }
 
 /// Removes the lock and socket files of kernels that are gone (killed: nobody holds
@@ -216,11 +194,21 @@ pub struct ServeOptions {
 /// restart the host. `on_listening` is told the bound address once it serves.
 pub fn serve(
     app: &App,
-    mut lock: PlatformLock,
+    mut lock: RuntimeLock,
     options: &ServeOptions,
     on_listening: &mut dyn FnMut(SocketAddr),
 ) -> Result<(), PlatformError> {
     let host = host_command(app, options)?;
+    // On a MySQL core, register before serving: refused beside kernels this one may not
+    // run with (see `mysql_kernels`), or while a restore runs.
+    let registration = match app.core_location() {
+        CoreLocation::Mysql(url) => Some(KernelRegistration::register(
+            &url,
+            &format!("pid {} (starting)", std::process::id()),
+            app.shares_stores(),
+        )?),
+        CoreLocation::File(_) | CoreLocation::Postgres(_) => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -271,6 +259,9 @@ pub fn serve(
         // Installing capture connects to the core store (blocking).
         let metrics = kernel.metrics();
         let name = kernel.name();
+        if let Some(registration) = &registration {
+            tokio::task::block_in_place(|| registration.rename(&name))?;
+        }
         let sync = tokio::task::block_in_place(|| start_sync(app, waker, metrics, name))?;
         lock.record_address(&kernel.local_addr().to_string())
             .map_err(|source| PlatformError::Io {
@@ -294,6 +285,7 @@ pub fn serve(
         tracing::info!("stopped");
         Ok::<(), PlatformError>(())
     })?;
+    drop(registration);
     drop(lock);
     Ok(())
 }

@@ -275,10 +275,18 @@ fn announce(core: &CoreConn, kernel_name: &str) -> Result<(), SyncError> {
 
 /// Takes the sync leadership if nobody holds it: on a SQLite core the worker always
 /// leads (one platform per data directory); on a PostgreSQL core the session-level
-/// leader lock, held until this session ends.
-fn take_leadership(core: &CoreConn) -> Result<bool, SyncError> {
-    let CoreConn::Postgres(pg) = core else {
-        return Ok(true);
+/// leader lock, on a MySQL core the named one (recorded as `kernel_name`'s), held until
+/// this session ends.
+fn take_leadership(core: &CoreConn, kernel_name: &str) -> Result<bool, SyncError> {
+    let pg = match core {
+        CoreConn::Postgres(pg) => pg,
+        CoreConn::Mysql(my) => {
+            return Ok(sovereign_db_core::mysql_kernels::take_sync_leadership(
+                my,
+                kernel_name,
+            )?);
+        }
+        CoreConn::Sqlite(_) => return Ok(true),
     };
     let (class, id) = sovereign_db_core::health::SYNC_LEADER_LOCK;
     Ok(pg
@@ -290,7 +298,8 @@ fn take_leadership(core: &CoreConn) -> Result<bool, SyncError> {
 
 fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
     // Whether this worker publishes the mirror: always on a SQLite core, once it runs; on
-    // a PostgreSQL core while it holds the leader lock (kernels sharing it take turns).
+    // a PostgreSQL or MySQL core while it holds the leader lock (kernels sharing it take
+    // turns).
     let mut leading = false;
     let mut backoff = Duration::from_millis(100);
     let mut core: Option<CoreConn> = None;
@@ -317,7 +326,7 @@ fn run(settings: &SyncSettings, target: &SyncTarget, stop: &AtomicBool) {
             }
             let core = core.as_ref().expect("opened above");
             if !leading {
-                if !take_leadership(core)? {
+                if !take_leadership(core, &target.kernel_name)? {
                     // Another kernel publishes; ask again at the next wake or poll.
                     return Ok(false);
                 }

@@ -123,7 +123,7 @@ pub fn serve(app: &App, args: &ServerArgs) -> anyhow::Result<ExitCode> {
 fn start(
     app: &App,
     listen: SocketAddr,
-    lock: run::PlatformLock,
+    lock: run::RuntimeLock,
     require_sandbox: bool,
 ) -> anyhow::Result<ExitCode> {
     let options = ServeOptions {

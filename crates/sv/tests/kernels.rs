@@ -1,10 +1,11 @@
-//! Several kernels on one PostgreSQL (issue 12): two `sv` processes with the same URLs
-//! serve every route; sessions made on one work on the other; one sync leader at a time,
-//! taken over when it dies; events ingested once whichever kernel's host relays them;
-//! a plugin installed while both run reaches both hosts, and a third kernel with a
-//! directory of its own and no packages runs them from the core's copies. Under 50 clients writing
-//! through both in turn, `kill -9` of the leading kernel and then of the other one's
-//! extension host lose no acknowledged write.
+//! Several kernels on one database server (issue 12 on PostgreSQL, then MySQL/MariaDB):
+//! two `sv` processes with the same URLs serve every route; sessions made on one work on
+//! the other; one sync leader at a time, taken over when it dies; events ingested once
+//! whichever kernel's host relays them; a plugin installed while both run reaches both
+//! hosts, and a third kernel with a directory of its own and no packages runs them from
+//! the core's copies. Under 50 clients writing through both in turn, `kill -9` of the
+//! leading kernel and then of the other one's extension host lose no acknowledged write;
+//! a restore from another directory is refused while a kernel serves the core.
 
 mod common;
 
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Workdir;
+use mysql::prelude::Queryable;
 use serde_json::Value;
 use sovereign_postgres::Cluster;
 
@@ -66,28 +68,142 @@ fn failure(base: &str, reply: &Result<ureq::http::Response<ureq::Body>, ureq::Er
     }
 }
 
+/// The database server the kernels share, with administrator access for the checks.
+enum Shared {
+    Postgres(Cluster),
+    Mysql(sovereign_mysql::Server),
+}
+
+impl Shared {
+    fn name(&self) -> &'static str {
+        match self {
+            Shared::Postgres(_) => "PostgreSQL",
+            Shared::Mysql(_) => "MySQL",
+        }
+    }
+
+    /// `sovereign.toml` for both stores on this server, after `sv <kind>:roles --apply`.
+    fn configure(&self, w: &Workdir) {
+        let (core_url, plugins_url, roles, admin) = match self {
+            Shared::Postgres(cluster) => (
+                cluster.url("svc_core", "core-secret", "sv_core"),
+                cluster.url("svc_plugins", "plugins-secret", "sv_plugins"),
+                "postgres:roles",
+                cluster.admin_url(),
+            ),
+            Shared::Mysql(server) => (
+                server.url("svc_core", "core-secret-1234", "sv_core"),
+                server.url("svc_plugins", "plugins-secret-12", "sv_plugins"),
+                "mysql:roles",
+                server.admin_url(),
+            ),
+        };
+        std::fs::write(
+            w.path().join("sovereign.toml"),
+            format!("database_url = \"{core_url}\"\nplugin_database_url = \"{plugins_url}\"\n"),
+        )
+        .unwrap();
+        w.sv_ok(&[roles, "--apply", "--admin-url", admin]);
+    }
+
+    /// The dialect directory of plugin migrations.
+    fn migrations_dir(&self) -> &'static str {
+        match self {
+            Shared::Postgres(_) => "postgres",
+            Shared::Mysql(_) => "mysql",
+        }
+    }
+
+    /// The ids of `tasks`' tasks, read as the administrator.
+    fn task_ids(&self) -> BTreeSet<i64> {
+        let text = match self {
+            Shared::Postgres(cluster) => common::psql_text(
+                &cluster.admin_url().replace("/postgres", "/sv_plugins"),
+                "SELECT id FROM tasks.tasks__tasks",
+            ),
+            Shared::Mysql(server) => mysql_text(
+                server.admin_url(),
+                "SELECT id FROM sv_plugins_tasks.tasks__tasks",
+            ),
+        };
+        text.lines().map(|l| l.parse().unwrap()).collect()
+    }
+
+    /// `task.completed` events in the core's inbox, per task id.
+    fn completion_events(&self) -> BTreeMap<i64, i64> {
+        let text = match self {
+            Shared::Postgres(cluster) => common::psql_text(
+                &cluster.admin_url().replace("/postgres", "/sv_core"),
+                "SELECT payload->>'task_id', count(*) FROM event_inbox
+                 WHERE topic = 'task.completed' GROUP BY 1",
+            ),
+            Shared::Mysql(server) => mysql_text(
+                server.admin_url(),
+                "SELECT JSON_UNQUOTE(JSON_EXTRACT(payload, '$.task_id')), count(*)
+                 FROM sv_core.event_inbox WHERE topic = 'task.completed' GROUP BY 1",
+            ),
+        };
+        text.lines()
+            .map(|l| {
+                let (id, n) = l.split_once('|').unwrap();
+                (id.parse().unwrap(), n.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// Events that made more than one activity feed entry.
+    fn events_fed_twice(&self) -> String {
+        let sql = "SELECT count(*) FROM (SELECT source_event FROM activity_feed
+                   GROUP BY source_event HAVING count(*) > 1) twice";
+        match self {
+            Shared::Postgres(cluster) => {
+                common::psql_text(&cluster.admin_url().replace("/postgres", "/sv_core"), sql)
+            }
+            Shared::Mysql(server) => {
+                mysql_text(&server.admin_url().replace("/mysql", "/sv_core"), sql)
+            }
+        }
+    }
+}
+
+/// Runs `sql` on the MySQL server at `url`; its rows, values joined by `|`, one a line.
+fn mysql_text(url: &str, sql: &str) -> String {
+    let mut conn = mysql::Conn::new(mysql::Opts::from_url(url).unwrap()).unwrap();
+    let rows: Vec<mysql::Row> = conn.query(sql).unwrap();
+    rows.into_iter()
+        .map(|row| {
+            row.unwrap()
+                .into_iter()
+                .map(|value| match value {
+                    mysql::Value::Bytes(bytes) => String::from_utf8(bytes).unwrap(),
+                    mysql::Value::NULL => String::new(),
+                    other => other.as_sql(true),
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
-fn two_kernels_share_one_postgres_and_survive_kill_9_of_either() {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
-    let cluster = Cluster::start(&script).unwrap();
-    let core_url = cluster.url("svc_core", "core-secret", "sv_core");
-    let plugins_url = cluster.url("svc_plugins", "plugins-secret", "sv_plugins");
-    let admin_core = cluster.admin_url().replace("/postgres", "/sv_core");
-    let admin_plugins = cluster.admin_url().replace("/postgres", "/sv_plugins");
+fn two_kernels_share_one_server_and_survive_kill_9_of_either() {
+    // One server after the other: two 50-client loads at once would be too much for the
+    // test machines.
+    let postgres = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres");
+    two_kernels_share(Shared::Postgres(Cluster::start(&postgres).unwrap()));
+    let mariadb = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mariadb");
+    two_kernels_share(Shared::Mysql(
+        sovereign_mysql::Server::start(&mariadb).unwrap(),
+    ));
+}
+
+fn two_kernels_share(shared: Shared) {
+    eprintln!("two kernels on one {} server", shared.name());
     let w = Workdir::new();
-    std::fs::write(
-        w.path().join("sovereign.toml"),
-        format!("database_url = \"{core_url}\"\nplugin_database_url = \"{plugins_url}\"\n"),
-    )
-    .unwrap();
+    shared.configure(&w);
     let packages = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
     common::copy_package(&packages.join("tasks"), &w.path().join("plugins/tasks"));
-    w.sv_ok(&[
-        "postgres:roles",
-        "--apply",
-        "--admin-url",
-        cluster.admin_url(),
-    ]);
 
     // Two kernels from one directory and configuration (each with its own lock and
     // host socket under data/kernels/).
@@ -162,7 +278,8 @@ fn two_kernels_share_one_postgres_and_survive_kill_9_of_either() {
     assert!(
         elsewhere
             .path()
-            .join("plugins/notes/migrations/postgres")
+            .join("plugins/notes/migrations")
+            .join(shared.migrations_dir())
             .is_dir()
     );
     third.stop();
@@ -291,26 +408,12 @@ fn two_kernels_share_one_postgres_and_survive_kill_9_of_either() {
     other.wait_host_running();
 
     // Every acknowledged task is there.
-    let stored: BTreeSet<i64> =
-        common::psql_text(&admin_plugins, "SELECT id FROM tasks.tasks__tasks")
-            .lines()
-            .map(|l| l.parse().unwrap())
-            .collect();
+    let stored = shared.task_ids();
     let missing: Vec<_> = tally.created.difference(&stored).collect();
     assert!(missing.is_empty(), "acknowledged but missing: {missing:?}");
     // Every acknowledged completion's event reaches the core once, and is handled once.
     eventually("every acknowledged completion's event in the inbox", || {
-        let events: BTreeMap<i64, i64> = common::psql_text(
-            &admin_core,
-            "SELECT payload->>'task_id', count(*) FROM event_inbox
-             WHERE topic = 'task.completed' GROUP BY 1",
-        )
-        .lines()
-        .map(|l| {
-            let (id, n) = l.split_once('|').unwrap();
-            (id.parse().unwrap(), n.parse().unwrap())
-        })
-        .collect();
+        let events = shared.completion_events();
         if let Some((id, n)) = events.iter().find(|(_, n)| **n != 1) {
             panic!("task {id} has {n} events");
         }
@@ -325,14 +428,7 @@ fn two_kernels_share_one_postgres_and_survive_kill_9_of_either() {
             Err(format!("{} completions without an event", absent.len()))
         }
     });
-    assert_eq!(
-        common::psql_text(
-            &admin_core,
-            "SELECT count(*) FROM (SELECT source_event FROM activity_feed
-             GROUP BY source_event HAVING count(*) > 1) twice"
-        ),
-        "0"
-    );
+    assert_eq!(shared.events_fed_twice(), "0");
     // The new leader keeps the mirror current.
     let renamed = other.send(
         "PATCH",
@@ -360,7 +456,7 @@ fn two_kernels_share_one_postgres_and_survive_kill_9_of_either() {
     elsewhere.sv_ok(&["backup", "--out", backup.to_str().unwrap()]);
     let refused = elsewhere.sv_err(&["restore", backup.to_str().unwrap()]);
     assert!(
-        refused.contains("kernels are serving this PostgreSQL core"),
+        refused.contains(&format!("kernels are serving this {} core", shared.name())),
         "{refused}"
     );
     other.stop();
