@@ -7,8 +7,8 @@
 //! - registrations and restores take turns on the lock `sv <hash> gate`: a kernel holds it
 //!   only while it registers, a restore for as long as it runs, and finds no live kernel
 //!   first;
-//! - one sync worker at a time holds `sv <hash> sync` and records its connection in its
-//!   kernel's row.
+//! - one sync worker at a time holds `sv <hash> sync` and records its connection and its
+//!   kernel's name in `_sv_sync_leader`.
 //!
 //! `<hash>` is made of the core database's name (lock names are server-wide and at most
 //! 64 characters). Kernels share a core when their plugin store is on the same MySQL
@@ -72,14 +72,19 @@ const REGISTER: &str = "REPLACE INTO _sv_kernels (connection_id, name, shares_st
                         VALUES (CONNECTION_ID(), ?, ?)";
 const RENAME: &str = "UPDATE _sv_kernels SET name = ? WHERE connection_id = CONNECTION_ID()";
 const TAKE_SYNC: &str = concat!("SELECT GET_LOCK(", lock_name!(" sync"), ", 0)");
-const MARK_SYNC: &str = "UPDATE _sv_kernels SET sync_connection = CONNECTION_ID() WHERE name = ?";
-/// The live kernels, each with whether its sync worker holds the sync lock.
+const MARK_SYNC: &str = "REPLACE INTO _sv_sync_leader (id, connection_id, kernel)
+                         VALUES (1, CONNECTION_ID(), ?)";
+/// The live kernels.
 const KERNELS: &str = concat!(
-    "SELECT name, sync_connection <=> IS_USED_LOCK(",
-    lock_name!(" sync"),
-    ") FROM _sv_kernels WHERE ",
+    "SELECT name FROM _sv_kernels WHERE ",
     live!(),
     " ORDER BY name"
+);
+/// The sync leader, while its worker's connection holds the sync lock.
+const SYNC_LEADER: &str = concat!(
+    "SELECT kernel FROM _sv_sync_leader WHERE connection_id <=> IS_USED_LOCK(",
+    lock_name!(" sync"),
+    ")"
 );
 
 /// How long a kernel waits for the gate (a restore holds it while it runs).
@@ -228,20 +233,12 @@ impl Drop for KernelRegistration {
     }
 }
 
-/// The live kernels and the sync leader among them.
+/// The live kernels and the sync leader.
 pub(crate) fn kernels(core: &MyCore) -> Result<Kernels, CoreError> {
-    let rows: Vec<(String, Option<bool>)> = core.query(KERNELS, ())?;
-    let mut kernels = Kernels {
-        running: Vec::new(),
-        sync_leader: None,
-    };
-    for (name, leads) in rows {
-        if leads == Some(true) {
-            kernels.sync_leader = Some(name.clone());
-        }
-        kernels.running.push(name);
-    }
-    Ok(kernels)
+    Ok(Kernels {
+        running: core.query(KERNELS, ())?,
+        sync_leader: core.query_opt(SYNC_LEADER, ())?,
+    })
 }
 
 /// Takes the gate on `core`'s connection (held until it closes) if no kernel is live and
@@ -260,7 +257,7 @@ pub(crate) fn exclude(core: &MyCore) -> Result<bool, CoreError> {
 }
 
 /// Takes the sync leadership on `core`'s connection if nobody holds it (held until the
-/// connection closes) and records it in kernel `kernel_name`'s row.
+/// connection closes) and records that kernel `kernel_name` leads.
 pub fn take_sync_leadership(core: &MyCore, kernel_name: &str) -> Result<bool, CoreError> {
     let got: Option<Option<i64>> = core.query_opt(TAKE_SYNC, ())?;
     if got.flatten() != Some(1) {
