@@ -248,8 +248,10 @@ pub(crate) fn exclude(core: &MyCore) -> Result<bool, CoreError> {
     if gate.flatten() != Some(1) {
         return Ok(false);
     }
-    let live: Option<i64> = core.query_opt(COUNT_LIVE, ())?;
-    if live.unwrap_or(0) > 0 {
+    let live: i64 = core
+        .query_opt(COUNT_LIVE, ())?
+        .expect("an aggregate returns a row");
+    if live > 0 {
         core.execute(RELEASE_GATE, ())?;
         return Ok(false);
     }
