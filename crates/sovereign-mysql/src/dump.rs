@@ -133,6 +133,29 @@ impl ClientTools {
         run(&self.dump, &mut command, None)
     }
 
+    /// Dumps the stored functions and procedures of `database` (no tables, rows or
+    /// triggers) into `out`, as `url`'s account: it must be their definer, as MySQL shows
+    /// a routine's body to its definer (or to administrators) only.
+    pub fn dump_routines(&self, url: &StoreUrl, database: &str, out: &Path) -> Result<(), MyError> {
+        let login = Login::new(url)?;
+        let mut command = Command::new(&self.dump);
+        command
+            .arg(login.arg())
+            .args([
+                "--skip-lock-tables",
+                "--no-tablespaces",
+                "--no-create-info",
+                "--no-data",
+                "--skip-triggers",
+                "--routines",
+                "--skip-events",
+                "--default-character-set=utf8mb4",
+            ])
+            .arg(format!("--result-file={}", out.display()))
+            .arg(database);
+        run(&self.dump, &mut command, None)
+    }
+
     /// Loads the SQL file `file` into `database` as `url`'s account; stops at the first
     /// error.
     pub fn load(&self, url: &StoreUrl, database: &str, file: &Path) -> Result<(), MyError> {

@@ -8,6 +8,9 @@
 //!   belongs to the administrator and is not dumped);
 //! - `plugins.sql/<id>.sql`: plugin `id`'s database, without its mirror views (their
 //!   definer is the administrator: `sv_admin.grant_mirror` makes them again);
+//! - `plugins.sql/<id>.routines.sql`: plugin `id`'s stored functions and procedures,
+//!   dumped and loaded as its own account (their definer; MySQL shows a routine's body to
+//!   its definer only);
 //! - `core.sql`: the core database, its capture triggers included.
 //!
 //! Each dump is one consistent snapshot (`--single-transaction`); the plugin database
@@ -36,7 +39,8 @@ use crate::{OpsError, file_digest};
 pub struct MysqlDump {
     /// Its file inside the backup.
     pub name: String,
-    /// `core`, `plugins` (the plugin database) or `plugin:<id>` (one plugin's database).
+    /// `core`, `plugins` (the plugin database), `plugin:<id>` (one plugin's database) or
+    /// `plugin-routines:<id>` (its stored routines).
     pub role: String,
     /// The version of the server it was dumped from.
     pub server_version: String,
@@ -53,13 +57,14 @@ pub struct MysqlStores {
     pub data_dir: PathBuf,
 }
 
-/// A plugin of a restored core: its account is made again with this password and
-/// connection limit, and granted these mirror columns.
+/// A plugin the core has installed, with its account's login: a backup dumps its
+/// routines as it; a restore makes the account again with this password and connection
+/// limit, and grants it these mirror columns.
 #[derive(Debug, Clone)]
 pub struct PluginAccount {
     /// Plugin id.
     pub id: String,
-    /// Its account's password, as the restored core keeps it.
+    /// Its account's password, as the core keeps it.
     pub password: String,
     /// Its approved mirror columns, `(slice, column)`.
     pub grants: Vec<(String, String)>,
@@ -67,8 +72,19 @@ pub struct PluginAccount {
     pub connection_limit: u32,
 }
 
-/// The plugins the restored core has installed: called after the core is restored.
-pub type RestoredAccounts<'a> = &'a dyn Fn() -> Result<Vec<PluginAccount>, OpsError>;
+/// The plugins the core has installed now (during a restore: once the core is
+/// restored, the restored core's).
+pub type PluginAccounts<'a> = &'a dyn Fn() -> Result<Vec<PluginAccount>, OpsError>;
+
+/// The login of plugin `account`'s own account on the plugin store's server.
+fn plugin_login(store: &StoreUrl, account: &PluginAccount) -> StoreUrl {
+    StoreUrl {
+        account: sovereign_mysql::plugin_account_name(&account.id),
+        password: account.password.clone(),
+        database: format!("{}_{}", store.database, account.id),
+        server: store.server.clone(),
+    }
+}
 
 fn statement(sql: &str) -> impl FnOnce(mysql::Error) -> OpsError + '_ {
     move |source| {
@@ -156,6 +172,7 @@ fn views_of(conn: &mut mysql::Conn, database: &str) -> Result<Vec<String>, OpsEr
 pub fn backup(
     stores: &MysqlStores,
     options: &BackupOptions,
+    accounts: PluginAccounts<'_>,
     progress: ByteProgress<'_>,
 ) -> Result<Manifest, OpsError> {
     let tools = ClientTools::find()?;
@@ -186,6 +203,7 @@ pub fn backup(
             role: "plugins".into(),
             server_version: version.clone(),
         });
+        let accounts = accounts()?;
         for id in plugin_databases(&mut conn, &url.database)? {
             if options.exclude_plugins.contains(&id) {
                 continue;
@@ -200,6 +218,26 @@ pub fn backup(
                 role: format!("plugin:{id}"),
                 server_version: version.clone(),
             });
+            match accounts.iter().find(|a| a.id == id) {
+                Some(account) => {
+                    let name = format!("plugins.sql/{id}.routines.sql");
+                    tools.dump_routines(
+                        &plugin_login(url, account),
+                        &database,
+                        &partial.join(&name),
+                    )?;
+                    dumps.push(MysqlDump {
+                        name,
+                        role: format!("plugin-routines:{id}"),
+                        server_version: version.clone(),
+                    });
+                }
+                None => tracing::warn!(
+                    plugin = %id,
+                    "the core keeps no login for this plugin's database: its stored routines \
+                     are not in the backup"
+                ),
+            }
         }
         progress(1, parts);
     }
@@ -262,6 +300,7 @@ pub(crate) fn check_dumps(dir: &Path, manifest: &Manifest, problems: &mut Vec<St
         let marker: &[u8] = match dump.role.as_str() {
             "core" => b"CREATE TABLE `_sv_store`",
             "plugins" => b"-- Dump completed",
+            role if role.starts_with("plugin-routines:") => b"-- Dump completed",
             role if role.starts_with("plugin:") => b"CREATE TABLE `_sv_event_outbox`",
             role => {
                 problems.push(format!("{}: unknown role {role:?}", dump.name));
@@ -309,6 +348,28 @@ fn scan(path: &Path, marker: &[u8]) -> std::io::Result<(Vec<u8>, bool)> {
     Ok((last, marked))
 }
 
+/// Drops every stored function and procedure of `database` (as `url`'s account).
+fn drop_routines(url: &StoreUrl, database: &str) -> Result<(), OpsError> {
+    let mut conn = url.connect()?;
+    let query = "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES
+                 WHERE ROUTINE_SCHEMA = ?";
+    let routines: Vec<(String, String)> =
+        conn.exec(query, (database,)).map_err(statement(query))?;
+    for (name, kind) in routines {
+        let what = if kind == "PROCEDURE" {
+            "PROCEDURE"
+        } else {
+            "FUNCTION"
+        };
+        let drop = format!(
+            "DROP {what} IF EXISTS `{database}`.`{}`",
+            name.replace('`', "``")
+        );
+        conn.query_drop(&drop).map_err(statement(&drop))?;
+    }
+    Ok(())
+}
+
 /// Drops every table and view of `database` (as `url`'s account).
 fn empty_database(url: &StoreUrl, database: &str) -> Result<(), OpsError> {
     let mut conn = url.connect()?;
@@ -332,7 +393,7 @@ fn empty_database(url: &StoreUrl, database: &str) -> Result<(), OpsError> {
 struct Restore<'a> {
     tools: &'a ClientTools,
     stores: &'a MysqlStores,
-    restored_accounts: RestoredAccounts<'a>,
+    restored_accounts: PluginAccounts<'a>,
 }
 
 impl Restore<'_> {
@@ -383,10 +444,21 @@ impl Restore<'_> {
                 )
                 .map_err(statement(create))?;
             let role = format!("plugin:{}", account.id);
+            let database = format!("{}_{}", url.database, account.id);
             if let Some(dump) = manifest.mysql_dumps.iter().find(|d| d.role == role) {
-                let database = format!("{}_{}", url.database, account.id);
                 empty_database(url, &database)?;
                 self.tools.load(url, &database, &dir.join(&dump.name))?;
+            }
+            // Its routines as it had them, loaded as their definer. (Backups taken before
+            // routines were dumped have none: the routines there now stay.)
+            let routines = format!("plugin-routines:{}", account.id);
+            if let Some(dump) = manifest.mysql_dumps.iter().find(|d| d.role == routines) {
+                drop_routines(url, &database)?;
+                self.tools.load(
+                    &plugin_login(url, account),
+                    &database,
+                    &dir.join(&dump.name),
+                )?;
             }
             let mut by_slice: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             for (slice, column) in &account.grants {
@@ -407,7 +479,7 @@ impl Restore<'_> {
 pub fn restore(
     stores: &MysqlStores,
     backup_dir: &Path,
-    restored_accounts: RestoredAccounts<'_>,
+    accounts: PluginAccounts<'_>,
 ) -> Result<RestoreReport, OpsError> {
     let manifest = crate::backup::verify(backup_dir)?;
     if !manifest.mysql_dumps.iter().any(|d| d.role == "core") {
@@ -438,11 +510,12 @@ pub fn restore(
     // What is there now, kept whole before anything changes.
     let options = crate::restore::pre_restore(&stores.data_dir)?;
     let aside_dir = options.out.clone();
-    let aside = backup(stores, &options, &|_, _| {})?;
+    // (The core is still the current one: `accounts` lists its plugins.)
+    let aside = backup(stores, &options, accounts, &|_, _| {})?;
     let run = Restore {
         tools: &tools,
         stores,
-        restored_accounts,
+        restored_accounts: accounts,
     };
     let restored = run.core(backup_dir).and_then(|()| {
         if manifest.includes_plugin_data {

@@ -64,7 +64,7 @@ pub fn backup(
         exclude_plugins: request.exclude_plugins.clone(),
     };
     let manifest = if let Some(stores) = app.mysql_stores("backing up one store on MySQL")? {
-        sovereign_ops::my_backup::backup(&stores, &options, progress)?
+        sovereign_ops::my_backup::backup(&stores, &options, &|| plugin_accounts(app), progress)?
     } else if let Some(stores) = app.postgres_stores("backing up")? {
         sovereign_ops::pg_backup::backup(&stores, &options, progress)?
     } else {
@@ -176,13 +176,12 @@ pub fn restore(
         }
     };
     let refused = |e: PlatformError| {
-        sovereign_ops::OpsError::Refused(format!("reading the restored core's plugins: {e}"))
+        sovereign_ops::OpsError::Refused(format!("reading the core's plugins: {e}"))
     };
     let report = match (&mysql, &postgres, &layout) {
         (Some(stores), _, _) => {
             before_swap(2);
-            let accounts = || restored_plugin_accounts(app).map_err(refused);
-            sovereign_ops::my_backup::restore(stores, backup_dir, &accounts)?
+            sovereign_ops::my_backup::restore(stores, backup_dir, &|| plugin_accounts(app))?
         }
         (None, Some(stores), _) => {
             before_swap(2);
@@ -223,28 +222,32 @@ fn restored_plugin_roles(app: &App) -> Result<Vec<sovereign_postgres::PluginRole
     Ok(roles)
 }
 
-/// The accounts of the plugins a just restored MySQL core has installed, with the
-/// passwords it keeps for them and their approved mirror columns.
-fn restored_plugin_accounts(
+/// The accounts of the plugins the MySQL core has installed (during a restore, once it
+/// is restored, the restored core's), with the passwords it keeps for them and their
+/// approved mirror columns.
+fn plugin_accounts(
     app: &App,
-) -> Result<Vec<sovereign_ops::my_backup::PluginAccount>, PlatformError> {
-    let core = app.open_migrated_core()?;
-    let mut accounts = Vec::new();
-    for record in sovereign_db_core::plugins::list(&core)? {
-        match sovereign_db_core::plugins::store_login(&core, &record.id)? {
-            Some(password) => accounts.push(sovereign_ops::my_backup::PluginAccount {
-                id: record.id.clone(),
-                password,
-                grants: record.grants.clone(),
-                connection_limit: crate::plugins::serving_connection_limit(),
-            }),
-            None => tracing::warn!(
-                plugin = %record.id,
-                "the restored core keeps no MySQL login for this plugin; reinstall it"
-            ),
+) -> Result<Vec<sovereign_ops::my_backup::PluginAccount>, sovereign_ops::OpsError> {
+    let read = || -> Result<_, PlatformError> {
+        let core = app.open_migrated_core()?;
+        let mut accounts = Vec::new();
+        for record in sovereign_db_core::plugins::list(&core)? {
+            match sovereign_db_core::plugins::store_login(&core, &record.id)? {
+                Some(password) => accounts.push(sovereign_ops::my_backup::PluginAccount {
+                    id: record.id.clone(),
+                    password,
+                    grants: record.grants.clone(),
+                    connection_limit: crate::plugins::serving_connection_limit(),
+                }),
+                None => tracing::warn!(
+                    plugin = %record.id,
+                    "the core keeps no MySQL login for this plugin; reinstall it"
+                ),
+            }
         }
-    }
-    Ok(accounts)
+        Ok(accounts)
+    };
+    read().map_err(|e| sovereign_ops::OpsError::Refused(format!("reading the core's plugins: {e}")))
 }
 
 /// Reads one `TABLE=PLUGIN` or `TABLE=skip` attribution.

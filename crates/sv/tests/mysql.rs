@@ -474,7 +474,7 @@ fn new_user_follows_the_core(served: &common::Server, token: &str, email: &str) 
 fn sv_backs_up_and_restores_both_mysql_stores() {
     use sha2::Digest;
     let w = Workdir::new();
-    let (_server, _core_url) = mysql_core(&w, true);
+    let (server, _core_url) = mysql_core(&w, true);
     install(&w, "notes");
     w.create_user("root@example.com", "root password 1", true);
     w.sv_ok(&[
@@ -494,7 +494,11 @@ fn sv_backs_up_and_restores_both_mysql_stores() {
         .iter()
         .map(|d| d["role"].as_str().unwrap())
         .collect();
-    assert_eq!(roles, ["plugins", "plugin:notes", "core"], "{manifest}");
+    assert_eq!(
+        roles,
+        ["plugins", "plugin:notes", "plugin-routines:notes", "core"],
+        "{manifest}"
+    );
     assert_eq!(manifest["format"], 3);
     w.sv_ok(&["backup:verify", backup.to_str().unwrap()]);
 
@@ -529,14 +533,37 @@ fn sv_backs_up_and_restores_both_mysql_stores() {
     let notes = w.sv_ok(&["plugins", "sql", "notes", "SELECT title FROM notes__notes"]);
     assert!(notes.contains("kept"), "nothing changed: {notes}");
 
-    // A restore keeps what it replaced, as a backup that verifies.
+    // A restore keeps what it replaced, as a backup that verifies. Notes' function is
+    // gone first, as on a new server: the restore loads it as notes' own account.
     w.sv_ok(&[
         "plugins",
         "sql",
         "notes",
         "INSERT INTO notes__notes (owner, title) VALUES (1, 'after')",
     ]);
+    let mut admin = mysql::Conn::new(mysql::Opts::from_url(server.admin_url()).unwrap()).unwrap();
+    admin
+        .query_drop("DROP FUNCTION sv_plugins_notes.strftime")
+        .unwrap();
     w.sv_ok(&["restore", backup.to_str().unwrap()]);
+    let definer: Option<String> = admin
+        .query_first(
+            "SELECT DEFINER FROM information_schema.ROUTINES
+             WHERE ROUTINE_SCHEMA = 'sv_plugins_notes' AND ROUTINE_NAME = 'strftime'",
+        )
+        .unwrap();
+    assert_eq!(
+        definer.as_deref(),
+        Some("svp_notes@%"),
+        "notes' function is back"
+    );
+    let stamp = w.sv_ok(&[
+        "plugins",
+        "sql",
+        "notes",
+        "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now') AS stamp",
+    ]);
+    assert!(stamp.contains("Z"), "{stamp}");
     let notes = w.sv_ok(&["plugins", "sql", "notes", "SELECT title FROM notes__notes"]);
     assert!(
         notes.contains("kept") && !notes.contains("after"),
