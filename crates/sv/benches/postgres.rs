@@ -12,7 +12,7 @@
 //!
 //! A fourth platform with both stores on MariaDB (`scripts/mariadb`) joins the first
 //! comparison: the same two routes on SQLite, PostgreSQL and MariaDB side by side
-//! (issue 15).
+//! (issue 15); and a second kernel joins it too, as on PostgreSQL.
 //!
 //! Run: `cargo bench -p sv --bench postgres`.
 
@@ -181,6 +181,7 @@ fn main() {
     let pg_me = format!("{}/api/auth/me", pg_both.base);
     let my_me = format!("{}/api/auth/me", my_both.base);
 
+    let my_note_url = my_note.clone();
     let plugin = compare(&[
         (vec![sqlite_note], &sqlite_token),
         (vec![pg_note], &pg_plugins_token),
@@ -215,50 +216,51 @@ fn main() {
         );
     }
 
-    // A second kernel on the same two databases (its own directory, no packages: it
-    // fetches notes from the core): the same routes through one kernel, then through
-    // both in turn.
+    println!(
+        "{:<44} {:>12} {:>12} {:>12}",
+        "both stores on one server", "one kernel", "two kernels", "two / one"
+    );
+    two_kernels("PostgreSQL", &pg_both, &pg_both_note, &pg_both_token);
+    two_kernels("MariaDB", &my_both, &my_note_url, &my_token);
+}
+
+/// A second kernel joins `first` on the same two databases (its own directory, no
+/// packages: it fetches notes from the core): the plugin and core routes through one
+/// kernel, then through both in turn.
+fn two_kernels(server: &str, first: &Platform, note: &str, token: &str) {
     let second_dir = tempfile::tempdir().unwrap();
     std::fs::copy(
-        pg_both.dir.path().join("sovereign.toml"),
+        first.dir.path().join("sovereign.toml"),
         second_dir.path().join("sovereign.toml"),
     )
     .unwrap();
     let second = Platform::serve(second_dir);
-    let note_path = pg_both_note
-        .strip_prefix(&pg_both.base)
+    let note_path = note
+        .strip_prefix(&first.base)
         .expect("the note's URL is on the first kernel")
         .to_owned();
-    let plugin_kernels = compare(&[
-        (vec![pg_both_note.clone()], &pg_both_token),
+    let me = format!("{}/api/auth/me", first.base);
+    let plugin = compare(&[
+        (vec![note.to_owned()], token),
         (
-            vec![pg_both_note.clone(), format!("{}{note_path}", second.base)],
-            &pg_both_token,
+            vec![note.to_owned(), format!("{}{note_path}", second.base)],
+            token,
         ),
     ]);
-    let core_kernels = compare(&[
-        (vec![pg_me.clone()], &pg_both_token),
-        (
-            vec![pg_me, format!("{}/api/auth/me", second.base)],
-            &pg_both_token,
-        ),
+    let core = compare(&[
+        (vec![me.clone()], token),
+        (vec![me, format!("{}/api/auth/me", second.base)], token),
     ]);
-    println!(
-        "{:<44} {:>12} {:>12} {:>12}",
-        "both stores on PostgreSQL", "one kernel", "two kernels", "two / one"
-    );
-    println!(
-        "{:<44} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
-        "plugin GET /api/plugins/notes/notes/{id}",
-        plugin_kernels[0],
-        plugin_kernels[1],
-        plugin_kernels[1] / plugin_kernels[0]
-    );
-    println!(
-        "{:<44} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
-        "core   GET /api/auth/me",
-        core_kernels[0],
-        core_kernels[1],
-        core_kernels[1] / core_kernels[0]
-    );
+    for (route, rates) in [
+        ("plugin GET /api/plugins/notes/notes/{id}", &plugin),
+        ("core   GET /api/auth/me", &core),
+    ] {
+        println!(
+            "{:<44} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
+            format!("{server}: {route}"),
+            rates[0],
+            rates[1],
+            rates[1] / rates[0]
+        );
+    }
 }
