@@ -217,7 +217,7 @@ fn main() {
     }
 
     println!(
-        "{:<44} {:>12} {:>12} {:>12}",
+        "{:<56} {:>12} {:>12} {:>12}",
         "both stores on one server", "one kernel", "two kernels", "two / one"
     );
     two_kernels("PostgreSQL", &pg_both, &pg_both_note, &pg_both_token);
@@ -256,7 +256,7 @@ fn two_kernels(server: &str, first: &Platform, note: &str, token: &str) {
         ("core   GET /api/auth/me", &core),
     ] {
         println!(
-            "{:<44} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
+            "{:<56} {:>8.0} r/s {:>8.0} r/s {:>11.2}x",
             format!("{server}: {route}"),
             rates[0],
             rates[1],
