@@ -182,6 +182,17 @@ impl StoreUrl {
         format!("mysql://{account}:{password}@{}/{database}", self.server)
     }
 
+    /// The login of plugin `id`'s own account (with `password`) to its database on this
+    /// (plugin store's) server.
+    pub fn plugin_login(&self, id: &str, password: &str) -> StoreUrl {
+        StoreUrl {
+            account: plugin_account_name(id),
+            password: password.to_owned(),
+            database: format!("{}_{id}", self.database),
+            server: self.server.clone(),
+        }
+    }
+
     /// Connects as the store's own account.
     pub fn connect(&self) -> Result<mysql::Conn, MyError> {
         connect(&self.login_as(&self.account, &self.password, &self.database))

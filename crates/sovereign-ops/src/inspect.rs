@@ -194,6 +194,9 @@ pub fn inspect(
 pub struct PurgeReport {
     /// The backup of the plugin's data, if one was written.
     pub backup: Option<PathBuf>,
+    /// The backup of the plugin's stored routines, if kept apart (MySQL: they are dumped
+    /// and loaded as the plugin's own account, their definer).
+    pub routines_backup: Option<PathBuf>,
     /// What was dropped.
     pub dropped: Vec<String>,
 }
@@ -243,7 +246,11 @@ pub fn purge(
         }
         (DatabaseMode::Isolated, None) => vec![],
     };
-    Ok(PurgeReport { backup, dropped })
+    Ok(PurgeReport {
+        backup,
+        routines_backup: None,
+        dropped,
+    })
 }
 
 /// Reclaims free pages of one file: incremental vacuum where the file is set up for it,

@@ -76,16 +76,6 @@ pub struct PluginAccount {
 /// restored, the restored core's).
 pub type PluginAccounts<'a> = &'a dyn Fn() -> Result<Vec<PluginAccount>, OpsError>;
 
-/// The login of plugin `account`'s own account on the plugin store's server.
-fn plugin_login(store: &StoreUrl, account: &PluginAccount) -> StoreUrl {
-    StoreUrl {
-        account: sovereign_mysql::plugin_account_name(&account.id),
-        password: account.password.clone(),
-        database: format!("{}_{}", store.database, account.id),
-        server: store.server.clone(),
-    }
-}
-
 fn statement(sql: &str) -> impl FnOnce(mysql::Error) -> OpsError + '_ {
     move |source| {
         OpsError::Mysql(MyError::Statement {
@@ -222,7 +212,7 @@ pub fn backup(
                 Some(account) => {
                     let name = format!("plugins.sql/{id}.routines.sql");
                     tools.dump_routines(
-                        &plugin_login(url, account),
+                        &url.plugin_login(&account.id, &account.password),
                         &database,
                         &partial.join(&name),
                     )?;
@@ -455,7 +445,7 @@ impl Restore<'_> {
             if let Some(dump) = manifest.mysql_dumps.iter().find(|d| d.role == routines) {
                 drop_routines(url, &database)?;
                 self.tools.load(
-                    &plugin_login(url, account),
+                    &url.plugin_login(&account.id, &account.password),
                     &database,
                     &dir.join(&dump.name),
                 )?;

@@ -111,10 +111,12 @@ pub fn inspect(store: &StoreUrl, only: Option<&str>) -> Result<InspectReport, Op
 /// Drops what plugin `id`'s migrations made (tables, its own views, functions and
 /// procedures; its database, account, mirror views and event outbox table stay; its
 /// undelivered events go), after dumping its database into `backup_dir` (unless
-/// `None`). Its migrations make them again.
+/// `None`), and its routines beside it as its own account when its `password` is known
+/// (MySQL shows a routine's body to its definer only). Its migrations make them again.
 pub fn purge_plugin(
     store: &StoreUrl,
     id: &str,
+    password: Option<&str>,
     backup_dir: Option<&Path>,
 ) -> Result<PurgeReport, OpsError> {
     sovereign_db_plugins::check_plugin_id(id)?;
@@ -122,14 +124,24 @@ pub fn purge_plugin(
     let mut conn = store.connect()?;
     let views = "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = ?";
     let views: Vec<String> = conn.exec(views, (&database,)).map_err(statement(views))?;
-    let backup = match backup_dir {
+    let (backup, routines_backup) = match backup_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-            let out = dir.join(format!("purge-{id}-{}.sql", crate::stamp()));
-            sovereign_mysql::dump::ClientTools::find()?.dump(store, &database, &out, &views)?;
-            Some(out)
+            let stamp = crate::stamp();
+            let tools = sovereign_mysql::dump::ClientTools::find()?;
+            let out = dir.join(format!("purge-{id}-{stamp}.sql"));
+            tools.dump(store, &database, &out, &views)?;
+            let routines = match password {
+                Some(password) => {
+                    let out = dir.join(format!("purge-{id}-{stamp}.routines.sql"));
+                    tools.dump_routines(&store.plugin_login(id, password), &database, &out)?;
+                    Some(out)
+                }
+                None => None,
+            };
+            (Some(out), routines)
         }
-        None => None,
+        None => (None, None),
     };
     let query = "SELECT TABLE_NAME FROM information_schema.TABLES
                  WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1";
@@ -174,7 +186,11 @@ pub fn purge_plugin(
     if deleted > 0 {
         dropped.push(format!("{deleted} undelivered event(s)"));
     }
-    Ok(PurgeReport { backup, dropped })
+    Ok(PurgeReport {
+        backup,
+        routines_backup,
+        dropped,
+    })
 }
 
 /// Rebuilds every table of the plugin store and the plugins' databases (`OPTIMIZE

@@ -779,7 +779,11 @@ pub fn purge_plugin(
     if deleted > 0 {
         dropped.push(format!("{deleted} undelivered event(s)"));
     }
-    Ok(crate::inspect::PurgeReport { backup, dropped })
+    Ok(crate::inspect::PurgeReport {
+        backup,
+        routines_backup: None,
+        dropped,
+    })
 }
 
 /// `VACUUM (ANALYZE)` of the plugin database's bookkeeping and mirrors (as the store's

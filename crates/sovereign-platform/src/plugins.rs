@@ -1324,9 +1324,13 @@ pub fn purge(
 ) -> Result<sovereign_ops::inspect::PurgeReport, PlatformError> {
     let backups = app.config().base_dir.join("backups");
     if let PluginStore::Mysql(store) = app.plugin_store() {
+        // Its routines are dumped as its own account, whose password the core keeps.
+        let password =
+            sovereign_db_core::plugins::store_login(&app.open_migrated_core()?, &plan.id)?;
         return Ok(sovereign_ops::my_store::purge_plugin(
             &store.store,
             &plan.id,
+            password.as_deref(),
             backup.then_some(backups.as_path()),
         )?);
     }

@@ -713,6 +713,12 @@ fn purge(app: &App, id: &str, yes: bool, no_backup: bool) -> anyhow::Result<Exit
     if let Some(backup) = &result.backup {
         println!("backed up {id}'s data to {}", backup.display());
     }
+    if let Some(backup) = &result.routines_backup {
+        println!(
+            "backed up {id}'s stored routines to {} (load it as the plugin's account or an administrator)",
+            backup.display()
+        );
+    }
     for d in &result.dropped {
         println!("dropped {d}");
     }

@@ -340,6 +340,21 @@ fn sv_serves_the_core_api_and_plugins_with_both_stores_on_mysql() {
         purged.contains("table sv_plugins_notes.notes__notes") && purged.contains(".sql"),
         "{purged}"
     );
+    // Its function went too, and was dumped first, as its own account (the definer).
+    assert!(
+        purged.contains("function sv_plugins_notes.strftime"),
+        "{purged}"
+    );
+    let routines = std::fs::read_dir(w.path().join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".routines.sql"))
+        .expect("the purge dumped notes' routines");
+    let dumped = std::fs::read_to_string(&routines).unwrap();
+    assert!(
+        dumped.contains("FUNCTION `strftime`") && dumped.contains("-- Dump completed"),
+        "{dumped}"
+    );
     let gone = w.sv_err(&[
         "plugins",
         "sql",
