@@ -27,6 +27,11 @@ pub(crate) const RECORD: &str = "INSERT INTO _sv_migrations (scope, version, nam
 /// How long a deployer waits for another one of the same scope, in seconds.
 const LOCK_WAIT_SECONDS: u32 = 60;
 
+/// The named lock of one scope's deployer (its parameter: the scope), server-wide so made
+/// of the database's name and the scope (hashed: MySQL 8 limits lock names to 64
+/// characters, and a plugin database's name and scope can be longer together).
+const LOCK_NAME: &str = "CONCAT('sv ', LEFT(SHA1(CONCAT(DATABASE(), '/migrations/', ?)), 40))";
+
 fn bookkeeping(statement: &str) -> impl FnOnce(mysql::Error) -> MyError + '_ {
     move |source| MyError::Statement {
         statement: statement.to_owned(),
@@ -72,8 +77,7 @@ pub fn plan(conn: &mut mysql::Conn, set: &MigrationSet) -> Result<Vec<String>, M
 /// its last statement; returns the files applied. One deployer per scope and database
 /// at a time (a named lock).
 pub fn deploy(conn: &mut mysql::Conn, set: &MigrationSet) -> Result<Vec<String>, MyError> {
-    let lock =
-        format!("SELECT GET_LOCK(CONCAT(DATABASE(), '/sv-migrations/', ?), {LOCK_WAIT_SECONDS})");
+    let lock = format!("SELECT GET_LOCK({LOCK_NAME}, {LOCK_WAIT_SECONDS})");
     let got: Option<Option<i64>> = conn
         .exec_first(&lock, (set.scope(),))
         .map_err(bookkeeping(&lock))?;
@@ -86,8 +90,8 @@ pub fn deploy(conn: &mut mysql::Conn, set: &MigrationSet) -> Result<Vec<String>,
         });
     }
     let result = deploy_locked(conn, set);
-    let unlock = "SELECT RELEASE_LOCK(CONCAT(DATABASE(), '/sv-migrations/', ?))";
-    if let Err(e) = conn.exec_drop(unlock, (set.scope(),)) {
+    let unlock = format!("DO RELEASE_LOCK({LOCK_NAME})");
+    if let Err(e) = conn.exec_drop(&unlock, (set.scope(),)) {
         tracing::warn!(error = %e, "releasing the migration lock failed (it ends with the session)");
     }
     result

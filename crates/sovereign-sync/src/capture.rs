@@ -357,18 +357,41 @@ fn mysql_capture_for(slice: &MirrorSlice) -> Vec<(String, String, &'static str, 
     ]
 }
 
+/// The named lock one capture install holds at a time (server-wide, so named after the
+/// core database; hashed, as MySQL 8 limits lock names to 64 characters).
+const MYSQL_INSTALL_LOCK: &str = "CONCAT('sv ', LEFT(SHA1(DATABASE()), 20), ' capture')";
+
+/// How long an install waits for another one.
+const MYSQL_INSTALL_WAIT_SECONDS: u64 = 30;
+
 fn install_mysql(core: &MyCore, catalog: &MirrorCatalog) -> Result<bool, SyncError> {
     let wanted: Vec<(String, String, &'static str, String)> = catalog
         .slices()
         .iter()
         .flat_map(mysql_capture_for)
         .collect();
-    Ok(core.with_conn(|conn| -> Result<bool, mysql::Error> {
+    core.with_conn(|conn| -> Result<bool, SyncError> {
         // Kernels starting together install one at a time; the later one then finds the
         // triggers in place. MySQL commits each trigger's DDL on its own: a run stopped
         // part-way is finished by the next.
-        conn.query_drop("SELECT GET_LOCK(CONCAT(DATABASE(), '/sv-capture-install'), 30)")?;
-        let result = (|| {
+        let got: Option<Option<i64>> = conn.query_first(format!(
+            "SELECT GET_LOCK({MYSQL_INSTALL_LOCK}, {MYSQL_INSTALL_WAIT_SECONDS})"
+        ))?;
+        if got.flatten() != Some(1) {
+            return Err(SyncError::MysqlMirror(sovereign_mysql::MyError::Busy {
+                what: format!(
+                    "installing change capture (another install held its lock for \
+                     {MYSQL_INSTALL_WAIT_SECONDS} s)"
+                ),
+            }));
+        }
+        let result = (|| -> Result<bool, mysql::Error> {
+            // MariaDB replaces a trigger in one statement, so a changed trigger never
+            // leaves its table uncaptured; MySQL has no `CREATE OR REPLACE TRIGGER`:
+            // there it is dropped and made again, and reconcile repairs a change that
+            // lands in between.
+            let version: Option<String> = conn.query_first("SELECT VERSION()")?;
+            let replaces = version.is_some_and(|v| v.contains("MariaDB"));
             let existing: Vec<(String, String, String, String)> = conn.query(
                 "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, EVENT_MANIPULATION, ACTION_STATEMENT
                  FROM information_schema.TRIGGERS
@@ -380,7 +403,7 @@ fn install_mysql(core: &MyCore, catalog: &MirrorCatalog) -> Result<bool, SyncErr
             };
             let mut changed = false;
             for found in &existing {
-                if !wanted.iter().any(|w| same(found, w)) {
+                if !wanted.iter().any(|w| w.0 == found.0) {
                     conn.query_drop(format!("DROP TRIGGER IF EXISTS {}", ident(&found.0)))?;
                     changed = true;
                 }
@@ -388,9 +411,14 @@ fn install_mysql(core: &MyCore, catalog: &MirrorCatalog) -> Result<bool, SyncErr
             for want in &wanted {
                 if !existing.iter().any(|found| same(found, want)) {
                     let (name, table, event, body) = want;
-                    conn.query_drop(format!("DROP TRIGGER IF EXISTS {}", ident(name)))?;
+                    let create = if replaces {
+                        "CREATE OR REPLACE TRIGGER"
+                    } else {
+                        conn.query_drop(format!("DROP TRIGGER IF EXISTS {}", ident(name)))?;
+                        "CREATE TRIGGER"
+                    };
                     conn.query_drop(format!(
-                        "CREATE TRIGGER {} AFTER {event} ON {} FOR EACH ROW {body}",
+                        "{create} {} AFTER {event} ON {} FOR EACH ROW {body}",
                         ident(name),
                         ident(table)
                     ))?;
@@ -399,7 +427,7 @@ fn install_mysql(core: &MyCore, catalog: &MirrorCatalog) -> Result<bool, SyncErr
             }
             Ok(changed)
         })();
-        conn.query_drop("SELECT RELEASE_LOCK(CONCAT(DATABASE(), '/sv-capture-install'))")?;
-        result
-    })?)
+        conn.query_drop(format!("DO RELEASE_LOCK({MYSQL_INSTALL_LOCK})"))?;
+        Ok(result?)
+    })
 }

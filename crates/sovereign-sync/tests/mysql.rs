@@ -10,7 +10,7 @@ use mysql::prelude::Queryable;
 use sovereign_db::{MysqlUrl, StoreTarget};
 use sovereign_db_core::{CoreConn, MyCore};
 use sovereign_db_plugins::TrustedPluginStore;
-use sovereign_db_plugins::mirror::MirrorCatalog;
+use sovereign_db_plugins::mirror::{MirrorCatalog, MirrorSlice};
 use sovereign_mysql::mirror::MyMirror;
 use sovereign_mysql::{RolePlan, Server};
 use sovereign_sync::{Mirror, capture, full, publish, reconcile};
@@ -244,6 +244,78 @@ fn a_sqlite_core_feeds_the_mysql_mirror() {
     assert_eq!(rows.len(), 49);
     assert_eq!(rows[2].2, "renamed");
     assert!(reconcile_now(&core, &mirror, false).differences.is_empty());
+}
+
+/// A changed slice's capture triggers are replaced (on MariaDB in one statement each, so
+/// the table is never without its trigger), obsolete ones dropped, and the new projection
+/// is what the outbox records.
+#[test]
+fn changed_capture_triggers_are_replaced_and_obsolete_ones_dropped() {
+    let setup = setup();
+    let core = core(&setup);
+    let slice = |name: &str, columns: &[&str]| MirrorSlice {
+        name: name.into(),
+        source_table: "users".into(),
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        filter: None,
+        allow_secret: Vec::new(),
+    };
+    let triggers = || -> Vec<(String, String)> {
+        let CoreConn::Mysql(my) = &core else {
+            unreachable!()
+        };
+        my.with_conn(|c| {
+            c.query(
+                "SELECT TRIGGER_NAME, ACTION_STATEMENT FROM information_schema.TRIGGERS
+                 WHERE TRIGGER_SCHEMA = DATABASE() ORDER BY TRIGGER_NAME",
+            )
+        })
+        .unwrap()
+    };
+    let first = MirrorCatalog::new(vec![
+        slice("people", &["id", "display_name"]),
+        slice("avatars", &["id", "avatar_url"]),
+    ]);
+    assert!(capture::install(&core, &first).unwrap());
+    assert_eq!(triggers().len(), 6);
+    let second = MirrorCatalog::new(vec![slice("people", &["id", "avatar_url"])]);
+    assert!(capture::install(&core, &second).unwrap());
+    let now = triggers();
+    let names: Vec<&str> = now.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "_sv_capture_people_delete",
+            "_sv_capture_people_insert",
+            "_sv_capture_people_update"
+        ]
+    );
+    assert!(
+        !capture::install(&core, &second).unwrap(),
+        "nothing left to change"
+    );
+    sql(
+        &core,
+        &[&numbered(
+            3,
+            "SELECT CONCAT('u', i), CONCAT('u', i, '@x.io'), NULL",
+        )],
+    );
+    let mirror = open_mirror(&setup, Kind::Mysql);
+    full::full_resync(&core, &mirror, &second, &|_, _| {}).unwrap();
+    sql(
+        &core,
+        &["UPDATE users SET avatar_url = 'https://a/2' WHERE id = 2"],
+    );
+    publish::catch_up(&core, &mirror, &second, 16).unwrap();
+    let avatars: Vec<(i64, Option<String>)> = sovereign_mysql::roles::connect(&setup.plugins_url)
+        .unwrap()
+        .query("SELECT id, avatar_url FROM core__people ORDER BY id")
+        .unwrap();
+    assert_eq!(
+        avatars,
+        [(1, None), (2, Some("https://a/2".to_owned())), (3, None)]
+    );
 }
 
 /// A rebuilt MySQL mirror table is swapped in with statistics of its whole size, so a
