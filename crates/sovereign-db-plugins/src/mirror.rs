@@ -160,6 +160,29 @@ pub struct MirrorBatch {
     pub drained: bool,
 }
 
+/// The last row of each key a batch changed (`None`: deleted).
+pub type LastRows<'a> = std::collections::BTreeMap<i64, Option<&'a [crate::SqlValue]>>;
+
+impl MirrorBatch {
+    /// The batch's changes by slice of `catalog` (changes of slices it lacks are
+    /// skipped), each key's last row only: what a server mirror writes in bulk.
+    pub fn last_rows<'a>(
+        &'a self,
+        catalog: &'a MirrorCatalog,
+    ) -> std::collections::BTreeMap<&'a str, (&'a MirrorSlice, LastRows<'a>)> {
+        let mut last = std::collections::BTreeMap::new();
+        for change in &self.changes {
+            if let Some(slice) = catalog.slice(&change.slice) {
+                last.entry(slice.name.as_str())
+                    .or_insert_with(|| (slice, LastRows::new()))
+                    .1
+                    .insert(change.key, change.row.as_deref());
+            }
+        }
+        last
+    }
+}
+
 /// Writes one row of a mirror table in `main`: replaces it with `row`, or deletes the key
 /// when `row` is `None`. Used by batch application and by reconcile's repair.
 pub fn write_mirror_row(

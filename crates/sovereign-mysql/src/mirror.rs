@@ -13,8 +13,6 @@
 //! applying changes again is harmless. Column grants are by name in MySQL, so they
 //! carry over to the swapped-in table.
 
-use std::collections::BTreeMap;
-
 use mysql::prelude::Queryable;
 use mysql::{Conn, TxOpts, Value};
 use sovereign_db_plugins::SqlValue;
@@ -171,17 +169,7 @@ impl MyMirror {
         batch: &MirrorBatch,
         now_ms: i64,
     ) -> Result<bool, MyError> {
-        // The last state of each key in the batch.
-        type LastRows<'a> = BTreeMap<i64, Option<&'a [SqlValue]>>;
-        let mut last: BTreeMap<&str, (&MirrorSlice, LastRows<'_>)> = BTreeMap::new();
-        for change in &batch.changes {
-            if let Some(slice) = catalog.slice(&change.slice) {
-                last.entry(slice.name.as_str())
-                    .or_insert_with(|| (slice, BTreeMap::new()))
-                    .1
-                    .insert(change.key, change.row.as_deref());
-            }
-        }
+        let last = batch.last_rows(catalog);
         let mut tx = self
             .conn
             .start_transaction(TxOpts::default())

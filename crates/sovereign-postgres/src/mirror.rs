@@ -6,7 +6,7 @@
 //! `sv_admin.grant_mirrors` granted them.
 
 use postgres::binary_copy::BinaryCopyInWriter;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use postgres::types::{ToSql, Type};
 use postgres::{Client, GenericClient, Statement, Transaction};
@@ -101,9 +101,6 @@ pub struct PgMirror {
     /// The column kinds of each slice's mirror table, read once (a rebuild forgets them).
     table_kinds: HashMap<String, Vec<ColumnKind>>,
 }
-
-/// The last row of each key a batch changed (`None`: deleted).
-type LastRows<'a> = BTreeMap<i64, Option<&'a [SqlValue]>>;
 
 /// `sql` prepared once per connection.
 fn cached(
@@ -275,15 +272,7 @@ impl PgMirror {
     ) -> Result<bool, PgError> {
         // The last state of each key in the batch (its rows are the projection as the
         // batch was read, so every change of one key carries the same row).
-        let mut last: BTreeMap<&str, (&MirrorSlice, LastRows<'_>)> = BTreeMap::new();
-        for change in &batch.changes {
-            if let Some(slice) = catalog.slice(&change.slice) {
-                last.entry(slice.name.as_str())
-                    .or_insert_with(|| (slice, BTreeMap::new()))
-                    .1
-                    .insert(change.key, change.row.as_deref());
-            }
-        }
+        let last = batch.last_rows(catalog);
         let mut kinds = HashMap::new();
         for (slice, rows) in last.values() {
             if rows.values().any(Option::is_some) {
